@@ -1,0 +1,152 @@
+"""Loading and saving models: Hugging Face directories (safetensors only) and rollax's own (orbax)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models import safetensors
+from models.config import FAMILIES, Config, from_hf
+from models.tokenizer import Tokenizer, load_tokenizer
+from models.transformer import forward, param_shapes
+
+ROLLAX_META = "rollax.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+@dataclasses.dataclass
+class Model:
+    """A config, its params (pytree) and an optional tokenizer; ``forward`` is the model step."""
+    config: Config
+    params: dict
+    tokenizer: Tokenizer | None = None
+    forward = staticmethod(forward)
+
+    def save(self, path) -> None:
+        """Write rollax's own checkpoint: params with orbax, the config, the tokenizer files."""
+        import orbax.checkpoint as ocp
+        path = Path(path).absolute()
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"family": self.config.family, "config": dataclasses.asdict(self.config)}
+        (path / ROLLAX_META).write_text(json.dumps(meta, indent=1))
+        if (path / "params").exists():
+            shutil.rmtree(path / "params")
+        with ocp.StandardCheckpointer() as ckpt:
+            ckpt.save(path / "params", self.params)
+        if self.tokenizer is not None and getattr(self.tokenizer, "path", None):
+            src = Path(self.tokenizer.path)
+            if src.parent != path:
+                shutil.copy(src, path / src.name)
+
+
+def _hf_layout(config: Config) -> dict[str, tuple[tuple, str, int | None, callable]]:
+    """HF tensor name -> (HF shape, rollax param key, layer or None, HF array -> rollax array)."""
+    d, h, k, dh, f, v = (config.hidden, config.heads, config.kv_heads, config.head_dim,
+                         config.intermediate, config.vocab_size)
+    ident = lambda x: x
+    proj = lambda n: lambda x: x.T.reshape(d, n, dh)
+    table = {"model.embed_tokens.weight": ((v, d), "embed", None, ident),
+             "model.norm.weight": ((d,), "final_norm", None, ident)}
+    if not config.tie_embeddings:
+        table["lm_head.weight"] = ((v, d), "lm_head", None, lambda x: x.T)
+    for i in range(config.layers):
+        p = f"model.layers.{i}."
+        table |= {
+            p + "input_layernorm.weight": ((d,), "attn_norm", i, ident),
+            p + "post_attention_layernorm.weight": ((d,), "mlp_norm", i, ident),
+            p + "self_attn.q_proj.weight": ((h * dh, d), "wq", i, proj(h)),
+            p + "self_attn.k_proj.weight": ((k * dh, d), "wk", i, proj(k)),
+            p + "self_attn.v_proj.weight": ((k * dh, d), "wv", i, proj(k)),
+            p + "self_attn.o_proj.weight": ((d, h * dh), "wo", i, lambda x: x.T.reshape(h, dh, d)),
+            p + "mlp.gate_proj.weight": ((f, d), "w_gate", i, lambda x: x.T),
+            p + "mlp.up_proj.weight": ((f, d), "w_up", i, lambda x: x.T),
+            p + "mlp.down_proj.weight": ((d, f), "w_down", i, lambda x: x.T),
+        }
+        if config.qkv_bias:
+            table |= {p + "self_attn.q_proj.bias": ((h * dh,), "bq", i, lambda x: x.reshape(h, dh)),
+                      p + "self_attn.k_proj.bias": ((k * dh,), "bk", i, lambda x: x.reshape(k, dh)),
+                      p + "self_attn.v_proj.bias": ((k * dh,), "bv", i, lambda x: x.reshape(k, dh))}
+    return table
+
+
+def _hf_tensors(path: Path) -> dict[str, np.ndarray]:
+    single, index = path / "model.safetensors", path / "model.safetensors.index.json"
+    if single.exists():
+        return safetensors.read(single)
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: x for f in files for k, x in safetensors.read(path / f).items()}
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ValueError(f"{path} holds only pickle weights ({', '.join(pickles)}); rollax never unpickles. "
+                         "Convert them to safetensors (e.g. save_pretrained(..., safe_serialization=True)).")
+    raise ValueError(f"{path} has no model.safetensors or model.safetensors.index.json")
+
+
+def load_hf(path, dtype=None) -> Model:
+    """Read a Hugging Face directory (``config.json`` + safetensors, tokenizer if present)."""
+    path = Path(path)
+    config = from_hf(json.loads((path / "config.json").read_text()))
+    if dtype is not None:
+        config = dataclasses.replace(config, dtype=jnp.dtype(dtype).name)
+    tensors = _hf_tensors(path)
+    table = _hf_layout(config)
+    ignored = {"lm_head.weight"} if config.tie_embeddings else set()  # tied copies may be saved too
+    unexpected = sorted(set(tensors) - set(table) - ignored)
+    missing = sorted(set(table) - set(tensors))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not match its config.json: missing tensors {missing[:8]}, "
+                         f"unexpected tensors {unexpected[:8]}")
+    shapes = param_shapes(config)
+    out = {key: np.empty(shape, jnp.dtype(config.dtype)) for key, shape in
+           {**{k: s for k, s in shapes.items() if k != "layers"}, **shapes["layers"]}.items()}
+    for name, (shape, key, layer, convert) in table.items():
+        x = tensors[name]
+        if tuple(x.shape) != shape:
+            raise ValueError(f"tensor {name} has shape {tuple(x.shape)}, expected {shape} from config.json")
+        dest = out[key] if layer is None else out[key][layer]
+        dest[...] = convert(x).astype(dest.dtype)
+    layers = {k: out.pop(k) for k in shapes["layers"]}
+    params = jax.tree.map(jnp.asarray, {**out, "layers": layers})
+    return Model(config, params, load_tokenizer(path, config))
+
+
+def load_rollax(path, dtype=None) -> Model:
+    """Read a checkpoint written by :meth:`Model.save` (bit-exact)."""
+    import orbax.checkpoint as ocp
+    path = Path(path).absolute()
+    meta = json.loads((path / ROLLAX_META).read_text())
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
+    config = FAMILIES[meta["family"]](**fields)
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.dtype(config.dtype)), param_shapes(config),
+                          is_leaf=lambda x: isinstance(x, tuple))
+    with ocp.StandardCheckpointer() as ckpt:
+        params = ckpt.restore(path / "params", target)
+    model = Model(config, params, load_tokenizer(path, config))
+    if dtype is not None and jnp.dtype(dtype) != jnp.dtype(config.dtype):
+        model = Model(dataclasses.replace(config, dtype=jnp.dtype(dtype).name),
+                      jax.tree.map(lambda x: x.astype(dtype), params), model.tokenizer)
+    return model
+
+
+def load(path, dtype=None) -> Model:
+    """Load a model directory: rollax's own checkpoint or a Hugging Face one.
+
+    ``dtype`` (e.g. ``jnp.bfloat16``) converts the weights; by default they keep the
+    checkpoint's precision. Raises ``ValueError`` naming the problem for a missing directory,
+    pickle-only weights, or a missing, unexpected or mis-shaped tensor.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"no model directory at {path}")
+    if (path / ROLLAX_META).exists():
+        return load_rollax(path, dtype)
+    if (path / "config.json").exists():
+        return load_hf(path, dtype if dtype is not None else jnp.float32)
+    raise ValueError(f"{path} is neither a rollax checkpoint ({ROLLAX_META}) nor a Hugging Face one (config.json)")

@@ -1,0 +1,159 @@
+"""Model configurations: one frozen, keyword-only dataclass per family, and named presets.
+
+Configs are hashable so they can be static arguments of ``jax.jit``. Variants are made with
+``dataclasses.replace(preset("tiny"), layers=4)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Decoder-only transformer shape (Llama architecture and its relatives)."""
+    vocab_size: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    head_dim: int = 0                      # 0 -> hidden // heads
+    rope_theta: float = 10000.0
+    # Llama-3.1 scaling: (factor, low_freq_factor, high_freq_factor, original_max_position)
+    rope_scaling: tuple[float, float, float, int] | None = None
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    qkv_bias: bool = False
+    sliding_window: int | None = None      # attend to the last `sliding_window` positions only
+    max_len: int = 2048                    # longest prompt + generation the model accepts
+    bos_id: int | None = 1
+    eos_ids: tuple[int, ...] = (2,)
+    pad_id: int = 0
+    dtype: str = "float32"                 # parameter / activation dtype
+
+    family = "llama"
+
+    def __post_init__(self):
+        if not self.head_dim:
+            object.__setattr__(self, "head_dim", self.hidden // self.heads)
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+
+    @property
+    def num_params(self) -> int:
+        """Parameter count (embeddings included)."""
+        d, f, l = self.hidden, self.intermediate, self.layers
+        qkv = d * self.head_dim * (self.heads + 2 * self.kv_heads)
+        attn = qkv + self.heads * self.head_dim * d
+        if self.qkv_bias:
+            attn += self.head_dim * (self.heads + 2 * self.kv_heads)
+        per_layer = attn + 3 * d * f + 2 * d
+        head = 0 if self.tie_embeddings else self.vocab_size * d
+        return self.vocab_size * d + l * per_layer + d + head
+
+    def inv_freq(self) -> np.ndarray:
+        """RoPE inverse frequencies [head_dim // 2], with Llama-3.1 scaling when configured."""
+        inv = 1.0 / self.rope_theta ** (np.arange(0, self.head_dim, 2, dtype=np.float64) / self.head_dim)
+        if self.rope_scaling is not None:
+            factor, low, high, orig = self.rope_scaling
+            wavelen = 2 * math.pi / inv
+            low_wavelen, high_wavelen = orig / low, orig / high
+            smooth = (orig / wavelen - low) / (high - low)
+            scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
+            mid = (wavelen <= low_wavelen) & (wavelen >= high_wavelen)
+            inv = np.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
+        return inv.astype(np.float32)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LlamaConfig(Config):
+    """Llama 2 / 3 / 3.1 / 3.2."""
+    family = "llama"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MistralConfig(Config):
+    """Mistral: Llama with an optional sliding attention window."""
+    family = "mistral"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Qwen2Config(Config):
+    """Qwen2: Llama with biases on the q/k/v projections."""
+    qkv_bias: bool = True
+    family = "qwen2"
+
+
+FAMILIES = {c.family: c for c in (LlamaConfig, MistralConfig, Qwen2Config)}
+
+PRESETS: dict[str, Config] = {
+    "tiny": LlamaConfig(vocab_size=256, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128,
+                        max_len=512),
+    "bench-1b": LlamaConfig(vocab_size=32000, hidden=2048, layers=16, heads=32, kv_heads=8,
+                            intermediate=8192, max_len=4096, dtype="bfloat16"),
+    "llama-3-8b": LlamaConfig(vocab_size=128256, hidden=4096, layers=32, heads=32, kv_heads=8,
+                              intermediate=14336, rope_theta=500000.0, max_len=8192,
+                              bos_id=128000, eos_ids=(128001, 128009), dtype="bfloat16"),
+    "llama-3.2-1b": LlamaConfig(vocab_size=128256, hidden=2048, layers=16, heads=32, kv_heads=8,
+                                intermediate=8192, head_dim=64, rope_theta=500000.0,
+                                rope_scaling=(32.0, 1.0, 4.0, 8192), tie_embeddings=True,
+                                max_len=131072, bos_id=128000, eos_ids=(128001, 128008, 128009),
+                                dtype="bfloat16"),
+    "mistral-7b": MistralConfig(vocab_size=32000, hidden=4096, layers=32, heads=32, kv_heads=8,
+                                intermediate=14336, max_len=32768, rope_theta=1000000.0,
+                                dtype="bfloat16"),
+    "qwen2-0.5b": Qwen2Config(vocab_size=151936, hidden=896, layers=24, heads=14, kv_heads=2,
+                              intermediate=4864, rope_theta=1000000.0, norm_eps=1e-6,
+                              tie_embeddings=True, max_len=32768, bos_id=None,
+                              eos_ids=(151643,), pad_id=151643, dtype="bfloat16"),
+}
+
+
+def preset(name: str, **overrides) -> Config:
+    """A named preset, optionally with fields replaced: ``preset("tiny", layers=4)``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def from_hf(hf: dict) -> Config:
+    """Translate a Hugging Face ``config.json`` dict into a rollax config."""
+    kind = hf.get("model_type")
+    if kind not in FAMILIES:
+        raise ValueError(f"unsupported model_type {kind!r}; rollax reads {', '.join(FAMILIES)}")
+    for flag in ("attention_bias", "mlp_bias"):
+        if hf.get(flag) and kind == "llama":
+            raise ValueError(f"config.json sets {flag}=true, which rollax does not support")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r} (rollax implements silu)")
+    rope = dict(hf.get("rope_parameters") or {})           # transformers >= 5
+    rope.update(hf.get("rope_scaling") or {})               # transformers < 5
+    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+    kind_rope = rope.get("rope_type", rope.get("type", "default"))
+    scaling = None
+    if kind_rope == "llama3":
+        scaling = (float(rope["factor"]), float(rope["low_freq_factor"]),
+                   float(rope["high_freq_factor"]), int(rope["original_max_position_embeddings"]))
+    elif kind_rope != "default":
+        raise ValueError(f"unsupported rope type {kind_rope!r} (rollax implements default and llama3)")
+    eos = hf.get("eos_token_id")
+    eos = () if eos is None else tuple(eos) if isinstance(eos, list) else (eos,)
+    window = hf.get("sliding_window")
+    if kind == "qwen2" and not hf.get("use_sliding_window", False):
+        window = None
+    heads = hf["num_attention_heads"]
+    return FAMILIES[kind](
+        vocab_size=hf["vocab_size"], hidden=hf["hidden_size"], layers=hf["num_hidden_layers"],
+        heads=heads, kv_heads=hf.get("num_key_value_heads") or heads,
+        intermediate=hf["intermediate_size"],
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+        rope_theta=float(theta), rope_scaling=scaling, norm_eps=hf.get("rms_norm_eps", 1e-6),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        sliding_window=window, max_len=hf.get("max_position_embeddings", 2048),
+        bos_id=hf.get("bos_token_id"), eos_ids=eos,
+        pad_id=hf.get("pad_token_id") if hf.get("pad_token_id") is not None else (eos[0] if eos else 0),
+    )

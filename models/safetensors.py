@@ -1,0 +1,51 @@
+"""A zero-copy reader of the safetensors format (memory-mapped numpy, bf16 included).
+
+The ``safetensors`` package's numpy backend refuses bfloat16; the format is an 8-byte
+little-endian header length, a JSON header, then raw little-endian tensors, so reading it
+directly is short and lets callers slice a tensor (for per-shard loads) without reading it all.
+No pickle is ever involved.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+          "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+          "BOOL": np.bool_}
+
+
+def read(path) -> dict[str, np.ndarray]:
+    """All tensors of one ``.safetensors`` file as read-only memory-mapped arrays."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    data = np.memmap(path, np.uint8, mode="r", offset=8 + n) if header else None
+    out = {}
+    for name, info in header.items():
+        if info["dtype"] not in DTYPES:
+            raise ValueError(f"{path.name}: tensor {name} has unsupported dtype {info['dtype']}")
+        lo, hi = info["data_offsets"]
+        out[name] = data[lo:hi].view(DTYPES[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
+def write(path, tensors: dict[str, np.ndarray]) -> None:
+    """Write numpy arrays as a ``.safetensors`` file."""
+    names = {np.dtype(v): k for k, v in DTYPES.items()}
+    header, offset = {}, 0
+    for name, x in tensors.items():
+        header[name] = {"dtype": names[x.dtype], "shape": list(x.shape), "data_offsets": [offset, offset + x.nbytes]}
+        offset += x.nbytes
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for x in tensors.values():
+            f.write(np.ascontiguousarray(x).tobytes())

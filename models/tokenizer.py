@@ -1,0 +1,67 @@
+"""One small tokenizer interface over sentencepiece ``.model`` files and ``tokenizer.json``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class Tokenizer:
+    """``encode(text) -> ids`` (BOS prepended when the model has one), ``decode(ids) -> text``."""
+    bos_id: int | None
+    eos_id: int | None
+    pad_id: int
+
+    def encode(self, text: str, bos: bool = True) -> list[int]:
+        ids = self._encode(text)
+        return ([self.bos_id] if bos and self.bos_id is not None else []) + ids
+
+    def _encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids) -> str:
+        raise NotImplementedError
+
+
+class SentencePieceTokenizer(Tokenizer):
+    def __init__(self, path):
+        import sentencepiece as spm
+        self.path = Path(path)
+        self.sp = spm.SentencePieceProcessor(model_file=str(path))
+        self.vocab_size = self.sp.get_piece_size()
+        none = lambda i: None if i < 0 else i
+        self.bos_id, self.eos_id = none(self.sp.bos_id()), none(self.sp.eos_id())
+        self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else (self.eos_id or 0)
+
+    def _encode(self, text):
+        return self.sp.encode(text)
+
+    def decode(self, ids):
+        return self.sp.decode([int(i) for i in ids])
+
+
+class HFTokenizer(Tokenizer):
+    """A ``tokenizer.json`` read by the ``tokenizers`` library; special ids come from the config."""
+
+    def __init__(self, path, bos_id=None, eos_id=None, pad_id=None):
+        from tokenizers import Tokenizer as _Tok
+        self.path = Path(path)
+        self.tok = _Tok.from_file(str(path))
+        self.vocab_size = self.tok.get_vocab_size()
+        self.bos_id, self.eos_id = bos_id, eos_id
+        self.pad_id = pad_id if pad_id is not None else (eos_id or 0)
+
+    def _encode(self, text):
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids):
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+def load_tokenizer(directory, config) -> Tokenizer | None:
+    """The tokenizer in ``directory`` (``tokenizer.json`` preferred, else ``tokenizer.model``), or None."""
+    directory = Path(directory)
+    eos = config.eos_ids[0] if config.eos_ids else None
+    if (directory / "tokenizer.json").exists():
+        return HFTokenizer(directory / "tokenizer.json", config.bos_id, eos, config.pad_id)
+    if (directory / "tokenizer.model").exists():
+        return SentencePieceTokenizer(directory / "tokenizer.model")
+    return None

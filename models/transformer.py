@@ -1,0 +1,159 @@
+"""The decoder-only transformer (Llama / Mistral / Qwen2) as pure functions.
+
+Parameters are a dict pytree with the layers stacked on a leading axis so the forward pass is
+one ``lax.scan``; :func:`param_axes` gives every weight its logical axis names.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from models.config import Config
+
+F32 = jnp.float32
+
+
+def param_axes(config: Config) -> dict:
+    """Logical axis names of every weight, as a pytree shaped like the params."""
+    layer = {
+        "attn_norm": ("layers", "embed"),
+        "wq": ("layers", "embed", "heads", "head_dim"),
+        "wk": ("layers", "embed", "kv_heads", "head_dim"),
+        "wv": ("layers", "embed", "kv_heads", "head_dim"),
+        "wo": ("layers", "heads", "head_dim", "embed"),
+        "mlp_norm": ("layers", "embed"),
+        "w_gate": ("layers", "embed", "mlp"),
+        "w_up": ("layers", "embed", "mlp"),
+        "w_down": ("layers", "mlp", "embed"),
+    }
+    if config.qkv_bias:
+        layer |= {"bq": ("layers", "heads", "head_dim"), "bk": ("layers", "kv_heads", "head_dim"),
+                  "bv": ("layers", "kv_heads", "head_dim")}
+    axes = {"embed": ("vocab", "embed"), "layers": layer, "final_norm": ("embed",)}
+    if not config.tie_embeddings:
+        axes["lm_head"] = ("embed", "vocab")
+    return axes
+
+
+def param_shapes(config: Config) -> dict:
+    """Shape of every weight, as a pytree shaped like the params."""
+    size = {"layers": config.layers, "embed": config.hidden, "heads": config.heads,
+            "kv_heads": config.kv_heads, "head_dim": config.head_dim,
+            "mlp": config.intermediate, "vocab": config.vocab_size}
+    return jax.tree.map(lambda names: tuple(size[a] for a in names), param_axes(config),
+                        is_leaf=lambda x: isinstance(x, tuple))
+
+
+def init_params(config: Config, key: jax.Array, std: float = 0.02) -> dict:
+    """Random parameters (normal(0, std) matrices, unit norm scales, zero biases)."""
+    shapes = param_shapes(config)
+    leaves, tree = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    paths = [jax.tree_util.keystr(p) for p, _ in
+             jax.tree_util.tree_flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))[0]]
+    dtype = jnp.dtype(config.dtype)
+    out = []
+    for i, (path, shape) in enumerate(zip(paths, leaves)):
+        if "norm" in path:
+            out.append(jnp.ones(shape, dtype))
+        elif "'b" in path:
+            out.append(jnp.zeros(shape, dtype))
+        else:
+            out.append((std * jax.random.normal(jax.random.fold_in(key, i), shape, F32)).astype(dtype))
+    return jax.tree.unflatten(tree, out)
+
+
+def rms_norm(x, weight, eps):
+    x32 = x.astype(F32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight * y.astype(x.dtype)
+
+
+def rope(x, positions, inv_freq):
+    """Rotary embedding, "rotate half" convention. x [B, T, H, Dh]; positions int [B, T]."""
+    freqs = positions.astype(F32)[..., None] * inv_freq          # [B, T, Dh/2]
+    cos = jnp.cos(jnp.concatenate([freqs, freqs], -1))[:, :, None].astype(x.dtype)
+    sin = jnp.sin(jnp.concatenate([freqs, freqs], -1))[:, :, None].astype(x.dtype)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return x * cos + jnp.concatenate([-x2, x1], -1) * sin
+
+
+def attention(q, k, v, mask):
+    """Masked grouped-query attention returning the output and its log-sum-exp.
+
+    q [B, T, H, Dh]; k, v [B, S, K, Dh]; mask bool [B, T, S]. Returns out [B, T, H, Dh] (q's
+    dtype) and lse fp32 [B, T, H]. A query with no visible key gets out 0 and lse -inf, so
+    partial attentions over disjoint key blocks merge exactly with :func:`merge_attention`.
+    """
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, t, kv, h // kv, d)
+    s = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=F32) * (d ** -0.5)
+    s = jnp.where(mask[:, None, None], s, -jnp.inf)
+    m = jnp.max(s, axis=-1, keepdims=True)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    p = jnp.exp(s - m)
+    l = jnp.sum(p, axis=-1, keepdims=True)
+    o = jnp.einsum("bkgts,bskd->btkgd", p.astype(v.dtype), v, preferred_element_type=F32)
+    l_t = jnp.moveaxis(l[..., 0], -1, 1)[..., None]               # [B, T, K, G, 1]
+    o = o / jnp.maximum(l_t, jnp.finfo(F32).tiny)
+    lse = jnp.moveaxis((m + jnp.log(l))[..., 0], -1, 1)           # [B, T, K, G]
+    return o.reshape(b, t, h, d).astype(q.dtype), lse.reshape(b, t, h)
+
+
+def merge_attention(parts):
+    """Merge partial attentions [(out, lse), ...] over disjoint key sets (fp32 log-sum-exp)."""
+    lse = jax.nn.logsumexp(jnp.stack([l for _, l in parts]), axis=0)
+    lse_safe = jnp.where(jnp.isfinite(lse), lse, 0.0)
+    out = sum(o.astype(F32) * jnp.exp(l - lse_safe)[..., None] for o, l in parts)
+    return out.astype(parts[0][0].dtype), lse
+
+
+def causal_mask(t: int, window: int | None):
+    q = jnp.arange(t)[:, None]
+    k = jnp.arange(t)[None, :]
+    mask = k <= q
+    if window is not None:
+        mask &= q - k < window
+    return mask[None]
+
+
+def forward(config: Config, params: dict, tokens, positions=None, cache=None, *, last_only=False):
+    """One model step: ``tokens`` int [B, T] -> (logits fp32 [B, T, V], cache).
+
+    Without a cache this is a plain causal forward (positions default to 0..T-1). With a cache
+    (any object with ``positions(T)``, ``attend(layer, q, k, v, window)`` and ``advance(T)``,
+    e.g. :class:`engine.KVCache`), the new tokens' keys/values are written into it and attend
+    to everything it holds. ``last_only`` returns logits [B, V] of the last position only.
+    """
+    t = tokens.shape[1]
+    if positions is None:
+        positions = cache.positions(t) if cache is not None else jnp.broadcast_to(jnp.arange(t), tokens.shape)
+    inv_freq = jnp.asarray(config.inv_freq())
+    mask = causal_mask(t, config.sliding_window) if cache is None else None
+    x = params["embed"][tokens]
+
+    def layer(carry, lp):
+        x, cache, i = carry
+        h = rms_norm(x, lp["attn_norm"], config.norm_eps)
+        q = jnp.einsum("btd,dhk->bthk", h, lp["wq"])
+        k = jnp.einsum("btd,dhk->bthk", h, lp["wk"])
+        v = jnp.einsum("btd,dhk->bthk", h, lp["wv"])
+        if config.qkv_bias:
+            q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
+        q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
+        if cache is None:
+            o, _ = attention(q, k, v, mask)
+        else:
+            o, cache = cache.attend(i, q, k, v, config.sliding_window)
+        x = x + jnp.einsum("bthk,hkd->btd", o, lp["wo"])
+        h = rms_norm(x, lp["mlp_norm"], config.norm_eps)
+        g = jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])
+        return (x + g @ lp["w_down"], cache, i + 1), None
+
+    (x, cache, _), _ = jax.lax.scan(layer, (x, cache, 0), params["layers"])
+    if last_only:
+        x = x[:, -1]
+    x = rms_norm(x, params["final_norm"], config.norm_eps)
+    head = params["embed"].T if config.tie_embeddings else params["lm_head"]
+    logits = jnp.matmul(x, head, preferred_element_type=F32)
+    return logits, (cache.advance(t) if cache is not None else None)

@@ -1,0 +1,46 @@
+"""Shared fixtures: random tiny Hugging Face checkpoints written by ``transformers`` itself."""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+TINY = dict(vocab_size=97, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+
+HF_CASES = {
+    "llama-gqa": ("LlamaForCausalLM", "LlamaConfig", dict(rope_theta=10000.0)),
+    "llama31": ("LlamaForCausalLM", "LlamaConfig", dict(
+        num_key_value_heads=1, tie_word_embeddings=True,
+        rope_scaling={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 32})),
+    "mistral": ("MistralForCausalLM", "MistralConfig", dict(sliding_window=16)),
+    "qwen2": ("Qwen2ForCausalLM", "Qwen2Config", dict(num_key_value_heads=4)),
+}
+
+
+def write_hf(path, case: str, seed: int = 0):
+    """A random-weight HF checkpoint of ``case`` in ``path``; returns the torch model (fp32, eval)."""
+    import torch
+    import transformers
+    arch, cfg_cls, extra = HF_CASES[case]
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, cfg_cls)(**{**TINY, **extra, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0})
+    model = getattr(transformers, arch)(cfg).eval()
+    with torch.no_grad():  # non-trivial norms and biases so their loading is checked
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(path, safe_serialization=True)
+    return model
+
+
+@pytest.fixture(scope="session", params=list(HF_CASES))
+def hf_checkpoint(request, tmp_path_factory):
+    """(case, directory, torch model) for each supported family."""
+    path = tmp_path_factory.mktemp(request.param)
+    return request.param, path, write_hf(path, request.param)
