@@ -30,6 +30,12 @@ class KVCache:
         start = jnp.zeros((batch,), jnp.int32) if start is None else jnp.asarray(start, jnp.int32)
         return cls(k=z, v=z, start=start, index=jnp.zeros((), jnp.int32))
 
+    @staticmethod
+    def axes() -> "KVCache":
+        """Logical axis names of every field (for ``sharding``), shaped like the cache."""
+        kv = ("layers", "rollouts", "seq", "kv_heads", "head_dim")
+        return KVCache(k=kv, v=kv, start=("rollouts",), index=())
+
     @property
     def size(self) -> int:
         return self.k.shape[2]
