@@ -89,6 +89,13 @@ def _hf_tensors(path: Path) -> dict[str, np.ndarray]:
     raise ValueError(f"{path} has no model.safetensors or model.safetensors.index.json")
 
 
+def _tokenizer(path: Path, config: Config) -> Tokenizer | None:
+    tok = load_tokenizer(path, config)
+    if tok is not None and tok.vocab_size > config.vocab_size:
+        raise ValueError(f"{path}: the tokenizer has {tok.vocab_size} tokens but the model's vocab_size {config.vocab_size}")
+    return tok
+
+
 def load_hf(path, dtype=None) -> Model:
     """Read a Hugging Face directory (``config.json`` + safetensors, tokenizer if present)."""
     path = Path(path)
@@ -114,7 +121,7 @@ def load_hf(path, dtype=None) -> Model:
         dest[...] = convert(x).astype(dest.dtype)
     layers = {k: out.pop(k) for k in shapes["layers"]}
     params = jax.tree.map(jnp.asarray, {**out, "layers": layers})
-    return Model(config, params, load_tokenizer(path, config))
+    return Model(config, params, _tokenizer(path, config))
 
 
 def load_rollax(path, dtype=None) -> Model:
@@ -128,7 +135,7 @@ def load_rollax(path, dtype=None) -> Model:
                           is_leaf=lambda x: isinstance(x, tuple))
     with ocp.StandardCheckpointer() as ckpt:
         params = ckpt.restore(path / "params", target)
-    model = Model(config, params, load_tokenizer(path, config))
+    model = Model(config, params, _tokenizer(path, config))
     if dtype is not None and jnp.dtype(dtype) != jnp.dtype(config.dtype):
         model = Model(dataclasses.replace(config, dtype=jnp.dtype(dtype).name),
                       jax.tree.map(lambda x: x.astype(dtype), params), model.tokenizer)

@@ -47,8 +47,12 @@ class Sampler:
         return cls()
 
     def broadcast(self, shape) -> "Sampler":
-        """Every field broadcast to ``shape`` (e.g. the rollout axes [G, N])."""
-        return jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), shape), self)
+        """Every field broadcast to ``shape`` (e.g. the rollout axes [G, N]); a field of shape [G]
+        gives each prompt's rollouts that prompt's setting (trailing axes are added, not leading)."""
+        def one(x):
+            x = jnp.asarray(x)
+            return jnp.broadcast_to(x.reshape(x.shape + (1,) * (len(shape) - x.ndim)), shape)
+        return jax.tree.map(one, self)
 
     def reshape(self, shape) -> "Sampler":
         return jax.tree.map(lambda x: x.reshape(shape), self)

@@ -1,0 +1,158 @@
+"""Checkpoints (HF safetensors, sharded; rollax/orbax) and tokenizers."""
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import engine
+import models
+from models import safetensors
+
+
+def _copy_checkpoint(hf_checkpoint, tmp_path):
+    _, src, _ = hf_checkpoint
+    dst = tmp_path / "ckpt"
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.fixture
+def llama_dir(tmp_path):
+    from tests.conftest import write_hf
+    write_hf(tmp_path, "llama-gqa")
+    return tmp_path
+
+
+def test_sharded_safetensors_load_like_single_file(llama_dir, tmp_path):
+    tensors = safetensors.read(llama_dir / "model.safetensors")
+    names = sorted(tensors)
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    shutil.copy(llama_dir / "config.json", sharded)
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for fname, part in halves.items():
+        safetensors.write(sharded / fname, {n: np.asarray(tensors[n]) for n in part})
+    index = {"weight_map": {n: f for f, part in halves.items() for n in part}}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    a, b = models.load(llama_dir), models.load(sharded)
+    jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+
+
+def test_missing_tensor_is_named(llama_dir):
+    tensors = safetensors.read(llama_dir / "model.safetensors")
+    kept = {k: np.array(v) for k, v in tensors.items() if k != "model.layers.1.mlp.up_proj.weight"}
+    safetensors.write(llama_dir / "model.safetensors", kept)
+    with pytest.raises(ValueError) as err:
+        models.load(llama_dir)
+    assert "missing tensors ['model.layers.1.mlp.up_proj.weight']" in str(err.value)
+
+
+def test_unexpected_tensor_is_named(llama_dir):
+    tensors = {k: np.array(v) for k, v in safetensors.read(llama_dir / "model.safetensors").items()}
+    tensors["model.extra.weight"] = np.zeros(3, np.float32)
+    safetensors.write(llama_dir / "model.safetensors", tensors)
+    with pytest.raises(ValueError) as err:
+        models.load(llama_dir)
+    assert "unexpected tensors ['model.extra.weight']" in str(err.value)
+
+
+def test_misshaped_tensor_names_both_shapes(llama_dir):
+    tensors = {k: np.array(v) for k, v in safetensors.read(llama_dir / "model.safetensors").items()}
+    tensors["model.layers.0.self_attn.k_proj.weight"] = np.zeros((16, 64), np.float32)
+    safetensors.write(llama_dir / "model.safetensors", tensors)
+    with pytest.raises(ValueError) as err:
+        models.load(llama_dir)
+    assert "model.layers.0.self_attn.k_proj.weight has shape (16, 64), expected (32, 64)" in str(err.value)
+
+
+def test_pickle_only_directory_is_refused(llama_dir):
+    (llama_dir / "model.safetensors").unlink()
+    (llama_dir / "pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(ValueError) as err:
+        models.load(llama_dir)
+    assert "only pickle weights (pytorch_model.bin)" in str(err.value)
+    assert "never unpickles" in str(err.value)
+
+
+def test_not_a_model_directory(tmp_path):
+    with pytest.raises(ValueError) as err:
+        models.load(tmp_path / "nope")
+    assert "no model directory" in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_rollax_checkpoint_round_trip_is_bit_exact(llama_dir, tmp_path, dtype):
+    model = models.load(llama_dir, dtype=dtype)
+    model.save(tmp_path / "rollax")
+    back = models.load(tmp_path / "rollax")
+    assert back.config == model.config
+    for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(back.params)):
+        assert a.dtype == b.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(a.astype(jnp.float32)), np.asarray(b.astype(jnp.float32)))
+
+
+def test_bf16_safetensors_are_read(llama_dir):
+    import torch
+    import transformers
+    ref = transformers.AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.bfloat16)
+    ref.save_pretrained(llama_dir, safe_serialization=True)
+    model = models.load(llama_dir, dtype=jnp.bfloat16)
+    want = ref.model.embed_tokens.weight.detach().float().numpy()
+    np.testing.assert_array_equal(np.asarray(model.params["embed"].astype(jnp.float32)), want)
+
+
+TEXT = ["the cat sat on the mat", "a dog ran in the park", "12 + 34 = 46", "hello world"] * 50
+
+
+def _sentencepiece(tmp_path):
+    import sentencepiece as spm
+    prefix = tmp_path / "sp"
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(TEXT), model_prefix=str(prefix), vocab_size=40,
+                                   model_type="bpe", split_digits=True, pad_id=3, bos_id=1, eos_id=2,
+                                   unk_id=0, minloglevel=2)
+    return models.SentencePieceTokenizer(f"{prefix}.model")
+
+
+def _tokenizer_json(tmp_path):
+    from tokenizers import Tokenizer, models as tm, pre_tokenizers, trainers, decoders
+    tok = Tokenizer(tm.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
+    tok.decoder = decoders.Metaspace(prepend_scheme="never")
+    tok.train_from_iterator(TEXT, trainers.BpeTrainer(vocab_size=90, special_tokens=["<unk>", "<s>", "</s>"]))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    return models.HFTokenizer(tmp_path / "tokenizer.json", bos_id=1, eos_id=2, pad_id=0)
+
+
+@pytest.mark.parametrize("make", [_sentencepiece, _tokenizer_json])
+def test_tokenizers_round_trip(tmp_path, make):
+    tok = make(tmp_path)
+    ids = tok.encode("the cat ran 12")
+    assert ids[0] == tok.bos_id == 1 and tok.eos_id == 2
+    assert tok.decode(ids[1:]) == "the cat ran 12"
+    assert tok.encode("the cat", bos=False) == ids[1:len(tok.encode("the cat"))]
+
+
+def test_string_prompts_through_a_loaded_tokenizer(llama_dir):
+    _tokenizer_json(llama_dir)
+    model = models.load(llama_dir)
+    assert isinstance(model.tokenizer, models.HFTokenizer)
+    out = engine.generate(model, ["the cat", "hello world"], max_new_tokens=5)
+    ids = [model.tokenizer.encode(t) for t in ["the cat", "hello world"]]
+    ref = engine.generate(model, ids, max_new_tokens=5)
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    assert len(out.text) == 2 and all(isinstance(t, str) for t in out.text[0])
+
+
+def test_tokenizer_larger_than_model_vocabulary_is_refused(llama_dir):
+    from tokenizers import Tokenizer, models as tm, pre_tokenizers, trainers
+    tok = Tokenizer(tm.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(TEXT, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(llama_dir / "tokenizer.json"))
+    with pytest.raises(ValueError) as err:
+        models.load(llama_dir)
+    assert "tokenizer has" in str(err.value) and "vocab_size 97" in str(err.value)

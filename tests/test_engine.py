@@ -1,0 +1,146 @@
+"""The generation engine on a random tiny model: cache correctness, reproducibility, bad input."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import engine
+import models
+from engine import KVCache
+from sampling import Sampler
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = models.preset("tiny", eos_ids=(), bos_id=None)   # no EOS: every row runs full length
+    return models.Model(config, models.init_params(config, jax.random.key(0), std=0.2))
+
+
+def test_prefill_then_decode_equals_full_forward(tiny):
+    config, params = tiny.config, tiny.params
+    rng = np.random.default_rng(0)
+    lengths = [5, 11, 3]
+    extra = 6
+    full = [rng.integers(0, config.vocab_size, size=n + extra).tolist() for n in lengths]
+    # prefill the prompts (left-padded) then feed the next tokens one at a time
+    tokens, start = engine.left_pad([f[:n] for f, n in zip(full, lengths)], config.pad_id, 16)
+    cache = KVCache.create(config, len(full), 16 + extra, start)
+    logits, cache = models.forward(config, params, jnp.asarray(tokens), None, cache)
+    steps = [logits[:, -1]]
+    for t in range(extra - 1):
+        nxt = jnp.asarray([[f[n + t]] for f, n in zip(full, lengths)])
+        logits, cache = models.forward(config, params, nxt, None, cache)
+        steps.append(logits[:, -1])
+    for row, (f, n) in enumerate(zip(full, lengths)):
+        want, _ = models.forward(config, params, jnp.asarray([f]))
+        got = np.stack([s[row] for s in steps])
+        np.testing.assert_allclose(got, want[0, n - 1:n - 1 + extra], rtol=1e-5, atol=1e-5)
+
+
+def test_sampled_rollout_is_independent_of_batch(tiny):
+    sampler = Sampler(temperature=1.0, top_p=0.95)
+    prompt = [3, 17, 42, 9]
+    others = [[1] * 30, [200, 201], [7, 7, 7, 7, 7, 7, 7]]
+    alone = engine.generate(tiny, [prompt], max_new_tokens=24, sampler=sampler, n=3, seed=7)
+    batch = engine.generate(tiny, others[:2] + [prompt] + others[2:], max_new_tokens=24, sampler=sampler,
+                            n=3, seed=7)
+    np.testing.assert_array_equal(alone.tokens[0], batch.tokens[2])
+    np.testing.assert_allclose(alone.logprobs[0], batch.logprobs[2], rtol=1e-5, atol=1e-6)
+    # rollouts of one prompt differ from each other, and another seed changes them
+    assert not np.array_equal(alone.tokens[0, 0], alone.tokens[0, 1])
+    other = engine.generate(tiny, [prompt], max_new_tokens=24, sampler=sampler, n=3, seed=8)
+    assert not np.array_equal(alone.tokens, other.tokens)
+
+
+def test_logprobs_are_model_and_proposal_logprobs(tiny):
+    sampler = Sampler(temperature=0.7, top_k=5)
+    out = engine.generate(tiny, [[4, 5, 6]], max_new_tokens=4, sampler=sampler, n=2, seed=1)
+    toks = np.asarray(out.tokens[0, 0])
+    seq = jnp.asarray([[4, 5, 6] + toks.tolist()])
+    logits, _ = models.forward(tiny.config, tiny.params, seq)
+    logits = np.asarray(logits[0, 2:6], np.float64)
+    want = logits[np.arange(4), toks] - np.log(np.exp(logits).sum(-1))
+    np.testing.assert_allclose(out.logprobs[0, 0], want, rtol=1e-4, atol=1e-5)
+    scaled = logits / 0.7
+    kth = np.sort(scaled, -1)[:, -5][:, None]
+    kept = np.where(scaled >= kth, scaled, -np.inf)
+    want_q = kept[np.arange(4), toks] - np.log(np.exp(kept).sum(-1))
+    np.testing.assert_allclose(out.sample_logprobs[0, 0], want_q, rtol=1e-4, atol=1e-5)
+
+
+def test_stop_tokens_end_rows_and_pad_after(tiny):
+    greedy = engine.generate(tiny, [[4, 5, 6]], max_new_tokens=12)
+    first = int(greedy.tokens[0, 0, 3])
+    out = engine.generate(tiny, [[4, 5, 6]], max_new_tokens=12, stop_tokens=[first])
+    n = int(out.lengths[0, 0])
+    assert n <= 4 and int(out.tokens[0, 0, n - 1]) == first
+    np.testing.assert_array_equal(out.tokens[0, 0, :n], greedy.tokens[0, 0, :n])
+    assert np.all(np.asarray(out.tokens[0, 0, n:]) == tiny.config.pad_id)
+    assert np.all(np.asarray(out.logprobs[0, 0, n:]) == 0)
+
+
+def test_stream_yields_what_generate_returns(tiny):
+    sampler = Sampler(temperature=1.0)
+    streamed = list(engine.stream(tiny, [9, 8, 7], max_new_tokens=10, sampler=sampler, seed=3))
+    out = engine.generate(tiny, [[9, 8, 7]], max_new_tokens=10, sampler=sampler, seed=3)
+    assert streamed == np.asarray(out.tokens[0, 0]).tolist()
+
+
+def test_mixed_settings_rows_are_each_their_own_sampler(tiny):
+    prompts = [[1, 2, 3], [4, 5, 6]]
+    mixed = Sampler(temperature=[0.0, 1.0], top_k=[0, 3])
+    out = engine.generate(tiny, prompts, max_new_tokens=8, sampler=mixed, seed=5)
+    greedy = engine.generate(tiny, prompts[:1], max_new_tokens=8)
+    sampled = engine.generate(tiny, prompts[1:], max_new_tokens=8, sampler=Sampler(temperature=1.0, top_k=3),
+                              seed=5)
+    np.testing.assert_array_equal(out.tokens[0], greedy.tokens[0])
+    np.testing.assert_array_equal(out.tokens[1], sampled.tokens[0])
+
+
+def test_prompt_buckets_limit_compilations(tiny):
+    engine.generate(tiny, [[1, 2, 3]], max_new_tokens=5)
+    before = engine.decode_loop._cache_size()
+    for n in (2, 7, 13, 16):      # all in the 16-token bucket
+        engine.generate(tiny, [list(range(1, n + 1))], max_new_tokens=5)
+    assert engine.decode_loop._cache_size() == before
+
+
+@pytest.mark.parametrize("kwargs, prompts, message", [
+    ({}, [[]], "prompt 0 is empty"),
+    ({}, [], "non-empty list"),
+    ({}, [[1, 2, 999]], "outside the vocabulary"),
+    ({}, [[-1, 2]], "outside the vocabulary"),
+    ({}, [list(range(1, 200)) * 3], "maximum length"),
+    ({"max_new_tokens": 0}, [[1, 2]], "max_new_tokens must be >= 1"),
+    ({"n": 0}, [[1, 2]], "n must be >= 1"),
+    ({}, ["text"], "need a model with a tokenizer"),
+])
+def test_bad_input_is_a_clear_value_error(tiny, kwargs, prompts, message):
+    kwargs = {"max_new_tokens": 4, **kwargs}
+    with pytest.raises(ValueError) as err:
+        engine.generate(tiny, prompts, **kwargs)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"top_p": 0.0}, "top_p must be in (0, 1]"),
+    ({"top_p": 1.5}, "top_p must be in (0, 1]"),
+    ({"temperature": -0.5}, "temperature must be >= 0"),
+    ({"top_k": -1}, "top_k must be >= 0"),
+])
+def test_bad_sampler_settings_are_value_errors(settings, message):
+    with pytest.raises(ValueError) as err:
+        Sampler(**settings)
+    assert message in str(err.value)
+
+
+def test_cache_is_donated_to_decode_step(tiny):
+    state = engine.prefill(tiny.forward, tiny.config, tiny.params, np.array([[1, 2, 3]], np.int32),
+                           np.zeros(1, np.int32), jax.random.split(jax.random.key(0), 1), max_new_tokens=4)
+    old = state.cache.k
+    stop = jnp.asarray([-1], jnp.int32)
+    new = engine.decode_step(tiny.forward, tiny.config, tiny.params, state, Sampler().broadcast((1,)), stop)
+    assert old.is_deleted() and int(new.step) == 1
+    assert dataclasses.is_dataclass(new.cache)
