@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import sharding
 from engine.cache import KVCache
 from sampling import Sampler, rollout_keys, sample
 
@@ -35,6 +37,13 @@ class DecodeState:
     sample_logprobs: jax.Array  # f32 [B, T]    proposal log-prob (after filters)
     keys: jax.Array             # key [B]       per-rollout PRNG keys
     cache: KVCache
+
+    @staticmethod
+    def axes() -> "DecodeState":
+        """Logical axis names of every field (for ``sharding``), shaped like the state."""
+        row, rows = ("rollouts",), ("rollouts", "time")
+        return DecodeState(step=(), done=row, logits=("rollouts", "vocab"), tokens=rows, lengths=row,
+                           logprobs=rows, sample_logprobs=rows, keys=row, cache=KVCache.axes())
 
 
 @dataclasses.dataclass
@@ -81,20 +90,24 @@ def left_pad(ids: list[list[int]], pad_id: int, length: int):
     return tokens, start
 
 
-@partial(jax.jit, static_argnames=("forward", "config", "max_new_tokens"))
-def prefill(forward, config, params, tokens, start, keys, *, max_new_tokens: int) -> DecodeState:
-    """Run the prompts [B, P] (left-padded, first real slot ``start``) into a fresh cache."""
+@partial(jax.jit, static_argnames=("forward", "config", "max_new_tokens", "mesh"))
+def prefill(forward, config, params, tokens, start, keys, *, max_new_tokens: int, mesh=None) -> DecodeState:
+    """Run the prompts [B, P] (left-padded, first real slot ``start``) into a fresh cache.
+
+    With a ``mesh``, the cache and the state are constrained to the shardings of their logical axes.
+    """
     b, p = tokens.shape
-    cache = KVCache.create(config, b, p + max_new_tokens, start)
+    cache = sharding.constrain(KVCache.create(config, b, p + max_new_tokens, start), KVCache.axes(), mesh)
     logits, cache = forward(config, params, tokens, None, cache, last_only=True)
     zeros = jnp.zeros((b, max_new_tokens), jnp.float32)
-    return DecodeState(step=jnp.zeros((), jnp.int32), done=jnp.zeros((b,), bool), logits=logits,
-                       tokens=jnp.full((b, max_new_tokens), config.pad_id, jnp.int32),
-                       lengths=jnp.zeros((b,), jnp.int32), logprobs=zeros, sample_logprobs=zeros,
-                       keys=keys, cache=cache)
+    state = DecodeState(step=jnp.zeros((), jnp.int32), done=jnp.zeros((b,), bool), logits=logits,
+                        tokens=jnp.full((b, max_new_tokens), config.pad_id, jnp.int32),
+                        lengths=jnp.zeros((b,), jnp.int32), logprobs=zeros, sample_logprobs=zeros,
+                        keys=keys, cache=cache)
+    return sharding.constrain(state, DecodeState.axes(), mesh)
 
 
-def _step(forward, config, params, state: DecodeState, sampler: Sampler, stop_ids) -> DecodeState:
+def _step(forward, config, params, state: DecodeState, sampler: Sampler, stop_ids, mesh=None) -> DecodeState:
     keys = jax.vmap(jax.random.fold_in, (0, None))(state.keys, state.step)
     tok, lp, slp = sample(state.logits, sampler, keys)
     tok = jnp.where(state.done, config.pad_id, tok)
@@ -102,28 +115,39 @@ def _step(forward, config, params, state: DecodeState, sampler: Sampler, stop_id
     lengths = state.lengths + (~state.done)
     done = state.done | jnp.isin(tok, stop_ids)
     logits, cache = forward(config, params, tok[:, None], None, state.cache, last_only=True)
-    return dataclasses.replace(state, step=state.step + 1, done=done, logits=logits, tokens=put(state.tokens, tok),
-                               lengths=lengths, logprobs=put(state.logprobs, jnp.where(state.done, 0.0, lp)),
-                               sample_logprobs=put(state.sample_logprobs, jnp.where(state.done, 0.0, slp)),
-                               cache=cache)
+    state = dataclasses.replace(state, step=state.step + 1, done=done, logits=logits, tokens=put(state.tokens, tok),
+                                lengths=lengths, logprobs=put(state.logprobs, jnp.where(state.done, 0.0, lp)),
+                                sample_logprobs=put(state.sample_logprobs, jnp.where(state.done, 0.0, slp)),
+                                cache=cache)
+    return sharding.constrain(state, DecodeState.axes(), mesh)
 
 
-decode_step = jax.jit(_step, static_argnums=(0, 1), donate_argnums=(3,))
+decode_step = jax.jit(_step, static_argnums=(0, 1), static_argnames=("mesh",), donate_argnums=(3,))
 decode_step.__doc__ = """One decode step: sample a token per row from ``state.logits``, run it through the model.
 
 ``decode_step(forward, config, params, state, sampler, stop_ids) -> state``; ``state`` is donated.
 """
 
 
-@partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
-def decode_loop(forward, config, params, state: DecodeState, sampler: Sampler, stop_ids) -> DecodeState:
+@partial(jax.jit, static_argnums=(0, 1), static_argnames=("mesh",), donate_argnums=(3,))
+def decode_loop(forward, config, params, state: DecodeState, sampler: Sampler, stop_ids, mesh=None) -> DecodeState:
     """Decode until every row is done or the token budget ``state.tokens.shape[1]`` is spent."""
     budget = state.tokens.shape[1]
     cond = lambda s: (s.step < budget) & ~jnp.all(s.done)
-    return jax.lax.while_loop(cond, lambda s: _step(forward, config, params, s, sampler, stop_ids), state)
+    return jax.lax.while_loop(cond, lambda s: _step(forward, config, params, s, sampler, stop_ids, mesh), state)
 
 
-def _setup(model, prompts, max_new_tokens, sampler, n, seed, stop_tokens):
+def _on_mesh(model, mesh):
+    """``model`` with its params on ``mesh`` (``model.shard(mesh)``; a model without it: replicated)."""
+    if mesh is None:
+        return model
+    if hasattr(model, "shard"):
+        return model.shard(mesh)
+    params = sharding.place(model.params, jax.tree.map(lambda x: (None,) * np.ndim(x), model.params), mesh)
+    return SimpleNamespace(config=model.config, params=params, forward=model.forward, tokenizer=model.tokenizer)
+
+
+def _setup(model, prompts, max_new_tokens, sampler, n, seed, stop_tokens, mesh=None):
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     ids = _check_prompts(model, prompts, max_new_tokens)
@@ -135,13 +159,19 @@ def _setup(model, prompts, max_new_tokens, sampler, n, seed, stop_tokens):
     tokens, start = np.repeat(tokens, n, axis=0), np.repeat(start, n)
     stops = sorted(set(model.config.eos_ids) | set(stop_tokens or ()))
     stop_ids = jnp.asarray(stops or [-1], jnp.int32)
-    state = prefill(model.forward, model.config, model.params, tokens, start,
-                    rollout_keys(seed, ids, n), max_new_tokens=max_new_tokens)
+    keys = rollout_keys(seed, ids, n)
+    if mesh is not None:  # rows split over the data axis; every host passes the same global values
+        row, (fields, tree) = ("rollouts",), jax.tree.flatten(sampler)
+        tokens, start, keys, fields, stop_ids = sharding.place(
+            (tokens, start, keys, fields, stop_ids), (("rollouts", None), row, row, [row] * len(fields), (None,)), mesh)
+        sampler = jax.tree.unflatten(tree, fields)
+    state = prefill(model.forward, model.config, model.params, tokens, start, keys,
+                    max_new_tokens=max_new_tokens, mesh=mesh)
     return g, sampler, stop_ids, state
 
 
 def generate(model, prompts, *, max_new_tokens: int, sampler: Sampler | None = None, n: int = 1,
-             seed: int = 0, stop_tokens=None) -> Rollouts:
+             seed: int = 0, stop_tokens=None, mesh=None) -> Rollouts:
     """Generate ``n`` rollouts for each prompt.
 
     ``model`` has ``config``, ``params``, ``forward`` and ``tokenizer`` (a :class:`models.Model`
@@ -150,9 +180,18 @@ def generate(model, prompts, *, max_new_tokens: int, sampler: Sampler | None = N
     (which is kept as the row's last token). Rollout ``r`` of a prompt draws from
     ``fold_in(fold_in(fold_in(key(seed), prompt_id), r), step)``, so it is the same whatever
     else is in the batch. ``sampler`` defaults to greedy.
+
+    ``mesh`` (``sharding.make_mesh(...)``) shards the work: params by their logical axes
+    (tensor parallel), rollouts and their cache over the ``data`` axis; results are the same
+    tokens as on one device and come back replicated on every host. On several hosts every
+    host calls ``generate`` with the same global prompts (``sharding.gather_prompts``).
     """
-    g, sampler, stop_ids, state = _setup(model, prompts, max_new_tokens, sampler, n, seed, stop_tokens)
-    state = decode_loop(model.forward, model.config, model.params, state, sampler, stop_ids)
+    model = _on_mesh(model, mesh)
+    g, sampler, stop_ids, state = _setup(model, prompts, max_new_tokens, sampler, n, seed, stop_tokens, mesh)
+    state = decode_loop(model.forward, model.config, model.params, state, sampler, stop_ids, mesh=mesh)
+    if mesh is not None:  # the results, replicated so that every host can read them
+        state = dataclasses.replace(state, **sharding.replicate(
+            {f: getattr(state, f) for f in ("tokens", "lengths", "logprobs", "sample_logprobs")}, mesh))
     shape = (g, n, max_new_tokens)
     out = Rollouts(tokens=state.tokens.reshape(shape), lengths=state.lengths.reshape(g, n),
                    logprobs=state.logprobs.reshape(shape), sample_logprobs=state.sample_logprobs.reshape(shape))
