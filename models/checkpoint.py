@@ -10,9 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import safetensors
+from models import safetensors, zoo
 from models.config import FAMILIES, Config, from_hf
 from models.tokenizer import Tokenizer, load_tokenizer
+from models.placement import abstract_params, hf_to_mesh, shard_params
 from models.transformer import forward, param_shapes
 
 ROLLAX_META = "rollax.json"
@@ -27,6 +28,10 @@ class Model:
     params: dict
     tokenizer: Tokenizer | None = None
     forward = staticmethod(forward)
+
+    def shard(self, mesh) -> "Model":
+        """This model with its params placed on ``mesh`` by their logical axes (``sharding.RULES``)."""
+        return dataclasses.replace(self, params=shard_params(self.config, self.params, mesh))
 
     def save(self, path) -> None:
         """Write rollax's own checkpoint: params with orbax, the config, the tokenizer files."""
@@ -96,8 +101,11 @@ def _tokenizer(path: Path, config: Config) -> Tokenizer | None:
     return tok
 
 
-def load_hf(path, dtype=None) -> Model:
-    """Read a Hugging Face directory (``config.json`` + safetensors, tokenizer if present)."""
+def load_hf(path, dtype=None, mesh=None) -> Model:
+    """Read a Hugging Face directory (``config.json`` + safetensors, tokenizer if present).
+
+    With a ``mesh``, every device's block of every weight is read straight from the file.
+    """
     path = Path(path)
     config = from_hf(json.loads((path / "config.json").read_text()))
     if dtype is not None:
@@ -110,6 +118,8 @@ def load_hf(path, dtype=None) -> Model:
     if missing or unexpected:
         raise ValueError(f"checkpoint {path} does not match its config.json: missing tensors {missing[:8]}, "
                          f"unexpected tensors {unexpected[:8]}")
+    if mesh is not None:
+        return Model(config, hf_to_mesh(tensors, table, config, mesh), _tokenizer(path, config))
     shapes = param_shapes(config)
     out = {key: np.empty(shape, jnp.dtype(config.dtype)) for key, shape in
            {**{k: s for k, s in shapes.items() if k != "layers"}, **shapes["layers"]}.items()}
@@ -124,15 +134,14 @@ def load_hf(path, dtype=None) -> Model:
     return Model(config, params, _tokenizer(path, config))
 
 
-def load_rollax(path, dtype=None) -> Model:
-    """Read a checkpoint written by :meth:`Model.save` (bit-exact)."""
+def load_rollax(path, dtype=None, mesh=None) -> Model:
+    """Read a checkpoint written by :meth:`Model.save` (bit-exact); on ``mesh``, each host reads its shards."""
     import orbax.checkpoint as ocp
     path = Path(path).absolute()
     meta = json.loads((path / ROLLAX_META).read_text())
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
     config = FAMILIES[meta["family"]](**fields)
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.dtype(config.dtype)), param_shapes(config),
-                          is_leaf=lambda x: isinstance(x, tuple))
+    target = abstract_params(config, mesh)
     with ocp.StandardCheckpointer() as ckpt:
         params = ckpt.restore(path / "params", target)
     model = Model(config, params, _tokenizer(path, config))
@@ -142,18 +151,19 @@ def load_rollax(path, dtype=None) -> Model:
     return model
 
 
-def load(path, dtype=None) -> Model:
+def load(path, dtype=None, mesh=None) -> Model:
     """Load a model directory: rollax's own checkpoint or a Hugging Face one.
 
     ``dtype`` (e.g. ``jnp.bfloat16``) converts the weights; by default they keep the
-    checkpoint's precision. Raises ``ValueError`` naming the problem for a missing directory,
+    checkpoint's precision. ``mesh`` (``sharding.make_mesh(...)``) places each weight straight
+    onto its shards, reading from disk only each device's part. Raises ``ValueError`` naming the problem for a missing directory,
     pickle-only weights, or a missing, unexpected or mis-shaped tensor.
     """
-    path = Path(path)
+    path = zoo.resolve(path)
     if not path.is_dir():
         raise ValueError(f"no model directory at {path}")
     if (path / ROLLAX_META).exists():
-        return load_rollax(path, dtype)
+        return load_rollax(path, dtype, mesh)
     if (path / "config.json").exists():
-        return load_hf(path, dtype if dtype is not None else jnp.float32)
+        return load_hf(path, dtype if dtype is not None else jnp.float32, mesh)
     raise ValueError(f"{path} is neither a rollax checkpoint ({ROLLAX_META}) nor a Hugging Face one (config.json)")
