@@ -1,0 +1,215 @@
+"""Chained arithmetic written as a chain of thought: a verifiable multi-step task.
+
+A problem is a chain of additions and subtractions, e.g. ``47+38-19``. Its solution is one
+step per line and a final answer line::
+
+    Q: 47+38-19=?
+    47+38=85
+    85-19=66
+    A: 66
+
+Every operand and every running total stays within ``[0, 10**digits - 1]``, so a step is
+always ``digits``-digit arithmetic. Difficulty levels set the number of steps and digits.
+Splits are fixed-seed: ``val`` and ``test`` are fixed lists; ``train`` is an endless stream
+that never yields a question of the held-out splits.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+import zlib
+from typing import Iterator
+
+
+@dataclasses.dataclass(frozen=True)
+class Level:
+    """A difficulty level: steps drawn uniformly from [min_steps, max_steps], ``digits``-digit numbers."""
+    name: str
+    min_steps: int
+    max_steps: int
+    digits: int
+
+
+LEVELS: dict[str, Level] = {
+    "easy": Level("easy", 1, 2, 1),
+    "medium": Level("medium", 2, 3, 2),
+    "hard": Level("hard", 4, 5, 2),
+}
+SPLITS = ("train", "val", "test")
+HELD_OUT_SIZE = 1000          # problems per (held-out split, level)
+_SPLIT_SEED = {"train": 0, "val": 1, "test": 2}
+
+STEP_RE = re.compile(r"^(\d+)([+-])(\d+)=(\d+)$")
+ANSWER_RE = re.compile(r"^A: (\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """``operands[0] ops[0] operands[1] ops[1] ...``; ``level`` names its difficulty."""
+    operands: tuple[int, ...]
+    ops: tuple[str, ...]
+    level: str = ""
+
+    @property
+    def expression(self) -> str:
+        """The chain as written in the question, e.g. ``47+38-19``."""
+        out = str(self.operands[0])
+        for op, b in zip(self.ops, self.operands[1:]):
+            out += f"{op}{b}"
+        return out
+
+    @property
+    def prompt(self) -> str:
+        """The question the model is given: ``Q: 47+38-19=?`` and a newline."""
+        return f"Q: {self.expression}=?\n"
+
+    def totals(self) -> list[int]:
+        """Running total after each step."""
+        out, t = [], self.operands[0]
+        for op, b in zip(self.ops, self.operands[1:]):
+            t = t + b if op == "+" else t - b
+            out.append(t)
+        return out
+
+    @property
+    def answer(self) -> int:
+        """The value of the chain."""
+        return self.totals()[-1]
+
+    def step_inputs(self) -> list[tuple[int, str, int]]:
+        """The (left, op, right) each correct step line must compute, in order."""
+        lefts = [self.operands[0], *self.totals()[:-1]]
+        return list(zip(lefts, self.ops, self.operands[1:]))
+
+    @property
+    def solution(self) -> str:
+        """The reference chain of thought (without the prompt), ending with ``A: <answer>``."""
+        lines = [f"{a}{op}{b}={t}" for (a, op, b), t in zip(self.step_inputs(), self.totals())]
+        return "\n".join(lines + [f"A: {self.answer}"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One parsed step line ``left op right = result``."""
+    left: int
+    op: str
+    right: int
+    result: int
+
+    @property
+    def correct(self) -> bool:
+        """Whether ``result`` is the value of ``left op right``."""
+        return self.result == (self.left + self.right if self.op == "+" else self.left - self.right)
+
+
+@dataclasses.dataclass(frozen=True)
+class Parsed:
+    """A parsed solution: one entry per step line (``None`` where the line is malformed) and the answer."""
+    steps: tuple[Step | None, ...]
+    answer: int | None
+
+    @property
+    def well_formed(self) -> bool:
+        """Every line parsed and there is a final answer."""
+        return self.answer is not None and all(s is not None for s in self.steps)
+
+
+def level(name: str) -> Level:
+    """The :class:`Level` called ``name``; raises ``ValueError`` for an unknown name."""
+    if name not in LEVELS:
+        raise ValueError(f"unknown level {name!r}; known: {', '.join(LEVELS)}")
+    return LEVELS[name]
+
+
+def sample_problem(rng: random.Random, lvl: Level | str) -> Problem:
+    """One random problem of level ``lvl`` drawn from ``rng`` (totals stay within the digits)."""
+    lvl = level(lvl) if isinstance(lvl, str) else lvl
+    top = 10 ** lvl.digits - 1
+    low = 0 if lvl.digits == 1 else 10 ** (lvl.digits - 1)
+    steps = rng.randint(lvl.min_steps, lvl.max_steps)
+    least = max(low, 1)                      # smallest operand after the first
+    total = rng.randint(low, top)
+    operands, ops = [total], []
+    for _ in range(steps):
+        op = rng.choice([op for op, ok in (("+", total + least <= top), ("-", total >= least)) if ok])
+        b = rng.randint(least, top - total) if op == "+" else rng.randint(least, total)
+        total = total + b if op == "+" else total - b
+        operands.append(b)
+        ops.append(op)
+    return Problem(tuple(operands), tuple(ops), lvl.name)
+
+
+def _rng(split: str, lvl: str, seed: int) -> random.Random:
+    return random.Random(zlib.crc32(f"{split}/{lvl}/{seed}".encode()))
+
+
+def _check_split(split: str, levels) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    for name in levels:
+        level(name)
+
+
+def held_out(split: str, lvl: str, n: int = HELD_OUT_SIZE, seed: int = 0) -> list[Problem]:
+    """The first ``n`` problems of the fixed ``val`` or ``test`` split of level ``lvl``.
+
+    Deterministic for a given ``seed``; the first ``n`` are a prefix of any longer request.
+    """
+    _check_split(split, [lvl])
+    if split == "train":
+        raise ValueError("the train split is a stream: use train_stream()")
+    if not 0 < n <= HELD_OUT_SIZE:
+        raise ValueError(f"n must be in [1, {HELD_OUT_SIZE}], got {n}")
+    rng = _rng(split, lvl, seed)
+    return [sample_problem(rng, lvl) for _ in range(n)]
+
+
+def held_out_questions(seed: int = 0) -> set[str]:
+    """The expressions of every held-out problem (all levels, val and test)."""
+    return {p.expression for split in ("val", "test") for lvl in LEVELS for p in held_out(split, lvl, seed=seed)}
+
+
+def train_stream(mix: dict[str, float], seed: int = 0) -> Iterator[Problem]:
+    """Endless training problems, levels drawn with weights ``mix`` (e.g. ``{"easy": 1, "hard": 2}``).
+
+    Deterministic per seed; never yields a problem whose question is in a held-out split.
+    """
+    _check_split("train", mix)
+    if not mix or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+        raise ValueError(f"mix needs non-negative weights with a positive sum, got {mix}")
+    names, weights = list(mix), [mix[k] for k in mix]
+    banned = held_out_questions()
+    rng = _rng("train", ",".join(names), seed)
+    while True:
+        p = sample_problem(rng, rng.choices(names, weights)[0])
+        if p.expression not in banned:
+            yield p
+
+
+def parse(text: str) -> Parsed:
+    """Parse a generated solution (the text after the prompt) into steps and a final answer.
+
+    Lines before ``A: <n>`` are step lines ``a+b=c`` / ``a-b=c``; a line that is not one is
+    recorded as ``None``. Text after the answer line is ignored; no answer line gives
+    ``answer=None``. Blank lines are skipped.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"parse expects a string, got {type(text).__name__}")
+    steps, answer = [], None
+    for line in text.split("\n"):
+        line = line.strip()
+        if not line:
+            continue
+        m = ANSWER_RE.match(line)
+        if m:
+            answer = int(m.group(1))
+            break
+        m = STEP_RE.match(line)
+        steps.append(Step(int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))) if m else None)
+    return Parsed(tuple(steps), answer)
+
+
+def sample_texts(problems: list[Problem]) -> list[str]:
+    """Prompt + solution of each problem: the text a tokenizer is trained on."""
+    return [p.prompt + p.solution for p in problems]

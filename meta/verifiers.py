@@ -1,0 +1,71 @@
+"""Programmatic verifiers on text, shaped as the scorers meta-generators use.
+
+* outcome scorer: ``texts[R], problems[R] -> scores[R]`` — 1.0 where the final answer is right;
+* process scorer: ``texts[R], problems[R] | None -> [scores[steps_r] per text]`` — 1.0 for each
+  step whose arithmetic is right given its inputs (and, given the problem, whose inputs are
+  the previous step's result and the chain's next operand).
+
+Texts are the generated solutions, i.e. what follows the prompt.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from meta.tasks.arith import Problem, parse
+
+
+def _check(texts, problems, need_problems: bool):
+    if isinstance(texts, str):
+        raise ValueError("texts must be a list of strings, not one string")
+    texts = list(texts)
+    if problems is None:
+        if need_problems:
+            raise ValueError("the outcome verifier needs the problems to know the right answers")
+        return texts, [None] * len(texts)
+    problems = list(problems)
+    if len(problems) != len(texts):
+        raise ValueError(f"got {len(texts)} texts but {len(problems)} problems")
+    bad = [i for i, p in enumerate(problems) if not isinstance(p, Problem)]
+    if bad:
+        raise ValueError(f"problems must be arith.Problem instances; item {bad[0]} is {type(problems[bad[0]]).__name__}")
+    return texts, problems
+
+
+def outcome_scores(texts: Sequence[str], problems: Sequence[Problem]) -> np.ndarray:
+    """Outcome verifier: float32 [R], 1.0 where the text's ``A: <n>`` line equals the problem's answer.
+
+    A text with no answer line scores 0. Only the answer is checked, not the steps.
+    """
+    texts, problems = _check(texts, problems, need_problems=True)
+    return np.array([float(parse(t).answer == p.answer) for t, p in zip(texts, problems)], np.float32)
+
+
+def step_scores(text: str, problem: Problem | None = None) -> np.ndarray:
+    """Process verifier of one text: float32 [number of step lines], 1.0 per correct step.
+
+    A step scores 1 when its line parses and its result is its inputs' sum or difference.
+    With ``problem`` given, its inputs must also be the ones the chain calls for at that
+    line: the previous line's result (the first operand for the first line) and the chain's
+    next operator and operand. So an arithmetic slip costs its own step only, while a later
+    step that carries it forward correctly still scores 1. Malformed lines and lines beyond
+    the chain's length score 0; missing steps are not scored (the outcome verifier sees them).
+    """
+    parsed = parse(text)
+    out, previous = [], None if problem is None else problem.operands[0]
+    for i, step in enumerate(parsed.steps):
+        ok = step is not None and step.correct
+        if ok and problem is not None:
+            ok = i < len(problem.ops) and (step.left, step.op, step.right) == (
+                previous, problem.ops[i], problem.operands[i + 1])
+        if step is not None:
+            previous = step.result
+        out.append(float(ok))
+    return np.array(out, np.float32)
+
+
+def process_scores(texts: Sequence[str], problems: Sequence[Problem] | None = None) -> list[np.ndarray]:
+    """Process verifier: one float32 array of per-step scores (see :func:`step_scores`) per text."""
+    texts, problems = _check(texts, problems, need_problems=False)
+    return [step_scores(t, p) for t, p in zip(texts, problems)]
