@@ -98,6 +98,7 @@ def logical_to_spec(axes: tuple, mesh: Mesh, rules: Rules = RULES, shape=None) -
     """The ``PartitionSpec`` of one array whose axes are named ``axes`` (``None`` = unnamed, replicated).
 
     With ``shape``, an axis whose size does not divide the size of its mesh axes is replicated.
+    Trailing replicated axes are left out (``P(None, "data")``), as jit reports specs.
     Raises ``ValueError`` when a name has no rule, a rule names a mesh axis the mesh lacks, two
     logical axes of the array map to the same mesh axis, or ``shape`` has a different rank.
     """
@@ -122,6 +123,8 @@ def logical_to_spec(axes: tuple, mesh: Mesh, rules: Rules = RULES, shape=None) -
             spec.append(None)
         else:
             spec.append(targets[0] if len(targets) == 1 else targets)
+    while spec and spec[-1] is None:  # canonical form, as jit reports its outputs' specs
+        spec.pop()
     return PartitionSpec(*spec)
 
 
