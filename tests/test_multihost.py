@@ -1,4 +1,8 @@
-"""A real multi-process run: two processes on localhost, 4 CPU devices each, one 8-device mesh."""
+"""A real multi-process run: two processes on localhost, 4 CPU devices each, one 8-device mesh.
+
+Each process loads a Hugging Face checkpoint straight into its shards, feeds its own block of
+the prompts, and must get back every rollout exactly as one process generates them.
+"""
 import json
 import os
 import socket
@@ -6,15 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 
 import engine
 import models
 from sampling import Sampler
+from tests.conftest import write_hf
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMPTS = [[1, 5, 9, 33, 42], [1, 7, 8], [3, 4, 5, 6, 7, 8, 9], [1, 200], [1, 17, 18, 19]]
+PROMPTS = [[1, 5, 9, 33, 42], [1, 7, 8], [3, 4, 5, 6, 7, 8, 9], [1, 90], [1, 17, 18, 19]]
 N, MAX_NEW, SEED, TEMPERATURE = 4, 10, 11, 0.9
 TIMEOUT_S = 240
 
@@ -26,6 +30,7 @@ def free_port() -> int:
 
 
 def test_two_processes_generate_what_one_process_does(tmp_path):
+    write_hf(tmp_path / "model", "llama-gqa")
     (tmp_path / "prompts.txt").write_text("\n".join(" ".join(map(str, p)) for p in PROMPTS) + "\n")
     port = free_port()
     procs = []
@@ -34,7 +39,7 @@ def test_two_processes_generate_what_one_process_does(tmp_path):
             env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
                    "ROLLAX_COORDINATOR": f"127.0.0.1:{port}", "ROLLAX_NUM_PROCESSES": "2",
                    "ROLLAX_PROCESS_ID": str(pid), "PYTHONPATH": str(ROOT)}
-            cmd = [sys.executable, "-m", "scripts.multihost_generate", "--preset", "tiny", "--ids",
+            cmd = [sys.executable, "-m", "scripts.multihost_generate", "--model", str(tmp_path / "model"), "--ids",
                    "--prompts", str(tmp_path / "prompts.txt"), "--mesh", "data=4,tensor=2", "--n", str(N),
                    "--max-new-tokens", str(MAX_NEW), "--temperature", str(TEMPERATURE), "--seed", str(SEED),
                    "--out", str(tmp_path / "out-{process}.json")]
@@ -49,8 +54,7 @@ def test_two_processes_generate_what_one_process_does(tmp_path):
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-3000:]
 
-    config = models.preset("tiny")
-    model = models.Model(config, models.init_params(config, jax.random.key(0)))
+    model = models.load(tmp_path / "model")
     want = engine.generate(model, PROMPTS, max_new_tokens=MAX_NEW, n=N, seed=SEED,
                            sampler=Sampler(temperature=TEMPERATURE))
     tokens, lengths = np.asarray(want.tokens), np.asarray(want.lengths)
