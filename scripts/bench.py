@@ -1,0 +1,120 @@
+"""Benchmarks, printed as JSON lines (one per measurement).
+
+    python -m scripts.bench decode --config 4m 25m --batch 1 64 [--hf]
+
+``decode``: greedy generation of random-weight models with EOS disabled: tokens/s, ms per
+step, and achieved bytes/s (weights + the KV cache read per step, over the step time). With
+``--hf`` the same checkpoint also runs through ``transformers`` ``generate()`` in the same
+process and the ratio is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import engine
+import models
+
+CONFIGS = {
+    "4m": dict(vocab_size=2000, hidden=256, layers=4, heads=4, kv_heads=4, intermediate=688),
+    "25m": dict(vocab_size=8000, hidden=512, layers=6, heads=8, kv_heads=8, intermediate=1376),
+}
+
+
+def make_config(name: str, dtype: str | None) -> models.Config:
+    base = models.preset("tiny", **CONFIGS[name]) if name in CONFIGS else models.preset(name)
+    return dataclasses.replace(base, eos_ids=(), dtype=dtype or base.dtype)
+
+
+def timed(fn, repeats: int) -> float:
+    """Best wall time of ``repeats`` calls after one warm-up call (compilation)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def hf_model(config: models.Config, path: str):
+    """A random ``transformers`` Llama of this shape, saved to ``path`` (safetensors)."""
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    hf = transformers.LlamaConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden, intermediate_size=config.intermediate,
+        num_hidden_layers=config.layers, num_attention_heads=config.heads,
+        num_key_value_heads=config.kv_heads, max_position_embeddings=config.max_len,
+        tie_word_embeddings=config.tie_embeddings, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = transformers.LlamaForCausalLM(hf).eval()
+    model.save_pretrained(path, safe_serialization=True)
+    return model
+
+
+def bench_decode(args):
+    for name in args.config:
+        config = make_config(name, args.dtype)
+        with tempfile.TemporaryDirectory() as tmp:
+            ref = hf_model(config, tmp) if args.hf else None
+            model = (models.load(tmp, dtype=config.dtype) if args.hf else
+                     models.Model(config, models.init_params(config, jax.random.key(0))))
+        model.config = dataclasses.replace(model.config, eos_ids=())
+        config = model.config
+        for batch in args.batch:
+            prompts = [[1 + (i + j) % 100 for j in range(args.prompt_len)] for i in range(batch)]
+            run = lambda: engine.generate(model, prompts, max_new_tokens=args.new_tokens).tokens.block_until_ready()
+            seconds = timed(run, args.repeats)
+            tokens = batch * args.new_tokens
+            cache_slots = engine.bucket(args.prompt_len) + args.new_tokens
+            kv = 2 * config.layers * batch * cache_slots * config.kv_heads * config.head_dim
+            step_bytes = (config.num_params + kv) * jnp.dtype(config.dtype).itemsize
+            row = {"bench": "decode", "config": name, "params_m": round(config.num_params / 1e6, 2),
+                   "dtype": config.dtype, "batch": batch, "prompt_len": args.prompt_len,
+                   "new_tokens": args.new_tokens, "tokens_per_s": round(tokens / seconds, 1),
+                   "ms_per_step": round(1e3 * seconds / args.new_tokens, 3),
+                   "gb_per_s": round(step_bytes * args.new_tokens / seconds / 1e9, 2),
+                   "device": jax.devices()[0].device_kind}
+            if ref is not None:
+                row |= hf_generate(ref, prompts, args)
+                row["speedup_vs_hf"] = round(row["tokens_per_s"] / row["hf_tokens_per_s"], 2)
+            print(json.dumps(row), flush=True)
+
+
+def hf_generate(ref, prompts, args) -> dict:
+    import torch
+    ids = torch.tensor(prompts)
+    def run():
+        with torch.no_grad():
+            ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
+                         min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
+    seconds = timed(run, args.repeats)
+    return {"hf_tokens_per_s": round(len(prompts) * args.new_tokens / seconds, 1),
+            "torch_threads": torch.get_num_threads()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="bench", required=True)
+    dec = sub.add_parser("decode", help="decode throughput (optionally against transformers)")
+    dec.add_argument("--config", nargs="+", default=["4m", "25m"], help="4m, 25m or a preset name")
+    dec.add_argument("--batch", nargs="+", type=int, default=[1, 64])
+    dec.add_argument("--prompt-len", type=int, default=16)
+    dec.add_argument("--new-tokens", type=int, default=128)
+    dec.add_argument("--repeats", type=int, default=3)
+    dec.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: the config's)")
+    dec.add_argument("--hf", action="store_true", help="also run transformers generate() on the same weights")
+    dec.set_defaults(fn=bench_decode)
+    args = parser.parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

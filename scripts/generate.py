@@ -1,0 +1,64 @@
+"""Generate from a model directory, streaming tokens to the terminal as they are produced.
+
+    python -m scripts.generate --model DIR --prompt "Q: 12+7=?" [--max-new-tokens 64]
+        [--temperature 0.8 --top-p 0.95 --top-k 0 --seed 0 -n 1]
+
+With ``-n 1`` the rollout is streamed token by token; with ``-n > 1`` the rollouts are
+generated together (one batch sharing the prompt) and printed one after another.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import engine
+import models
+from sampling import Sampler
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a model directory (Hugging Face or rollax) or a shipped name")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-n", type=int, default=1, help="rollouts of the prompt")
+    args = parser.parse_args(argv)
+    try:
+        model = models.load(args.model)
+        if model.tokenizer is None:
+            raise ValueError(f"{args.model} has no tokenizer (tokenizer.json or tokenizer.model)")
+        sampler = Sampler(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+        kwargs = dict(max_new_tokens=args.max_new_tokens, sampler=sampler, seed=args.seed)
+        if args.n == 1:
+            stream_text(model, args.prompt, **kwargs)
+        else:
+            out = engine.generate(model, [args.prompt], n=args.n, **kwargs)
+            for i, text in enumerate(out.text[0]):
+                print(f"--- rollout {i} ({int(out.lengths[0, i])} tokens)\n{args.prompt}{text}")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def stream_text(model, prompt: str, **kwargs) -> None:
+    """Print ``prompt`` then each new piece of text as soon as its token is sampled."""
+    tok, stops = model.tokenizer, set(model.config.eos_ids)
+    print(prompt, end="", flush=True)
+    ids, shown = [], ""
+    for token in engine.stream(model, prompt, **kwargs):
+        if token in stops:
+            break
+        ids.append(token)
+        text = tok.decode(ids)
+        print(text[len(shown):], end="", flush=True)
+        shown = text
+    print()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

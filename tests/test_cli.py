@@ -1,0 +1,36 @@
+"""The command-line entry points, run as real processes."""
+import subprocess
+import sys
+from pathlib import Path
+
+import engine
+import models
+from sampling import Sampler
+from tests.conftest import write_hf
+from tests.test_checkpoint import _tokenizer_json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_generate_cli_streams_what_the_engine_generates(tmp_path):
+    write_hf(tmp_path, "llama-gqa")
+    _tokenizer_json(tmp_path)
+    model = models.load(tmp_path)
+    sampler = Sampler(temperature=0.9, top_p=0.9)
+    want = engine.generate(model, ["the cat"], max_new_tokens=12, sampler=sampler, seed=4).text[0][0]
+    out = run("scripts.generate", "--model", str(tmp_path), "--prompt", "the cat", "--max-new-tokens", "12",
+              "--temperature", "0.9", "--top-p", "0.9", "--seed", "4")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "the cat" + want + "\n"
+
+
+def test_generate_cli_reports_bad_settings(tmp_path):
+    write_hf(tmp_path, "llama-gqa")
+    _tokenizer_json(tmp_path)
+    out = run("scripts.generate", "--model", str(tmp_path), "--prompt", "hi", "--top-p", "0")
+    assert out.returncode == 2
+    assert "top_p must be in (0, 1]" in out.stderr and "Traceback" not in out.stderr
