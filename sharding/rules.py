@@ -11,6 +11,7 @@ example 2 KV heads on a tensor axis of 4: every tensor shard keeps both KV heads
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -170,7 +171,17 @@ def place(tree, axes_tree, mesh: Mesh | None, rules: Rules = RULES):
 
 def replicate(tree, mesh: Mesh):
     """Every array of ``tree`` replicated on all devices of ``mesh`` (readable on every host)."""
-    return jax.jit(lambda t: t, out_shardings=NamedSharding(mesh, PartitionSpec()))(tree)
+    return _replicator(mesh)(tree)
+
+
+def _identity(tree):
+    return tree
+
+
+@functools.lru_cache(maxsize=64)
+def _replicator(mesh: Mesh):
+    """One jitted identity per mesh, so repeated calls reuse its compiled programs."""
+    return jax.jit(_identity, out_shardings=NamedSharding(mesh, PartitionSpec()))
 
 
 def put(x, sharding: NamedSharding):

@@ -271,3 +271,15 @@ def test_initialize_refuses_bad_arguments(monkeypatch, kwargs, env, message):
     with pytest.raises(ValueError) as err:
         sharding.initialize(**kwargs)
     assert message in str(err.value)
+
+
+def test_replicate_compiles_once_per_mesh():
+    mesh = sharding.make_mesh(4, 2)
+    x = sharding.place(np.arange(16.0).reshape(8, 2), ("rollouts", None), mesh)
+    sharding.replicate({"a": x}, mesh)
+    compiled = sharding.rules._replicator(mesh)._cache_size()
+    for _ in range(3):
+        out = sharding.replicate({"a": x}, sharding.make_mesh(4, 2))    # an equal mesh reuses it too
+    assert sharding.rules._replicator(mesh)._cache_size() == compiled >= 1
+    assert out["a"].sharding.is_fully_replicated
+    np.testing.assert_array_equal(out["a"], np.arange(16.0).reshape(8, 2))
