@@ -6,6 +6,14 @@
 step, and achieved bytes/s (weights + the KV cache read per step, over the step time). With
 ``--hf`` the same checkpoint also runs through ``transformers`` ``generate()`` in the same
 process and the ratio is printed.
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m scripts.bench best-of-n \
+        --mesh data=1,tensor=1 data=2,tensor=1 data=4,tensor=1 data=8,tensor=1 data=4,tensor=2
+
+``best-of-n``: the sampling workload of best-of-N (G prompts x N rollouts, temperature 1, EOS
+disabled) on each ``--mesh`` (the first data*tensor devices) and on one device without a mesh,
+at equal total work; repeats are interleaved across meshes so load on a shared machine hits
+all alike. Prints tokens/s and the time relative to the run without a mesh.
 """
 from __future__ import annotations
 
@@ -88,6 +96,41 @@ def bench_decode(args):
             print(json.dumps(row), flush=True)
 
 
+def bench_best_of_n(args):
+    import sharding
+    from sampling import Sampler
+    config = make_config(args.config, args.dtype)
+    model = models.Model(config, models.init_params(config, jax.random.key(0)))
+    prompts = [[1 + (i + 7 * j) % 100 for j in range(args.prompt_len)] for i in range(args.prompts)]
+    sampler = Sampler(temperature=1.0)
+    runs = {"none": (model, None)}
+    for spec in args.mesh:
+        sizes = sharding.parse_mesh(spec)
+        devices = jax.devices()[:sizes.get("data", 1) * sizes.get("tensor", 1)]
+        mesh = sharding.make_mesh(**sizes, devices=devices)
+        runs[spec] = (model.shard(mesh), mesh)
+    def run(placed, mesh):
+        return engine.generate(placed, prompts, max_new_tokens=args.new_tokens, n=args.n, sampler=sampler,
+                               seed=0, mesh=mesh).tokens.block_until_ready()
+    want = {k: np.asarray(run(*v)) for k, v in runs.items()}           # compile, and check the tokens
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(args.repeats):
+        for key, (placed, mesh) in runs.items():
+            t = time.perf_counter()
+            run(placed, mesh)
+            best[key] = min(best[key], time.perf_counter() - t)
+    tokens = args.prompts * args.n * args.new_tokens
+    for key, (_, mesh) in runs.items():
+        print(json.dumps({"bench": "best-of-n", "config": args.config, "params_m": round(config.num_params / 1e6, 2),
+                          "mesh": None if mesh is None else dict(mesh.shape),
+                          "devices": 1 if mesh is None else mesh.size, "prompts": args.prompts, "n": args.n,
+                          "new_tokens": args.new_tokens, "seconds": round(best[key], 3),
+                          "tokens_per_s": round(tokens / best[key], 1),
+                          "time_vs_one_device": round(best[key] / best["none"], 2),
+                          "same_tokens": bool(np.array_equal(want[key], want["none"])),
+                          "device": jax.devices()[0].device_kind, "host_devices": jax.device_count()}), flush=True)
+
+
 def hf_generate(ref, prompts, args) -> dict:
     import torch
     ids = torch.tensor(prompts)
@@ -112,6 +155,17 @@ def main(argv=None):
     dec.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: the config's)")
     dec.add_argument("--hf", action="store_true", help="also run transformers generate() on the same weights")
     dec.set_defaults(fn=bench_decode)
+    bon = sub.add_parser("best-of-n", help="best-of-N sampling throughput on device meshes")
+    bon.add_argument("--config", default="4m", help="4m, 25m or a preset name")
+    bon.add_argument("--mesh", nargs="+", default=["data=2,tensor=1", "data=4,tensor=1", "data=8,tensor=1"],
+                     help="meshes as data=D,tensor=T (emulate CPU devices with XLA_FLAGS)")
+    bon.add_argument("--prompts", type=int, default=4)
+    bon.add_argument("--n", type=int, default=16, help="rollouts per prompt")
+    bon.add_argument("--prompt-len", type=int, default=32)
+    bon.add_argument("--new-tokens", type=int, default=64)
+    bon.add_argument("--repeats", type=int, default=5)
+    bon.add_argument("--dtype", default=None)
+    bon.set_defaults(fn=bench_best_of_n)
     args = parser.parse_args(argv)
     args.fn(args)
 
