@@ -1,7 +1,9 @@
-"""Generation engine: KV cache, prefill, jitted decode loop, streaming."""
-from engine.cache import KVCache
-from engine.generate import (DecodeState, Rollouts, bucket, decode_loop, decode_step, generate, left_pad, prefill,
-                             stream)
+"""Generation engine: KV caches, prefill, the jitted decode loop, rollout-axis search primitives."""
+from engine.cache import KVCache, PrefillCache
+from engine.decode import (DecodeState, append, bucket, check_prompts, decode, decode_loop, decode_step, fork,
+                           left_pad, place_model, row_sampler, select, start, stop_ids)
+from engine.generate import Rollouts, decode_text, generate, rollouts, stream
 
-__all__ = ["KVCache", "DecodeState", "Rollouts", "bucket", "prefill", "decode_step", "decode_loop",
-           "generate", "left_pad", "stream"]
+__all__ = ["KVCache", "PrefillCache", "DecodeState", "Rollouts", "bucket", "left_pad", "check_prompts",
+           "place_model", "start", "decode", "decode_step", "decode_loop", "select", "fork", "append",
+           "stop_ids", "row_sampler", "rollouts", "generate", "decode_text", "stream"]

@@ -1,7 +1,16 @@
-"""The KV cache: a pytree of preallocated, statically shaped buffers donated to every step.
+"""KV caches: pytrees of preallocated, statically shaped buffers, donated to every step.
 
-Rows are left-padded: row ``b`` holds its tokens in slots ``start[b] .. index-1``, so a decode
-step writes every row at the same slot ``index`` with one ``dynamic_update_slice``.
+Two layouts, both implementing the model-step protocol ``positions(T)``, ``attend(layer, q, k,
+v, window)`` and ``advance(T)`` (see :func:`models.forward`):
+
+- :class:`PrefillCache` — one block ``[L, G, P, K, Dh]`` holding left-padded prompts; row ``g``'s
+  tokens sit in slots ``start[g] .. P-1``. Used to prefill prompts once.
+- :class:`KVCache` — the two-block layout rollouts decode against: the *prefix block*
+  ``[L, G, P, K, Dh]`` (each prompt once, from a ``PrefillCache``) and the *rollout block*
+  ``[L, G*N, S, K, Dh]`` (each rollout's own tokens). Attention is two partial attentions —
+  a group's N rollouts' queries stacked against its prefix (read once per group), and each
+  rollout against its own block — merged by their log-sum-exp in fp32 (as Hydragen does).
+  The naive layout (prompt replicated N times) is the same class with N = 1 per group.
 """
 from __future__ import annotations
 
@@ -11,56 +20,139 @@ import jax
 import jax.numpy as jnp
 
 from models.config import Config
-from models.transformer import attention
+from models.transformer import attention, merge_attention
+
+KV = ("layers", "rollouts", "seq", "kv_heads", "head_dim")
+PREFIX_KV = ("layers", "prefix", "seq", "kv_heads", "head_dim")
+
+
+def _write(buf, layer, index, x):
+    return jax.lax.dynamic_update_slice(buf, x[None].astype(buf.dtype), (layer, 0, index, 0, 0))
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class KVCache:
-    k: jax.Array      # [L, B, S, K, Dh] keys, slot-major per row
-    v: jax.Array      # [L, B, S, K, Dh] values
-    start: jax.Array  # int32 [B] first valid slot of each row (left padding before it)
-    index: jax.Array  # int32 [] next slot to write (the same for every row)
+class PrefillCache:
+    k: jax.Array      # [L, G, P, K, Dh] keys of the left-padded prompts
+    v: jax.Array      # [L, G, P, K, Dh] values
+    start: jax.Array  # int32 [G] first real slot of each prompt
+    index: jax.Array  # int32 [] next slot to write
 
     @classmethod
-    def create(cls, config: Config, batch: int, size: int, start=None) -> "KVCache":
-        """An empty cache of ``size`` slots per row; ``start`` [B] is each row's left padding."""
-        shape = (config.layers, batch, size, config.kv_heads, config.head_dim)
-        z = jnp.zeros(shape, jnp.dtype(config.dtype))
-        start = jnp.zeros((batch,), jnp.int32) if start is None else jnp.asarray(start, jnp.int32)
-        return cls(k=z, v=z, start=start, index=jnp.zeros((), jnp.int32))
+    def create(cls, config: Config, groups: int, size: int, start) -> "PrefillCache":
+        z = jnp.zeros((config.layers, groups, size, config.kv_heads, config.head_dim), jnp.dtype(config.dtype))
+        return cls(k=z, v=z, start=jnp.asarray(start, jnp.int32), index=jnp.zeros((), jnp.int32))
 
     @staticmethod
-    def axes() -> "KVCache":
-        """Logical axis names of every field (for ``sharding``), shaped like the cache."""
-        kv = ("layers", "rollouts", "seq", "kv_heads", "head_dim")
-        return KVCache(k=kv, v=kv, start=("rollouts",), index=())
-
-    @property
-    def size(self) -> int:
-        return self.k.shape[2]
+    def axes() -> "PrefillCache":
+        """Logical axis names of every field (for ``sharding``)."""
+        return PrefillCache(k=PREFIX_KV, v=PREFIX_KV, start=("prefix",), index=())
 
     def positions(self, t: int) -> jax.Array:
-        """Token positions [B, t] of the next ``t`` slots (0 at each row's first real token)."""
         slots = self.index + jnp.arange(t)
         return jnp.maximum(slots[None, :] - self.start[:, None], 0)
 
     def attend(self, layer, q, k, v, window=None):
-        """Write ``k, v`` [B, T, K, Dh] at slots ``index..index+T`` of ``layer``; attend ``q`` to the row."""
-        t = q.shape[1]
-        at = (layer, 0, self.index, 0, 0)
-        ks = jax.lax.dynamic_update_slice(self.k, k[None].astype(self.k.dtype), at)
-        vs = jax.lax.dynamic_update_slice(self.v, v[None].astype(self.v.dtype), at)
-        q_slot = self.index + jnp.arange(t)[:, None]                 # [T, 1]
-        k_slot = jnp.arange(self.size)[None, :]                       # [1, S]
-        mask = (k_slot <= q_slot)[None] & (k_slot >= self.start[:, None, None])[:, :, :]
+        ks, vs = _write(self.k, layer, self.index, k), _write(self.v, layer, self.index, v)
+        q_slot = self.index + jnp.arange(q.shape[1])[:, None]               # [T, 1]
+        k_slot = jnp.arange(self.k.shape[2])[None, :]                        # [1, P]
+        mask = (k_slot <= q_slot)[None] & (k_slot >= self.start[:, None, None])
         if window is not None:
             mask &= (q_slot - k_slot < window)[None]
         out, _ = attention(q, ks[layer], vs[layer], mask)
         return out, dataclasses.replace(self, k=ks, v=vs)
 
-    def advance(self, t: int) -> "KVCache":
+    def advance(self, t: int) -> "PrefillCache":
         return dataclasses.replace(self, index=self.index + t)
 
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    pk: jax.Array      # [L, G, P, K, Dh]   prefix block keys (each prompt once)
+    pv: jax.Array      # [L, G, P, K, Dh]   prefix block values
+    pstart: jax.Array  # int32 [G]          first real prefix slot (left padding before it)
+    k: jax.Array       # [L, G*N, S, K, Dh] rollout block keys
+    v: jax.Array       # [L, G*N, S, K, Dh] rollout block values
+    valid: jax.Array   # bool [G*N, S]      slot holds a real token of the rollout
+    length: jax.Array  # int32 [G*N]        real tokens in each rollout's block
+    index: jax.Array   # int32 []           next rollout slot to write (the same for every row)
+
+    @classmethod
+    def from_prefill(cls, prefix: PrefillCache, n: int, size: int) -> "KVCache":
+        """A cache for ``n`` rollouts of each prefilled prompt, ``size`` slots of their own each."""
+        layers, g, _, kv, hd = prefix.k.shape
+        z = jnp.zeros((layers, g * n, size, kv, hd), prefix.k.dtype)
+        return cls(pk=prefix.k, pv=prefix.v, pstart=prefix.start, k=z, v=z,
+                   valid=jnp.zeros((g * n, size), bool), length=jnp.zeros((g * n,), jnp.int32),
+                   index=jnp.zeros((), jnp.int32))
+
+    @staticmethod
+    def axes() -> "KVCache":
+        """Logical axis names of every field (for ``sharding``), shaped like the cache."""
+        return KVCache(pk=PREFIX_KV, pv=PREFIX_KV, pstart=("prefix",), k=KV, v=KV, valid=("rollouts", "seq"),
+                       length=("rollouts",), index=())
+
+    @property
+    def size(self) -> int:
+        """Slots of each rollout's own block."""
+        return self.k.shape[2]
+
+    @property
+    def groups(self) -> int:
+        return self.pk.shape[1]
+
+    def prefix_lengths(self) -> jax.Array:
+        """Real prompt tokens per rollout [G*N]."""
+        n = self.k.shape[1] // self.groups
+        return jnp.repeat(self.pk.shape[2] - self.pstart, n, total_repeat_length=self.k.shape[1])
+
+    def positions(self, t: int) -> jax.Array:
+        """Positions [G*N, t] of the next ``t`` tokens of every rollout."""
+        return (self.prefix_lengths() + self.length)[:, None] + jnp.arange(t)
+
+    def attend(self, layer, q, k, v, window=None):
+        """Write ``k, v`` [G*N, T, K, Dh] at rollout slots ``index..index+T``; attend ``q`` to prefix + rollout."""
+        b, t, h, d = q.shape
+        g, p = self.groups, self.pk.shape[2]
+        ks, vs = _write(self.k, layer, self.index, k), _write(self.v, layer, self.index, v)
+        q_pos = self.positions(t)                                            # [B, T]
+        # prefix block: a group's N rollouts' queries stacked, so the prefix is read once per group
+        p_slot = jnp.arange(p)
+        p_mask = (p_slot >= self.pstart[:, None])[:, None, :]                # [G, 1, P]
+        if window is not None:
+            k_pos = p_slot - self.pstart[:, None]                            # [G, P]
+            p_mask = p_mask & (q_pos.reshape(g, -1)[:, :, None] - k_pos[:, None, :] < window)
+        p_mask = jnp.broadcast_to(p_mask, (g, b // g * t, p))
+        out_p, lse_p = attention(q.reshape(g, -1, h, d), self.pk[layer], self.pv[layer], p_mask)
+        # rollout block: each rollout's own (valid) tokens, causally
+        slot = jnp.arange(self.size)
+        seen = self.valid | ((slot >= self.index) & (slot < self.index + t))[None]   # [B, S]
+        r_mask = seen[:, None, :] & (slot[None, None, :] <= (self.index + jnp.arange(t))[None, :, None])
+        if window is not None:
+            k_pos = self.prefix_lengths()[:, None] + jnp.cumsum(seen, axis=1) - 1     # [B, S]
+            r_mask &= q_pos[:, :, None] - k_pos[:, None, :] < window
+        out_r, lse_r = attention(q, ks[layer], vs[layer], r_mask)
+        out, _ = merge_attention([(out_p.reshape(b, t, h, d), lse_p.reshape(b, t, h)), (out_r, lse_r)])
+        return out, dataclasses.replace(self, k=ks, v=vs)
+
+    def advance(self, t: int) -> "KVCache":
+        """Count the ``t`` slots just written as real tokens of every row (see :meth:`keep`)."""
+        ones = jnp.ones((self.valid.shape[0], t), bool)
+        return dataclasses.replace(self, valid=jax.lax.dynamic_update_slice(self.valid, ones, (0, self.index)),
+                                   length=self.length + t, index=self.index + t)
+
+    def keep(self, mask) -> "KVCache":
+        """Mark which of the last ``T`` written slots hold real tokens (mask bool [G*N, T])."""
+        t = mask.shape[1]
+        at = (0, self.index - t)
+        return dataclasses.replace(self, valid=jax.lax.dynamic_update_slice(self.valid, mask, at),
+                                   length=self.length - t + jnp.sum(mask, axis=1, dtype=jnp.int32))
+
+    def token_slots(self) -> int:
+        """Token slots held: ``G*P + G*N*S`` (the prefix once per prompt, plus each rollout's own)."""
+        return self.pk.shape[1] * self.pk.shape[2] + self.k.shape[1] * self.k.shape[2]
+
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
+        """Bytes of the key/value buffers."""
+        return self.pk.nbytes + self.pv.nbytes + self.k.nbytes + self.v.nbytes

@@ -28,7 +28,9 @@ class Sampler:
     def __post_init__(self):
         for name, (dtype, _) in _FIELDS.items():
             value = getattr(self, name)
-            if isinstance(value, (int, float, list, tuple, np.ndarray, np.generic)):
+            # python numbers / lists / numpy become arrays; anything else (tracers, device arrays,
+            # the logical-axis tuples of sharding annotations) is a pytree leaf left as it is
+            if isinstance(value, (int, float, list, np.ndarray, np.generic)):
                 object.__setattr__(self, name, np.asarray(value, dtype))
         self.validate()
 

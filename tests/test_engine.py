@@ -8,7 +8,7 @@ import pytest
 
 import engine
 import models
-from engine import KVCache
+from engine import KVCache, PrefillCache
 from sampling import Sampler
 
 
@@ -26,8 +26,9 @@ def test_prefill_then_decode_equals_full_forward(tiny):
     full = [rng.integers(0, config.vocab_size, size=n + extra).tolist() for n in lengths]
     # prefill the prompts (left-padded) then feed the next tokens one at a time
     tokens, start = engine.left_pad([f[:n] for f, n in zip(full, lengths)], config.pad_id, 16)
-    cache = KVCache.create(config, len(full), 16 + extra, start)
-    logits, cache = models.forward(config, params, jnp.asarray(tokens), None, cache)
+    prefix = PrefillCache.create(config, len(full), 16, start)
+    logits, prefix = models.forward(config, params, jnp.asarray(tokens), None, prefix)
+    cache = KVCache.from_prefill(prefix, 1, extra)
     steps = [logits[:, -1]]
     for t in range(extra - 1):
         nxt = jnp.asarray([[f[n + t]] for f, n in zip(full, lengths)])
@@ -137,10 +138,9 @@ def test_bad_sampler_settings_are_value_errors(settings, message):
 
 
 def test_cache_is_donated_to_decode_step(tiny):
-    state = engine.prefill(tiny.forward, tiny.config, tiny.params, np.array([[1, 2, 3]], np.int32),
-                           np.zeros(1, np.int32), jax.random.split(jax.random.key(0), 1), max_new_tokens=4)
+    state = engine.start(tiny, [[1, 2, 3]], capacity=4)
     old = state.cache.k
-    stop = jnp.asarray([-1], jnp.int32)
-    new = engine.decode_step(tiny.forward, tiny.config, tiny.params, state, Sampler().broadcast((1,)), stop)
-    assert old.is_deleted() and int(new.step) == 1
+    new = engine.decode_step(tiny.forward, tiny.config, tiny.params, state, engine.row_sampler(None, state),
+                             engine.stop_ids(tiny.config))
+    assert old.is_deleted() and int(new.cache.index) == 1
     assert dataclasses.is_dataclass(new.cache)

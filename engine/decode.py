@@ -1,0 +1,286 @@
+"""Decoding state and the operations on it: start (prefill), decode, select, fork, append.
+
+A :class:`DecodeState` holds ``G*N`` rollouts of ``G`` prompts (rollout ``r`` of prompt ``g``
+is row ``g*N + r``) decoding against a two-block :class:`~engine.cache.KVCache`. Every token
+array is slot-aligned with the rollout block. Search algorithms are built from these calls:
+``start`` once, then any sequence of ``decode``, ``select`` / ``fork`` (one gather over the
+rollout axis; the prefix block is untouched) and ``append`` (prefill of only the new tokens).
+"""
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import sharding
+from engine.cache import KVCache, PrefillCache
+from sampling import Sampler, rollout_keys, sample
+
+MIN_BUCKET = 16
+
+
+def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
+    """Padded length: the next power of two >= n (at least ``minimum``), so compilations are few."""
+    return max(minimum, 1 << (n - 1).bit_length())
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DecodeState:
+    done: jax.Array             # bool [B]      row has emitted a stop token (B = G*N)
+    logits: jax.Array           # f32 [B, V]    next-token logits
+    tokens: jax.Array           # int32 [B, S]  token in each rollout slot (pad where none)
+    logprobs: jax.Array         # f32 [B, S]    model log-prob of each sampled token (before filters)
+    sample_logprobs: jax.Array  # f32 [B, S]    proposal log-prob (after filters); 0 for greedy/appended
+    keys: jax.Array             # key [B]       per-rollout PRNG keys (step t draws with fold_in(key, t))
+    cache: KVCache
+
+    @staticmethod
+    def axes() -> "DecodeState":
+        """Logical axis names of every field (for ``sharding``), shaped like the state."""
+        row, rows = ("rollouts",), ("rollouts", "time")
+        return DecodeState(done=row, logits=("rollouts", "vocab"), tokens=rows, logprobs=rows,
+                           sample_logprobs=rows, keys=row, cache=KVCache.axes())
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(G prompts, N rollouts per prompt)."""
+        g = self.cache.groups
+        return g, self.done.shape[0] // g
+
+
+def place_model(model, mesh):
+    """``model`` with its params on ``mesh`` (``model.shard(mesh)``; a model without it: replicated)."""
+    if mesh is None:
+        return model
+    if hasattr(model, "shard"):
+        return model.shard(mesh)
+    params = sharding.place(model.params, jax.tree.map(lambda x: (None,) * np.ndim(x), model.params), mesh)
+    return SimpleNamespace(config=model.config, params=params, forward=model.forward, tokenizer=model.tokenizer)
+
+
+def check_prompts(model, prompts, max_new_tokens: int) -> list[list[int]]:
+    """Token-id lists of ``prompts`` (strings are encoded), or a ``ValueError`` naming the problem."""
+    config = model.config
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError("prompts must be a non-empty list of token-id lists or strings")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    ids = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            if model.tokenizer is None:
+                raise ValueError("string prompts need a model with a tokenizer; pass token ids")
+            p = model.tokenizer.encode(p)
+        p = [int(t) for t in np.asarray(p).reshape(-1)]
+        if not p:
+            raise ValueError(f"prompt {i} is empty")
+        bad = [t for t in p if not 0 <= t < config.vocab_size]
+        if bad:
+            raise ValueError(f"prompt {i} has token ids outside the vocabulary [0, {config.vocab_size}): {bad[:5]}")
+        if len(p) + max_new_tokens > config.max_len:
+            raise ValueError(f"prompt {i} has {len(p)} tokens; with max_new_tokens={max_new_tokens} that "
+                             f"exceeds the model's maximum length {config.max_len}")
+        ids.append(p)
+    return ids
+
+
+def left_pad(ids: list[list[int]], pad_id: int, length: int):
+    """Token array [G, length] with each prompt right-aligned, and each row's start slot [G]."""
+    tokens = np.full((len(ids), length), pad_id, np.int32)
+    start = np.array([length - len(p) for p in ids], np.int32)
+    for row, p in enumerate(ids):
+        tokens[row, length - len(p):] = p
+    return tokens, start
+
+
+@partial(jax.jit, static_argnames=("forward", "config", "n", "size", "mesh"))
+def _start(forward, config, params, tokens, start, keys, *, n: int, size: int, mesh=None) -> DecodeState:
+    g, p = tokens.shape
+    prefix = sharding.constrain(PrefillCache.create(config, g, p, start), PrefillCache.axes(), mesh)
+    logits, prefix = forward(config, params, tokens, None, prefix, last_only=True)
+    cache = sharding.constrain(KVCache.from_prefill(prefix, n, size), KVCache.axes(), mesh)
+    b = g * n
+    zeros = jnp.zeros((b, size), jnp.float32)
+    state = DecodeState(done=jnp.zeros((b,), bool), logits=jnp.repeat(logits, n, axis=0),
+                        tokens=jnp.full((b, size), config.pad_id, jnp.int32), logprobs=zeros,
+                        sample_logprobs=zeros, keys=keys, cache=cache)
+    return sharding.constrain(state, DecodeState.axes(), mesh)
+
+
+def start(model, prompts, *, capacity: int, n: int = 1, seed: int = 0, share_prefix: bool = True,
+          mesh=None) -> DecodeState:
+    """Prefill ``prompts`` once and set up ``n`` rollouts of each with ``capacity`` slots of their own.
+
+    With ``share_prefix`` (the default) each prompt's KV is computed and stored once, in the
+    prefix block; ``share_prefix=False`` is the naive layout (the prompt replicated ``n`` times,
+    each copy a group of one), kept as a reference. Prompts are left-padded to a power-of-two
+    bucket. ``model`` must already be on ``mesh`` (:func:`place_model`).
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    ids = check_prompts(model, prompts, capacity)
+    keys = rollout_keys(seed, ids, n)
+    groups, per_group = (ids, n) if share_prefix else ([p for p in ids for _ in range(n)], 1)
+    tokens, first = left_pad(groups, model.config.pad_id, bucket(max(map(len, ids))))
+    if mesh is not None:  # prompts and rollouts split over the data axis; every host passes the same values
+        tokens, first, keys = sharding.place((tokens, first, keys), (("prefix", None), ("prefix",), ("rollouts",)), mesh)
+    return _start(model.forward, model.config, model.params, tokens, first, keys, n=per_group, size=capacity,
+                  mesh=mesh)
+
+
+def _step(forward, config, params, state: DecodeState, sampler: Sampler, stop_ids, mesh=None) -> DecodeState:
+    slot = state.cache.index
+    tok, lp, slp = sample(state.logits, sampler, jax.vmap(jax.random.fold_in, (0, None))(state.keys, slot))
+    live = ~state.done
+    tok = jnp.where(live, tok, config.pad_id)
+    put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, slot))
+    logits, cache = forward(config, params, tok[:, None], None, state.cache, last_only=True)
+    state = DecodeState(done=state.done | jnp.isin(tok, stop_ids), logits=logits, tokens=put(state.tokens, tok),
+                        logprobs=put(state.logprobs, jnp.where(live, lp, 0.0)),
+                        sample_logprobs=put(state.sample_logprobs, jnp.where(live, slp, 0.0)),
+                        keys=state.keys, cache=cache.keep(live[:, None]))
+    return sharding.constrain(state, DecodeState.axes(), mesh)
+
+
+decode_step = jax.jit(_step, static_argnums=(0, 1), static_argnames=("mesh",), donate_argnums=(3,))
+decode_step.__doc__ = """One decode step: sample a token per row from ``state.logits``, run it through the model.
+
+``decode_step(forward, config, params, state, sampler, stop_ids) -> state``; ``state`` is donated.
+``sampler`` fields are per row [B]; ``stop_ids`` int32 [n].
+"""
+
+
+@partial(jax.jit, static_argnums=(0, 1), static_argnames=("mesh",), donate_argnums=(3,))
+def decode_loop(forward, config, params, state: DecodeState, sampler: Sampler, stop_ids, limit, mesh=None):
+    """Decode until every row is done or the rollout block has ``limit`` slots used."""
+    cond = lambda s: (s.cache.index < limit) & ~jnp.all(s.done)
+    return jax.lax.while_loop(cond, lambda s: _step(forward, config, params, s, sampler, stop_ids, mesh), state)
+
+
+def stop_ids(config, stop_tokens=None) -> jax.Array:
+    """The config's EOS ids and ``stop_tokens`` as one int32 array (``[-1]`` when there are none)."""
+    return jnp.asarray(sorted(set(config.eos_ids) | set(stop_tokens or ())) or [-1], jnp.int32)
+
+
+def row_sampler(sampler: Sampler | None, state: DecodeState, mesh=None) -> Sampler:
+    """``sampler`` (fields [], [G] or [G, N]) as per-row arrays [G*N], placed like the rollouts."""
+    sampler = Sampler.greedy() if sampler is None else sampler
+    sampler.validate()
+    g, n = state.shape
+    sampler = sampler.broadcast((g, n)).reshape((g * n,))
+    return sharding.place(sampler, jax.tree.map(lambda _: ("rollouts",), sampler), mesh)
+
+
+def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler | None = None, stop_tokens=None,
+           mesh=None) -> DecodeState:
+    """Continue every unfinished rollout for up to ``max_new_tokens`` more tokens.
+
+    Nothing already in the cache is recomputed. A rollout stops at an EOS or any of
+    ``stop_tokens``; a finished rollout stays finished until :func:`append` gives it more text.
+    The draws of a rollout depend only on its key and slot, so decoding in several calls equals
+    decoding in one.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    used = int(state.cache.index)
+    if used + max_new_tokens > state.cache.size:
+        raise ValueError(f"{used} of the rollouts' {state.cache.size} cache slots are used; {max_new_tokens} more "
+                         f"do not fit (start with a larger capacity)")
+    return decode_loop(model.forward, model.config, model.params, state, row_sampler(sampler, state, mesh),
+                       stop_ids(model.config, stop_tokens), jnp.int32(used + max_new_tokens), mesh=mesh)
+
+
+@jax.jit
+def _gather(state: DecodeState, rows) -> DecodeState:
+    """Every rollout-axis field of ``state`` gathered at ``rows``: one gather, prefix block untouched."""
+    take = lambda x, axes: jnp.take(x, rows, axis=axes.index("rollouts")) if "rollouts" in axes else x
+    return jax.tree.map(take, state, DecodeState.axes(), is_leaf=lambda x: isinstance(x, tuple) and x == ())
+
+
+def select(state: DecodeState, indices) -> DecodeState:
+    """Keep, reorder or repeat rollouts within each prompt: row ``(g, m)`` becomes rollout ``indices[g, m]``.
+
+    ``indices`` int [G, M] (M may differ from N: prune with M < N, resample with repeats). A
+    selected rollout keeps its key, so continuing it draws what it would have drawn anyway;
+    copies therefore continue identically — use :func:`fork` for copies that diverge.
+    """
+    g, n = state.shape
+    idx = np.asarray(indices)
+    if idx.ndim != 2 or idx.shape[0] != g or idx.shape[1] < 1:
+        raise ValueError(f"indices must have shape [G={g}, M>=1], got {idx.shape}")
+    if not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= n:
+        raise ValueError(f"indices must be rollout numbers in [0, {n}), got values {idx.min()}..{idx.max()}")
+    rows = (np.arange(g)[:, None] * n + idx).reshape(-1).astype(np.int32)
+    return _gather(state, jnp.asarray(rows))
+
+
+def fork(state: DecodeState, k: int) -> DecodeState:
+    """Give each rollout's state to ``k`` children (N -> N*k); child ``c`` draws with ``fold_in(key, c)``."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    g, n = state.shape
+    out = select(state, np.tile(np.repeat(np.arange(n), k), (g, 1)))
+    child = jnp.asarray(np.tile(np.arange(k, dtype=np.uint32), g * n))
+    return dataclasses.replace(out, keys=jax.vmap(jax.random.fold_in)(out.keys, child))
+
+
+@partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
+def _append(forward, config, params, state: DecodeState, tokens, valid) -> DecodeState:
+    slot = state.cache.index
+    logits, cache = forward(config, params, tokens, None, state.cache)
+    count = jnp.sum(valid, axis=1)
+    last = jnp.take_along_axis(logits, jnp.maximum(count - 1, 0)[:, None, None], axis=1)[:, 0]
+    has = count > 0
+    return dataclasses.replace(
+        state, done=state.done & ~has, logits=jnp.where(has[:, None], last, state.logits),
+        tokens=jax.lax.dynamic_update_slice(state.tokens, jnp.where(valid, tokens, config.pad_id), (0, slot)),
+        cache=cache.keep(valid))
+
+
+def append(model, state: DecodeState, tokens) -> DecodeState:
+    """Append tokens to rollouts (e.g. a feedback string), prefilling only the new tokens.
+
+    ``tokens``: one token-id list (or string, with a tokenizer) for every rollout, or a nested
+    list ``[G][N]`` of them (an empty list leaves that rollout as it is). A rollout given
+    tokens is no longer done; its next token is sampled after them.
+    """
+    g, n = state.shape
+
+    def encode(t):
+        if isinstance(t, str):
+            if model.tokenizer is None:
+                raise ValueError("string tokens need a model with a tokenizer")
+            return model.tokenizer.encode(t, bos=False)
+        return [int(i) for i in t]
+
+    if isinstance(tokens, str) or all(isinstance(t, (int, np.integer)) for t in tokens):
+        rows = [encode(tokens)] * (g * n)
+    elif len(tokens) == g and all(len(group) == n for group in tokens):
+        rows = [encode(t) for group in tokens for t in group]
+    else:
+        raise ValueError(f"tokens must be one list for every rollout or a nested list [G={g}][N={n}]")
+    longest = max(map(len, rows))
+    if longest == 0:
+        return state
+    vocab = model.config.vocab_size
+    if any(not 0 <= t < vocab for r in rows for t in r):
+        raise ValueError(f"appended token ids must be in [0, {vocab})")
+    width = bucket(longest, 1)
+    used = int(state.cache.index)
+    if used + width > state.cache.size:
+        raise ValueError(f"appending {longest} tokens (padded to {width}) needs {used + width} rollout cache slots; "
+                         f"the cache has {state.cache.size}")
+    total = np.asarray(state.cache.prefix_lengths() + state.cache.length) + np.array([len(r) for r in rows])
+    if total.max() > model.config.max_len:
+        raise ValueError(f"a rollout would reach {int(total.max())} tokens, over the model's maximum length "
+                         f"{model.config.max_len}")
+    ids = np.full((g * n, width), model.config.pad_id, np.int32)
+    valid = np.zeros((g * n, width), bool)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)], valid[i, :len(r)] = r, True
+    return _append(model.forward, model.config, model.params, state, jnp.asarray(ids), jnp.asarray(valid))
