@@ -15,6 +15,7 @@ v, window)`` and ``advance(T)`` (see :func:`models.forward`):
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -154,5 +155,5 @@ class KVCache:
         return self.pk.shape[1] * self.pk.shape[2] + self.k.shape[1] * self.k.shape[2]
 
     def nbytes(self) -> int:
-        """Bytes of the key/value buffers."""
-        return self.pk.nbytes + self.pv.nbytes + self.k.nbytes + self.v.nbytes
+        """Bytes of the key/value buffers (works on ``jax.eval_shape`` results too)."""
+        return sum(math.prod(x.shape) * x.dtype.itemsize for x in (self.pk, self.pv, self.k, self.v))
