@@ -66,8 +66,11 @@ def generate(model, prompts, *, max_new_tokens: int, sampler: Sampler | None = N
     sampler.validate()
     sampler = sampler.broadcast((g, n)).reshape(state.shape)
     state = decode(model, state, max_new_tokens=max_new_tokens, sampler=sampler, stop_tokens=stop_tokens, mesh=mesh)
-    if mesh is not None:  # the results, replicated so that every host can read them
-        state = sharding.replicate(state, mesh)
+    if mesh is not None:  # the results (not the KV cache), replicated so that every host can read them
+        tokens, logprobs, sample_logprobs, valid, length = sharding.replicate(
+            (state.tokens, state.logprobs, state.sample_logprobs, state.cache.valid, state.cache.length), mesh)
+        state = dataclasses.replace(state, tokens=tokens, logprobs=logprobs, sample_logprobs=sample_logprobs,
+                                    cache=dataclasses.replace(state.cache, valid=valid, length=length))
     stops = np.asarray(stop_ids(model.config, stop_tokens)).tolist()
     return rollouts(state, model.tokenizer, stops, shape=(g, n))
 
