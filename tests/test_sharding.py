@@ -1,4 +1,6 @@
 """Sharded generation on 8 emulated CPU devices: meshes, rules, placement, loading into shards."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -283,3 +285,14 @@ def test_replicate_compiles_once_per_mesh():
     assert sharding.rules._replicator(mesh)._cache_size() == compiled >= 1
     assert out["a"].sharding.is_fully_replicated
     np.testing.assert_array_equal(out["a"], np.arange(16.0).reshape(8, 2))
+
+
+def test_bench_best_of_n_on_meshes(capsys):
+    from scripts import bench
+    bench.main(["best-of-n", "--config", "tiny", "--mesh", "data=2,tensor=1", "data=2,tensor=2", "--prompts", "2",
+                "--n", "2", "--prompt-len", "5", "--new-tokens", "3", "--repeats", "1"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["mesh"], r["devices"]) for r in rows] == [(None, 1), ({"data": 2, "tensor": 1}, 2),
+                                                          ({"data": 2, "tensor": 2}, 4)]
+    assert all(r["same_tokens"] and r["tokens_per_s"] > 0 for r in rows)
+    assert rows[0]["time_vs_one_device"] == 1.0
