@@ -38,7 +38,6 @@ from engine.decode import bucket, check_prompts, left_pad, stop_ids
 
 F32 = jnp.float32
 NEG = -1.0e9          # transformers' score for an impossible beam / empty buffer slot
-EARLY_STOPPING = (True, False, "never")
 
 
 @dataclasses.dataclass
@@ -175,7 +174,7 @@ def _check(num_beams, max_new_tokens, length_penalty, early_stopping, num_return
                          f"hypotheses are kept")
     if num_beams % num_beam_groups:
         raise ValueError(f"num_beam_groups={num_beam_groups} does not divide num_beams={num_beams}")
-    if not any(early_stopping is e for e in EARLY_STOPPING):
+    if not (isinstance(early_stopping, bool) or (isinstance(early_stopping, str) and early_stopping == "never")):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
     if not isinstance(length_penalty, (int, float)) or not math.isfinite(length_penalty):
         raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")

@@ -123,6 +123,7 @@ def test_settings_are_traced_not_recompiled(markov):
     (dict(num_beams=4, diversity_penalty=1.0), "diversity_penalty only acts between beam groups"),
     (dict(num_beams=2, max_new_tokens=0), "max_new_tokens must be an integer >= 1, got 0"),
     (dict(num_beams=2, early_stopping="sometimes"), "early_stopping must be True, False or 'never'"),
+    (dict(num_beams=2, early_stopping=1), "early_stopping must be True, False or 'never', got 1"),
     (dict(num_beams=2, length_penalty=float("nan")), "length_penalty must be a finite number"),
     (dict(num_beams=2, stop_tokens=[0, 1, 3, 4, 5]), "more than the vocabulary (6)"),
 ])
@@ -137,6 +138,19 @@ def test_bad_prompts_are_value_errors(markov):
     with pytest.raises(ValueError) as err:
         engine.beam_search(markov, [[START], [9]], num_beams=2, max_new_tokens=4)
     assert "prompt 1 has token ids outside the vocabulary" in str(err.value)
+
+
+def test_string_prompts_and_text(markov):
+    class Letters:
+        def encode(self, text):
+            return ["_^$abc".index(ch) for ch in text]
+
+        def decode(self, ids):
+            return "".join("_^$abc"[i] for i in ids)
+
+    model = SimpleNamespace(**{**vars(markov), "tokenizer": Letters()})
+    out = engine.beam_search(model, ["^", "ca^"], num_beams=2, max_new_tokens=4, num_return=2)
+    assert out.text == [["b", "ab"], ["b", "ab"]]     # the final EOS is not text
 
 
 HF_PROMPTS = [[1, 5, 9, 33, 42], [1, 7], [1, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70], [1, 20, 30]]
