@@ -19,6 +19,7 @@ import numpy as np
 import sharding
 from engine.cache import KVCache, PrefillCache
 from sampling import Sampler, rollout_keys, sample
+from sampling.sampler import Context
 
 MIN_BUCKET = 16
 
@@ -37,6 +38,9 @@ class DecodeState:
     logprobs: jax.Array         # f32 [B, S]    model log-prob of each sampled token (before filters)
     sample_logprobs: jax.Array  # f32 [B, S]    proposal log-prob (after filters); 0 for greedy/appended
     keys: jax.Array             # key [B]       per-rollout PRNG keys (step t draws with fold_in(key, t))
+    counts: jax.Array           # int32 [B, V]  how often each token was generated (penalties)
+    mu: jax.Array               # f32 [B]       Mirostat running estimate (NaN until it starts)
+    prompt: jax.Array           # int32 [G, P]  the left-padded prompts (history for n-gram / repetition)
     cache: KVCache
 
     @staticmethod
@@ -44,7 +48,18 @@ class DecodeState:
         """Logical axis names of every field (for ``sharding``), shaped like the state."""
         row, rows = ("rollouts",), ("rollouts", "time")
         return DecodeState(done=row, logits=("rollouts", "vocab"), tokens=rows, logprobs=rows,
-                           sample_logprobs=rows, keys=row, cache=KVCache.axes())
+                           sample_logprobs=rows, keys=row, counts=("rollouts", "vocab"), mu=row,
+                           prompt=("prefix", None), cache=KVCache.axes())
+
+    def context(self, stop_ids) -> Context:
+        """What the sampler's history-dependent filters read: each row's prompt + rollout tokens."""
+        g, n = self.shape
+        prompt = jnp.repeat(self.prompt, n, axis=0, total_repeat_length=g * n)
+        first = jnp.repeat(self.cache.pstart, n, total_repeat_length=g * n)
+        prompt_valid = jnp.arange(self.prompt.shape[1])[None, :] >= first[:, None]
+        return Context(counts=self.counts, history=jnp.concatenate([prompt, self.tokens], axis=1),
+                       valid=jnp.concatenate([prompt_valid, self.cache.valid], axis=1), mu=self.mu,
+                       stop_ids=stop_ids)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -108,7 +123,8 @@ def _start(forward, config, params, tokens, start, keys, *, n: int, size: int, m
     zeros = jnp.zeros((b, size), jnp.float32)
     state = DecodeState(done=jnp.zeros((b,), bool), logits=jnp.repeat(logits, n, axis=0),
                         tokens=jnp.full((b, size), config.pad_id, jnp.int32), logprobs=zeros,
-                        sample_logprobs=zeros, keys=keys, cache=cache)
+                        sample_logprobs=zeros, keys=keys, counts=jnp.zeros((b, config.vocab_size), jnp.int32),
+                        mu=jnp.full((b,), jnp.nan, jnp.float32), prompt=tokens, cache=cache)
     return sharding.constrain(state, DecodeState.axes(), mesh)
 
 
@@ -135,7 +151,8 @@ def start(model, prompts, *, capacity: int, n: int = 1, seed: int = 0, share_pre
 
 def _step(forward, config, params, state: DecodeState, sampler: Sampler, stop_ids, mesh=None) -> DecodeState:
     slot = state.cache.index
-    tok, lp, slp = sample(state.logits, sampler, jax.vmap(jax.random.fold_in, (0, None))(state.keys, slot))
+    keys = jax.vmap(jax.random.fold_in, (0, None))(state.keys, slot)
+    tok, lp, slp, mu = sample(state.logits, sampler, keys, state.context(stop_ids))
     live = ~state.done
     tok = jnp.where(live, tok, config.pad_id)
     put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, slot))
@@ -143,7 +160,9 @@ def _step(forward, config, params, state: DecodeState, sampler: Sampler, stop_id
     state = DecodeState(done=state.done | jnp.isin(tok, stop_ids), logits=logits, tokens=put(state.tokens, tok),
                         logprobs=put(state.logprobs, jnp.where(live, lp, 0.0)),
                         sample_logprobs=put(state.sample_logprobs, jnp.where(live, slp, 0.0)),
-                        keys=state.keys, cache=cache.keep(live[:, None]))
+                        keys=state.keys, cache=cache.keep(live[:, None]),
+                        counts=state.counts.at[jnp.arange(tok.shape[0]), tok].add(live.astype(jnp.int32)),
+                        mu=jnp.where(live, mu, state.mu), prompt=state.prompt)
     return sharding.constrain(state, DecodeState.axes(), mesh)
 
 
@@ -170,10 +189,9 @@ def stop_ids(config, stop_tokens=None) -> jax.Array:
 def row_sampler(sampler: Sampler | None, state: DecodeState, mesh=None) -> Sampler:
     """``sampler`` (fields [], [G] or [G, N]) as per-row arrays [G*N], placed like the rollouts."""
     sampler = Sampler.greedy() if sampler is None else sampler
-    sampler.validate()
     g, n = state.shape
     sampler = sampler.broadcast((g, n)).reshape((g * n,))
-    return sharding.place(sampler, jax.tree.map(lambda _: ("rollouts",), sampler), mesh)
+    return sharding.place(sampler, sampler.row_axes, mesh)
 
 
 def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler | None = None, stop_tokens=None,

@@ -62,9 +62,7 @@ def generate(model, prompts, *, max_new_tokens: int, sampler: Sampler | None = N
     model = place_model(model, mesh)
     state = start(model, prompts, capacity=max_new_tokens, n=n, seed=seed, share_prefix=share_prefix, mesh=mesh)
     g = len(prompts)
-    sampler = (Sampler.greedy() if sampler is None else sampler)
-    sampler.validate()
-    sampler = sampler.broadcast((g, n)).reshape(state.shape)
+    sampler = (Sampler.greedy() if sampler is None else sampler).broadcast((g, n)).reshape(state.shape)
     state = decode(model, state, max_new_tokens=max_new_tokens, sampler=sampler, stop_tokens=stop_tokens, mesh=mesh)
     if mesh is not None:  # the results (not the KV cache), replicated so that every host can read them
         tokens, logprobs, sample_logprobs, valid, length = sharding.replicate(

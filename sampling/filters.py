@@ -1,45 +1,203 @@
-"""Logit filters: pure ``(logits[..., V], param[...]) -> logits`` with any leading batch axes.
+"""Logit filters: pure ``(logits[..., V], param[...], ...) -> logits`` with any leading batch axes.
 
-Parameters are arrays broadcastable to the leading axes, so rows may differ. Removed tokens
-get ``-inf``. Each filter has an "off" value that leaves the logits unchanged.
+Parameters are arrays broadcastable to the leading axes, so rows may differ; each filter has
+an "off" value that leaves its row unchanged. Removed tokens get ``-inf``. Where
+``transformers`` has the same processor the result is the same, ties and ``min_keep`` (its
+``min_tokens_to_keep``) included.
+
+Processors (applied to every row, greedy ones too): ``repetition_penalty``,
+``presence_penalty``, ``frequency_penalty``, ``no_repeat_ngram``, ``logit_bias``,
+``allowed_tokens``, ``banned_tokens``, ``min_new_tokens``. Warpers (sampled rows only):
+``temperature``, ``top_k``, ``top_p``, ``min_p``, ``typical``, ``epsilon``, ``eta``, ``mirostat``.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+NEG_INF = -jnp.inf
 
-def _col(param, logits):
-    """A per-row parameter as a column broadcastable against ``logits`` [..., V]."""
-    return jnp.broadcast_to(jnp.asarray(param), logits.shape[:-1])[..., None]
 
+def _col(param, logits, dtype=None):
+    """A per-row parameter as a column [..., 1] broadcastable against ``logits`` [..., V]."""
+    return jnp.broadcast_to(jnp.asarray(param, dtype), logits.shape[:-1])[..., None]
+
+
+def _unsort(mask_sorted, order):
+    """A mask over sorted positions scattered back to vocabulary positions."""
+    return jnp.put_along_axis(jnp.zeros_like(mask_sorted), order, mask_sorted, axis=-1, inplace=False)
+
+
+def _kth_largest(logits, k):
+    """The ``k``-th largest logit of each row (``k`` a column >= 1)."""
+    desc = -jnp.sort(-logits, axis=-1)
+    return jnp.take_along_axis(desc, jnp.clip(k - 1, 0, logits.shape[-1] - 1), axis=-1)
+
+
+def _top_mask(logits, min_keep):
+    """Tokens whose logit is at least the ``min_keep``-th largest (ties kept, as transformers)."""
+    return logits >= _kth_largest(logits, _col(min_keep, logits, jnp.int32))
+
+
+# --- warpers ------------------------------------------------------------------------------------
 
 def temperature(logits, t):
     """Divide by ``t`` (> 0). ``t == 0`` (greedy rows) leaves the logits unchanged."""
-    t = _col(t, logits)
-    return logits / jnp.where(t > 0, t, 1.0).astype(logits.dtype)
+    t = _col(t, logits, logits.dtype)
+    return logits / jnp.where(t > 0, t, 1.0)
 
 
-def top_k(logits, k):
-    """Keep the ``k`` largest logits (and any tied with the k-th). ``k == 0`` is off."""
-    k = _col(k, logits)
-    desc = -jnp.sort(-logits, axis=-1)
-    kth = jnp.take_along_axis(desc, jnp.clip(k - 1, 0, logits.shape[-1] - 1), axis=-1)
-    return jnp.where((k > 0) & (logits < kth), -jnp.inf, logits)
+def top_k(logits, k, min_keep=1):
+    """Keep the ``max(k, min_keep)`` largest logits and any tied with the last. ``k == 0`` is off."""
+    k = _col(k, logits, jnp.int32)
+    keep = _top_mask(logits, jnp.maximum(k, _col(min_keep, logits, jnp.int32))[..., 0])
+    return jnp.where((k > 0) & ~keep, NEG_INF, logits)
 
 
-def top_p(logits, p):
-    """Nucleus: keep the smallest set of most likely tokens whose probability reaches ``p``.
+def top_p(logits, p, min_keep=1):
+    """Nucleus: drop the least likely tokens whose total probability is at most ``1 - p``.
 
-    As in ``transformers``: a token is dropped when the total probability of the tokens
-    less likely than or equal to it is at most ``1 - p``; the most likely token always stays.
-    ``p == 1`` is off.
+    As ``transformers``: tokens sorted ascending (stable), a token is dropped when the
+    cumulative probability up to and including it is ``<= 1 - p``; the ``min_keep`` most
+    likely always stay. ``p == 1`` is off.
     """
     p = _col(p, logits)
-    asc = jnp.sort(logits, axis=-1)
-    cum = jnp.cumsum(jax.nn.softmax(asc, axis=-1), axis=-1)
-    drop = (cum <= 1 - p).at[..., -1].set(False)
-    # the smallest kept logit is the threshold: the first position not dropped
-    first_kept = jnp.argmin(drop, axis=-1, keepdims=True)
-    threshold = jnp.take_along_axis(asc, first_kept, axis=-1)
-    return jnp.where((p < 1) & (logits < threshold), -jnp.inf, logits)
+    order = jnp.argsort(logits, axis=-1, stable=True)
+    cum = jnp.cumsum(jax.nn.softmax(jnp.take_along_axis(logits, order, axis=-1), axis=-1), axis=-1)
+    v = logits.shape[-1]
+    protected = jnp.arange(v) >= v - _col(min_keep, logits, jnp.int32)
+    drop = _unsort((cum <= 1 - p) & ~protected, order)
+    return jnp.where((p < 1) & drop, NEG_INF, logits)
+
+
+def min_p(logits, p, min_keep=1):
+    """Drop tokens less likely than ``p`` times the most likely one. ``p == 0`` is off."""
+    probs = jax.nn.softmax(logits, axis=-1)
+    drop = probs < _col(p, logits) * jnp.max(probs, axis=-1, keepdims=True)
+    order = jnp.argsort(-probs, axis=-1, stable=True)
+    first = _unsort(jnp.broadcast_to(jnp.arange(logits.shape[-1]) < _col(min_keep, logits, jnp.int32),
+                                     logits.shape), order)
+    return jnp.where(drop & ~first, NEG_INF, logits)
+
+
+def typical(logits, mass, min_keep=1):
+    """Locally typical sampling (Meister et al.): keep the tokens whose surprise is closest to the
+    entropy, up to probability ``mass``. ``mass == 1`` is off."""
+    mass = _col(mass, logits)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    p = jnp.exp(logp)
+    ent = -jnp.sum(jnp.where(p > 0, logp * p, 0.0), axis=-1, keepdims=True)
+    shifted = jnp.abs(-logp - ent)
+    order = jnp.argsort(shifted, axis=-1, stable=True)
+    sorted_shift = jnp.take_along_axis(shifted, order, axis=-1)
+    cum = jnp.cumsum(jax.nn.softmax(jnp.take_along_axis(logits, order, axis=-1), axis=-1), axis=-1)
+    last = jnp.minimum(jnp.sum(cum < mass, axis=-1, keepdims=True), logits.shape[-1] - 1)
+    drop = sorted_shift > jnp.take_along_axis(sorted_shift, last, axis=-1)
+    drop &= jnp.arange(logits.shape[-1]) >= _col(min_keep, logits, jnp.int32)
+    return jnp.where((mass < 1) & _unsort(drop, order), NEG_INF, logits)
+
+
+def epsilon(logits, eps, min_keep=1):
+    """Epsilon sampling (Hewitt et al.): drop tokens with probability below ``eps``. ``eps == 0`` is off."""
+    drop = jax.nn.softmax(logits, axis=-1) < _col(eps, logits)
+    return jnp.where(drop & ~_top_mask(logits, min_keep), NEG_INF, logits)
+
+
+def eta(logits, eps, min_keep=1):
+    """Eta sampling (Hewitt et al.): threshold ``min(eps, sqrt(eps) * exp(-entropy))``. ``eps == 0`` is off."""
+    eps = _col(eps, logits)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    p = jnp.exp(logp)
+    ent = -jnp.sum(jnp.where(p > 0, logp * p, 0.0), axis=-1, keepdims=True)
+    drop = p < jnp.minimum(eps, jnp.sqrt(eps) * jnp.exp(-ent))
+    return jnp.where(drop & ~_top_mask(logits, min_keep), NEG_INF, logits)
+
+
+def mirostat(logits, mu):
+    """Mirostat v2 truncation: keep tokens whose surprise ``-log2 p`` is at most ``mu`` (the most
+    likely always stays). ``mu`` is the running estimate carried in the decode state."""
+    surprise = -jax.nn.log_softmax(logits, axis=-1) / jnp.log(2.0)
+    keep = (surprise <= _col(mu, logits)) | (logits >= jnp.max(logits, axis=-1, keepdims=True))
+    return jnp.where(keep, logits, NEG_INF)
+
+
+# --- processors ---------------------------------------------------------------------------------
+
+def repetition_penalty(logits, penalty, seen):
+    """CTRL's penalty on tokens already seen (``seen`` bool [..., V], prompt included, as
+    transformers): negative logits times ``penalty``, positive ones divided. 1 is off."""
+    penalty = _col(penalty, logits, logits.dtype)
+    hit = jnp.where(logits < 0, logits * penalty, logits / penalty)
+    return jnp.where(seen, hit, logits)
+
+
+def presence_penalty(logits, penalty, counts):
+    """Subtract ``penalty`` from every token generated at least once (``counts`` [..., V]). 0 is off."""
+    return logits - _col(penalty, logits, logits.dtype) * (counts > 0)
+
+
+def frequency_penalty(logits, penalty, counts):
+    """Subtract ``penalty`` times how often each token was generated. 0 is off."""
+    return logits - _col(penalty, logits, logits.dtype) * counts
+
+
+MAX_NGRAM = 8
+
+
+def no_repeat_ngram(logits, n, history, valid):
+    """Ban tokens that would repeat an ``n``-gram (``n <= 8``) of ``history`` [..., L]. 0 is off.
+
+    ``valid`` [..., L] marks real tokens; read in order they form the row's text (padding and
+    holes are skipped, so an n-gram may span them).
+    """
+    order = jnp.argsort(~valid, axis=-1, stable=True)             # real tokens first, in order
+    hist = jnp.take_along_axis(history, order, axis=-1)
+    count = jnp.sum(valid, axis=-1, keepdims=True)                # [..., 1]
+    n = _col(n, logits, jnp.int32)
+    length = history.shape[-1]
+    pos = jnp.broadcast_to(jnp.arange(length), hist.shape)
+    at = lambda i: jnp.take_along_axis(hist, jnp.clip(i, 0, length - 1), axis=-1)
+    match = (pos + n <= count) & (n > 0) & (count >= n)           # window [j, j+n) of real tokens
+    for d in range(MAX_NGRAM - 1):                                # its first n-1 tokens = the last n-1
+        match &= (at(pos + d) == at(count - (n - 1) + d)) | (d >= n - 1)
+    return jnp.where(_scatter(logits.shape, jnp.where(match, at(pos + n - 1), -1)), NEG_INF, logits)
+
+
+def _flat_ids(shape, ids):
+    """``ids`` [..., K] broadcast to ``shape``'s leading axes, flattened to rows [R, K]; padding
+    (ids < 0) becomes ``V``, an index that scatters with ``mode="drop"`` ignore."""
+    ids = jnp.asarray(ids, jnp.int32)
+    ids = jnp.broadcast_to(ids, tuple(shape[:-1]) + ids.shape[-1:]).reshape(-1, ids.shape[-1])
+    return jnp.arange(ids.shape[0])[:, None], jnp.where(ids < 0, shape[-1], ids)
+
+
+def _scatter(shape, ids):
+    """bool [..., V]: True at the token ``ids`` [..., K] of each row (ids < 0 ignored)."""
+    rows, ids = _flat_ids(shape, ids)
+    return jnp.zeros((rows.shape[0], shape[-1]), bool).at[rows, ids].set(True, mode="drop").reshape(shape)
+
+
+def logit_bias(logits, ids, bias):
+    """Add ``bias`` [K] to the logits of tokens ``ids`` [K] (ids < 0 are padding). All zeros is off."""
+    rows, ids = _flat_ids(logits.shape, ids)
+    bias = jnp.broadcast_to(jnp.asarray(bias, logits.dtype), ids.shape)
+    flat = logits.reshape(-1, logits.shape[-1]).at[rows, ids].add(bias, mode="drop")
+    return flat.reshape(logits.shape)
+
+
+def allowed_tokens(logits, ids):
+    """Only the tokens ``ids`` [K] may be drawn (ids < 0 are padding; no ids at all is off)."""
+    ids = jnp.asarray(ids)
+    return jnp.where(_scatter(logits.shape, ids) | ~jnp.any(ids >= 0), logits, NEG_INF)
+
+
+def banned_tokens(logits, ids):
+    """The tokens ``ids`` [K] may not be drawn (ids < 0 are padding)."""
+    return jnp.where(_scatter(logits.shape, ids), NEG_INF, logits)
+
+
+def min_new_tokens(logits, minimum, generated, eos_ids):
+    """Suppress the EOS tokens ``eos_ids`` [E] while fewer than ``minimum`` tokens were generated."""
+    eos = _scatter(logits.shape, eos_ids)
+    early = _col(generated, logits, jnp.int32) < _col(minimum, logits, jnp.int32)
+    return jnp.where(early & eos, NEG_INF, logits)

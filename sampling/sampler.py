@@ -1,4 +1,12 @@
-"""Samplers: per-row settings as a pytree, one draw per rollout from its own key."""
+"""Samplers: an ordered chain of filters and a draw, per-row settings in a pytree.
+
+``Sampler(temperature=0.7, top_p=0.9, repetition_penalty=1.1)`` holds every setting as an
+array broadcastable to the rollouts ([], [G] or [G, N]), so one compiled program serves rows
+with different values; the *chain* (which filters exist) is static. Filters apply in the
+order of :data:`ORDER` (``transformers``' order): processors on every row, then — on sampled
+rows only (``temperature > 0``) — temperature and the truncations. Greedy rows take the
+argmax of the processed logits.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -10,77 +18,217 @@ import numpy as np
 
 from sampling import filters
 
-_FIELDS = {"temperature": (np.float32, 0.0), "top_k": (np.int32, 0), "top_p": (np.float32, 1.0)}
+F32, I32 = np.float32, np.int32
+# name: (dtype, value that turns it off, check, what the check requires)
+SETTINGS = {
+    "repetition_penalty": (F32, 1.0, lambda x: x > 0, "must be > 0"),
+    "presence_penalty": (F32, 0.0, np.isfinite, "must be finite"),
+    "frequency_penalty": (F32, 0.0, np.isfinite, "must be finite"),
+    "no_repeat_ngram": (I32, 0, lambda x: (x >= 0) & (x <= filters.MAX_NGRAM), f"must be in [0, {filters.MAX_NGRAM}]"),
+    "min_new_tokens": (I32, 0, lambda x: x >= 0, "must be >= 0"),
+    "temperature": (F32, 1.0, lambda x: (x >= 0) & np.isfinite(x), "must be >= 0"),
+    "top_k": (I32, 0, lambda x: x >= 0, "must be >= 0"),
+    "top_p": (F32, 1.0, lambda x: (x > 0) & (x <= 1), "must be in (0, 1]"),
+    "min_p": (F32, 0.0, lambda x: (x >= 0) & (x <= 1), "must be in [0, 1]"),
+    "typical": (F32, 1.0, lambda x: (x > 0) & (x <= 1), "must be in (0, 1]"),
+    "epsilon": (F32, 0.0, lambda x: (x >= 0) & (x < 1), "must be in [0, 1)"),
+    "eta": (F32, 0.0, lambda x: (x >= 0) & (x < 1), "must be in [0, 1)"),
+    "mirostat": (F32, 0.0, lambda x: x >= 0, "(the target surprise tau) must be >= 0"),
+    "mirostat_lr": (F32, 0.1, lambda x: x > 0, "must be > 0"),
+    "min_keep": (I32, 1, lambda x: x >= 1, "must be >= 1"),
+}
+PROCESSORS = ("repetition_penalty", "presence_penalty", "frequency_penalty", "no_repeat_ngram", "logit_bias",
+              "allowed_tokens", "banned_tokens", "min_new_tokens")
+WARPERS = ("temperature", "top_k", "top_p", "min_p", "typical", "epsilon", "eta", "mirostat")
+ORDER = PROCESSORS + WARPERS
+TOKEN_LISTS = ("logit_bias", "allowed_tokens", "banned_tokens")   # shared by all rows of a call
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
+class Context:
+    """What history-dependent filters read, for rows [B]."""
+    counts: jax.Array     # int32 [B, V] how often each token was generated
+    history: jax.Array    # int32 [B, L] prompt + rollout tokens
+    valid: jax.Array      # bool [B, L]  which of them are real
+    mu: jax.Array         # f32 [B]      Mirostat running estimate (NaN: not started)
+    stop_ids: jax.Array   # int32 [E]    tokens suppressed by min_new_tokens
+
+
+@jax.tree_util.register_pytree_node_class
 class Sampler:
-    """Sampling settings; every field is an array broadcastable to the rows ([], [G] or [G, N]).
+    """Sampling settings. ``Sampler()`` samples at temperature 1; ``Sampler.greedy()`` (or
+    ``temperature=0``) is greedy. Keyword settings (off values in brackets):
 
-    ``temperature == 0`` is greedy (the default), ``top_k == 0`` and ``top_p == 1`` are off.
-    Filters apply in the order temperature, top-k, top-p (as ``transformers`` does).
+    ``temperature`` [1; 0 = greedy], ``top_k`` [0], ``top_p`` [1], ``min_p`` [0],
+    ``typical`` [1], ``epsilon`` [0], ``eta`` [0], ``min_keep`` [1] (the ``min_tokens_to_keep``
+    of the truncations), ``mirostat`` [0] (Mirostat v2 target surprise tau, in bits) with
+    ``mirostat_lr`` [0.1], ``repetition_penalty`` [1], ``presence_penalty`` [0],
+    ``frequency_penalty`` [0], ``no_repeat_ngram`` [0], ``min_new_tokens`` [0] — each a number
+    or an array per prompt [G] / per rollout [G, N] — and, shared by all rows,
+    ``logit_bias`` ({token: bias}), ``allowed_tokens`` and ``banned_tokens`` (token ids).
+    Out-of-range values are a ``ValueError``.
     """
-    temperature: jax.Array = 0.0  # f32 [...]
-    top_k: jax.Array = 0          # int32 [...]
-    top_p: jax.Array = 1.0        # f32 [...]
 
-    def __post_init__(self):
-        for name, (dtype, _) in _FIELDS.items():
-            value = getattr(self, name)
-            # python numbers / lists / numpy become arrays; anything else (tracers, device arrays,
-            # the logical-axis tuples of sharding annotations) is a pytree leaf left as it is
+    def __init__(self, **settings):
+        unknown = sorted(set(settings) - set(SETTINGS) - set(TOKEN_LISTS))
+        if unknown:
+            raise ValueError(f"unknown sampler settings {unknown}; known: {', '.join(ORDER)}, mirostat_lr, min_keep")
+        values = {"temperature": settings.pop("temperature", 1.0)}
+        for name in SETTINGS:
+            if name in settings:
+                values[name] = settings.pop(name)
+        for name, value in values.items():
+            dtype, _, ok, why = SETTINGS[name]
             if isinstance(value, (int, float, list, np.ndarray, np.generic)):
-                object.__setattr__(self, name, np.asarray(value, dtype))
-        self.validate()
-
-    def validate(self):
-        """Raise ``ValueError`` on settings outside their range (concrete values only)."""
-        checks = {"temperature": (lambda t: t >= 0, "must be >= 0"),
-                  "top_k": (lambda k: k >= 0, "must be >= 0"),
-                  "top_p": (lambda p: (p > 0) & (p <= 1), "must be in (0, 1]")}
-        for name, (ok, why) in checks.items():
-            value = getattr(self, name)
-            if isinstance(value, np.ndarray) and not np.all(ok(value)):
-                raise ValueError(f"{name} {why}, got {value.tolist()}")
+                arr = np.asarray(value, dtype)
+                if not np.all(ok(arr)):
+                    raise ValueError(f"{name} {why}, got {np.asarray(value).tolist()}")
+                values[name] = arr
+        values |= _token_lists(settings)
+        self.values = values
+        self.chain = tuple(n for n in ORDER if n in values and (n in TOKEN_LISTS or n == "temperature"
+                                                                  or not _all_off(n, values[n])))
 
     @classmethod
     def greedy(cls) -> "Sampler":
-        return cls()
+        return cls(temperature=0.0)
+
+    def __getattr__(self, name):
+        values = self.__dict__.get("values", {})
+        if name in values:
+            return values[name]
+        if name in SETTINGS:
+            return np.asarray(SETTINGS[name][1], SETTINGS[name][0])
+        raise AttributeError(name)
+
+    def __repr__(self):
+        return f"Sampler({', '.join(f'{k}={np.asarray(v).tolist()!r}' for k, v in self.values.items())})"
+
+    def tree_flatten(self):
+        keys = tuple(sorted(self.values))
+        return tuple(self.values[k] for k in keys), (keys, self.chain)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        out = object.__new__(cls)
+        keys, out.chain = aux
+        out.values = dict(zip(keys, children))
+        return out
+
+    def _map_rows(self, fn) -> "Sampler":
+        out = object.__new__(Sampler)
+        out.chain = self.chain
+        out.values = {k: v if k in TOKEN_LISTS else fn(v) for k, v in self.values.items()}
+        return out
 
     def broadcast(self, shape) -> "Sampler":
-        """Every field broadcast to ``shape`` (e.g. the rollout axes [G, N]); a field of shape [G]
-        gives each prompt's rollouts that prompt's setting (trailing axes are added, not leading)."""
+        """Per-row settings broadcast to ``shape`` (e.g. [G, N]); a setting of shape [G] gives each
+        prompt's rollouts that prompt's value (trailing axes are added, not leading)."""
         def one(x):
             x = jnp.asarray(x)
+            if x.ndim > len(shape):
+                raise ValueError(f"a sampler setting of shape {x.shape} does not fit rollouts {tuple(shape)}")
             return jnp.broadcast_to(x.reshape(x.shape + (1,) * (len(shape) - x.ndim)), shape)
-        return jax.tree.map(one, self)
+        return self._map_rows(one)
 
     def reshape(self, shape) -> "Sampler":
-        return jax.tree.map(lambda x: x.reshape(shape), self)
+        return self._map_rows(lambda x: x.reshape(shape))
 
-    def filter(self, logits):
-        """Apply this sampler's filters to ``logits`` [..., V] (proposal logits, -inf removed)."""
-        x = filters.temperature(logits, self.temperature)
-        x = jax.lax.cond(jnp.any(self.top_k > 0), filters.top_k, lambda x, _: x, x, self.top_k)
-        return jax.lax.cond(jnp.any(self.top_p < 1), filters.top_p, lambda x, _: x, x, self.top_p)
+    @property
+    def row_axes(self) -> "Sampler":
+        """Logical axes of every field (per-row settings on ``rollouts``, token lists replicated)."""
+        out = object.__new__(Sampler)
+        out.chain = self.chain
+        out.values = {k: jax.tree.map(lambda a: (None,) * np.ndim(a), v) if k in TOKEN_LISTS else ("rollouts",)
+                      for k, v in self.values.items()}
+        return out
+
+    def process(self, logits, ctx: Context):
+        """The processors of the chain, for every row."""
+        v = self.values
+        for name in self.chain:
+            if name == "repetition_penalty":
+                seen = jnp.zeros(logits.shape, bool).at[jnp.arange(logits.shape[0])[:, None],
+                                                        jnp.where(ctx.valid, ctx.history, logits.shape[-1])
+                                                        ].set(True, mode="drop")
+                logits = filters.repetition_penalty(logits, v[name], seen)
+            elif name in ("presence_penalty", "frequency_penalty"):
+                logits = getattr(filters, name)(logits, v[name], ctx.counts)
+            elif name == "no_repeat_ngram":
+                logits = filters.no_repeat_ngram(logits, v[name], ctx.history, ctx.valid)
+            elif name == "logit_bias":
+                logits = filters.logit_bias(logits, *v[name])
+            elif name in ("allowed_tokens", "banned_tokens"):
+                logits = getattr(filters, name)(logits, v[name])
+            elif name == "min_new_tokens":
+                logits = filters.min_new_tokens(logits, v[name], jnp.sum(ctx.counts, axis=-1), ctx.stop_ids)
+        return logits
+
+    def warp(self, logits, mu=None):
+        """Temperature and the truncations of the chain (the proposal of sampled rows)."""
+        v, keep = self.values, self.values.get("min_keep", 1)
+        for name in self.chain:
+            if name == "temperature":
+                logits = filters.temperature(logits, v[name])
+            elif name == "mirostat":
+                start = 2 * v["mirostat"]
+                mu = start if mu is None else jnp.where(jnp.isnan(mu), start, mu)
+                logits = jnp.where((v["mirostat"] > 0)[..., None], filters.mirostat(logits, mu), logits)
+            elif name in WARPERS:
+                logits = getattr(filters, name)(logits, v[name], keep)
+        return logits
+
+    def filter(self, logits, ctx: Context | None = None):
+        """Processors then warpers: the proposal logits of sampled rows."""
+        return self.warp(self.process(logits, ctx) if ctx is not None else logits, None if ctx is None else ctx.mu)
 
 
-def sample(logits, sampler: Sampler, keys):
+def _all_off(name, value) -> bool:
+    return isinstance(value, np.ndarray) and bool(np.all(value == SETTINGS[name][1]))
+
+
+def _token_lists(settings) -> dict:
+    """``logit_bias`` as (ids, biases) and the allowed / banned token ids, as arrays, checked."""
+    out = {}
+    if "logit_bias" in settings:
+        bias = dict(settings["logit_bias"])
+        out["logit_bias"] = (np.asarray(list(bias), I32).reshape(-1), np.asarray(list(bias.values()), F32))
+    for name in ("allowed_tokens", "banned_tokens"):
+        if name in settings:
+            out[name] = np.asarray(settings[name], I32).reshape(-1)
+    if "allowed_tokens" in out and out["allowed_tokens"].size == 0:
+        raise ValueError("allowed_tokens is empty: no token could be drawn")
+    for name, value in out.items():
+        ids = value[0] if name == "logit_bias" else value
+        if np.any(ids < 0):
+            raise ValueError(f"{name} token ids must be >= 0, got {ids.tolist()}")
+    return out
+
+
+def sample(logits, sampler: Sampler, keys, ctx: Context):
     """Draw one token per row.
 
     logits fp32 [B, V]; sampler fields [B]; keys [B] typed PRNG keys. Returns ``(tokens int32
-    [B], logprobs [B], sample_logprobs [B])``: the model's log-probability of the token before
-    any filter, and the proposal's after filters (0 for greedy rows, a point mass).
+    [B], logprobs [B], sample_logprobs [B], mu [B])``: the model's log-probability of the token
+    before any filter, the proposal's after filters (0 for greedy rows, a point mass), and the
+    updated Mirostat estimate.
     """
-    greedy = sampler.temperature == 0
-    proposal = sampler.filter(logits)
+    greedy = jnp.asarray(sampler.temperature) == 0
+    processed = sampler.process(logits, ctx)
+    proposal = sampler.warp(processed, ctx.mu)
     drawn = jax.vmap(jax.random.categorical)(keys, proposal)
-    tokens = jnp.where(greedy, jnp.argmax(logits, axis=-1), drawn).astype(jnp.int32)
+    tokens = jnp.where(greedy, jnp.argmax(processed, axis=-1), drawn).astype(jnp.int32)
     pick = lambda lp: jnp.take_along_axis(lp, tokens[:, None], axis=-1)[:, 0]
     logprobs = pick(jax.nn.log_softmax(logits, axis=-1))
     sample_logprobs = jnp.where(greedy, 0.0, pick(jax.nn.log_softmax(proposal, axis=-1)))
-    return tokens, logprobs, sample_logprobs
+    mu = ctx.mu
+    if "mirostat" in sampler.chain:
+        tau, lr = jnp.asarray(sampler.mirostat), jnp.asarray(sampler.mirostat_lr)
+        current = jnp.where(jnp.isnan(mu), 2 * tau, mu)
+        surprise = -sample_logprobs / jnp.log(2.0)
+        mu = jnp.where((tau > 0) & ~greedy, current - lr * (surprise - tau), mu)
+    return tokens, logprobs, sample_logprobs, mu
 
 
 def prompt_id(tokens) -> int:

@@ -1,0 +1,148 @@
+"""Logit filters against the ``transformers`` processors of the same name, on random logits."""
+import collections
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers.generation import logits_process as hf
+
+from sampling import filters
+
+SHAPES = [(3, 50), (2, 4, 17)]
+
+
+def random_logits(shape, seed, ties=False):
+    x = np.random.default_rng(seed).normal(scale=2.0, size=shape).astype(np.float32)
+    return np.round(x, 1) if ties else x         # rounding makes many exact ties
+
+
+@pytest.fixture
+def stable_torch(monkeypatch):
+    """transformers with torch's sorts made stable.
+
+    Among equal logits the order of torch's default sort (and topk) is unspecified, so
+    transformers' kept set is arbitrary there; rollax uses the stable order. With ties, the
+    comparison is against transformers' algorithm under that same, deterministic order.
+    """
+    sort = torch.sort
+
+    def topk(x, k, dim=-1, largest=True, sorted=True):
+        values, indices = sort(x, dim=dim, descending=largest, stable=True)
+        return collections.namedtuple("topk", "values indices")(values[..., :k], indices[..., :k])
+
+    monkeypatch.setattr(torch, "sort", lambda x, dim=-1, descending=False: sort(x, dim=dim, descending=descending,
+                                                                                   stable=True))
+    monkeypatch.setattr(torch, "topk", topk)
+
+
+def hf_apply(processor, logits, input_ids=None):
+    flat = logits.reshape(-1, logits.shape[-1])
+    ids = torch.zeros((flat.shape[0], 1), dtype=torch.long) if input_ids is None else torch.tensor(input_ids)
+    return processor(ids, torch.tensor(flat)).numpy().reshape(logits.shape)
+
+
+def assert_same(got, want):
+    got = np.asarray(got)
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))   # the same kept set
+    kept = np.isfinite(want)
+    np.testing.assert_allclose(got[kept], want[kept], rtol=1e-6, atol=1e-6)
+
+
+CASES = [
+    ("top_k", hf.TopKLogitsWarper, "top_k", [1, 3, 10]),
+    ("top_p", hf.TopPLogitsWarper, "top_p", [0.05, 0.5, 0.9, 0.999]),
+    ("min_p", hf.MinPLogitsWarper, "min_p", [0.0, 0.05, 0.3, 1.0]),
+    ("typical", hf.TypicalLogitsWarper, "mass", [0.2, 0.5, 0.95]),
+    ("epsilon", hf.EpsilonLogitsWarper, "epsilon", [1e-3, 0.03, 0.2]),
+    ("eta", hf.EtaLogitsWarper, "epsilon", [1e-3, 0.03, 0.2]),
+]
+
+
+@pytest.mark.parametrize("name, cls, arg, values", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("min_keep", [1, 3])
+def test_truncation_matches_transformers(name, cls, arg, values, shape, ties, min_keep, request):
+    if ties:
+        request.getfixturevalue("stable_torch")
+    for seed in range(3):
+        logits = random_logits(shape, seed, ties)
+        for value in values:
+            want = hf_apply(cls(**{arg: value, "min_tokens_to_keep": min_keep}), logits)
+            assert_same(getattr(filters, name)(jnp.asarray(logits), value, min_keep), want)
+
+
+def test_per_row_values_in_one_call():
+    logits = random_logits((4, 30), 0)
+    p = np.array([0.2, 0.5, 0.9, 1.0], np.float32)
+    got = np.asarray(filters.top_p(jnp.asarray(logits), p))
+    for row in range(3):
+        assert_same(got[row], hf_apply(hf.TopPLogitsWarper(float(p[row])), logits[row:row + 1])[0])
+    np.testing.assert_array_equal(got[3], logits[3])          # top_p = 1 is off
+
+
+@pytest.mark.parametrize("penalty", [0.5, 1.0, 1.3, 2.0])
+def test_repetition_penalty_matches_transformers(penalty):
+    logits = random_logits((3, 40), 1)
+    ids = np.random.default_rng(2).integers(0, 40, size=(3, 12))
+    seen = np.zeros((3, 40), bool)
+    np.put_along_axis(seen, ids, True, axis=1)
+    want = hf_apply(hf.RepetitionPenaltyLogitsProcessor(penalty), logits, ids)
+    assert_same(filters.repetition_penalty(jnp.asarray(logits), penalty, seen), want)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_no_repeat_ngram_matches_transformers(n):
+    rng = np.random.default_rng(n)
+    ids = rng.integers(0, 6, size=(4, 31 - n))
+    ids = np.concatenate([ids, ids[:, :n - 1]], axis=1)  # the last n-1 tokens occurred before: a ban
+    logits = random_logits((4, 20), n)
+    want = hf_apply(hf.NoRepeatNGramLogitsProcessor(n), logits, ids)
+    # our history may hold padding / holes anywhere (here: left padding and a gap); they are skipped
+    padded = np.concatenate([np.full((4, 5), 9), ids[:, :10], np.full((4, 3), 9), ids[:, 10:]], axis=1)
+    valid = np.concatenate([np.zeros((4, 5)), np.ones((4, 10)), np.zeros((4, 3)), np.ones((4, 20))], axis=1) > 0
+    assert_same(filters.no_repeat_ngram(jnp.asarray(logits), n, jnp.asarray(padded), jnp.asarray(valid)), want)
+    assert np.sum(~np.isfinite(want)) > 0                # the case really bans something
+
+
+@pytest.mark.parametrize("generated", [0, 3, 5, 8])
+def test_min_new_tokens_matches_transformers(generated):
+    logits = random_logits((2, 12), 0)
+    prompt_len, minimum = 4, 5
+    ids = np.ones((2, prompt_len + generated), np.int64)
+    want = hf_apply(hf.MinNewTokensLengthLogitsProcessor(prompt_len, minimum, [2, 7]), logits, ids)
+    got = filters.min_new_tokens(jnp.asarray(logits), minimum, jnp.full((2,), generated), jnp.asarray([2, 7]))
+    assert_same(got, want)
+
+
+def test_presence_frequency_bias_allowed_banned_by_hand():
+    logits = jnp.zeros((2, 6))
+    counts = jnp.asarray([[0, 2, 1, 0, 0, 0], [3, 0, 0, 0, 0, 1]])
+    np.testing.assert_array_equal(filters.presence_penalty(logits, 0.5, counts),
+                                  [[0, -.5, -.5, 0, 0, 0], [-.5, 0, 0, 0, 0, -.5]])
+    np.testing.assert_array_equal(filters.frequency_penalty(logits, jnp.asarray([1.0, 2.0]), counts),
+                                  [[0, -2, -1, 0, 0, 0], [-6, 0, 0, 0, 0, -2]])
+    np.testing.assert_array_equal(filters.logit_bias(logits, jnp.asarray([1, 4, 1]), jnp.asarray([1., -2., 3.])),
+                                  [[0, 4, 0, 0, -2, 0]] * 2)
+    inf = -np.inf
+    np.testing.assert_array_equal(filters.allowed_tokens(logits, jnp.asarray([2, 3])),
+                                  [[inf, inf, 0, 0, inf, inf]] * 2)
+    np.testing.assert_array_equal(filters.banned_tokens(logits, jnp.asarray([0, 5, -1])),
+                                  [[inf, 0, 0, 0, 0, inf]] * 2)
+
+
+def test_mirostat_keeps_tokens_under_the_surprise_bound():
+    probs = np.array([[0.5, 0.25, 0.125, 0.125]])          # surprises 1, 2, 3, 3 bits
+    logits = jnp.asarray(np.log(probs), jnp.float32)
+    kept = lambda mu: np.isfinite(np.asarray(filters.mirostat(logits, mu)))[0].tolist()
+    assert kept(2.5) == [True, True, False, False]
+    assert kept(0.1) == [True, False, False, False]          # the most likely always stays
+    assert kept(3.0) == [True, True, True, True]
+
+
+@pytest.mark.parametrize("name, off", [("top_p", 1.0), ("min_p", 0.0), ("epsilon", 0.0), ("eta", 0.0),
+                                       ("typical", 1.0), ("top_k", 0)])
+def test_off_values_change_nothing(name, off):
+    logits = random_logits((3, 64), 5, ties=True)
+    np.testing.assert_array_equal(getattr(filters, name)(jnp.asarray(logits), off), logits)
