@@ -156,29 +156,76 @@ def test_string_prompts_and_text(markov):
 HF_PROMPTS = [[1, 5, 9, 33, 42], [1, 7], [1, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70], [1, 20, 30]]
 
 
-@pytest.mark.parametrize("case", ["llama-gqa", "mistral"])   # mistral: a sliding window (16) < prompt + beam
-def test_beam_search_matches_transformers(tmp_path, case):
-    ref = write_hf(tmp_path, case)
-    with torch.no_grad():   # sharper distributions and a likely EOS, so that hypotheses end at different steps
+def sharp_checkpoint(path, case):
+    """A random tiny transformers checkpoint with sharper distributions and a likely EOS (id 2), so that
+    hypotheses end at different steps and near-ties (where fp32 noise could flip a choice) are rare."""
+    ref = write_hf(path, case)
+    with torch.no_grad():
         ref.lm_head.weight.mul_(8.0)
         ref.lm_head.weight[2] += 1.5
-    ref.save_pretrained(tmp_path, safe_serialization=True)
-    model = models.load(tmp_path)
+    ref.save_pretrained(path, safe_serialization=True)
+    return ref, models.load(path)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    return sharp_checkpoint(tmp_path_factory.mktemp("llama-gqa"), "llama-gqa")
+
+
+def hf_beam_search(ref, prompt, **kwargs):
+    """transformers on one prompt (no padding): generated token lists (up to EOS) and sequences_scores."""
+    with torch.no_grad():
+        out = ref.generate(torch.tensor([prompt]), do_sample=False, return_dict_in_generate=True, output_scores=True,
+                           pad_token_id=0, **kwargs)
+    seqs = []
+    for row in out.sequences[:, len(prompt):].tolist():
+        seqs.append(row[:row.index(2) + 1] if 2 in row else row)
+    return seqs, out.sequences_scores.numpy()
+
+
+def hypotheses(result, g):
+    return [result.sequences[g, r, :n].tolist() for r, n in enumerate(result.lengths[g])]
+
+
+@pytest.mark.parametrize("case", ["llama-gqa", "mistral"])   # mistral: a sliding window (16) < prompt + beam
+def test_beam_search_matches_transformers(request, tmp_path, case):
+    ref, model = request.getfixturevalue("llama") if case == "llama-gqa" else sharp_checkpoint(tmp_path, case)
     settings = [(False, 1.0, 4), (True, 0.5, 2), ("never", 1.0, 3), ("never", -0.5, 4)]
     lengths = set()
     for early_stopping, length_penalty, num_return in settings:
         got = engine.beam_search(model, HF_PROMPTS, num_beams=4, max_new_tokens=12, num_return=num_return,
                                  length_penalty=length_penalty, early_stopping=early_stopping)
-        for g, p in enumerate(HF_PROMPTS):   # transformers: one prompt at a time, no padding
-            with torch.no_grad():
-                out = ref.generate(torch.tensor([p]), num_beams=4, num_return_sequences=num_return, do_sample=False,
-                                   max_new_tokens=12, length_penalty=length_penalty, early_stopping=early_stopping,
-                                   return_dict_in_generate=True, output_scores=True, pad_token_id=0)
-            want = out.sequences[:, len(p):].numpy()
-            for r in range(num_return):
-                n = int(got.lengths[g, r])
-                assert got.sequences[g, r, :n].tolist() == want[r, :n].tolist()
-                assert n == want.shape[1] or want[r, n - 1] == 2      # shorter ones ended with EOS
-                lengths.add(n)
-            np.testing.assert_allclose(got.scores[g], out.sequences_scores.numpy(), rtol=0, atol=1e-4)
+        for g, p in enumerate(HF_PROMPTS):
+            want, scores = hf_beam_search(ref, p, num_beams=4, num_return_sequences=num_return, max_new_tokens=12,
+                                          length_penalty=length_penalty, early_stopping=early_stopping)
+            assert hypotheses(got, g) == want
+            np.testing.assert_allclose(got.scores[g], scores, rtol=0, atol=1e-4)
+            lengths |= set(map(len, want))
     assert len(lengths) > 1   # hypotheses of several lengths were compared
+
+
+def test_beam_groups_against_transformers(llama):
+    # transformers' own group beam search is a Hub download now; what can be checked against it:
+    # without a penalty every group of 2 beams is an independent beam search of width 2, and with one
+    # the first group (penalised by no earlier group) still is.
+    ref, model = llama
+    kw = dict(num_beams=4, num_beam_groups=2, max_new_tokens=12, num_return=4)
+    plain = engine.beam_search(model, HF_PROMPTS, **kw)
+    diverse = engine.beam_search(model, HF_PROMPTS, diversity_penalty=0.3, **kw)
+    new = penalised = 0
+    for g, p in enumerate(HF_PROMPTS):
+        want, scores = hf_beam_search(ref, p, num_beams=2, num_return_sequences=2, max_new_tokens=12)
+        assert hypotheses(plain, g) == [want[0], want[0], want[1], want[1]]
+        np.testing.assert_allclose(plain.scores[g], np.repeat(scores, 2), rtol=0, atol=1e-4)
+        got = hypotheses(diverse, g)
+        for seq, score in zip(want, scores):
+            assert abs(diverse.scores[g, got.index(seq)] - score) < 1e-4
+        new += sum(seq not in want for seq in got)
+        # a score is (log-probability - 0.3 * (uses of tokens chosen by the first group)) / length
+        for seq, score in zip(got, diverse.scores[g]):
+            with torch.no_grad():
+                logp = torch.log_softmax(ref(torch.tensor([p + seq])).logits[0, len(p) - 1:-1], -1)
+            uses = (float(logp[torch.arange(len(seq)), torch.tensor(seq)].sum()) - score * len(seq)) / 0.3
+            assert abs(uses - round(uses)) < 1e-2 and round(uses) >= 0
+            penalised += round(uses) > 0
+    assert new >= len(HF_PROMPTS) and penalised >= 3   # the penalty found other hypotheses, and it shows
