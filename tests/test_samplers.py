@@ -1,0 +1,186 @@
+"""The sampler chain in the decode loop: exact sequences on a fake model, distributions, properties."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+import engine
+import models
+from sampling import Sampler, filters, sample
+from sampling.sampler import Context
+
+EOS = 4
+# next-token probabilities of the fake model, by last token (token 4 is EOS)
+TABLE = np.array([[0.05, 0.50, 0.30, 0.10, 0.05],
+                  [0.10, 0.05, 0.60, 0.20, 0.05],
+                  [0.10, 0.60, 0.05, 0.20, 0.05],
+                  [0.35, 0.10, 0.10, 0.05, 0.40],
+                  [0.20, 0.20, 0.20, 0.20, 0.20]])
+
+
+def fake_forward(config, params, tokens, positions=None, cache=None, *, last_only=False):
+    """Logits = log TABLE[last token]; the cache is only advanced (the fake needs no memory)."""
+    logits = jnp.log(params["table"])[tokens]
+    return (logits[:, -1] if last_only else logits), cache.advance(tokens.shape[1])
+
+
+@dataclasses.dataclass
+class FakeModel:
+    config = models.preset("tiny", vocab_size=5, layers=1, eos_ids=(EOS,), pad_id=0)
+    params = {"table": jnp.asarray(TABLE, jnp.float32)}
+    tokenizer = None
+    forward = staticmethod(fake_forward)
+
+
+FAKE = FakeModel()
+
+
+def run(prompt, sampler, max_new_tokens=6, seed=0):
+    out = engine.generate(FAKE, [prompt], max_new_tokens=max_new_tokens, sampler=sampler, seed=seed)
+    return out.tokens[0, 0, :out.lengths[0, 0]].tolist()
+
+
+# Each expected sequence is worked out by hand from TABLE (see the comments).
+EXACT = [
+    ("greedy", [0], Sampler.greedy(), [1, 2, 1, 2, 1, 2]),                # argmax of each row
+    ("greedy to EOS", [3], Sampler.greedy(), [4]),
+    ("top_k=1", [0], Sampler(top_k=1), [1, 2, 1, 2, 1, 2]),
+    ("top_p=0.1", [0], Sampler(top_p=0.1), [1, 2, 1, 2, 1, 2]),
+    ("min_p=0.9", [0], Sampler(min_p=0.9), [1, 2, 1, 2, 1, 2]),
+    ("epsilon=0.45", [0], Sampler(epsilon=0.45), [1, 2, 1, 2, 1, 2]),
+    # the most typical token (surprise closest to the entropy): row 0 -> 2, row 2 -> 3, row 3 -> 0
+    ("typical=0.1", [0], Sampler(typical=0.1), [2, 3, 0, 2, 3, 0]),
+    # seen tokens' log-probs x10: 0 -> 1, 1 -> 2, 2 -> 3 (1 and 0 seen), 3 -> EOS
+    ("repetition_penalty=10", [0], Sampler(temperature=0, repetition_penalty=10.0), [1, 2, 3, 4]),
+    # -1.2 once generated: row 2 prefers 3 (log .2 = -1.61) to 1 (log .6 - 1.2 = -1.71)
+    ("presence_penalty=1.2", [0], Sampler(temperature=0, presence_penalty=1.2), [1, 2, 3, 4]),
+    # -0.6 per occurrence: 1 and 2 win twice, then 3 beats 1 (-1.61 > -0.51 - 1.2)
+    ("frequency_penalty=0.6", [0], Sampler(temperature=0, frequency_penalty=0.6), [1, 2, 1, 2, 3, 4]),
+    # after 0 1 2 1 the bigram (1, 2) is banned: row 1 -> 3, then EOS
+    ("no_repeat_ngram=2", [0], Sampler(temperature=0, no_repeat_ngram=2), [1, 2, 1, 3, 4]),
+    ("logit_bias", [0], Sampler(temperature=0, logit_bias={3: 2.0}), [3, 4]),   # log .1 + 2 > log .5
+    ("banned_tokens", [0], Sampler(temperature=0, banned_tokens=[1]), [2, 3, 4]),
+    ("allowed_tokens", [0], Sampler(temperature=0, allowed_tokens=[0, 3, 4]), [3, 4]),
+    # EOS suppressed for 3 tokens: 3 -> 0 -> 1 -> 2, then the 1/2 cycle
+    ("min_new_tokens=3", [3], Sampler(temperature=0, min_new_tokens=3), [0, 1, 2, 1, 2, 1]),
+    # mu starts at 2 tau = 1 bit: only p >= 1/2 survives, and mu grows by 0.05 a step
+    ("mirostat", [0], Sampler(mirostat=0.5), [1, 2, 1, 2, 1, 2]),
+]
+
+
+@pytest.mark.parametrize("name, prompt, sampler, want", EXACT, ids=[e[0] for e in EXACT])
+def test_fake_model_exact_sequences(name, prompt, sampler, want):
+    for seed in (0, 1, 2):
+        assert run(prompt, sampler, seed=seed) == want
+
+
+def test_mirostat_estimate_is_carried_in_the_loop_state():
+    state = engine.start(FAKE, [[0]], capacity=6)
+    state = engine.decode(FAKE, state, max_new_tokens=6, sampler=Sampler(mirostat=0.5, mirostat_lr=0.1))
+    # each step the drawn token had proposal probability 1 (surprise 0): mu += 0.1 * 0.5
+    np.testing.assert_allclose(state.mu, [1.0 + 6 * 0.05], rtol=1e-6)
+
+
+DIST_LOGITS = np.log(np.array([0.30, 0.22, 0.15, 0.12, 0.08, 0.06, 0.04, 0.02, 0.007, 0.003]))
+DISTRIBUTIONS = [
+    ("temperature", Sampler(temperature=0.7), lambda x: filters.temperature(x, 0.7)),
+    ("top_k", Sampler(top_k=4), lambda x: filters.top_k(x, 4)),
+    ("top_p", Sampler(top_p=0.8), lambda x: filters.top_p(x, 0.8)),
+    ("min_p", Sampler(min_p=0.2), lambda x: filters.min_p(x, 0.2)),
+    ("typical", Sampler(typical=0.7), lambda x: filters.typical(x, 0.7)),
+    ("epsilon", Sampler(epsilon=0.05), lambda x: filters.epsilon(x, 0.05)),
+    ("eta", Sampler(eta=0.1), lambda x: filters.eta(x, 0.1)),
+    ("chain", Sampler(temperature=1.5, top_k=6, top_p=0.9),
+     lambda x: filters.top_p(filters.top_k(filters.temperature(x, 1.5), 6), 0.9)),
+]
+
+
+@pytest.mark.parametrize("name, sampler, reference", DISTRIBUTIONS, ids=[d[0] for d in DISTRIBUTIONS])
+def test_draws_follow_the_filtered_distribution(name, sampler, reference):
+    draws = 20_000
+    logits = jnp.broadcast_to(jnp.asarray(DIST_LOGITS, jnp.float32), (draws, len(DIST_LOGITS)))
+    keys = jax.random.split(jax.random.key(1234), draws)
+    ctx = Context(counts=jnp.zeros(logits.shape, jnp.int32), history=jnp.zeros((draws, 1), jnp.int32),
+                  valid=jnp.zeros((draws, 1), bool), mu=jnp.full((draws,), jnp.nan), stop_ids=jnp.asarray([-1]))
+    tokens, _, _, _ = jax.jit(sample)(logits, sampler.broadcast((draws,)), keys, ctx)
+    expected = np.asarray(jax.nn.softmax(reference(jnp.asarray(DIST_LOGITS))), np.float64)
+    expected /= expected.sum()
+    kept = expected > 0
+    observed = np.bincount(np.asarray(tokens), minlength=len(expected))
+    assert observed[~kept].sum() == 0                       # never a removed token
+    assert kept.sum() > 1                                   # a real distribution, not a point mass
+    _, p = stats.chisquare(observed[kept], draws * expected[kept])
+    assert p > 1e-3, (observed, draws * expected)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = models.preset("tiny", eos_ids=())
+    return models.Model(config, models.init_params(config, jax.random.key(0), std=0.2))
+
+
+PROMPTS = [[1, 2, 3], [9, 8, 7, 6, 5]]
+
+
+def test_top_k_1_and_cold_temperature_are_greedy(tiny):
+    greedy = engine.generate(tiny, PROMPTS, max_new_tokens=12, n=2).tokens
+    for sampler in (Sampler(top_k=1), Sampler(temperature=1e-4)):
+        np.testing.assert_array_equal(engine.generate(tiny, PROMPTS, max_new_tokens=12, n=2, sampler=sampler,
+                                                      seed=3).tokens, greedy)
+
+
+def test_off_values_change_no_draw(tiny):
+    plain = engine.generate(tiny, PROMPTS, max_new_tokens=12, n=3, sampler=Sampler(), seed=4)
+    # prompt 0's rollouts have every filter off; prompt 1's keep the filters in the chain
+    off = Sampler(top_p=[1.0, 0.5], min_p=[0.0, 0.1], epsilon=[0.0, 0.01], top_k=[0, 5])
+    assert {"top_p", "min_p", "epsilon", "top_k"} <= set(off.chain)
+    same = engine.generate(tiny, PROMPTS, max_new_tokens=12, n=3, sampler=off, seed=4)
+    np.testing.assert_array_equal(plain.tokens[0], same.tokens[0])
+    np.testing.assert_allclose(plain.sample_logprobs[0], same.sample_logprobs[0], rtol=1e-6, atol=1e-6)
+    assert not np.allclose(plain.sample_logprobs[1], same.sample_logprobs[1])
+
+
+def test_rows_with_different_settings_share_one_compilation(tiny):
+    first = Sampler(temperature=[0.0, 0.8], top_p=[0.9, 0.5], min_p=[0.05, 0.0], repetition_penalty=[1.1, 1.3])
+    engine.generate(tiny, PROMPTS, max_new_tokens=8, n=2, sampler=first)
+    before = engine.decode_loop._cache_size()
+    for temperature, top_p in [([1.0, 0.3], [0.95, 0.7]), ([0.5, 0.0], [0.2, 0.99])]:
+        sampler = Sampler(temperature=temperature, top_p=top_p, min_p=[0.1, 0.02], repetition_penalty=[1.2, 1.0])
+        out = engine.generate(tiny, PROMPTS, max_new_tokens=8, n=2, sampler=sampler)
+    assert engine.decode_loop._cache_size() == before
+    # and each row really used its own settings: the greedy row equals plain greedy decoding
+    alone = engine.generate(tiny, PROMPTS[1:], max_new_tokens=8, n=2, sampler=Sampler(
+        temperature=0.0, top_p=0.99, min_p=0.02, repetition_penalty=1.0))
+    np.testing.assert_array_equal(out.tokens[1], alone.tokens[0])
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"top_k": -1}, "top_k must be >= 0"),
+    ({"top_p": 0.0}, "top_p must be in (0, 1]"),
+    ({"top_p": 1.2}, "top_p must be in (0, 1]"),
+    ({"min_p": -0.1}, "min_p must be in [0, 1]"),
+    ({"typical": 0.0}, "typical must be in (0, 1]"),
+    ({"epsilon": 1.0}, "epsilon must be in [0, 1)"),
+    ({"eta": -0.5}, "eta must be in [0, 1)"),
+    ({"temperature": -1.0}, "temperature must be >= 0"),
+    ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
+    ({"no_repeat_ngram": 9}, "no_repeat_ngram must be in [0, 8]"),
+    ({"min_keep": 0}, "min_keep must be >= 1"),
+    ({"allowed_tokens": []}, "allowed_tokens is empty"),
+    ({"banned_tokens": [-3]}, "banned_tokens token ids must be >= 0"),
+    ({"top_q": 0.5}, "unknown sampler settings ['top_q']"),
+    ({"top_p": [0.5, 2.0]}, "top_p must be in (0, 1], got [0.5, 2.0]"),
+])
+def test_bad_settings_are_value_errors(settings, message):
+    with pytest.raises(ValueError) as err:
+        Sampler(**settings)
+    assert message in str(err.value)
+
+
+def test_sampler_of_the_wrong_shape_is_a_value_error(tiny):
+    with pytest.raises(ValueError) as err:
+        engine.generate(tiny, PROMPTS, max_new_tokens=4, sampler=Sampler(top_p=np.full((2, 1, 3), 0.5)))
+    assert "does not fit rollouts (2, 1)" in str(err.value)
