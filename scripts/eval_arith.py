@@ -1,0 +1,56 @@
+"""Run a model on arithmetic problems and score it (shared by ``train_tiny``, ``demo`` and tests)."""
+from __future__ import annotations
+
+import numpy as np
+
+from engine import generate
+from meta import verifiers
+from meta.tasks import arith
+from sampling import Sampler
+
+METRIC_SAMPLE = 50            # the recorded greedy accuracy is on the first 50 hard test problems
+
+
+def max_new_tokens(problems) -> int:
+    """A generation budget that fits the longest reference solution of ``problems`` with room to spare."""
+    longest = max(len(p.solution) for p in problems)   # characters >= tokens: digits are single pieces
+    return longest + 8
+
+
+def solve(model, problems, *, n: int = 1, sampler: Sampler | None = None, seed: int = 0,
+          rows: int = 2048, progress=None) -> tuple[list[list[str]], np.ndarray]:
+    """``n`` solutions per problem: texts [G][n] and tokens generated int [G, n].
+
+    Problems are run in chunks of at most ``rows`` rollouts, every chunk padded to the same
+    shape so the decode loop compiles once; ``progress`` (a tqdm bar, optional) advances by
+    the problems of each chunk. Draws depend on ``seed`` only, not on the chunking.
+    """
+    if not problems:
+        raise ValueError("solve needs at least one problem")
+    if n < 1 or rows < n:
+        raise ValueError(f"need 1 <= n <= rows, got n={n}, rows={rows}")
+    per_chunk = min(len(problems), rows // n)
+    budget = max_new_tokens(problems)
+    texts, lengths = [], []
+    for lo in range(0, len(problems), per_chunk):
+        chunk = list(problems[lo:lo + per_chunk])
+        real = len(chunk)
+        chunk += [chunk[-1]] * (per_chunk - real)                 # pad: same shape, one compile
+        out = generate(model, [p.prompt for p in chunk], max_new_tokens=budget, sampler=sampler, n=n,
+                       seed=seed)
+        texts += out.text[:real]
+        lengths.append(np.asarray(out.lengths)[:real])
+        if progress is not None:
+            progress.update(real)
+    return texts, np.concatenate(lengths)
+
+
+def greedy_accuracy(model, problems) -> float:
+    """Fraction of ``problems`` whose greedy solution has the right final answer."""
+    texts, _ = solve(model, problems)
+    return float(verifiers.outcome_scores([t[0] for t in texts], problems).mean())
+
+
+def metric_sample() -> list[arith.Problem]:
+    """The fixed sample the recorded greedy accuracy is measured on."""
+    return arith.held_out("test", "hard", METRIC_SAMPLE)
