@@ -1,0 +1,178 @@
+"""Meta-generation in one command: how accuracy grows with tokens spent, on the shipped tiny model.
+
+    python -m scripts.demo
+
+Loads ``models.load("tiny-arith")`` (trained by ``scripts.train_tiny``, shipped in the repo)
+and runs it on held-out problems of the hard arithmetic split: greedy accuracy, sampled
+accuracy and pass@k coverage for k = 1..64 (unbiased estimator), each with the tokens it
+generates per problem. Prints a table and writes a PNG of accuracy against tokens spent.
+
+Every row of the table comes from a *strategy* in :data:`STRATEGIES`, a ``(name, fn)`` pair
+where ``fn(ctx: Context) -> list[Point]``; a meta-generator joins the table and the plot by
+appending its own pair. ``Context`` runs and caches the shared greedy and sampled rollouts.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+import models
+from meta import verifiers
+from meta.tasks import arith
+from sampling import Sampler
+from scripts.eval_arith import solve
+
+PASS_KS = (1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One row of the table and one point of the plot: ``accuracy`` at ``tokens`` generated per problem."""
+    label: str        # e.g. "pass@16"
+    accuracy: float
+    tokens: float
+
+
+@dataclasses.dataclass
+class Context:
+    """The model, the problems and the demo's settings; caches the rollouts strategies share."""
+    model: object
+    problems: list
+    samples: int = 64
+    temperature: float = 1.0
+    seed: int = 0
+    progress: bool = True
+
+    def _bar(self, desc: str):
+        return tqdm(total=len(self.problems), desc=desc, unit="problem", disable=not self.progress)
+
+    @functools.cached_property
+    def greedy(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Greedy solutions: texts [G], tokens [G], correct bool [G]."""
+        with self._bar("greedy") as bar:
+            texts, lengths = solve(self.model, self.problems, progress=bar)
+        texts = [t[0] for t in texts]
+        return texts, lengths[:, 0], verifiers.outcome_scores(texts, self.problems) > 0
+
+    @functools.cached_property
+    def sampled(self) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
+        """``samples`` solutions per problem at ``temperature``: texts [G][N], tokens [G, N], correct [G, N]."""
+        with self._bar(f"sampling x{self.samples}") as bar:
+            texts, lengths = solve(self.model, self.problems, n=self.samples, seed=self.seed,
+                                   sampler=Sampler(temperature=self.temperature), progress=bar)
+        flat_problems = [p for p in self.problems for _ in range(self.samples)]
+        correct = verifiers.outcome_scores([t for row in texts for t in row], flat_problems) > 0
+        return texts, lengths, correct.reshape(len(self.problems), self.samples)
+
+
+def pass_at_k(n: int, c, k: int) -> np.ndarray:
+    """Unbiased pass@k from ``n`` samples with ``c`` correct (per problem): 1 - C(n-c, k) / C(n, k)."""
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 1 <= k <= n, got k={k}, n={n}")
+    c = np.asarray(c)
+    if np.any((c < 0) | (c > n)):
+        raise ValueError(f"correct counts must be in [0, {n}]")
+    return np.array([1.0 - math.comb(n - int(ci), k) / math.comb(n, k) for ci in c.reshape(-1)]).reshape(c.shape)
+
+
+def greedy(ctx: Context) -> list[Point]:
+    """One greedy solution per problem."""
+    _, tokens, correct = ctx.greedy
+    return [Point("greedy", float(correct.mean()), float(tokens.mean()))]
+
+
+def sampled(ctx: Context) -> list[Point]:
+    """One solution sampled at the context's temperature (averaged over all samples)."""
+    _, tokens, correct = ctx.sampled
+    return [Point(f"T={ctx.temperature:g}", float(correct.mean()), float(tokens.mean()))]
+
+
+def coverage(ctx: Context) -> list[Point]:
+    """pass@k: some of k samples is right (an oracle verifier picks it); costs k samples."""
+    _, tokens, correct = ctx.sampled
+    n, per_sample = correct.shape[1], float(tokens.mean())
+    return [Point(f"pass@{k}", float(pass_at_k(n, correct.sum(1), k).mean()), k * per_sample)
+            for k in range(1, n + 1)]
+
+
+Strategy = Callable[[Context], list[Point]]
+STRATEGIES: list[tuple[str, Strategy]] = [
+    ("greedy", greedy),
+    ("sampled", sampled),
+    ("pass@k (oracle)", coverage),
+]
+
+
+def table(results: dict[str, list[Point]], ks=PASS_KS) -> str:
+    """The results as a text table (pass@k rows only for ``ks``)."""
+    lines = [f"{'strategy':<18}{'':<10}{'accuracy':>10}{'tokens/problem':>16}"]
+    for name, points in results.items():
+        for p in points:
+            if p.label.startswith("pass@") and int(p.label[5:]) not in ks:
+                continue
+            lines.append(f"{name:<18}{p.label:<10}{p.accuracy:>10.3f}{p.tokens:>16.1f}")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, list[Point]], path: Path, title: str) -> None:
+    """Accuracy against tokens generated per problem (log x), one series per strategy."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, points in results.items():
+        xs, ys = [p.tokens for p in points], [p.accuracy for p in points]
+        ax.plot(xs, ys, marker="o" if len(points) < 4 else None, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens generated per problem")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(ctx: Context, strategies=None) -> dict[str, list[Point]]:
+    """Each strategy's points, in order."""
+    return {name: fn(ctx) for name, fn in (STRATEGIES if strategies is None else strategies)}
+
+
+def main(argv=None) -> dict[str, list[Point]]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny-arith", help="checkpoint directory or zoo name")
+    ap.add_argument("--problems", type=int, default=200, help="hard test problems to run")
+    ap.add_argument("--samples", type=int, default=64, help="samples per problem (largest k of pass@k)")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--plot", type=Path, default=Path("out/demo.png"))
+    args = ap.parse_args(argv)
+    if args.samples < 1 or args.problems < 1:
+        raise ValueError("--samples and --problems must be positive")
+
+    start = time.time()
+    model = models.load(args.model)
+    problems = arith.held_out("test", "hard", args.problems)
+    ctx = Context(model, problems, samples=args.samples, temperature=args.temperature, seed=args.seed)
+    results = run(ctx)
+    print(f"\n{args.model} on {len(problems)} held-out hard problems "
+          f"({problems[0].prompt.strip()} ...), {args.samples} samples each:\n")
+    print(table(results))
+    plot(results, args.plot, f"{args.model}: {len(problems)} hard arithmetic problems")
+    print(f"\nplot: {args.plot}    ({time.time() - start:.0f} s)")
+    return results
+
+
+if __name__ == "__main__":
+    main()
