@@ -111,12 +111,17 @@ STRATEGIES: list[tuple[str, Strategy]] = [
 ]
 
 
+def _shown(label: str, ks) -> bool:
+    """Whether a point gets a table row / plot marker: pass@k only for k in ``ks``, anything else always."""
+    return not label.startswith("pass@") or int(label[5:]) in ks
+
+
 def table(results: dict[str, list[Point]], ks=PASS_KS) -> str:
     """The results as a text table (pass@k rows only for ``ks``)."""
     lines = [f"{'strategy':<18}{'':<10}{'accuracy':>10}{'tokens/problem':>16}"]
     for name, points in results.items():
         for p in points:
-            if p.label.startswith("pass@") and int(p.label[5:]) not in ks:
+            if not _shown(p.label, ks):
                 continue
             lines.append(f"{name:<18}{p.label:<10}{p.accuracy:>10.3f}{p.tokens:>16.1f}")
     return "\n".join(lines)
@@ -128,9 +133,16 @@ def plot(results: dict[str, list[Point]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, points in results.items():
+    for n, (name, points) in enumerate(results.items()):
         xs, ys = [p.tokens for p in points], [p.accuracy for p in points]
-        ax.plot(xs, ys, marker="o" if len(points) < 4 else None, label=name)
+        shown = [i for i, p in enumerate(points) if _shown(p.label, PASS_KS)]
+        single = len(points) == 1          # single points drawn on top, each its own marker
+        ax.plot(xs, ys, marker="osD^vP*X"[n % 8] if single else "o", markersize=8 if single else 5,
+                markevery=shown, zorder=3 if single else 2, label=name)
+        if len(points) > 1:
+            for i in shown:
+                ax.annotate(points[i].label, (xs[i], ys[i]), textcoords="offset points", xytext=(4, -10),
+                            fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("tokens generated per problem")
     ax.set_ylabel("accuracy")
