@@ -66,6 +66,12 @@ def my_block(lines: list, process: int, processes: int) -> list:
     return [lines[i] for i in np.array_split(np.arange(len(lines)), processes)[process]]
 
 
+def tensor_within_host(mesh) -> bool:
+    """Whether every group of devices along the ``tensor`` axis belongs to one host (fast links)."""
+    groups = mesh.devices.reshape(-1, mesh.shape["tensor"])
+    return all(len({d.process_index for d in group}) == 1 for group in groups)
+
+
 def main(argv=None) -> None:
     """Run the steps of the module docstring on this host."""
     args = parse_args(argv)
@@ -102,7 +108,8 @@ def main(argv=None) -> None:
         path = Path(args.out.replace("{process}", str(jax.process_index())))
         path.write_text(json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
                                     "devices": jax.device_count(), "mine": [own.start, own.stop],
-                                    "mesh": dict(mesh.shape), "rollouts": rows}))
+                                    "mesh": dict(mesh.shape), "tensor_within_host": tensor_within_host(mesh),
+                                    "rollouts": rows}))
     sharding.shutdown()
 
 

@@ -63,7 +63,7 @@ def test_two_processes_generate_what_one_process_does(tmp_path):
     for pid, own in enumerate([[0, 3], [3, 5]]):
         out = json.loads((tmp_path / f"out-{pid}.json").read_text())
         assert (out["process"], out["processes"], out["devices"]) == (pid, 2, 8)
-        assert out["mesh"] == {"data": 4, "tensor": 2}
+        assert out["mesh"] == {"data": 4, "tensor": 2} and out["tensor_within_host"]
         assert out["mine"] == own                       # each host fed its own block of prompts
         assert [r["prompt"] for r in out["rollouts"]] == PROMPTS
         assert [r["tokens"] for r in out["rollouts"]] == expected   # ... and got back everyone's results
