@@ -40,6 +40,7 @@ class DecodeState:
     keys: jax.Array             # key [B]       per-rollout PRNG keys (step t draws with fold_in(key, t))
     counts: jax.Array           # int32 [B, V]  how often each token was generated (penalties)
     mu: jax.Array               # f32 [B]       Mirostat running estimate (NaN until it starts)
+    fsm: jax.Array              # int32 [B]     constraint automaton state (0: start)
     prompt: jax.Array           # int32 [G, P]  the left-padded prompts (history for n-gram / repetition)
     cache: KVCache
 
@@ -49,7 +50,7 @@ class DecodeState:
         row, rows = ("rollouts",), ("rollouts", "time")
         return DecodeState(done=row, logits=("rollouts", "vocab"), tokens=rows, logprobs=rows,
                            sample_logprobs=rows, keys=row, counts=("rollouts", "vocab"), mu=row,
-                           prompt=("prefix", None), cache=KVCache.axes())
+                           fsm=row, prompt=("prefix", None), cache=KVCache.axes())
 
     def context(self, stop_ids) -> Context:
         """What the sampler's history-dependent filters read: each row's prompt + rollout tokens."""
@@ -59,7 +60,7 @@ class DecodeState:
         prompt_valid = jnp.arange(self.prompt.shape[1])[None, :] >= first[:, None]
         return Context(counts=self.counts, history=jnp.concatenate([prompt, self.tokens], axis=1),
                        valid=jnp.concatenate([prompt_valid, self.cache.valid], axis=1), mu=self.mu,
-                       stop_ids=stop_ids)
+                       stop_ids=stop_ids, fsm=self.fsm)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -124,7 +125,8 @@ def _start(forward, config, params, tokens, start, keys, *, n: int, size: int, m
     state = DecodeState(done=jnp.zeros((b,), bool), logits=jnp.repeat(logits, n, axis=0),
                         tokens=jnp.full((b, size), config.pad_id, jnp.int32), logprobs=zeros,
                         sample_logprobs=zeros, keys=keys, counts=jnp.zeros((b, config.vocab_size), jnp.int32),
-                        mu=jnp.full((b,), jnp.nan, jnp.float32), prompt=tokens, cache=cache)
+                        mu=jnp.full((b,), jnp.nan, jnp.float32), fsm=jnp.zeros((b,), jnp.int32), prompt=tokens,
+                        cache=cache)
     return sharding.constrain(state, DecodeState.axes(), mesh)
 
 
@@ -152,7 +154,8 @@ def start(model, prompts, *, capacity: int, n: int = 1, seed: int = 0, share_pre
 def _step(forward, config, params, state: DecodeState, sampler: Sampler, stop_ids, mesh=None) -> DecodeState:
     slot = state.cache.index
     keys = jax.vmap(jax.random.fold_in, (0, None))(state.keys, slot)
-    tok, lp, slp, mu = sample(state.logits, sampler, keys, state.context(stop_ids))
+    draw = sample(state.logits, sampler, keys, state.context(stop_ids))
+    tok, lp, slp = draw.tokens, draw.logprobs, draw.sample_logprobs
     live = ~state.done
     tok = jnp.where(live, tok, config.pad_id)
     put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, slot))
@@ -162,7 +165,8 @@ def _step(forward, config, params, state: DecodeState, sampler: Sampler, stop_id
                         sample_logprobs=put(state.sample_logprobs, jnp.where(live, slp, 0.0)),
                         keys=state.keys, cache=cache.keep(live[:, None]),
                         counts=state.counts.at[jnp.arange(tok.shape[0]), tok].add(live.astype(jnp.int32)),
-                        mu=jnp.where(live, mu, state.mu), prompt=state.prompt)
+                        mu=jnp.where(live, draw.mu, state.mu), fsm=jnp.where(live, draw.fsm, state.fsm),
+                        prompt=state.prompt)
     return sharding.constrain(state, DecodeState.axes(), mesh)
 
 

@@ -38,10 +38,10 @@ SETTINGS = {
     "min_keep": (I32, 1, lambda x: x >= 1, "must be >= 1"),
 }
 PROCESSORS = ("repetition_penalty", "presence_penalty", "frequency_penalty", "no_repeat_ngram", "logit_bias",
-              "allowed_tokens", "banned_tokens", "min_new_tokens")
+              "allowed_tokens", "banned_tokens", "min_new_tokens", "constraint")
 WARPERS = ("temperature", "top_k", "top_p", "min_p", "typical", "epsilon", "eta", "mirostat")
 ORDER = PROCESSORS + WARPERS
-TOKEN_LISTS = ("logit_bias", "allowed_tokens", "banned_tokens")   # shared by all rows of a call
+TOKEN_LISTS = ("logit_bias", "allowed_tokens", "banned_tokens", "constraint")   # shared by all rows of a call
 
 
 @jax.tree_util.register_dataclass
@@ -53,6 +53,18 @@ class Context:
     valid: jax.Array      # bool [B, L]  which of them are real
     mu: jax.Array         # f32 [B]      Mirostat running estimate (NaN: not started)
     stop_ids: jax.Array   # int32 [E]    tokens suppressed by min_new_tokens
+    fsm: jax.Array        # int32 [B]    state of the constraint automaton (0: its start)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Draw:
+    """One sampled token per row and what it changes."""
+    tokens: jax.Array           # int32 [B]
+    logprobs: jax.Array         # f32 [B] the model's log-prob of the token (before filters)
+    sample_logprobs: jax.Array  # f32 [B] the proposal's (after filters); 0 for greedy rows
+    mu: jax.Array               # f32 [B] updated Mirostat estimate
+    fsm: jax.Array              # int32 [B] constraint automaton state after the token
 
 
 @jax.tree_util.register_pytree_node_class
@@ -66,8 +78,10 @@ class Sampler:
     ``mirostat_lr`` [0.1], ``repetition_penalty`` [1], ``presence_penalty`` [0],
     ``frequency_penalty`` [0], ``no_repeat_ngram`` [0], ``min_new_tokens`` [0] — each a number
     or an array per prompt [G] / per rollout [G, N] — and, shared by all rows,
-    ``logit_bias`` ({token: bias}), ``allowed_tokens`` and ``banned_tokens`` (token ids).
-    Out-of-range values are a ``ValueError``.
+    ``logit_bias`` ({token: bias}), ``allowed_tokens`` and ``banned_tokens`` (token ids), and
+    ``constraint``: a token automaton — an object with ``table``, int [states, V], the next
+    state after each token from each state, -1 where the token is not allowed; every row
+    starts in state 0 (see ``sampling.constraints``). Out-of-range values are a ``ValueError``.
     """
 
     def __init__(self, **settings):
@@ -163,6 +177,8 @@ class Sampler:
                 logits = getattr(filters, name)(logits, v[name])
             elif name == "min_new_tokens":
                 logits = filters.min_new_tokens(logits, v[name], jnp.sum(ctx.counts, axis=-1), ctx.stop_ids)
+            elif name == "constraint":
+                logits = jnp.where(jnp.asarray(v[name])[ctx.fsm] >= 0, logits, filters.NEG_INF)
         return logits
 
     def warp(self, logits, mu=None):
@@ -197,6 +213,13 @@ def _token_lists(settings) -> dict:
     for name in ("allowed_tokens", "banned_tokens"):
         if name in settings:
             out[name] = np.asarray(settings[name], I32).reshape(-1)
+    if "constraint" in settings:
+        table = np.asarray(getattr(settings["constraint"], "table", settings["constraint"]), I32)
+        if table.ndim != 2 or table.shape[0] < 1 or np.any(table >= table.shape[0]) or np.any(table < -1):
+            raise ValueError("constraint.table must be int [states, vocab] of next states (or -1 for not allowed)")
+        if not np.all(np.any(table >= 0, axis=1)):
+            raise ValueError("constraint.table has a state with no allowed token (a dead end)")
+        return out | {"constraint": table}
     if "allowed_tokens" in out and out["allowed_tokens"].size == 0:
         raise ValueError("allowed_tokens is empty: no token could be drawn")
     for name, value in out.items():
@@ -206,13 +229,12 @@ def _token_lists(settings) -> dict:
     return out
 
 
-def sample(logits, sampler: Sampler, keys, ctx: Context):
-    """Draw one token per row.
+def sample(logits, sampler: Sampler, keys, ctx: Context) -> Draw:
+    """Draw one token per row: logits fp32 [B, V], sampler fields [B], keys [B] typed PRNG keys.
 
-    logits fp32 [B, V]; sampler fields [B]; keys [B] typed PRNG keys. Returns ``(tokens int32
-    [B], logprobs [B], sample_logprobs [B], mu [B])``: the model's log-probability of the token
-    before any filter, the proposal's after filters (0 for greedy rows, a point mass), and the
-    updated Mirostat estimate.
+    Greedy rows (temperature 0) take the argmax of the processed logits; the others draw from
+    the proposal (processed, then warped). The :class:`Draw` has the model's log-probability of
+    each token before any filter and the proposal's after them (0 for greedy rows, a point mass).
     """
     greedy = jnp.asarray(sampler.temperature) == 0
     processed = sampler.process(logits, ctx)
@@ -222,13 +244,15 @@ def sample(logits, sampler: Sampler, keys, ctx: Context):
     pick = lambda lp: jnp.take_along_axis(lp, tokens[:, None], axis=-1)[:, 0]
     logprobs = pick(jax.nn.log_softmax(logits, axis=-1))
     sample_logprobs = jnp.where(greedy, 0.0, pick(jax.nn.log_softmax(proposal, axis=-1)))
-    mu = ctx.mu
+    mu, fsm = ctx.mu, ctx.fsm
     if "mirostat" in sampler.chain:
         tau, lr = jnp.asarray(sampler.mirostat), jnp.asarray(sampler.mirostat_lr)
         current = jnp.where(jnp.isnan(mu), 2 * tau, mu)
         surprise = -sample_logprobs / jnp.log(2.0)
         mu = jnp.where((tau > 0) & ~greedy, current - lr * (surprise - tau), mu)
-    return tokens, logprobs, sample_logprobs, mu
+    if "constraint" in sampler.chain:
+        fsm = jnp.asarray(sampler.values["constraint"])[fsm, tokens]
+    return Draw(tokens=tokens, logprobs=logprobs, sample_logprobs=sample_logprobs, mu=mu, fsm=fsm)
 
 
 def prompt_id(tokens) -> int:

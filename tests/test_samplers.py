@@ -68,6 +68,10 @@ EXACT = [
     ("min_new_tokens=3", [3], Sampler(temperature=0, min_new_tokens=3), [0, 1, 2, 1, 2, 1]),
     # mu starts at 2 tau = 1 bit: only p >= 1/2 survives, and mu grows by 0.05 a step
     ("mirostat", [0], Sampler(mirostat=0.5), [1, 2, 1, 2, 1, 2]),
+    # a hand-written automaton: state 0 allows 3 (-> 1), state 1 allows 0 or 2 (-> 2), state 2 only EOS
+    ("constraint", [0], Sampler(temperature=0, constraint=np.array([[-1, -1, -1, 1, -1],
+                                                                    [2, -1, 2, -1, -1],
+                                                                    [-1, -1, -1, -1, 2]])), [3, 0, 4]),
 ]
 
 
@@ -104,8 +108,9 @@ def test_draws_follow_the_filtered_distribution(name, sampler, reference):
     logits = jnp.broadcast_to(jnp.asarray(DIST_LOGITS, jnp.float32), (draws, len(DIST_LOGITS)))
     keys = jax.random.split(jax.random.key(1234), draws)
     ctx = Context(counts=jnp.zeros(logits.shape, jnp.int32), history=jnp.zeros((draws, 1), jnp.int32),
-                  valid=jnp.zeros((draws, 1), bool), mu=jnp.full((draws,), jnp.nan), stop_ids=jnp.asarray([-1]))
-    tokens, _, _, _ = jax.jit(sample)(logits, sampler.broadcast((draws,)), keys, ctx)
+                  valid=jnp.zeros((draws, 1), bool), mu=jnp.full((draws,), jnp.nan), stop_ids=jnp.asarray([-1]),
+                  fsm=jnp.zeros((draws,), jnp.int32))
+    tokens = jax.jit(sample)(logits, sampler.broadcast((draws,)), keys, ctx).tokens
     expected = np.asarray(jax.nn.softmax(reference(jnp.asarray(DIST_LOGITS))), np.float64)
     expected /= expected.sum()
     kept = expected > 0
