@@ -108,6 +108,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--intermediate", type=int, default=384)
     ap.add_argument("--eval-every", type=int, default=20)
+    ap.add_argument("--val-problems", type=int, default=128, help="validation hard problems for greedy accuracy")
     ap.add_argument("--stop-at", type=float, default=0.4,
                     help="stop once greedy accuracy on the validation hard problems reaches this (0: never)")
     ap.add_argument("--seed", type=int, default=0)
@@ -131,7 +132,7 @@ def main(argv=None) -> dict:
         step, loss_fn = make_step(config, optimizer)
         data = batches(tok, args.batch, args.seq_len, args.seed)
         val_tokens, val_mask = pack(tok, arith.held_out("val", "hard", 256), args.seq_len)
-        val_problems = arith.held_out("val", "hard", 128)
+        val_problems = arith.held_out("val", "hard", args.val_problems)
 
         start, history = time.time(), []
         bar = tqdm(range(1, args.steps + 1), desc="train", unit="step")

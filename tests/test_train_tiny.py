@@ -1,0 +1,51 @@
+"""scripts.train_tiny: the loss mask, and a short run that is deterministic and loads back."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import models
+from meta.tasks import arith
+from scripts import train_tiny
+
+SMALL = ["--steps", "4", "--batch", "8", "--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1",
+         "--intermediate", "64", "--eval-every", "2", "--stop-at", "0", "--val-problems", "4"]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return train_tiny.train_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model", n=2000)
+
+
+def test_tokenizer_splits_digits_and_round_trips(tok):
+    p = arith.Problem((47, 38, 19), ("+", "-"))
+    ids = tok.encode(p.prompt + p.solution, bos=False)
+    assert tok.decode(ids) == p.prompt + p.solution
+    pieces = [tok.decode([i]) for i in ids]
+    assert "4" in pieces and "47" not in pieces and "85" not in pieces
+    assert tok.vocab_size <= 32
+
+
+def test_pack_masks_exactly_the_solution_and_eos(tok):
+    p = arith.Problem((47, 38, 19), ("+", "-"))
+    tokens, mask = train_tiny.pack(tok, [p], seq_len=40)
+    ids, n_prompt = train_tiny.encode(tok, p)
+    assert tokens[0, :len(ids)].tolist() == ids and ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+    targets = tokens[0, 1:][mask[0] > 0]
+    assert tok.decode(targets[:-1].tolist()) == p.solution and targets[-1] == tok.eos_id
+    with pytest.raises(ValueError) as err:
+        train_tiny.pack(tok, [p], seq_len=10)
+    assert "raise --seq-len" in str(err.value)
+
+
+def test_a_short_run_is_deterministic_and_loads_back(tmp_path):
+    a = train_tiny.main(SMALL + ["--out", str(tmp_path / "a")])
+    train_tiny.main(SMALL + ["--out", str(tmp_path / "b")])
+    ma, mb = models.load(tmp_path / "a"), models.load(tmp_path / "b")
+    assert ma.config == mb.config and ma.config.hidden == 32
+    assert jax.tree.all(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), ma.params, mb.params))
+    recorded = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert recorded["steps"] == 4 and [h["step"] for h in recorded["history"]] == [2, 4]
+    assert recorded["test_hard_50_greedy_accuracy"] == a["test_hard_50_greedy_accuracy"]
+    assert ma.tokenizer is not None and ma.tokenizer.vocab_size == ma.config.vocab_size
