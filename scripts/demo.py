@@ -162,6 +162,7 @@ def run(ctx: Context, strategies=None) -> dict[str, list[Point]]:
 
 
 def main(argv=None) -> dict[str, list[Point]]:
+    """Run every strategy on the hard test problems, print the table, write the plot; return the points."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny-arith", help="checkpoint directory or zoo name")
     ap.add_argument("--problems", type=int, default=200, help="hard test problems to run")

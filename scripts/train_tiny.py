@@ -96,6 +96,7 @@ def make_step(config, optimizer):
 
 
 def main(argv=None) -> dict:
+    """Train, save to ``--out``, write ``metrics.json`` there and return the metrics."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint directory to write")
     ap.add_argument("--steps", type=int, default=2400)
