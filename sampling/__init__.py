@@ -1,4 +1,5 @@
 """Token-level sampling: pure logit filters, samplers with per-row settings, draws."""
+from sampling.constraints import Constraint, compile_choices, compile_regex
 from sampling.filters import temperature, top_k, top_p
 from sampling.sampler import Sampler, prompt_id, rollout_keys, sample
 
@@ -13,4 +14,4 @@ def beam_search(model, prompts, **kwargs):
     return search(model, prompts, **kwargs)
 
 
-__all__ = ["beam_search", "Sampler", "sample", "rollout_keys", "prompt_id", "temperature", "top_k", "top_p"]
+__all__ = ["Constraint", "compile_regex", "compile_choices", "beam_search", "Sampler", "sample", "rollout_keys", "prompt_id", "temperature", "top_k", "top_p"]
