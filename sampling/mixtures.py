@@ -1,0 +1,80 @@
+"""Logit mixtures: pure ``(logits_list, params) -> logits`` combinations of several models' next-token logits.
+
+Each function takes a list of fp32 logits ``[..., V]`` (one per model, in the order named in its
+docstring) and a dict of parameters (numbers, or arrays with one value per row [...], traced so
+new values need no recompilation) and returns logits ``[..., V]`` for a sampler; removed tokens are ``-inf``. Models'
+logits are first normalised to log-probabilities, so each model's arbitrary per-row offset
+cancels. They know nothing of models; ``engine.mix_generate`` runs the models inside one loop.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -jnp.inf
+
+
+def _param(params, name):
+    return jnp.asarray(params[name], jnp.float32)[..., None]        # one value per row -> [..., 1]
+
+
+def contrastive(logits_list, params):
+    """Contrastive decoding (Li et al. 2023): ``[expert, amateur]`` ->
+    ``log p_expert - log p_amateur`` on the tokens with ``p_expert >= alpha * max p_expert``, else -inf.
+
+    ``params``: ``alpha`` (the plausibility cut, 0.1 in the paper) and optionally
+    ``amateur_temperature`` (the amateur's logits are divided by it first; 1 by default).
+    """
+    expert, amateur = logits_list
+    lp_e = jax.nn.log_softmax(expert, axis=-1)
+    tau = _param(params, "amateur_temperature") if "amateur_temperature" in params else 1.0
+    lp_a = jax.nn.log_softmax(amateur / tau, axis=-1)
+    plausible = lp_e >= jnp.max(lp_e, axis=-1, keepdims=True) + jnp.log(_param(params, "alpha"))
+    return jnp.where(plausible, lp_e - lp_a, NEG_INF)
+
+
+def proxy_tuning(logits_list, params):
+    """Proxy tuning (Liu et al. 2024) / DExperts (Liu et al. 2021): ``[base, expert, anti_expert]`` ->
+    ``log p_base + alpha * (log p_expert - log p_anti_expert)``. ``params``: ``alpha`` (1 = proxy tuning)."""
+    base, expert, anti = (jax.nn.log_softmax(x, axis=-1) for x in logits_list)
+    return base + _param(params, "alpha") * (expert - anti)
+
+
+def cfg(logits_list, params):
+    """Classifier-free guidance (Sanchez et al. 2023): ``[conditional, unconditional]`` ->
+    ``log p_uncond + scale * (log p_cond - log p_uncond)`` (``transformers``' CFG processor).
+
+    ``params``: ``scale`` (1 = the conditional model alone). Usually the same model twice, the
+    unconditional one given an empty or a negative prompt.
+    """
+    cond, uncond = (jax.nn.log_softmax(x, axis=-1) for x in logits_list)
+    return uncond + _param(params, "scale") * (cond - uncond)
+
+
+# name: (function, number of models, default params, the models' roles)
+MIXTURES = {
+    "contrastive": (contrastive, 2, {"alpha": 0.1}, ("expert", "amateur")),
+    "proxy_tuning": (proxy_tuning, 3, {"alpha": 1.0}, ("base", "expert", "anti_expert")),
+    "dexperts": (proxy_tuning, 3, {"alpha": 1.0}, ("base", "expert", "anti_expert")),
+    "cfg": (cfg, 2, {"scale": 1.5}, ("conditional", "unconditional")),
+}
+
+
+def resolve(combine, count: int, params=None):
+    """``(function, params)`` for a mixture name (checked against ``count`` models) or a callable."""
+    params = dict(params or {})
+    if callable(combine):
+        return combine, params
+    if combine not in MIXTURES:
+        raise ValueError(f"unknown mixture {combine!r}; known: {', '.join(MIXTURES)} (or pass a function)")
+    fn, need, defaults, roles = MIXTURES[combine]
+    if count != need:
+        raise ValueError(f"{combine} mixes {need} models ({', '.join(roles)}), got {count}")
+    known = set(defaults) | ({"amateur_temperature"} if combine == "contrastive" else set())
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"unknown {combine} parameters {unknown}; known: {', '.join(sorted(known))}")
+    params = defaults | params
+    if combine == "contrastive" and not all(0 < float(a) <= 1 for a in jnp.ravel(jnp.asarray(params["alpha"]))):
+        raise ValueError(f"contrastive alpha must be in (0, 1], got {params['alpha']}")
+    return fn, params
