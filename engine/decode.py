@@ -131,18 +131,19 @@ def _start(forward, config, params, tokens, start, keys, *, n: int, size: int, m
 
 
 def start(model, prompts, *, capacity: int, n: int = 1, seed: int = 0, share_prefix: bool = True,
-          mesh=None) -> DecodeState:
+          mesh=None, first_rollout: int = 0) -> DecodeState:
     """Prefill ``prompts`` once and set up ``n`` rollouts of each with ``capacity`` slots of their own.
 
     With ``share_prefix`` (the default) each prompt's KV is computed and stored once, in the
     prefix block; ``share_prefix=False`` is the naive layout (the prompt replicated ``n`` times,
     each copy a group of one), kept as a reference. Prompts are left-padded to a power-of-two
-    bucket. ``model`` must already be on ``mesh`` (:func:`place_model`).
+    bucket. ``model`` must already be on ``mesh`` (:func:`place_model`). The rollouts are numbered
+    ``first_rollout ..`` (their keys), so rounds of ``n`` draw what one call with more rollouts would.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     ids = check_prompts(model, prompts, capacity)
-    keys = rollout_keys(seed, ids, n)
+    keys = rollout_keys(seed, ids, n, first_rollout)
     groups, per_group = (ids, n) if share_prefix else ([p for p in ids for _ in range(n)], 1)
     tokens, first = left_pad(groups, model.config.pad_id, bucket(max(map(len, ids))))
     if mesh is not None:  # prompts and rollouts split over the data axis; every host passes the same values

@@ -41,7 +41,8 @@ def rollouts(state: DecodeState, tokenizer=None, stops=(), shape=None) -> Rollou
 
 
 def generate(model, prompts, *, max_new_tokens: int, sampler: Sampler | None = None, n: int = 1,
-             seed: int = 0, stop_tokens=None, mesh=None, share_prefix: bool = True) -> Rollouts:
+             seed: int = 0, stop_tokens=None, mesh=None, share_prefix: bool = True,
+             first_rollout: int = 0) -> Rollouts:
     """Generate ``n`` rollouts for each prompt.
 
     ``model`` has ``config``, ``params``, ``forward`` and ``tokenizer`` (a :class:`models.Model`
@@ -52,7 +53,7 @@ def generate(model, prompts, *, max_new_tokens: int, sampler: Sampler | None = N
     token). Rollout ``r`` of a prompt draws from
     ``fold_in(fold_in(fold_in(key(seed), prompt_id), r), step)``, so it is the same whatever
     else is in the batch. ``sampler`` defaults to greedy; its fields may be per prompt [G] or
-    per rollout [G, N].
+    per rollout [G, N]. ``first_rollout`` numbers the rollouts from there (rounds of a larger draw).
 
     ``mesh`` (``sharding.make_mesh(...)``) shards the work: params by their logical axes
     (tensor parallel), rollouts and their cache over the ``data`` axis; results are the same
@@ -60,7 +61,8 @@ def generate(model, prompts, *, max_new_tokens: int, sampler: Sampler | None = N
     host calls ``generate`` with the same global prompts (``sharding.gather_prompts``).
     """
     model = place_model(model, mesh)
-    state = start(model, prompts, capacity=max_new_tokens, n=n, seed=seed, share_prefix=share_prefix, mesh=mesh)
+    state = start(model, prompts, capacity=max_new_tokens, n=n, seed=seed, share_prefix=share_prefix, mesh=mesh,
+                  first_rollout=first_rollout)
     g = len(prompts)
     sampler = (Sampler.greedy() if sampler is None else sampler).broadcast((g, n)).reshape(state.shape)
     state = decode(model, state, max_new_tokens=max_new_tokens, sampler=sampler, stop_tokens=stop_tokens, mesh=mesh)

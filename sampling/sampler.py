@@ -260,8 +260,8 @@ def prompt_id(tokens) -> int:
     return zlib.crc32(np.asarray(tokens, np.int32).tobytes()) & 0x7FFFFFFF
 
 
-def rollout_keys(seed: int, prompts, n: int) -> jax.Array:
-    """Keys [G*N]: ``fold_in(fold_in(key(seed), prompt_id), rollout)``.
+def rollout_keys(seed: int, prompts, n: int, first: int = 0) -> jax.Array:
+    """Keys [G*N]: ``fold_in(fold_in(key(seed), prompt_id), rollout)`` for rollouts ``first .. first+n-1``.
 
     A rollout's randomness depends only on the seed, its prompt's tokens and its rollout
     index — never on batch composition, padding or sharding. Step ``t`` uses
@@ -269,5 +269,5 @@ def rollout_keys(seed: int, prompts, n: int) -> jax.Array:
     """
     base = jax.random.key(seed)
     ids = jnp.asarray([prompt_id(p) for p in prompts for _ in range(n)], jnp.uint32)
-    rollout = jnp.tile(jnp.arange(n, dtype=jnp.uint32), len(prompts))
+    rollout = jnp.tile(jnp.arange(first, first + n, dtype=jnp.uint32), len(prompts))
     return jax.vmap(lambda i, r: jax.random.fold_in(jax.random.fold_in(base, i), r))(ids, rollout)
