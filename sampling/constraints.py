@@ -151,16 +151,23 @@ def token_strings(tokenizer) -> list[str | None]:
         special |= {i for i in range(vocab) if sp.is_control(i) or sp.is_unknown(i)}
     if hasattr(tokenizer, "tok"):
         special |= {i for i, t in tokenizer.tok.get_added_tokens_decoder().items() if t.special}
-    anchor = next((a for a in tokenizer.encode("a", bos=False) if a not in special), None)
-    if anchor is None:
-        raise ValueError("the tokenizer cannot encode 'a' as an ordinary token (needed to read token texts)")
-    head = tokenizer.decode([anchor])
+    anchor, head = _anchor(tokenizer, vocab, special)
     out = []
     for t in range(vocab):
         text = None if t in special else tokenizer.decode([anchor, t])
         ok = text is not None and text.startswith(head) and len(text) > len(head) and "\ufffd" not in text
         out.append(text[len(head):] if ok else None)
     return out
+
+
+def _anchor(tokenizer, vocab: int, special: set) -> tuple[int, str]:
+    """An ordinary token with whole-character text (``a`` if the tokenizer has one) and that text."""
+    first = [a for a in tokenizer.encode("a", bos=False) if a not in special][:1]
+    for a in first + [i for i in range(vocab) if i not in special]:
+        text = tokenizer.decode([a])
+        if text.strip() and "\ufffd" not in text and tokenizer.decode([a, a]).startswith(text):
+            return a, text
+    raise ValueError("the tokenizer has no ordinary token with text (needed to read token texts)")
 
 
 def token_table(dfa: CharDFA, strings: list[str | None]) -> np.ndarray:

@@ -67,8 +67,8 @@ def test_every_sampled_output_matches(model, tokenizer, pattern):
     c = compile_regex(pattern, tokenizer)
     # a bounded pattern's longest match is < 32 characters, and every token holds at least one
     bounded = pattern in BOUNDED
-    finished = _check(model, c, pattern, Sampler(temperature=1.0, constraint=c), range(6), 40, must_finish=bounded)
-    assert finished >= (96 if bounded else 48)       # most rows of unbounded patterns also end
+    finished = _check(model, c, pattern, Sampler(temperature=1.0, constraint=c), range(4), 40, must_finish=bounded)
+    assert finished >= (64 if bounded else 32)       # most rows of unbounded patterns also end
 
 
 def test_outputs_are_diverse_and_use_multi_character_tokens(model, tokenizer):
@@ -156,3 +156,21 @@ def test_bad_calls_are_value_errors(tokenizer, call, message):
     with pytest.raises(ValueError) as err:
         call(tokenizer)
     assert message in str(err.value)
+
+
+def test_trained_model_with_a_sentencepiece_tokenizer():
+    # the shipped tiny-arith model writes "a+b=c" lines then "A: n"; hot sampling breaks the format unless constrained
+    m = models.load("tiny-arith")
+    pattern = r"(-?[0-9]{1,3}[+-][0-9]{1,3}=-?[0-9]{1,3}\n){1,3}A: -?[0-9]{1,3}"
+    c = compile_regex(pattern, m.tokenizer, vocab_size=m.config.vocab_size)
+    prompts = ["Q: 47+38-19=?\n", "Q: 5-9+12=?\n"]
+    hot = dict(max_new_tokens=64, n=6, seed=0)
+    free = engine.generate(m, prompts, sampler=Sampler(temperature=2.0), **hot)
+    bound = engine.generate(m, prompts, sampler=Sampler(temperature=2.0, constraint=c), **hot)
+    assert sum(not re.fullmatch(pattern, t) for row in free.text for t in row) >= 3
+    assert all(re.fullmatch(pattern, t) for row in bound.text for t in row), bound.text
+    # an output that already matches is left alone: greedy with and without the constraint agree
+    greedy = engine.generate(m, prompts[:1], max_new_tokens=64)
+    assert greedy.text == [["47+38=85\n85-19=66\nA: 66"]]
+    assert engine.generate(m, prompts[:1], max_new_tokens=64, sampler=Sampler(temperature=0, constraint=c)).text \
+        == greedy.text
