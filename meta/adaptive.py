@@ -1,0 +1,84 @@
+"""Adaptive self-consistency: sample in rounds, stop each prompt once its vote is decided."""
+from __future__ import annotations
+
+import math
+
+from meta.common import extract, finish, score, setup
+from meta.draw import draw
+from meta.result import Result
+from meta.vote import tally, winner
+
+RULES = ("unbeatable", "beta")
+
+
+def beta_confidence(lead: float, second: float) -> float:
+    """P(p_lead > p_second) under a uniform prior, from the two top counts (Beta(lead+1, second+1) > 1/2).
+
+    For integer counts this is exactly P(Binomial(lead + second + 1, 1/2) <= lead).
+    """
+    a, b = int(lead), int(second)
+    m = a + b + 1
+    return sum(math.comb(m, i) for i in range(a + 1)) / 2 ** m
+
+
+def decided(answers, n_max: int, rule: str, confidence: float) -> bool:
+    """Whether the vote over ``answers`` (so far) is decided.
+
+    ``unbeatable``: the leader's count exceeds the runner-up's plus every rollout still allowed
+    (``n_max`` minus drawn), so more rollouts cannot change the answer. ``beta``: the posterior
+    probability that the leader's answer is more likely than the runner-up's is >= ``confidence``.
+    """
+    counts = sorted((w for _, w in tally(answers)), reverse=True) + [0.0, 0.0]
+    lead, second = counts[0], counts[1]
+    if rule == "unbeatable":
+        return lead > second + (n_max - len(answers))
+    return lead > 0 and beta_confidence(lead, second) >= confidence
+
+
+def adaptive_self_consistency(model, prompts, *, n: int, round_size: int = 4, rule: str = "beta",
+                              confidence: float = 0.95, sampler=None, seed: int = 0, max_new_tokens: int = 64,
+                              references=None, answer=None, budget=None, stop_tokens=None, scorer=None) -> Result:
+    """Self-consistency with at most ``n`` rollouts per prompt, drawn in rounds of ``round_size``.
+
+    After each round a prompt stops when :func:`decided` says so (``rule``: ``"unbeatable"`` —
+    the answer equals self-consistency with all ``n`` rollouts of the same seed — or ``"beta"``).
+    Rounds draw rollouts numbered on from the last, so its rollouts are a prefix of
+    :func:`self_consistency`'s. A round that could exceed the budget's limit is shrunk or not
+    drawn. Votes and ties as in :func:`self_consistency`; ``info[g]["rounds"]`` per prompt.
+    """
+    budget, sampler, t0 = setup(prompts, n, references, budget, sampler)
+    if rule not in RULES:
+        raise ValueError(f"unknown stopping rule {rule!r}; known: {', '.join(RULES)}")
+    if round_size < 1:
+        raise ValueError(f"round_size must be >= 1, got {round_size}")
+    if not 0.5 < confidence < 1:
+        raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
+    g = len(prompts)
+    texts, lengths, scores, answers = ([[] for _ in range(g)] for _ in range(4))
+    done, rounds = [False] * g, [0] * g
+    drawn = 0
+    while drawn < n:
+        active = [i for i in range(g) if not done[i]]
+        if not active:
+            break
+        k = min(round_size, n - drawn, budget.affordable(len(active) * round_size, max_new_tokens) // len(active))
+        if k < 1:
+            break
+        sub = [prompts[i] for i in active]
+        d = draw(model, sub, n=k, sampler=sampler, seed=seed, max_new_tokens=max_new_tokens, budget=budget,
+                 first_rollout=drawn, stop_tokens=stop_tokens)
+        a = extract(answer, d.texts)
+        s = score(scorer, sub, d.texts, None if references is None else [references[i] for i in active], budget) \
+            if scorer is not None else [[None] * k for _ in sub]
+        for j, i in enumerate(active):
+            texts[i] += d.texts[j]
+            lengths[i] += d.lengths[j].tolist()
+            answers[i] += a[j]
+            scores[i] += s[j]
+            rounds[i] += 1
+            done[i] = decided(answers[i], n, rule, confidence)
+        drawn += k
+    picked = [winner(a) for a in answers]
+    info = [{"rounds": r, "rollouts": len(t)} for r, t in zip(rounds, texts)]
+    return Result("adaptive_self_consistency", list(prompts), [p[0] for p in picked], [p[1] for p in picked], texts,
+                  lengths, answers, scores, [p[2] for p in picked], finish(budget, t0), info)

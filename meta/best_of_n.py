@@ -1,0 +1,28 @@
+"""Best-of-N: draw N rollouts per prompt, keep the one a scorer likes best."""
+from __future__ import annotations
+
+import numpy as np
+
+from meta.common import extract, finish, score, setup
+from meta.draw import draw
+from meta.result import Result
+
+
+def best_of_n(model, prompts, *, n: int, scorer, sampler=None, seed: int = 0, max_new_tokens: int = 64,
+              references=None, answer=None, budget=None, stop_tokens=None) -> Result:
+    """The highest-scoring of ``n`` rollouts per prompt; ties go to the lowest rollout number.
+
+    ``scorer`` is an outcome scorer (see :mod:`meta.scoring`); ``answer(text)`` extracts the
+    answer (default: the built-in task's). ``budget`` (a :class:`meta.Budget`) may carry a limit;
+    a draw that could exceed it raises ``ValueError`` before anything is generated.
+    """
+    budget, sampler, t0 = setup(prompts, n, references, budget, sampler)
+    if scorer is None:
+        raise ValueError("best_of_n needs a scorer")
+    d = draw(model, prompts, n=n, sampler=sampler, seed=seed, max_new_tokens=max_new_tokens, budget=budget,
+             stop_tokens=stop_tokens)
+    scores = score(scorer, prompts, d.texts, references, budget)
+    answers = extract(answer, d.texts)
+    chosen = [int(np.argmax(s)) for s in scores]                     # argmax: first of the maxima
+    return Result("best_of_n", list(prompts), [a[c] for a, c in zip(answers, chosen)], chosen, d.texts,
+                  d.lengths.tolist(), answers, scores, [[] for _ in prompts], finish(budget, t0))

@@ -1,0 +1,60 @@
+"""What a meta-generator spent, and an optional limit on it.
+
+Counts are exact where the engine makes them so: ``generated`` is the sum of every used
+rollout's length (its stop token included); ``prefilled`` the prompt tokens, once per prompt
+per call (the shared-prefix layout); ``policy_calls`` one prefill forward per call plus one
+forward per decode step (the loop runs as long as its longest row). Rows added only to pad a
+batch to a compiled shape are not counted. FLOPs are an estimate: ``2 * parameters * tokens``
+for the policy (generated + prefilled) and for each model scorer (the tokens it read),
+ignoring attention's quadratic term.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+
+def param_count(params) -> int:
+    """Number of scalars in a params pytree."""
+    return int(sum(np.size(x) for x in jax.tree.leaves(params)))
+
+
+@dataclasses.dataclass
+class Budget:
+    """Spent compute, and ``max_generated``: a limit on tokens generated (``None``: no limit).
+
+    A meta-generator checks the worst case of each generation call (rows x ``max_new_tokens``)
+    against the limit before making it, so it never spends more than the limit.
+    """
+    max_generated: int | None = None
+    generated: int = 0          # policy tokens generated (sum of rollout lengths)
+    prefilled: int = 0          # policy prompt tokens prefilled
+    policy_calls: int = 0       # policy forward calls (prefills + decode steps)
+    scorer_calls: int = 0       # scorer forward calls (model scorers) or verifier calls (programmatic)
+    scorer_tokens: int = 0      # tokens read by model scorers
+    policy_params: int = 0
+    scorer_params: int = 0
+    wall_s: float = 0.0
+
+    def __post_init__(self):
+        if self.max_generated is not None and self.max_generated < 1:
+            raise ValueError(f"max_generated must be a positive token count or None, got {self.max_generated}")
+
+    @property
+    def flops(self) -> float:
+        """Estimated FLOPs: 2 x params x tokens, for the policy and for model scorers."""
+        return 2.0 * (self.policy_params * (self.generated + self.prefilled) + self.scorer_params * self.scorer_tokens)
+
+    def affordable(self, rows: int, max_new_tokens: int) -> int:
+        """How many of ``rows`` rollouts of up to ``max_new_tokens`` fit in what is left of the limit."""
+        if self.max_generated is None:
+            return rows
+        return max(0, min(rows, (self.max_generated - self.generated) // max_new_tokens))
+
+    def to_json(self) -> dict:
+        """The counts (and the FLOPs estimate) as a JSON-ready dict."""
+        out = dataclasses.asdict(self)
+        out["flops"] = self.flops
+        return out

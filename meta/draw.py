@@ -1,0 +1,66 @@
+"""Drawing rollouts for meta-generators: one shared-prefix call per chunk, with the budget counted."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+import engine
+from meta.budget import Budget, param_count
+from meta.tasks import arith
+
+
+@dataclasses.dataclass
+class Drawn:
+    """Rollouts ``first .. first+n-1`` of G prompts."""
+    texts: list            # [G][n] decoded text (token ids joined by spaces for a model without tokenizer)
+    tokens: np.ndarray     # int32 [G, n, T]
+    lengths: np.ndarray    # int [G, n]
+
+
+def arith_answer(text: str):
+    """The built-in task's answer of a solution text: the ``A: <n>`` integer, or ``None``."""
+    return arith.parse(text).answer
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
+def draw(model, prompts, *, n: int, sampler, seed: int, max_new_tokens: int, budget: Budget,
+         first_rollout: int = 0, stop_tokens=None, rows: int = 2048) -> Drawn:
+    """``n`` rollouts of each prompt (numbered from ``first_rollout``), counted in ``budget``.
+
+    Prompts go in chunks of at most ``rows`` rollouts, each chunk padded (repeating its last
+    prompt) to a power-of-two number of prompts so that few shapes are compiled. Draws depend
+    only on ``seed``, the prompt and the rollout number, never on the chunking.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    ids = engine.check_prompts(model, list(prompts), max_new_tokens)
+    if budget.affordable(len(ids) * n, max_new_tokens) < len(ids) * n:
+        raise ValueError(f"{len(ids)} prompts x {n} rollouts x {max_new_tokens} tokens do not fit in the "
+                         f"budget ({budget.max_generated - budget.generated} tokens left)")
+    budget.policy_params = budget.policy_params or param_count(model.params)
+    size = max(1, min(_pow2(len(ids)), rows // n))
+    texts, tokens, lengths = [], [], []
+    for lo in range(0, len(ids), size):
+        chunk = ids[lo:lo + size]
+        real = len(chunk)
+        chunk = chunk + [chunk[-1]] * (size - real)
+        out = engine.generate(model, chunk, max_new_tokens=max_new_tokens, sampler=sampler, n=n, seed=seed,
+                              stop_tokens=stop_tokens, first_rollout=first_rollout)
+        length = np.asarray(out.lengths)[:real]
+        tok = np.asarray(out.tokens)[:real]
+        if out.text is not None:
+            texts += [list(t) for t in out.text[:real]]
+        else:
+            texts += [[" ".join(map(str, tok[g, r, :length[g, r]].tolist())) for r in range(n)] for g in range(real)]
+        tokens.append(tok)
+        lengths.append(length)
+        budget.generated += int(length.sum())
+        budget.prefilled += sum(len(p) for p in chunk[:real])
+        budget.policy_calls += 1 + int(length.max())
+    return Drawn(texts, np.concatenate(tokens), np.concatenate(lengths))

@@ -1,0 +1,43 @@
+"""pass@k (coverage): the unbiased estimator, and a meta-generator reporting it."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from meta.common import extract, finish, score, setup
+from meta.draw import draw
+from meta.result import Result
+
+
+def pass_at_k(n: int, c, k: int) -> np.ndarray:
+    """Unbiased pass@k from ``n`` samples with ``c`` correct (per problem): 1 - C(n-c, k) / C(n, k)."""
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 1 <= k <= n, got k={k}, n={n}")
+    c = np.asarray(c)
+    if np.any((c < 0) | (c > n)):
+        raise ValueError(f"correct counts must be in [0, {n}]")
+    return np.array([1.0 - math.comb(n - int(ci), k) / math.comb(n, k) for ci in c.reshape(-1)]).reshape(c.shape)
+
+
+def coverage(model, prompts, *, n: int, scorer, ks=None, sampler=None, seed: int = 0, max_new_tokens: int = 64,
+             references=None, answer=None, budget=None, stop_tokens=None, threshold: float = 1.0) -> Result:
+    """pass@k for ``ks`` (default 1, 2, 4, .. n) from ``n`` rollouts per prompt; ``info[g]["pass@k"]``.
+
+    A rollout is correct when its score is >= ``threshold``. The chosen answer is the first correct
+    rollout's (an oracle's choice), ``None`` when none is.
+    """
+    budget, sampler, t0 = setup(prompts, n, references, budget, sampler)
+    if scorer is None:
+        raise ValueError("pass@k needs a scorer (a verifier) to know which rollouts are correct")
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n] if ks is None else list(ks)
+    d = draw(model, prompts, n=n, sampler=sampler, seed=seed, max_new_tokens=max_new_tokens, budget=budget,
+             stop_tokens=stop_tokens)
+    scores = score(scorer, prompts, d.texts, references, budget)
+    answers = extract(answer, d.texts)
+    correct = [[s >= threshold for s in row] for row in scores]
+    chosen = [row.index(True) if any(row) else None for row in correct]
+    info = [{f"pass@{k}": float(pass_at_k(n, sum(row), k)) for k in ks} for row in correct]
+    return Result("pass_at_k", list(prompts), [None if c is None else a[c] for a, c in zip(answers, chosen)],
+                  chosen, d.texts, d.lengths.tolist(), answers, scores, [[] for _ in prompts], finish(budget, t0),
+                  info)

@@ -1,0 +1,188 @@
+"""Scorers: map finished rollouts to one score each (outcome) or one score per step (process).
+
+Every scorer is called as ``scorer(prompts, texts, references=None, budget=None) -> float [G, N]``
+with ``texts[g][r]`` the rollouts of prompt ``g`` and ``references[g]`` its reference (an
+``arith.Problem``, an answer, or ``None``); it adds its own cost to ``budget``.
+
+* :class:`Verifier` — the built-in task's outcome verifier (needs references);
+* :class:`ProcessScorer` — per-step scores aggregated by ``last``, ``min``, ``prod`` or ``mean``
+  (:func:`arith_process_verifier` wraps the built-in process verifier);
+* :class:`FunctionScorer` — any Python function on texts;
+* :class:`LMJudge` — the log-probability a rollax model gives a verdict token after a template,
+  one batched forward on the model's device.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import models
+from meta import verifiers
+from meta.budget import Budget, param_count
+from meta.tasks import arith
+
+AGGREGATIONS = ("last", "min", "prod", "mean")
+
+
+def _shape_check(texts, scores) -> np.ndarray:
+    scores = [np.asarray(s, np.float32).reshape(-1) for s in scores]
+    if len(scores) != len(texts) or any(len(s) != len(t) for s, t in zip(scores, texts)):
+        raise ValueError("a scorer must return one score per rollout")
+    return scores
+
+
+def _stack(rows) -> np.ndarray:
+    lens = {len(r) for r in rows}
+    return np.stack(rows) if len(lens) == 1 else np.array(rows, dtype=object)
+
+
+class FunctionScorer:
+    """An outcome scorer from ``fn(prompt, text, reference) -> float`` (a programmatic verifier)."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self, prompts, texts, references=None, budget: Budget | None = None):
+        refs = [None] * len(texts) if references is None else references
+        if budget is not None:
+            budget.scorer_calls += 1
+        return _stack(_shape_check(texts, [[self.fn(p, t, ref) for t in row]
+                                           for p, row, ref in zip(prompts, texts, refs)]))
+
+
+def _answer_of(reference):
+    if isinstance(reference, arith.Problem):
+        return reference.answer
+    if reference is None:
+        raise ValueError("the outcome verifier needs a reference (arith.Problem or answer) for every prompt")
+    return int(reference)
+
+
+class Verifier:
+    """The built-in task's outcome verifier: 1.0 where the rollout's ``A: <n>`` equals the reference's answer.
+
+    References are ``arith.Problem`` instances (scored by :func:`meta.verifiers.outcome_scores`)
+    or answers (integers).
+    """
+
+    def __call__(self, prompts, texts, references=None, budget: Budget | None = None):
+        if references is None:
+            raise ValueError("the outcome verifier needs references (arith.Problem or answers)")
+        if budget is not None:
+            budget.scorer_calls += 1
+        out = []
+        for row, ref in zip(texts, references):
+            if isinstance(ref, arith.Problem):
+                out.append(verifiers.outcome_scores(list(row), [ref] * len(row)))
+            else:
+                want = _answer_of(ref)
+                out.append(np.array([float(arith.parse(t).answer == want) for t in row], np.float32))
+        return _stack(_shape_check(texts, out))
+
+
+def aggregate(steps: np.ndarray, how: str) -> float:
+    """One score from per-step scores: ``last``, ``min``, ``prod`` or ``mean``; no steps scores 0."""
+    if how not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {how!r}; known: {', '.join(AGGREGATIONS)}")
+    steps = np.asarray(steps, np.float64)
+    if steps.size == 0:
+        return 0.0
+    return float({"last": steps[-1], "min": steps.min(), "prod": steps.prod(), "mean": steps.mean()}[how])
+
+
+class ProcessScorer:
+    """A process scorer: ``steps(prompts, texts, references) -> [G][N] arrays of per-step scores``.
+
+    Called as an outcome scorer it aggregates each rollout's steps (``aggregation``); ``steps``
+    gives the per-step scores themselves.
+    """
+
+    def __init__(self, step_fn: Callable, aggregation: str = "min"):
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {aggregation!r}; known: {', '.join(AGGREGATIONS)}")
+        self.step_fn, self.aggregation = step_fn, aggregation
+
+    def steps(self, prompts, texts, references=None, budget: Budget | None = None) -> list:
+        """Per-step scores of every rollout: ``[G][N]`` float arrays."""
+        if budget is not None:
+            budget.scorer_calls += 1
+        return self.step_fn(prompts, texts, references)
+
+    def __call__(self, prompts, texts, references=None, budget: Budget | None = None):
+        steps = self.steps(prompts, texts, references, budget)
+        return _stack(_shape_check(texts, [[aggregate(s, self.aggregation) for s in row] for row in steps]))
+
+
+def arith_process_verifier(aggregation: str = "min") -> ProcessScorer:
+    """The built-in process verifier (:func:`meta.verifiers.process_scores`) as a process scorer.
+
+    With ``arith.Problem`` references each step must also follow the chain; otherwise only its
+    arithmetic is checked (reference-free).
+    """
+    def steps(prompts, texts, references):
+        refs = references if references is not None else [None] * len(texts)
+        return [verifiers.process_scores(list(row), [ref] * len(row) if isinstance(ref, arith.Problem) else None)
+                for row, ref in zip(texts, refs)]
+    return ProcessScorer(steps, aggregation)
+
+
+class LMJudge:
+    """An LM judge: ``log p(verdict | template)`` under a rollax model, one batched forward.
+
+    ``template`` is formatted with ``prompt`` and ``text`` (e.g. ``"{prompt}{text}\\nok? "``) and
+    encoded with the judge's tokenizer; the score of a rollout is the log-probability (after
+    log-softmax over the vocabulary) of token ``verdict`` at the next position. Sequences are
+    right-padded to a power-of-two length, so padding never changes the score.
+    """
+
+    def __init__(self, model, template: str, verdict: int | str):
+        if model.tokenizer is None:
+            raise ValueError("an LM judge needs a model with a tokenizer")
+        if isinstance(verdict, str):
+            ids = model.tokenizer.encode(verdict, bos=False)
+            if len(ids) != 1:
+                raise ValueError(f"the verdict {verdict!r} must be one token, got {len(ids)}")
+            verdict = ids[0]
+        if not 0 <= int(verdict) < model.config.vocab_size:
+            raise ValueError(f"verdict token {verdict} is outside the vocabulary")
+        self.model, self.template, self.verdict = model, template, int(verdict)
+
+    def __call__(self, prompts, texts, references=None, budget: Budget | None = None):
+        m = self.model
+        seqs = [m.tokenizer.encode(self.template.format(prompt=p, text=t)) for p, row in zip(prompts, texts)
+                for t in row]
+        longest = max(map(len, seqs))
+        if longest > m.config.max_len:
+            raise ValueError(f"a judged sequence has {longest} tokens, over the judge's maximum {m.config.max_len}")
+        width = min(1 << (longest - 1).bit_length(), m.config.max_len)
+        ids = np.full((len(seqs), width), m.config.pad_id, np.int32)
+        for i, s in enumerate(seqs):
+            ids[i, :len(s)] = s
+        last = jnp.asarray([len(s) - 1 for s in seqs])
+        scores = np.asarray(_judge(m.config, m.params, jnp.asarray(ids), last, self.verdict))
+        if budget is not None:
+            budget.scorer_calls += 1
+            budget.scorer_tokens += sum(map(len, seqs))
+            budget.scorer_params = budget.scorer_params or param_count(m.params)
+        out, i = [], 0
+        for row in texts:
+            out.append(scores[i:i + len(row)])
+            i += len(row)
+        return _stack(out)
+
+
+@jax.jit
+def _gather_verdict(logits, last, verdict):
+    lp = jax.nn.log_softmax(jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0], axis=-1)
+    return lp[:, verdict]
+
+
+_forward = jax.jit(models.forward, static_argnums=0)
+
+
+def _judge(config, params, ids, last, verdict):
+    logits, _ = _forward(config, params, ids)
+    return _gather_verdict(logits, last, verdict)

@@ -1,0 +1,51 @@
+"""Self-consistency (majority vote over answers) and weighted voting (votes weighted by a scorer)."""
+from __future__ import annotations
+
+import numpy as np
+
+from meta.common import extract, finish, score, setup
+from meta.draw import draw
+from meta.result import Result
+from meta.vote import winner
+
+
+def self_consistency(model, prompts, *, n: int, sampler=None, seed: int = 0, max_new_tokens: int = 64,
+                     references=None, answer=None, budget=None, stop_tokens=None, scorer=None) -> Result:
+    """The most frequent answer among ``n`` rollouts per prompt.
+
+    Rollouts without an answer (``answer(text)`` is ``None``) do not vote; ties go to the answer
+    whose first rollout comes first. ``chosen`` is that first rollout. A ``scorer``, if given,
+    only records scores (it does not weigh the votes: see :func:`weighted_vote`).
+    """
+    budget, sampler, t0 = setup(prompts, n, references, budget, sampler)
+    d = draw(model, prompts, n=n, sampler=sampler, seed=seed, max_new_tokens=max_new_tokens, budget=budget,
+             stop_tokens=stop_tokens)
+    answers = extract(answer, d.texts)
+    scores = score(scorer, prompts, d.texts, references, budget) if scorer is not None else \
+        [[None] * n for _ in prompts]
+    picked = [winner(a) for a in answers]
+    return Result("self_consistency", list(prompts), [p[0] for p in picked], [p[1] for p in picked], d.texts,
+                  d.lengths.tolist(), answers, scores, [p[2] for p in picked], finish(budget, t0))
+
+
+def weighted_vote(model, prompts, *, n: int, scorer, sampler=None, seed: int = 0, max_new_tokens: int = 64,
+                  references=None, answer=None, budget=None, stop_tokens=None, weight=None) -> Result:
+    """The answer with the largest total score among ``n`` rollouts per prompt.
+
+    Each rollout votes for its answer with ``weight(score)`` (default: the score itself, e.g. a
+    verifier's 0/1 or a reward model's probability; pass ``weight=np.exp`` for log-probabilities).
+    Weights must be >= 0. Ties go to the answer whose first rollout comes first.
+    """
+    budget, sampler, t0 = setup(prompts, n, references, budget, sampler)
+    if scorer is None:
+        raise ValueError("weighted_vote needs a scorer")
+    d = draw(model, prompts, n=n, sampler=sampler, seed=seed, max_new_tokens=max_new_tokens, budget=budget,
+             stop_tokens=stop_tokens)
+    scores = score(scorer, prompts, d.texts, references, budget)
+    weights = [[float(weight(s)) if weight is not None else s for s in row] for row in scores]
+    if any(w < 0 or not np.isfinite(w) for row in weights for w in row):
+        raise ValueError("weighted_vote needs finite non-negative weights; transform the scores with weight=")
+    answers = extract(answer, d.texts)
+    picked = [winner(a, w) for a, w in zip(answers, weights)]
+    return Result("weighted_vote", list(prompts), [p[0] for p in picked], [p[1] for p in picked], d.texts,
+                  d.lengths.tolist(), answers, scores, [p[2] for p in picked], finish(budget, t0))
