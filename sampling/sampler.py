@@ -103,6 +103,9 @@ class Sampler:
         self.values = values
         self.chain = tuple(n for n in ORDER if n in values and (n in TOKEN_LISTS or n == "temperature"
                                                                   or not _all_off(n, values[n])))
+        # static bounds for the fast top-k path: the largest k (and min_keep) of any row
+        keep = int(np.max(values.get("min_keep", 1)))
+        self.caps = (max(int(np.max(values.get("top_k", 0))), keep), keep)
 
     @classmethod
     def greedy(cls) -> "Sampler":
@@ -121,18 +124,18 @@ class Sampler:
 
     def tree_flatten(self):
         keys = tuple(sorted(self.values))
-        return tuple(self.values[k] for k in keys), (keys, self.chain)
+        return tuple(self.values[k] for k in keys), (keys, self.chain, self.caps)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         out = object.__new__(cls)
-        keys, out.chain = aux
+        keys, out.chain, out.caps = aux
         out.values = dict(zip(keys, children))
         return out
 
     def _map_rows(self, fn) -> "Sampler":
         out = object.__new__(Sampler)
-        out.chain = self.chain
+        out.chain, out.caps = self.chain, self.caps
         out.values = {k: v if k in TOKEN_LISTS else fn(v) for k, v in self.values.items()}
         return out
 
@@ -153,7 +156,7 @@ class Sampler:
     def row_axes(self) -> "Sampler":
         """Logical axes of every field (per-row settings on ``rollouts``, token lists replicated)."""
         out = object.__new__(Sampler)
-        out.chain = self.chain
+        out.chain, out.caps = self.chain, self.caps
         out.values = {k: jax.tree.map(lambda a: (None,) * np.ndim(a), v) if k in TOKEN_LISTS else ("rollouts",)
                       for k, v in self.values.items()}
         return out
@@ -182,16 +185,43 @@ class Sampler:
         return logits
 
     def warp(self, logits, mu=None):
-        """Temperature and the truncations of the chain (the proposal of sampled rows)."""
+        """Temperature and the truncations of the chain (the proposal of sampled rows).
+
+        With top-k in the chain, the truncations after it run on each row's top-k candidates
+        only (``lax.top_k`` instead of full-vocabulary sorts), scattered back to [B, V]; rows
+        where that could differ from the full computation (top-k off, or ties straddling the
+        candidate cut) take the full path.
+        """
+        v = self.values
+        if "temperature" in self.chain:
+            logits = filters.temperature(logits, v["temperature"])
+        rest = [n for n in self.chain if n in WARPERS and n != "temperature"]
+        if "top_k" not in rest:
+            return self._truncate(logits, rest, mu)
+        cap = min(self.caps[0], logits.shape[-1] - 1)
+        vals, ids = jax.lax.top_k(logits, cap + 1)
+        on = jnp.broadcast_to(v["top_k"], logits.shape[:-1]) > 0
+        k = jnp.broadcast_to(jnp.maximum(v["top_k"], v.get("min_keep", 1)), logits.shape[:-1])
+        kth = jnp.take_along_axis(vals, jnp.clip(k - 1, 0, cap - 1)[..., None], axis=-1)
+        exact = jnp.all(on[..., None] & (vals[..., cap:] < kth))
+
+        def candidates(logits):
+            out = self._truncate(vals[..., :cap], rest, mu)
+            rows = jnp.arange(ids.shape[0])[:, None]
+            return jnp.full_like(logits, filters.NEG_INF).at[rows, ids[..., :cap]].set(out)
+
+        return jax.lax.cond(exact, candidates, lambda x: self._truncate(x, rest, mu), logits)
+
+    def _truncate(self, logits, names, mu):
         v, keep = self.values, self.values.get("min_keep", 1)
-        for name in self.chain:
-            if name == "temperature":
-                logits = filters.temperature(logits, v[name])
-            elif name == "mirostat":
+        for name in names:
+            if name == "mirostat":
                 start = 2 * v["mirostat"]
                 mu = start if mu is None else jnp.where(jnp.isnan(mu), start, mu)
                 logits = jnp.where((v["mirostat"] > 0)[..., None], filters.mirostat(logits, mu), logits)
-            elif name in WARPERS:
+            elif self.caps[1] == 1 and name in ("min_p", "epsilon", "eta"):
+                logits = getattr(filters, name)(logits, v[name])        # min_keep 1: no sort needed
+            else:
                 logits = getattr(filters, name)(logits, v[name], keep)
         return logits
 
@@ -239,7 +269,7 @@ def sample(logits, sampler: Sampler, keys, ctx: Context) -> Draw:
     greedy = jnp.asarray(sampler.temperature) == 0
     processed = sampler.process(logits, ctx)
     proposal = sampler.warp(processed, ctx.mu)
-    drawn = jax.vmap(jax.random.categorical)(keys, proposal)
+    drawn = draw(keys, proposal)
     tokens = jnp.where(greedy, jnp.argmax(processed, axis=-1), drawn).astype(jnp.int32)
     pick = lambda lp: jnp.take_along_axis(lp, tokens[:, None], axis=-1)[:, 0]
     logprobs = pick(jax.nn.log_softmax(logits, axis=-1))
@@ -253,6 +283,29 @@ def sample(logits, sampler: Sampler, keys, ctx: Context) -> Draw:
     if "constraint" in sampler.chain:
         fsm = jnp.asarray(sampler.values["constraint"])[fsm, tokens]
     return Draw(tokens=tokens, logprobs=logprobs, sample_logprobs=sample_logprobs, mu=mu, fsm=fsm)
+
+
+def draw(keys, logits, block: int = 256):
+    """One token per row from ``softmax(logits)`` [B, V] by inverse CDF with one uniform per row.
+
+    Two levels (blocks of ``block`` tokens, then tokens within the chosen block) keep it to a few
+    passes over the logits — on CPU far cheaper than a Gumbel draw per token. Tokens of zero
+    probability are never drawn.
+    """
+    b, v = logits.shape
+    p = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    p = jnp.pad(p, ((0, 0), (0, -v % block))).reshape(b, -1, block)
+    mass = jnp.sum(p, axis=-1)                                          # [B, blocks]
+    cum = jnp.cumsum(mass, axis=-1)
+    u = jax.vmap(jax.random.uniform)(keys) * cum[:, -1]
+    last = lambda m: m.shape[-1] - 1 - jnp.argmax(m[..., ::-1] > 0, axis=-1)   # last nonzero entry
+    chosen = jnp.minimum(jnp.sum(cum <= u[:, None], axis=-1), last(mass))
+    inner = jnp.take_along_axis(p, chosen[:, None, None], axis=1)[:, 0]        # [B, block]
+    before = jnp.take_along_axis(cum - mass, chosen[:, None], axis=1)[:, 0]
+    frac = jnp.clip((u - before) / jnp.take_along_axis(mass, chosen[:, None], axis=1)[:, 0], 0.0, 1.0)
+    cin = jnp.cumsum(inner, axis=-1)
+    pos = jnp.minimum(jnp.sum(cin <= (frac * cin[:, -1])[:, None], axis=-1), last(inner))
+    return chosen * block + pos
 
 
 def prompt_id(tokens) -> int:

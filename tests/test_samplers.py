@@ -189,3 +189,21 @@ def test_sampler_of_the_wrong_shape_is_a_value_error(tiny):
     with pytest.raises(ValueError) as err:
         engine.generate(tiny, PROMPTS, max_new_tokens=4, sampler=Sampler(top_p=np.full((2, 1, 3), 0.5)))
     assert "does not fit rollouts (2, 1)" in str(err.value)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_top_k_candidate_path_equals_the_full_filters(ties):
+    """With top-k in the chain the later truncations run on the top-k candidates only; the
+    result must equal the filters applied one after another over the whole vocabulary."""
+    x = np.random.default_rng(0).normal(scale=2.0, size=(4, 300)).astype(np.float32)
+    x = np.round(x, 1) if ties else x          # rounding: ties at and across the top-k cut
+    t, k, p, m = [0.8, 1.0, 1.3, 0.5], [5, 12, 40, 1], [0.9, 0.5, 0.99, 1.0], [0.05, 0.1, 0.0, 0.2]
+    sampler = Sampler(temperature=t, top_k=k, top_p=p, min_p=m, typical=[0.9, 1.0, 0.8, 0.95], min_keep=2)
+    got = np.asarray(sampler.broadcast((4,)).warp(jnp.asarray(x)))
+    want = filters.temperature(jnp.asarray(x), jnp.asarray(t))
+    want = filters.top_k(want, jnp.asarray(k), 2)
+    want = filters.top_p(want, jnp.asarray(p), 2)
+    want = filters.min_p(want, jnp.asarray(m), 2)
+    want = np.asarray(filters.typical(want, jnp.asarray([0.9, 1.0, 0.8, 0.95]), 2))
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], rtol=1e-6)
