@@ -171,7 +171,11 @@ def _anchor(tokenizer, vocab: int, special: set) -> tuple[int, str]:
 
 
 def token_table(dfa: CharDFA, strings: list[str | None]) -> np.ndarray:
-    """int32 [dfa states, V]: the DFA state after walking each token's text from each state (-1: dead)."""
+    """int32 [dfa states, V]: the DFA state after walking each token's text from each state (-1: dead).
+
+    The first character is looked up for every (state, token) pair at once; later characters
+    only for the pairs still alive, which are few.
+    """
     v, s = len(strings), dfa.table.shape[0]
     lengths = np.array([len(x) if x else 0 for x in strings], np.int64)
     width = int(lengths.max(initial=0))
@@ -179,14 +183,20 @@ def token_table(dfa: CharDFA, strings: list[str | None]) -> np.ndarray:
     for i, x in enumerate(strings):
         if x:
             chars[i, :len(x)] = [dfa.classes.get(ch, dfa.other) for ch in x]
-    state = np.broadcast_to(np.arange(s, dtype=np.int32)[:, None], (s, v)).copy()
-    state[:, lengths == 0] = DEAD
-    padded = np.concatenate([dfa.table, np.full((1, dfa.table.shape[1]), DEAD, np.int32)])  # row -1: dead
-    for pos in range(width):
-        active = pos < lengths                                           # [V]
-        step = padded[state, chars[None, :, pos]]
-        state = np.where(active[None, :], step, state)
-    return state
+    out = np.full((s, v), DEAD, np.int32)
+    first = dfa.table[:, chars[:, 0]]                                     # [S, V]
+    first[:, lengths == 0] = DEAD
+    out[:, lengths == 1] = first[:, lengths == 1]
+    src, tok = np.nonzero((first >= 0) & (lengths > 1)[None, :])
+    cur = first[src, tok]
+    for pos in range(1, width):
+        cur = dfa.table[cur, chars[tok, pos]]
+        alive = cur >= 0
+        src, tok, cur = src[alive], tok[alive], cur[alive]
+        end = lengths[tok] == pos + 1
+        out[src[end], tok[end]] = cur[end]
+        src, tok, cur = src[~end], tok[~end], cur[~end]
+    return out
 
 
 def _eos_ids(tokenizer, eos_id) -> tuple:
@@ -235,10 +245,11 @@ def build(dfa: CharDFA, tokenizer, *, eos_id=None, vocab_size: int | None = None
 
 def _closure(seeds, table, *, forward: bool) -> set:
     """States reachable from ``seeds`` along ``table``'s edges (backwards when not ``forward``)."""
-    edges = {}
+    n = table.shape[0]
     src, tok = np.nonzero(table >= 0)
-    dst = table[src, tok]
-    for a, b in set(zip(src.tolist(), dst.tolist())):
+    codes = np.unique(src.astype(np.int64) * n + table[src, tok])     # distinct state -> state edges
+    edges = {}
+    for a, b in zip((codes // n).tolist(), (codes % n).tolist()):
         x, y = (a, b) if forward else (b, a)
         edges.setdefault(x, []).append(y)
     seen, todo = set(int(x) for x in seeds), [int(x) for x in seeds]

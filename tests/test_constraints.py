@@ -115,6 +115,22 @@ def test_token_table_by_hand():
     assert c.walk([0, 1, 4]) == c.walk([2, 4]) == c.walk([1, 4]) == 4 and c.walk([3]) == -1
 
 
+def test_token_walk_equals_a_character_by_character_walk(tokenizer):
+    dfa = constraints.regex_dfa(JSON)
+    strings = constraints.token_strings(tokenizer)
+
+    def walk(state, text):
+        for ch in text:
+            state = dfa.table[state, dfa.classes.get(ch, dfa.other)]
+            if state < 0:
+                return -1
+        return state
+
+    want = [[walk(q, x) if x else -1 for x in strings] for q in range(dfa.table.shape[0])]
+    np.testing.assert_array_equal(constraints.token_table(dfa, strings), want)
+    assert sum(len(x) > 1 for x in strings if x) > 100        # the vocabulary has many multi-character tokens
+
+
 def test_dead_end_states_are_pruned():
     # "aab" needs a token "b" after "aa"; without one, the path through "aa" is removed, "ab" stays
     c = compile_regex("a{1,2}b|ac", ["a", "c", "ab", None], eos_id=3)
