@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import engine
+from sampling.sampler import draw
 import models
 from sampling import Sampler, mixtures, rollout_keys
 
@@ -143,7 +144,8 @@ def reference(models_, prompts, combine, params, steps, sampled=False, seed=0):
         lp = [_np_log_softmax(_full_forward(m, s)) for m, s in zip(models_, seqs)]
         scores = REFERENCE[combine](lp, params)
         if sampled:
-            tok = int(jax.random.categorical(jax.random.fold_in(keys[0], t), jnp.asarray(scores, jnp.float32)))
+            key = jax.random.fold_in(keys[0], t)[None]
+            tok = int(draw(key, jnp.asarray(scores, jnp.float32)[None])[0])     # rollax's draw from these logits
         else:
             tok = int(np.argmax(scores))
         out.append(tok)
