@@ -128,7 +128,7 @@ def test_token_walk_equals_a_character_by_character_walk(tokenizer):
 
     want = [[walk(q, x) if x else -1 for x in strings] for q in range(dfa.table.shape[0])]
     np.testing.assert_array_equal(constraints.token_table(dfa, strings), want)
-    assert sum(len(x) > 1 for x in strings if x) > 100        # the vocabulary has many multi-character tokens
+    assert sum(len(x) > 1 for x in strings if x) > 30         # the vocabulary has many multi-character tokens
 
 
 def test_dead_end_states_are_pruned():
