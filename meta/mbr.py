@@ -14,7 +14,7 @@ from meta.result import Result
 
 def _masked(tokens, lengths, fill):
     t = tokens.shape[-1]
-    return jnp.where(jnp.arange(t) < lengths[..., None], tokens, fill)
+    return jnp.where(jnp.arange(t) < jnp.asarray(lengths)[..., None], tokens, fill)
 
 
 def exact_match(a, la, b, lb):

@@ -1,0 +1,215 @@
+"""Run a meta-generator over a JSONL dataset, one JSON line per prompt; resumable.
+
+    python -m scripts.meta self_consistency --data problems.jsonl --out out.jsonl --n 16
+
+Each dataset line is an object with ``"prompt"`` (a string), and optionally ``"id"`` (default:
+the line number) and ``"answer"`` (the reference). The output's first line is a header with
+the settings; each further line is one prompt's result (its ``id``, chosen ``answer``,
+``correct`` when there is a reference, ``tokens`` generated and every rollout), written with
+one write + flush + fsync. Prompts go in fixed chunks of ``--batch`` dataset lines.
+
+Killed at any moment (even ``kill -9``) and started again with the same arguments, it keeps
+the complete lines, drops a torn last line, reruns only chunks with missing prompts (the same
+chunks, so the same draws) and writes only the missing ones: the final file has every prompt
+exactly once. It refuses a malformed dataset line (naming its number) and an existing output
+written with different settings. At the end it prints a summary table.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+SCORERS = ("none", "verifier", "process-min", "process-mean", "process-prod", "process-last")
+
+
+def read_dataset(path: Path) -> list[dict]:
+    """The dataset's items ``{"id", "prompt", "answer"}``; ``ValueError`` naming the first bad line."""
+    items, seen = [], set()
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+            if not isinstance(obj.get("prompt"), str) or not obj["prompt"]:
+                raise ValueError(f"{path}:{number}: \"prompt\" must be a non-empty string")
+            item_id = obj.get("id", number)
+            if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
+                raise ValueError(f"{path}:{number}: \"id\" must be a string or an integer")
+            if item_id in seen:
+                raise ValueError(f"{path}:{number}: duplicate id {item_id!r}")
+            seen.add(item_id)
+            items.append({"id": item_id, "prompt": obj["prompt"], "answer": obj.get("answer")})
+    if not items:
+        raise ValueError(f"{path}: no prompts")
+    return items
+
+
+def settings(args, data_path: Path) -> dict:
+    """Everything that determines the output (the dataset by its hash)."""
+    digest = hashlib.sha256(data_path.read_bytes()).hexdigest()
+    keys = ("method", "model", "n", "temperature", "top_p", "seed", "max_new_tokens", "scorer", "round_size",
+            "rule", "batch", "answer")
+    return {"data_sha256": digest, **{k: getattr(args, k) for k in keys}}
+
+
+def load_done(out: Path, header: dict) -> set:
+    """Ids already in ``out`` (creating it with ``header`` if new); drops a torn last line.
+
+    ``ValueError`` if ``out`` was written with other settings.
+    """
+    if not out.exists() or out.stat().st_size == 0:
+        _write(out, {"header": header}, mode="w")
+        return set()
+    raw = out.read_bytes()
+    keep = raw.rfind(b"\n") + 1                      # complete lines end with a newline
+    lines = raw[:keep].decode("utf-8").splitlines()
+    if not lines:                                    # even the header was torn
+        _truncate(out, 0)
+        _write(out, {"header": header}, mode="w")
+        return set()
+    try:
+        old = json.loads(lines[0]).get("header")
+    except json.JSONDecodeError:
+        old = None
+    if old != header:
+        changed = sorted(k for k in set(header) | set(old or {}) if (old or {}).get(k) != header.get(k))
+        raise ValueError(f"{out} was written with different settings ({', '.join(changed) or 'no header'}); "
+                         f"use another --out or delete it")
+    if keep < len(raw):
+        _truncate(out, keep)
+    done = set()
+    for line in lines[1:]:
+        done.add(json.loads(line)["id"])
+    return done
+
+
+def _truncate(path: Path, size: int) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(size)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write(path: Path, obj: dict, mode: str = "a") -> None:
+    """One JSON line, written in one call and forced to disk."""
+    with open(path, mode, encoding="utf-8") as f:
+        f.write(json.dumps(obj) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def make_scorer(name: str):
+    """The scorer called ``name`` (see ``SCORERS``), or ``None``."""
+    import meta
+    if name == "none":
+        return None
+    if name == "verifier":
+        return meta.Verifier()
+    return meta.arith_process_verifier(name.split("-", 1)[1])
+
+
+def run_chunk(args, model, items):
+    """The meta-generator's result on one chunk of items."""
+    import meta
+    from sampling import Sampler
+    fn = meta.METHODS[args.method]
+    kw = dict(n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens,
+              sampler=Sampler(temperature=args.temperature, top_p=args.top_p),
+              answer=None if args.answer == "arith" else (lambda t: t.strip()))
+    refs = [it["answer"] for it in items]
+    kw["references"] = refs if all(r is not None for r in refs) else None
+    scorer = make_scorer(args.scorer)
+    if scorer is not None:
+        kw["scorer"] = scorer
+    if args.method in ("rejection_sample", "adaptive_self_consistency"):
+        kw["round_size"] = args.round_size
+    if args.method == "adaptive_self_consistency":
+        kw["rule"] = args.rule
+    return fn(model, [it["prompt"] for it in items], **kw)
+
+
+def correct(answer, reference):
+    """Whether a chosen answer equals the reference (compared as strings); ``None`` without one."""
+    if reference is None:
+        return None
+    return answer is not None and str(answer).strip() == str(reference).strip()
+
+
+def summary(out: Path) -> str:
+    """A table of the output file: prompts, accuracy, tokens per prompt."""
+    rows = [json.loads(l) for l in out.read_text(encoding="utf-8").splitlines()[1:]]
+    graded = [r["correct"] for r in rows if r["correct"] is not None]
+    tokens = sum(r["tokens"] for r in rows)
+    acc = f"{sum(graded) / len(graded):.3f}" if graded else "-"
+    return (f"{'prompts':>8}{'graded':>8}{'accuracy':>10}{'tokens':>10}{'tokens/prompt':>15}\n"
+            f"{len(rows):>8}{len(graded):>8}{acc:>10}{tokens:>10}{tokens / max(len(rows), 1):>15.1f}")
+
+
+def parse_args(argv=None):
+    import meta
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("method", choices=sorted(meta.METHODS))
+    ap.add_argument("--data", type=Path, required=True, help="JSONL: prompt, optional id and answer")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--model", default="tiny-arith", help="checkpoint directory or zoo name")
+    ap.add_argument("--n", type=int, default=16, help="rollouts per prompt (at most, for rounds)")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--scorer", choices=SCORERS, default="none")
+    ap.add_argument("--round-size", type=int, default=8, help="rollouts per round (rejection, adaptive)")
+    ap.add_argument("--rule", choices=("beta", "unbeatable"), default="beta", help="adaptive stopping rule")
+    ap.add_argument("--batch", type=int, default=16, help="prompts per chunk")
+    ap.add_argument("--answer", choices=("arith", "text"), default="arith",
+                    help="answer extraction: the built-in task's 'A: <n>' or the whole stripped text")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    """Run (or continue) the job; returns the exit status."""
+    args = parse_args(argv)
+    try:
+        if args.batch < 1 or args.n < 1:
+            raise ValueError("--batch and --n must be positive")
+        items = read_dataset(args.data)
+        done = load_done(args.out, settings(args, args.data))
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import models
+    start, model = time.time(), models.load(args.model)
+    with tqdm(total=len(items), initial=sum(it["id"] in done for it in items), unit="prompt",
+              desc=args.method) as bar:
+        for lo in range(0, len(items), args.batch):
+            chunk = items[lo:lo + args.batch]
+            if all(it["id"] in done for it in chunk):
+                continue
+            result = run_chunk(args, model, chunk)
+            for g, it in enumerate(chunk):
+                if it["id"] in done:
+                    continue
+                line = {"id": it["id"], "answer": result.answers[g], "reference": it["answer"],
+                        "correct": correct(result.answers[g], it["answer"]), **result.prompt_json(g)}
+                line["answer"] = result.answers[g]
+                _write(args.out, json.loads(json.dumps(line, default=str)))
+                done.add(it["id"])
+                bar.update(1)
+    print(f"\n{args.method} on {args.data} ({time.time() - start:.0f} s this run):\n{summary(args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

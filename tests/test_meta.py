@@ -1,0 +1,248 @@
+"""Meta-generators: exact choices on scripted rollouts, budgets hand-counted on a fake model, errors."""
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import engine
+import meta
+import models
+import importlib
+from meta.draw import Drawn
+from sampling import Sampler
+
+MODULES = ("adaptive", "best_of_n", "mbr", "pass_at_k", "rejection", "self_consistency")
+adaptive = importlib.import_module("meta.adaptive")
+mbr = importlib.import_module("meta.mbr")
+
+# ---- scripted rollouts: rollout r of prompt p is SCRIPT[p][r], a text of space-separated token ids ----
+SCRIPT = {
+    "p0": ["1 7", "2 7", "3 8", "4 8", "5 9", "6 8", "7 9", "8 7"],
+    "p1": ["1 5", "2 6", "3 6", "4 5", "5 5", "6 5", "7 5", "8 5"],
+}
+
+
+class ScriptedDraw:
+    """Stands in for ``meta.draw.draw``: returns scripted rollouts and counts them like the real one."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, model, prompts, *, n, sampler, seed, max_new_tokens, budget, first_rollout=0,
+                 stop_tokens=None, rows=2048):
+        self.calls.append((list(prompts), first_rollout, n))
+        texts = [SCRIPT[p][first_rollout:first_rollout + n] for p in prompts]
+        tokens = np.zeros((len(prompts), n, 4), np.int32)
+        lengths = np.zeros((len(prompts), n), np.int64)
+        for g, row in enumerate(texts):
+            for r, t in enumerate(row):
+                ids = [int(x) for x in t.split()]
+                tokens[g, r, :len(ids)], lengths[g, r] = ids, len(ids)
+        budget.generated += int(lengths.sum())
+        return Drawn(texts, tokens, lengths)
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    fake = ScriptedDraw()
+    for name in MODULES:
+        monkeypatch.setattr(importlib.import_module(f"meta.{name}"), "draw", fake)
+    return fake
+
+
+last = lambda t: int(t.split()[-1])                       # the "answer" of a scripted rollout
+first = lambda p, t, ref: float(t.split()[0])             # a scorer: the first token id
+PROMPTS = ["p0", "p1"]
+
+
+def test_self_consistency_majority_and_tie(scripted):
+    r = meta.self_consistency(None, PROMPTS, n=4, answer=last)
+    # p0: 7,7,8,8 -> tie, 7 occurred first; p1: 5,6,6,5 -> tie, 5 first
+    assert r.answers == [7, 5] and r.chosen == [0, 0]
+    assert r.votes == [[[7, 2.0], [8, 2.0]], [[5, 2.0], [6, 2.0]]]
+    r = meta.self_consistency(None, PROMPTS, n=8, answer=last)
+    # p0: 7 x3, 8 x3, 9 x2 -> tie 7/8, 7 first; p1: 5 x6
+    assert r.answers == [7, 5] and r.chosen == [0, 0]
+    r = meta.self_consistency(None, PROMPTS, n=6, answer=last)
+    assert r.answers == [8, 5] and r.chosen == [2, 0]       # p0: 7 x2, 8 x3, 9 x1
+
+
+def test_best_of_n_and_tie(scripted):
+    r = meta.best_of_n(None, PROMPTS, n=4, scorer=meta.FunctionScorer(first), answer=last)
+    assert r.chosen == [3, 3] and r.answers == [8, 5] and r.scores[0] == [1.0, 2.0, 3.0, 4.0]
+    tie = meta.FunctionScorer(lambda p, t, ref: float(last(t) == 8))
+    r = meta.best_of_n(None, ["p0"], n=8, scorer=tie, answer=last)
+    assert r.chosen == [2]                                    # rollouts 2, 3, 5 score 1: the first wins
+
+
+def test_weighted_vote(scripted):
+    r = meta.weighted_vote(None, ["p0"], n=8, scorer=meta.FunctionScorer(first), answer=last)
+    # weights by answer: 7: 1+2+8=11, 8: 3+4+6=13, 9: 5+7=12
+    assert r.answers == [8] and r.chosen == [2] and r.votes == [[[7, 11.0], [8, 13.0], [9, 12.0]]]
+    r = meta.weighted_vote(None, ["p0"], n=4, scorer=meta.FunctionScorer(lambda p, t, ref: 1.0), answer=last)
+    assert r.answers == [7]                                  # 2 vs 2: the earlier answer
+
+
+def test_mbr_choices(scripted):
+    # p1, n=4: [1 5], [2 6], [3 6], [4 5]; exact match never holds -> all 0 -> rollout 0
+    r = meta.mbr(None, ["p1"], n=4, utility="exact", answer=last)
+    assert r.chosen == [0] and r.scores == [[0.0] * 4]
+    # token F1: rollout 1 [2 6] shares 6 with [3 6] -> 0.5/3; rollout 0 shares 5 with [4 5] -> same; tie -> 0
+    r = meta.mbr(None, ["p1"], n=4, utility="token_f1", answer=last)
+    np.testing.assert_allclose(r.scores[0], [0.5 / 3] * 4, rtol=1e-6)
+    assert r.chosen == [0]
+    # a user utility on device: closeness of the first tokens; middle ones win, 2 before 3
+    r = meta.mbr(None, ["p1"], n=4, utility=lambda a, la, b, lb: -jnp.abs(a[0] - b[0]).astype(jnp.float32))
+    np.testing.assert_allclose(r.scores[0], [-2.0, -4 / 3, -4 / 3, -2.0], rtol=1e-6)
+    assert r.chosen == [1]
+
+
+def test_utilities_by_hand():
+    t = lambda *x: jnp.asarray(list(x) + [0] * (6 - len(x)), jnp.int32)
+    assert float(mbr.rouge_l(t(1, 2, 3, 4), 4, t(1, 3, 4, 5), 4)) == pytest.approx(2 * 3 / 8)   # LCS 1 3 4
+    assert float(mbr.rouge_l(t(1, 2), 2, t(2, 1), 2)) == pytest.approx(2 * 1 / 4)
+    assert float(mbr.token_f1(t(1, 1, 2), 3, t(1, 2, 2), 3)) == pytest.approx(2 * 2 / 6)      # overlap {1, 2}
+    assert float(mbr.exact_match(t(1, 2), 2, t(1, 2, 3), 2)) == 1.0                           # up to lengths
+    assert float(mbr.exact_match(t(1, 2), 2, t(1, 2, 3), 3)) == 0.0
+    assert float(mbr.rouge_l(t(), 0, t(), 0)) == 1.0
+
+
+def test_rejection_rounds(scripted):
+    accept = meta.FunctionScorer(lambda p, t, ref: float(last(t) == 9))
+    r = meta.rejection_sample(None, PROMPTS, n=8, round_size=3, scorer=accept, answer=last)
+    # p0: first 9 is rollout 4 (second round); p1 never: all 8 drawn, None
+    assert r.chosen == [4, None] and r.answers == [9, None]
+    assert scripted.calls == [(["p0", "p1"], 0, 3), (["p0", "p1"], 3, 3), (["p1"], 6, 2)]
+    assert [i["rollouts"] for i in r.info] == [6, 8]
+
+
+def test_rejection_stops_within_budget(scripted):
+    never = meta.FunctionScorer(lambda p, t, ref: 0.0)
+    budget = meta.Budget(max_generated=5 * 10)          # 5 rollouts of up to 10 tokens
+    r = meta.rejection_sample(None, PROMPTS, n=8, round_size=2, scorer=never, answer=last, budget=budget,
+                              max_new_tokens=10)
+    # round 1: 2 x 2 rows fit (40 <= 50); round 2: 2 x 2 = 40 more does not (8 generated, 42 left -> 4 rows) ...
+    assert all(10 * k * len(p) <= 50 for p, _, k in scripted.calls)
+    assert budget.generated <= 50 and r.answers == [None, None]
+
+
+def test_adaptive_rules(scripted):
+    # unbeatable, n=8, rounds of 4: p1 after 4: 5 x2, 6 x2 -> go on; after 8: 5 x6 -> done (= SC@8)
+    r = meta.adaptive_self_consistency(None, PROMPTS, n=8, round_size=4, rule="unbeatable", answer=last)
+    sc = meta.self_consistency(None, PROMPTS, n=8, answer=last)
+    assert r.answers == sc.answers == [7, 5]
+    # p1, at most 7, rounds of 2: after 4 rollouts 5 x2, 6 x2; after 6: 5 x4, 6 x2 and 4 > 2 + 1 remaining
+    r = meta.adaptive_self_consistency(None, ["p1"], n=7, round_size=2, rule="unbeatable", answer=last)
+    assert r.info == [{"rounds": 3, "rollouts": 6}] and r.answers == [5]
+    # beta, confidence 0.9: p1 after 2 rounds of 4 -> counts 6:0 ... first round 5 x2, 6 x2 -> 0.5; second
+    # round 5 x6, 6 x2: P(Bin(9, 1/2) <= 6) = 0.910 -> stops
+    r = meta.adaptive_self_consistency(None, ["p1"], n=8, round_size=4, rule="beta", confidence=0.9, answer=last)
+    assert r.info[0]["rounds"] == 2
+    assert adaptive.beta_confidence(6, 2) == pytest.approx(sum(__import__("math").comb(9, i) for i in range(7)) / 512)
+
+
+def test_pass_at_k_meta(scripted):
+    correct = meta.FunctionScorer(lambda p, t, ref: float(last(t) == 8))
+    r = meta.coverage(None, PROMPTS, n=4, ks=[1, 2, 4], scorer=correct, answer=last)
+    # p0: 2 of 4 correct -> pass@1 .5, pass@2 1 - C(2,2)/C(4,2) = 5/6; p1: none
+    assert r.info[0] == pytest.approx({"pass@1": 0.5, "pass@2": 5 / 6, "pass@4": 1.0})
+    assert r.info[1] == {"pass@1": 0.0, "pass@2": 0.0, "pass@4": 0.0}
+    assert r.chosen == [2, None] and r.answers == [8, None]
+
+
+def test_process_aggregations():
+    steps = [1.0, 0.5, 0.8]
+    got = {h: meta.scoring.aggregate(steps, h) for h in meta.scoring.AGGREGATIONS}
+    assert got == pytest.approx({"last": 0.8, "min": 0.5, "prod": 0.4, "mean": 2.3 / 3})
+    assert meta.scoring.aggregate([], "min") == 0.0
+    scorer = meta.arith_process_verifier("mean")
+    s = scorer(["x"], [["1+2=3\n3+4=8\nA: 8"]])
+    assert s.tolist() == [[0.5]]
+
+
+def test_result_to_json(scripted):
+    import json
+    r = meta.self_consistency(None, PROMPTS, n=2, answer=last)
+    out = json.loads(json.dumps(r.to_json()))
+    assert out["method"] == "self_consistency" and out["prompts"][0]["rollouts"][1]["text"] == "2 7"
+    assert out["prompts"][1]["tokens"] == 4 and out["budget"]["generated"] == 8
+
+
+# ---- budgets on a fake model through the real engine ----
+EOS = 4
+TABLE = np.full((5, 5), -30.0, np.float32)
+TABLE[0, 1] = TABLE[1, 2] = TABLE[2, 1] = TABLE[3, EOS] = TABLE[4, 0] = 0.0    # 0->1->2->1->2..., 3->EOS
+
+
+def fake_forward(config, params, tokens, positions=None, cache=None, *, last_only=False):
+    logits = params["table"][tokens]
+    return (logits[:, -1] if last_only else logits), cache.advance(tokens.shape[1])
+
+
+@dataclasses.dataclass
+class Fake:
+    config = models.preset("tiny", vocab_size=5, layers=1, eos_ids=(EOS,), pad_id=0)
+    params = {"table": jnp.asarray(TABLE)}
+    tokenizer = None
+    forward = staticmethod(fake_forward)
+
+
+def test_budget_hand_counted():
+    # prompt [2, 3]: the next token is EOS (1 token); prompt [0]: 1 2 1 2 1 2, never EOS (6 tokens, the cap)
+    budget = meta.Budget()
+    r = meta.self_consistency(Fake(), [[2, 3], [0]], n=3, sampler=Sampler.greedy(), max_new_tokens=6,
+                              answer=lambda t: t, budget=budget)
+    assert r.texts == [["4"] * 3, ["1 2 1 2 1 2"] * 3]
+    assert budget.generated == 3 * 1 + 3 * 6                # 21 tokens
+    assert budget.prefilled == 2 + 1                        # each prompt once (shared prefix)
+    assert budget.policy_calls == 1 + 6                     # one prefill, six decode steps
+    assert budget.flops == 2 * 25 * (21 + 3)                # 25 parameters (the table)
+    assert budget.scorer_calls == 0 and budget.wall_s > 0
+
+
+def test_budget_limit_refuses_a_draw_that_may_exceed_it():
+    budget = meta.Budget(max_generated=30)
+    with pytest.raises(ValueError) as e:
+        meta.best_of_n(Fake(), [[2, 3], [0]], n=3, scorer=meta.FunctionScorer(first), max_new_tokens=6,
+                       budget=budget)
+    assert "do not fit in the budget" in str(e.value) and "30 tokens left" in str(e.value)
+    assert budget.generated == 0
+
+
+def test_adaptive_budget_limit_on_fake_model():
+    budget = meta.Budget(max_generated=40)
+    meta.adaptive_self_consistency(Fake(), [[0]], n=64, round_size=4, rule="unbeatable",
+                                   sampler=Sampler(temperature=1.0), max_new_tokens=6, answer=lambda t: None,
+                                   budget=budget)
+    assert budget.generated == 36                        # 4 + 2 rollouts of 6 tokens fit in 40; no more
+    with pytest.raises(ValueError) as e:
+        meta.Budget(max_generated=0)
+    assert "positive" in str(e.value)
+
+
+def test_errors(scripted):
+    with pytest.raises(ValueError) as e:
+        meta.best_of_n(None, PROMPTS, n=2, scorer=None)
+    assert "needs a scorer" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        meta.self_consistency(None, PROMPTS, n=0)
+    assert "n must be a positive integer" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        meta.mbr(None, PROMPTS, n=2, utility="bleu")
+    assert "unknown utility 'bleu'" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        meta.adaptive_self_consistency(None, PROMPTS, n=4, rule="vibes")
+    assert "unknown stopping rule 'vibes'" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        meta.weighted_vote(None, PROMPTS, n=2, scorer=meta.FunctionScorer(lambda p, t, r: -1.0), answer=last)
+    assert "non-negative weights" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        meta.self_consistency(None, PROMPTS, n=2, references=[1])
+    assert "2 prompts but 1 references" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        meta.Verifier()(["q"], [["A: 1"]])
+    assert "needs references" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        meta.arith_process_verifier("median")
+    assert "unknown aggregation 'median'" in str(e.value)

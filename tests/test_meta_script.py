@@ -1,0 +1,98 @@
+"""scripts/meta.py: resumable after SIGKILL, refuses bad datasets and changed settings."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from meta.tasks import arith
+from scripts import meta as meta_script
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBLEMS = arith.held_out("test", "hard", 8)
+
+
+def dataset(path: Path) -> Path:
+    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p.prompt, "answer": p.answer}) + "\n"
+                            for i, p in enumerate(PROBLEMS)))
+    return path
+
+
+def argv(data, out, seed=0):
+    return ["self_consistency", "--data", str(data), "--out", str(out), "--n", "4", "--batch", "2",
+            "--max-new-tokens", "56", "--seed", str(seed)]
+
+
+def lines(out: Path) -> list[dict]:
+    return [json.loads(l) for l in out.read_text().splitlines()]
+
+
+def subprocess_env():
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+
+
+def test_resume_after_sigkill(tmp_path):
+    data = dataset(tmp_path / "data.jsonl")
+    ref_out, out = tmp_path / "ref.jsonl", tmp_path / "out.jsonl"
+    assert meta_script.main(argv(data, ref_out)) == 0                 # uninterrupted, same seed
+    ref = {r["id"]: r for r in lines(ref_out)[1:]}
+    assert sorted(ref) == [f"q{i}" for i in range(8)]
+
+    cmd = [sys.executable, "-m", "scripts.meta", *argv(data, out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists() and out.read_text().count("\n") >= 1 + 3:      # header + 3 prompts
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    partial = lines(out)
+    assert 1 + 3 <= len(partial) < 1 + 8
+    with open(out, "a") as f:                                         # as if killed mid-write
+        f.write('{"id": "q7", "answ')
+
+    done = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    final = lines(out)
+    assert final[0] == lines(ref_out)[0]                               # the same header
+    ids = [r["id"] for r in final[1:]]
+    assert sorted(ids) == sorted(ref) and len(ids) == len(set(ids)) == 8
+    for r in final[1:]:
+        assert r["answer"] == ref[r["id"]]["answer"]
+        assert [x["text"] for x in r["rollouts"]] == [x["text"] for x in ref[r["id"]]["rollouts"]]
+    assert "accuracy" in done.stdout
+
+    # the same output with other settings is refused, and left as it was
+    before = out.read_text()
+    assert meta_script.main(argv(data, out, seed=1)) == 2
+    assert out.read_text() == before
+
+
+def test_refuses_changed_settings_message(tmp_path, capsys):
+    data = dataset(tmp_path / "data.jsonl")
+    out = tmp_path / "out.jsonl"
+    out.write_text(json.dumps({"header": {"seed": 5}}) + "\n")
+    assert meta_script.main(argv(data, out)) == 2
+    err = capsys.readouterr().err
+    assert "different settings" in err and "seed" in err
+
+
+@pytest.mark.parametrize("bad, message", [
+    ('{"prompt": "Q: 1+1=?\\n"}\n{"prompt": \n', "data.jsonl:2: not valid JSON"),
+    ('{"prompt": "a"}\n\n[1, 2]\n', "data.jsonl:3: expected a JSON object"),
+    ('{"prompt": 3}\n', "data.jsonl:1: \"prompt\" must be a non-empty string"),
+    ('{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n', "data.jsonl:2: duplicate id 1"),
+])
+def test_refuses_malformed_dataset(tmp_path, capsys, bad, message):
+    data = tmp_path / "data.jsonl"
+    data.write_text(bad)
+    out = tmp_path / "out.jsonl"
+    assert meta_script.main(argv(data, out)) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
