@@ -2,7 +2,7 @@
 
 Each function takes a list of fp32 logits ``[..., V]`` (one per model, in the order named in its
 docstring) and a dict of parameters (numbers, or arrays with one value per row [...], traced so
-new values need no recompilation) and returns logits ``[..., V]`` for a sampler; removed tokens are ``-inf``. Models'
+new values need no recompilation) and returns logits ``[..., V]`` for a sampler. Models'
 logits are first normalised to log-probabilities, so each model's arbitrary per-row offset
 cancels. They know nothing of models; ``engine.mix_generate`` runs the models inside one loop.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-NEG_INF = -jnp.inf
+IMPLAUSIBLE = 1e4   # contrastive decoding's penalty below the plausibility cut (see `contrastive`)
 
 
 def _param(params, name):
@@ -20,8 +20,12 @@ def _param(params, name):
 
 def contrastive(logits_list, params):
     """Contrastive decoding (Li et al. 2023): ``[expert, amateur]`` ->
-    ``log p_expert - log p_amateur`` on the tokens with ``p_expert >= alpha * max p_expert``, else -inf.
+    ``log p_expert - log p_amateur`` on the tokens with ``p_expert >= alpha * max p_expert``.
 
+    The other tokens get that score minus :data:`IMPLAUSIBLE` (1e4): probability exactly 0 in
+    fp32 and never a greedy pick while a plausible token is available — the same as -inf —
+    but when a later mask (a constraint, an allow-list) removes every plausible token, the
+    draw falls back on the allowed tokens' contrastive scores instead of an all -inf row.
     ``params``: ``alpha`` (the plausibility cut, 0.1 in the paper) and optionally
     ``amateur_temperature`` (the amateur's logits are divided by it first; 1 by default).
     """
@@ -30,7 +34,8 @@ def contrastive(logits_list, params):
     tau = _param(params, "amateur_temperature") if "amateur_temperature" in params else 1.0
     lp_a = jax.nn.log_softmax(amateur / tau, axis=-1)
     plausible = lp_e >= jnp.max(lp_e, axis=-1, keepdims=True) + jnp.log(_param(params, "alpha"))
-    return jnp.where(plausible, lp_e - lp_a, NEG_INF)
+    score = lp_e - lp_a
+    return jnp.where(plausible, score, score - IMPLAUSIBLE)
 
 
 def proxy_tuning(logits_list, params):

@@ -9,7 +9,7 @@ import pytest
 import engine
 from sampling.sampler import draw
 import models
-from sampling import Sampler, mixtures, rollout_keys
+from sampling import Sampler, compile_regex, mixtures, rollout_keys
 
 EOS = 4
 # next-token probabilities by last token (token 4 is EOS), one table per fake model
@@ -84,11 +84,23 @@ def test_contrastive_cut_holds_for_sampled_rows():
         assert all(b in allowed[a] for a, b in zip(seq, seq[1:])), seq
 
 
+def test_mixture_with_a_constraint():
+    # tokens read "a" "b" "c" "d", EOS; "[bd]{2}" with contrastive alpha 0.5: row 0 -> "b" (plausible: 1, 2);
+    # row 1 has only EOS plausible, which the constraint forbids: the best allowed score wins, "d" (log 3 > log 1)
+    c = compile_regex("[bd]{2}", ["a", "b", "c", "d", None], eos_id=EOS)
+    assert run([EXPERT, AMATEUR], "contrastive", {"alpha": 0.5}, sampler=Sampler(temperature=0, constraint=c)) \
+        == [1, 3, 4]
+    for seed in range(4):
+        seq = run([EXPERT, AMATEUR], "contrastive", {"alpha": 0.5}, sampler=Sampler(constraint=c), seed=seed)
+        assert len(seq) == 3 and set(seq[:2]) <= {1, 3} and seq[2] == EOS
+
+
 def test_combine_functions_by_hand():
     e, a = jnp.log(jnp.asarray(EXPERT[:1])), jnp.log(jnp.asarray(AMATEUR[:1]))
     got = mixtures.contrastive([e + 3.0, a - 1.0], {"alpha": 0.5})   # offsets cancel (log-softmax first)
     np.testing.assert_allclose(got[0, 1:3], np.log([0.40 / 0.60, 0.35 / 0.10]), rtol=1e-6)
-    assert np.all(np.isneginf(np.asarray(got[0, [0, 3, 4]])))
+    np.testing.assert_allclose(got[0, [0, 3, 4]], np.log([0.5, 1.5, 0.5]) - mixtures.IMPLAUSIBLE, rtol=1e-6)
+    assert np.all(np.asarray(jax.nn.softmax(got)[0, [0, 3, 4]]) == 0)      # probability exactly 0
     got = mixtures.cfg([e, a], {"scale": 2.0})
     np.testing.assert_allclose(got, np.log(AMATEUR[:1]) + 2 * (np.log(EXPERT[:1]) - np.log(AMATEUR[:1])), rtol=1e-6)
     got = mixtures.proxy_tuning([a, e, a], {"alpha": jnp.asarray([0.5])})
