@@ -1,0 +1,61 @@
+"""Meta-generators on the shipped tiny-arith model (a small fixed subset; full figures: docs/meta.md)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import engine
+import meta
+import models
+from meta.tasks import arith
+from sampling import Sampler
+
+PROBLEMS = arith.held_out("test", "hard", 16)
+PROMPTS = [p.prompt for p in PROBLEMS]
+KW = dict(sampler=Sampler(temperature=1.0), seed=0, max_new_tokens=56, references=PROBLEMS)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return models.load("tiny-arith")
+
+
+def test_rounds_equal_one_draw(model):
+    one = engine.generate(model, PROMPTS[:2], max_new_tokens=56, n=6, sampler=Sampler(temperature=1.0), seed=3)
+    two = engine.generate(model, PROMPTS[:2], max_new_tokens=56, n=2, sampler=Sampler(temperature=1.0), seed=3,
+                          first_rollout=4)
+    assert [t[4:] for t in one.text] == two.text
+
+
+def test_adaptive_unbeatable_equals_self_consistency_and_verifier_beats_vote(model):
+    sc = meta.self_consistency(model, PROMPTS, n=8, **KW)
+    ada = meta.adaptive_self_consistency(model, PROMPTS, n=8, round_size=2, rule="unbeatable", **KW)
+    assert ada.answers == sc.answers                              # the vote cannot change once unbeatable
+    for a, s in zip(ada.texts, sc.texts):                          # its rollouts are a prefix of SC's
+        assert a == s[:len(a)]
+    assert ada.budget.generated <= sc.budget.generated
+    assert ada.budget.generated == sum(map(sum, ada.lengths))
+    bon = meta.best_of_n(model, PROMPTS, n=8, scorer=meta.Verifier(), **KW)
+    assert bon.texts == sc.texts                                   # same seed: the same rollouts
+    right = lambda r: np.array([a == p.answer for a, p in zip(r.answers, PROBLEMS)])
+    assert np.all(right(bon) >= right(sc))                        # an oracle pick is right wherever any is
+    assert np.all(right(bon) == [any(a == p.answer for a in row) for row, p in zip(sc.extracted, PROBLEMS)])
+
+
+def test_lm_judge_matches_unbatched_forward(model):
+    judge = meta.LMJudge(model, "{prompt}{text}\nA: ", verdict="1")
+    texts = [["12+3=15\nA: 15", "1"], ["7-2=5\nA: 5", "99+1=100"]]
+    budget = meta.Budget()
+    got = judge(PROMPTS[:2], texts, budget=budget)
+    want = []
+    for p, row in zip(PROMPTS[:2], texts):
+        for t in row:
+            ids = model.tokenizer.encode(f"{p}{t}\nA: ")
+            logits, _ = models.forward(model.config, model.params, jnp.asarray([ids]))
+            want.append(float(jax.nn.log_softmax(logits[0, -1])[model.tokenizer.encode("1", bos=False)[0]]))
+    np.testing.assert_allclose(np.asarray(got).reshape(-1), want, rtol=1e-5, atol=1e-5)
+    assert budget.scorer_calls == 1 and budget.scorer_tokens == sum(
+        len(model.tokenizer.encode(f"{p}{t}\nA: ")) for p, row in zip(PROMPTS[:2], texts) for t in row)
+    with pytest.raises(ValueError) as e:
+        meta.LMJudge(model, "{prompt}{text}", verdict="12")
+    assert "must be one token" in str(e.value)
