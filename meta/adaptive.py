@@ -35,6 +35,21 @@ def decided(answers, n_max: int, rule: str, confidence: float) -> bool:
     return lead > 0 and beta_confidence(lead, second) >= confidence
 
 
+def replay(answers, n: int, round_size: int = 4, rule: str = "beta", confidence: float = 0.95) -> int:
+    """How many rollouts :func:`adaptive_self_consistency` uses on a prompt whose rollouts' answers
+    (in rollout order, at least ``n`` of them) are ``answers``, replayed on rollouts already drawn with the same seed.
+
+    Its rollouts are a prefix of a larger draw, so replaying the rounds on that draw's answers
+    gives exactly its stopping point (without a budget limit).
+    """
+    drawn = 0
+    while drawn < n:
+        drawn = min(drawn + round_size, n)
+        if decided(list(answers[:drawn]), n, rule, confidence):
+            break
+    return drawn
+
+
 def adaptive_self_consistency(model, prompts, *, n: int, round_size: int = 4, rule: str = "beta",
                               confidence: float = 0.95, sampler=None, seed: int = 0, max_new_tokens: int = 64,
                               references=None, answer=None, budget=None, stop_tokens=None, scorer=None) -> Result:

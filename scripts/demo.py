@@ -5,7 +5,10 @@
 Loads ``models.load("tiny-arith")`` (trained by ``scripts.train_tiny``, shipped in the repo)
 and runs it on held-out problems of the hard arithmetic split: greedy accuracy, sampled
 accuracy and pass@k coverage for k = 1..64 (unbiased estimator), each with the tokens it
-generates per problem. Prints a table and writes a PNG of accuracy against tokens spent.
+generates per problem, then the meta-generators of ``meta`` at N = 4, 16, 64: self-consistency,
+weighted vote (by the process verifier: no reward model is trained yet), best-of-N by the outcome
+verifier and adaptive self-consistency. Prints a table and writes a PNG of accuracy against
+tokens spent.
 
 Every row of the table comes from a *strategy* in :data:`STRATEGIES`, a ``(name, fn)`` pair
 where ``fn(ctx: Context) -> list[Point]``; a meta-generator joins the table and the plot by
@@ -16,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,7 +27,11 @@ import numpy as np
 from tqdm import tqdm
 
 import models
+import meta
 from meta import verifiers
+from meta.adaptive import replay
+from meta.pass_at_k import pass_at_k  # noqa: F401  (the estimator; kept here for callers of demo.pass_at_k)
+from meta.vote import winner
 from meta.tasks import arith
 from sampling import Sampler
 from scripts.eval_arith import solve
@@ -73,16 +79,6 @@ class Context:
         return texts, lengths, correct.reshape(len(self.problems), self.samples)
 
 
-def pass_at_k(n: int, c, k: int) -> np.ndarray:
-    """Unbiased pass@k from ``n`` samples with ``c`` correct (per problem): 1 - C(n-c, k) / C(n, k)."""
-    if not 1 <= k <= n:
-        raise ValueError(f"pass@k needs 1 <= k <= n, got k={k}, n={n}")
-    c = np.asarray(c)
-    if np.any((c < 0) | (c > n)):
-        raise ValueError(f"correct counts must be in [0, {n}]")
-    return np.array([1.0 - math.comb(n - int(ci), k) / math.comb(n, k) for ci in c.reshape(-1)]).reshape(c.shape)
-
-
 def greedy(ctx: Context) -> list[Point]:
     """One greedy solution per problem."""
     _, tokens, correct = ctx.greedy
@@ -103,11 +99,65 @@ def coverage(ctx: Context) -> list[Point]:
             for k in range(1, n + 1)]
 
 
+META_NS = (4, 16, 64)
+
+
+def _meta_points(ctx: Context, pick) -> list[Point]:
+    """Points at N = 4, 16, 64 (those <= samples): ``pick(answers[:N], texts[:N], g) -> (answer, rollouts used)``.
+
+    The meta-generators draw rollouts 0..N-1 of the same seed, i.e. a prefix of the shared
+    samples, so they are replayed on them instead of sampling again.
+    """
+    texts, tokens, _ = ctx.sampled
+    answers = [[meta.arith_answer(t) for t in row] for row in texts]
+    out = []
+    for n in [k for k in META_NS if k <= ctx.samples]:
+        right, spent = [], []
+        for g, p in enumerate(ctx.problems):
+            answer, used = pick(answers[g][:n], texts[g][:n], g)
+            right.append(answer == p.answer)
+            spent.append(tokens[g, :used].sum())
+        out.append(Point(f"@{n}", float(np.mean(right)), float(np.mean(spent))))
+    return out
+
+
+def self_consistency(ctx: Context) -> list[Point]:
+    """Majority vote over the answers of N samples (``meta.self_consistency``)."""
+    return _meta_points(ctx, lambda a, t, g: (winner(a)[0], len(a)))
+
+
+def weighted_vote(ctx: Context) -> list[Point]:
+    """Votes weighted by the process verifier (min over steps, reference-free; ``meta.weighted_vote``)."""
+    scorer = meta.arith_process_verifier("min")
+    return _meta_points(ctx, lambda a, t, g: (winner(a, scorer([""], [t])[0])[0], len(a)))
+
+
+def best_of_n_verifier(ctx: Context) -> list[Point]:
+    """The best of N samples by the outcome verifier (``meta.best_of_n``; an oracle: it knows the answer)."""
+    def pick(a, t, g):
+        s = meta.Verifier()([""], [t], [ctx.problems[g]])[0]
+        return a[int(np.argmax(s))], len(a)
+    return _meta_points(ctx, pick)
+
+
+def adaptive(ctx: Context) -> list[Point]:
+    """Adaptive self-consistency with at most N samples, rounds of 4, Beta rule at 0.8 (chosen on the val
+    split, docs/meta.md); pays only for the samples it draws."""
+    def pick(a, t, g):
+        used = replay(a, len(a), round_size=4, rule="beta", confidence=0.8)
+        return winner(a[:used])[0], used
+    return _meta_points(ctx, pick)
+
+
 Strategy = Callable[[Context], list[Point]]
 STRATEGIES: list[tuple[str, Strategy]] = [
     ("greedy", greedy),
     ("sampled", sampled),
     ("pass@k (oracle)", coverage),
+    ("self-consistency", self_consistency),
+    ("weighted (proc.)", weighted_vote),
+    ("BoN verifier", best_of_n_verifier),
+    ("adaptive SC", adaptive),
 ]
 
 

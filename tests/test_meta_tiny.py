@@ -35,6 +35,8 @@ def test_adaptive_unbeatable_equals_self_consistency_and_verifier_beats_vote(mod
         assert a == s[:len(a)]
     assert ada.budget.generated <= sc.budget.generated
     assert ada.budget.generated == sum(map(sum, ada.lengths))
+    from meta.adaptive import replay                               # what the demo uses on shared samples
+    assert [replay(a, 8, 2, "unbeatable") for a in sc.extracted] == [len(t) for t in ada.texts]
     bon = meta.best_of_n(model, PROMPTS, n=8, scorer=meta.Verifier(), **KW)
     assert bon.texts == sc.texts                                   # same seed: the same rollouts
     right = lambda r: np.array([a == p.answer for a, p in zip(r.answers, PROBLEMS)])
