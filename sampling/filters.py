@@ -36,6 +36,8 @@ def _kth_largest(logits, k):
 
 def _top_mask(logits, min_keep):
     """Tokens whose logit is at least the ``min_keep``-th largest (ties kept, as transformers)."""
+    if isinstance(min_keep, int) and min_keep == 1:        # static: no sort needed
+        return logits >= jnp.max(logits, axis=-1, keepdims=True)
     return logits >= _kth_largest(logits, _col(min_keep, logits, jnp.int32))
 
 
@@ -74,6 +76,8 @@ def min_p(logits, p, min_keep=1):
     """Drop tokens less likely than ``p`` times the most likely one. ``p == 0`` is off."""
     probs = jax.nn.softmax(logits, axis=-1)
     drop = probs < _col(p, logits) * jnp.max(probs, axis=-1, keepdims=True)
+    if isinstance(min_keep, int) and min_keep == 1:        # the most likely token is never dropped
+        return jnp.where(drop, NEG_INF, logits)
     order = jnp.argsort(-probs, axis=-1, stable=True)
     first = _unsort(jnp.broadcast_to(jnp.arange(logits.shape[-1]) < _col(min_keep, logits, jnp.int32),
                                      logits.shape), order)

@@ -199,7 +199,8 @@ class Sampler:
         if "top_k" not in rest:
             return self._truncate(logits, rest, mu)
         cap = min(self.caps[0], logits.shape[-1] - 1)
-        vals, ids = jax.lax.top_k(logits, cap + 1)
+        # the barrier keeps XLA from rewriting "top_k, then index its values" into a full sort
+        vals, ids = jax.lax.optimization_barrier(jax.lax.top_k(logits, cap + 1))
         on = jnp.broadcast_to(v["top_k"], logits.shape[:-1]) > 0
         k = jnp.broadcast_to(jnp.maximum(v["top_k"], v.get("min_keep", 1)), logits.shape[:-1])
         kth = jnp.take_along_axis(vals, jnp.clip(k - 1, 0, cap - 1)[..., None], axis=-1)
