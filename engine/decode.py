@@ -222,7 +222,7 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
 def _gather(state: DecodeState, rows) -> DecodeState:
     """Every rollout-axis field of ``state`` gathered at ``rows``: one gather, prefix block untouched."""
     take = lambda x, axes: jnp.take(x, rows, axis=axes.index("rollouts")) if "rollouts" in axes else x
-    return jax.tree.map(take, state, DecodeState.axes(), is_leaf=lambda x: isinstance(x, tuple) and x == ())
+    return jax.tree.map(take, state, DecodeState.axes())
 
 
 def select(state: DecodeState, indices) -> DecodeState:
