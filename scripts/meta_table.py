@@ -3,7 +3,7 @@
     python -m scripts.meta_table --problems 200
 
 Greedy, self-consistency@16/@64, best-of-16 with the outcome verifier, weighted vote by the
-process verifier (reference-free, min aggregation), MBR (ROUGE-L), rejection sampling and
+process verifier (given the question as reference, never the answer; min aggregation), MBR (ROUGE-L), rejection sampling and
 adaptive self-consistency (at most 64 rollouts; Beta rule at 0.8 with rounds of 4 — the
 cheapest setting within 1 point of self-consistency@64 on the *val* split — at 0.95, and the
 unbeatable rule) on the first
