@@ -201,9 +201,8 @@ def main(argv=None) -> int:
             for g, it in enumerate(chunk):
                 if it["id"] in done:
                     continue
-                line = {"id": it["id"], "answer": result.answers[g], "reference": it["answer"],
-                        "correct": correct(result.answers[g], it["answer"]), **result.prompt_json(g)}
-                line["answer"] = result.answers[g]
+                line = {"id": it["id"], "reference": it["answer"], "correct": correct(result.answers[g], it["answer"]),
+                        **result.prompt_json(g)}
                 _write(args.out, json.loads(json.dumps(line, default=str)))
                 done.add(it["id"])
                 bar.update(1)

@@ -135,8 +135,8 @@ def test_adaptive_rules(scripted):
     # p1, at most 7, rounds of 2: after 4 rollouts 5 x2, 6 x2; after 6: 5 x4, 6 x2 and 4 > 2 + 1 remaining
     r = meta.adaptive_self_consistency(None, ["p1"], n=7, round_size=2, rule="unbeatable", answer=last)
     assert r.info == [{"rounds": 3, "rollouts": 6}] and r.answers == [5]
-    # beta, confidence 0.9: p1 after 2 rounds of 4 -> counts 6:0 ... first round 5 x2, 6 x2 -> 0.5; second
-    # round 5 x6, 6 x2: P(Bin(9, 1/2) <= 6) = 0.910 -> stops
+    # beta, confidence 0.9, p1 in rounds of 4: after round 1, 5 x2 and 6 x2: P(Bin(5, 1/2) <= 2) = 0.5;
+    # after round 2, 5 x6 and 6 x2: P(Bin(9, 1/2) <= 6) = 466/512 = 0.910 -> stops
     r = meta.adaptive_self_consistency(None, ["p1"], n=8, round_size=4, rule="beta", confidence=0.9, answer=last)
     assert r.info[0]["rounds"] == 2
     assert adaptive.beta_confidence(6, 2) == pytest.approx(sum(__import__("math").comb(9, i) for i in range(7)) / 512)
