@@ -1,6 +1,8 @@
 """Benchmarks, printed as JSON lines (one per measurement).
 
     python -m scripts.bench decode --config 4m 25m --batch 1 64 [--hf]
+    python -m scripts.bench shared-prefix --n 16 64      # one 1,024-token prompt, shared vs naive cache
+    python -m scripts.bench filters                     # filter chains vs greedy, batch 64, vocab 32,000
 
 ``decode``: greedy generation of random-weight models with EOS disabled: tokens/s, ms per
 step, and achieved bytes/s (weights + the KV cache read per step, over the step time). With
@@ -37,9 +39,80 @@ CONFIGS = {
 }
 
 
-def make_config(name: str, dtype: str | None) -> models.Config:
-    base = models.preset("tiny", **CONFIGS[name]) if name in CONFIGS else models.preset(name)
-    return dataclasses.replace(base, eos_ids=(), dtype=dtype or base.dtype)
+def make_config(name: str, dtype: str | None, **overrides) -> models.Config:
+    base = models.preset("tiny", **CONFIGS[name], max_len=4096) if name in CONFIGS else models.preset(name)
+    return dataclasses.replace(base, eos_ids=(), dtype=dtype or base.dtype, **overrides)
+
+
+def interleaved(runs: dict, repeats: int) -> dict:
+    """Best wall time of each zero-argument callable in ``runs``, repeats interleaved across them
+    (so load from other processes on a shared machine hits all alike); one warm-up call each."""
+    for fn in runs.values():
+        fn()
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for key, fn in runs.items():
+            t = time.perf_counter()
+            fn()
+            best[key] = min(best[key], time.perf_counter() - t)
+    return best
+
+
+def bench_shared_prefix(args):
+    """Best-of-N on one long prompt: the shared-prefix cache against the naive replicated one."""
+    config = make_config(args.config, args.dtype)
+    model = models.Model(config, models.init_params(config, jax.random.key(0)))
+    prompt = [[1 + (7 * j) % (config.vocab_size - 1) for j in range(args.prompt_len)]]
+    sampler = engine_sampler()
+    for n in args.n:
+        def run(share):
+            return lambda: engine.generate(model, prompt, max_new_tokens=args.new_tokens, n=n, sampler=sampler,
+                                           share_prefix=share)
+        out = {share: run(share)() for share in (True, False)}
+        best = interleaved({share: run(share) for share in (True, False)}, args.repeats)
+        tokens = n * args.new_tokens
+        print(json.dumps({"bench": "shared-prefix", "config": args.config,
+                          "params_m": round(config.num_params / 1e6, 2), "dtype": config.dtype,
+                          "prompt_len": args.prompt_len, "n": n, "new_tokens": args.new_tokens,
+                          "shared_tokens_per_s": round(tokens / best[True], 1),
+                          "naive_tokens_per_s": round(tokens / best[False], 1),
+                          "speedup": round(best[False] / best[True], 2),
+                          "shared_cache_mb": round(out[True].cache_bytes / 2**20, 1),
+                          "naive_cache_mb": round(out[False].cache_bytes / 2**20, 1),
+                          "same_tokens": bool(np.array_equal(out[True].tokens, out[False].tokens)),
+                          "device": jax.devices()[0].device_kind}), flush=True)
+
+
+def engine_sampler(**settings):
+    from sampling import Sampler
+    return Sampler(**settings)
+
+
+CHAINS = {
+    "greedy": dict(temperature=0.0),
+    "temperature": dict(temperature=0.8),
+    "top_k": dict(top_k=50),
+    "top_p": dict(top_p=0.9),
+    "min_p": dict(min_p=0.05),
+    "repetition_penalty": dict(temperature=0.8, repetition_penalty=1.1),
+    "full": dict(temperature=0.8, top_k=50, top_p=0.9, min_p=0.05, repetition_penalty=1.1),
+}
+
+
+def bench_filters(args):
+    """The cost of each filter chain per decode step, relative to greedy, in the same run."""
+    config = make_config(args.config, args.dtype, vocab_size=args.vocab)
+    model = models.Model(config, models.init_params(config, jax.random.key(0)))
+    prompts = [[1 + (i + 3 * j) % 100 for j in range(args.prompt_len)] for i in range(args.batch)]
+    runs = {name: (lambda s=engine_sampler(**chain): engine.generate(model, prompts, max_new_tokens=args.new_tokens,
+                                                                     sampler=s))
+            for name, chain in CHAINS.items()}
+    best = interleaved(runs, args.repeats)
+    for name, seconds in best.items():
+        print(json.dumps({"bench": "filters", "chain": name, "config": args.config, "vocab": args.vocab,
+                          "batch": args.batch, "ms_per_step": round(1e3 * seconds / args.new_tokens, 3),
+                          "vs_greedy": round(seconds / best["greedy"], 3),
+                          "device": jax.devices()[0].device_kind}), flush=True)
 
 
 def timed(fn, repeats: int) -> float:
@@ -169,6 +242,23 @@ def main(argv=None):
     bon.add_argument("--repeats", type=int, default=5)
     bon.add_argument("--dtype", default=None)
     bon.set_defaults(fn=bench_best_of_n)
+    shp = sub.add_parser("shared-prefix", help="best-of-N on one long prompt: shared vs naive KV layout")
+    shp.add_argument("--config", default="4m", help="4m, 25m or a preset name")
+    shp.add_argument("--prompt-len", type=int, default=1024)
+    shp.add_argument("--n", nargs="+", type=int, default=[16, 64])
+    shp.add_argument("--new-tokens", type=int, default=256)
+    shp.add_argument("--repeats", type=int, default=3)
+    shp.add_argument("--dtype", default=None)
+    shp.set_defaults(fn=bench_shared_prefix)
+    fil = sub.add_parser("filters", help="per-step cost of filter chains relative to greedy")
+    fil.add_argument("--config", default="4m")
+    fil.add_argument("--vocab", type=int, default=32000)
+    fil.add_argument("--batch", type=int, default=64)
+    fil.add_argument("--prompt-len", type=int, default=16)
+    fil.add_argument("--new-tokens", type=int, default=64)
+    fil.add_argument("--repeats", type=int, default=3)
+    fil.add_argument("--dtype", default=None)
+    fil.set_defaults(fn=bench_filters)
     args = parser.parse_args(argv)
     args.fn(args)
 
