@@ -13,11 +13,12 @@ from sampling import Sampler
 
 @dataclasses.dataclass
 class Rollouts:
-    """Continuations of G prompts, N rollouts each (generated and appended tokens, left-aligned)."""
-    tokens: jax.Array            # int32 [G, N, T] (padded with the model's pad id after `lengths`)
-    lengths: jax.Array           # int32 [G, N]
-    logprobs: jax.Array          # f32 [G, N, T] model log-probs, before filters (0 for appended tokens)
-    sample_logprobs: jax.Array   # f32 [G, N, T] proposal log-probs, after filters
+    """Continuations of G prompts, N rollouts each (generated and appended tokens, left-aligned),
+    as host (numpy) arrays."""
+    tokens: np.ndarray           # int32 [G, N, T] (padded with the model's pad id after `lengths`)
+    lengths: np.ndarray          # int32 [G, N]
+    logprobs: np.ndarray         # f32 [G, N, T] model log-probs, before filters (0 for appended tokens)
+    sample_logprobs: np.ndarray  # f32 [G, N, T] proposal log-probs, after filters
     text: list[list[str]] | None = None
     cache_bytes: int = 0         # bytes of the KV cache the rollouts were decoded with
     cache_slots: int = 0         # its token slots: G*P (prefix, once per prompt) + G*N*S (rollouts)
