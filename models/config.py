@@ -114,9 +114,15 @@ PRESETS: dict[str, Config] = {
 
 
 def preset(name: str, **overrides) -> Config:
-    """A named preset, optionally with fields replaced: ``preset("tiny", layers=4)``."""
+    """A named preset, optionally with fields replaced: ``preset("tiny", layers=4)``.
+
+    Changing ``hidden`` or ``heads`` re-derives ``head_dim`` (``hidden // heads``) unless it is
+    given too. (With ``dataclasses.replace`` directly, pass ``head_dim=0`` to re-derive it.)
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    if ("hidden" in overrides or "heads" in overrides) and "head_dim" not in overrides:
+        overrides["head_dim"] = 0
     return dataclasses.replace(PRESETS[name], **overrides)
 
 

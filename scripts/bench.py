@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -145,13 +147,13 @@ def bench_decode(args):
     for name in args.config:
         config = make_config(name, args.dtype)
         with tempfile.TemporaryDirectory() as tmp:
-            ref = hf_model(config, tmp) if args.hf else None
+            hf = hf_in_child(name, tmp, args) if args.hf else {}
             model = (models.load(tmp, dtype=config.dtype) if args.hf else
                      models.Model(config, models.init_params(config, jax.random.key(0))))
         model.config = dataclasses.replace(model.config, eos_ids=())
         config = model.config
         for batch in args.batch:
-            prompts = [[1 + (i + j) % 100 for j in range(args.prompt_len)] for i in range(batch)]
+            prompts = decode_prompts(batch, args.prompt_len)
             run = lambda: np.asarray(engine.generate(model, prompts, max_new_tokens=args.new_tokens).tokens)
             seconds = timed(run, args.repeats)
             tokens = batch * args.new_tokens
@@ -164,10 +166,37 @@ def bench_decode(args):
                    "ms_per_step": round(1e3 * seconds / args.new_tokens, 3),
                    "gb_per_s": round(step_bytes * args.new_tokens / seconds / 1e9, 2),
                    "device": jax.devices()[0].device_kind}
-            if ref is not None:
-                row |= hf_generate(ref, prompts, args)
+            if batch in hf:
+                row |= hf[batch]
                 row["speedup_vs_hf"] = round(row["tokens_per_s"] / row["hf_tokens_per_s"], 2)
             print(json.dumps(row), flush=True)
+
+
+def decode_prompts(batch: int, length: int) -> list[list[int]]:
+    return [[1 + (i + j) % 100 for j in range(length)] for i in range(batch)]
+
+
+def hf_in_child(name: str, path: str, args) -> dict:
+    """Write the random checkpoint and time ``transformers`` on it in a child process.
+
+    torch's and XLA's thread pools in one process fight over the cores (rollax measured ~3x
+    slower at batch 64 with torch active in the same process), so the two never share one;
+    they run one after the other within the same benchmark run.
+    """
+    cmd = [sys.executable, "-m", "scripts.bench", "hf-decode", "--config", name, "--dir", path,
+           "--batch", *map(str, args.batch), "--prompt-len", str(args.prompt_len),
+           "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return {row["batch"]: {k: row[k] for k in ("hf_tokens_per_s", "torch_threads")}
+            for row in map(json.loads, out.splitlines())}
+
+
+def bench_hf_decode(args):
+    """(child of ``decode --hf``) write a random HF checkpoint to --dir and time generate() on it."""
+    ref = hf_model(make_config(args.config[0], None), args.dir)
+    for batch in args.batch:
+        print(json.dumps({"batch": batch, **hf_generate(ref, decode_prompts(batch, args.prompt_len), args)}),
+              flush=True)
 
 
 def bench_best_of_n(args):
@@ -231,6 +260,14 @@ def main(argv=None):
     dec.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: the config's)")
     dec.add_argument("--hf", action="store_true", help="also run transformers generate() on the same weights")
     dec.set_defaults(fn=bench_decode)
+    hfd = sub.add_parser("hf-decode", help=argparse.SUPPRESS)
+    hfd.add_argument("--config", nargs=1, required=True)
+    hfd.add_argument("--dir", required=True)
+    hfd.add_argument("--batch", nargs="+", type=int, required=True)
+    hfd.add_argument("--prompt-len", type=int, required=True)
+    hfd.add_argument("--new-tokens", type=int, required=True)
+    hfd.add_argument("--repeats", type=int, required=True)
+    hfd.set_defaults(fn=bench_hf_decode)
     bon = sub.add_parser("best-of-n", help="best-of-N sampling throughput on device meshes")
     bon.add_argument("--config", default="4m", help="4m, 25m or a preset name")
     bon.add_argument("--mesh", nargs="+", default=["data=2,tensor=1", "data=4,tensor=1", "data=8,tensor=1"],

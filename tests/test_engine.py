@@ -144,3 +144,10 @@ def test_cache_is_donated_to_decode_step(tiny):
                              engine.stop_ids(tiny.config))
     assert old.is_deleted() and int(new.cache.index) == 1
     assert dataclasses.is_dataclass(new.cache)
+
+
+def test_preset_variants_re_derive_head_dim():
+    assert models.preset("tiny").head_dim == 16
+    assert models.preset("tiny", hidden=512, heads=8).head_dim == 64
+    assert models.preset("tiny", hidden=512, heads=8, head_dim=32).head_dim == 32
+    assert models.preset("llama-3.2-1b", layers=2).head_dim == 64
