@@ -106,6 +106,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--head-dim", type=int, default=16, help="per-head width (the shipped model: 16)")
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--intermediate", type=int, default=384)
     ap.add_argument("--eval-every", type=int, default=20)
@@ -121,7 +122,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tok = train_tokenizer(Path(tmp) / "tokenizer.model", seed=args.seed)
         config = models.preset("tiny", vocab_size=tok.vocab_size, hidden=args.hidden, layers=args.layers,
-                               heads=args.heads, kv_heads=args.kv_heads, intermediate=args.intermediate,
+                               heads=args.heads, head_dim=args.head_dim, kv_heads=args.kv_heads,
+                               intermediate=args.intermediate,
                                max_len=256, bos_id=BOS, eos_ids=(EOS,), pad_id=PAD)
         print(f"tokenizer: {tok.vocab_size} pieces; model: {config.num_params / 1e6:.2f}M parameters")
         schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(200, args.steps // 10 + 1), args.steps,
