@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import math
 
-from meta.common import extract, finish, score, setup
-from meta.draw import draw
+from meta.common import draw_rounds, finish, setup
 from meta.result import Result
 from meta.vote import tally, winner
 
@@ -68,31 +67,10 @@ def adaptive_self_consistency(model, prompts, *, n: int, round_size: int = 4, ru
         raise ValueError(f"round_size must be >= 1, got {round_size}")
     if not 0.5 < confidence < 1:
         raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
-    g = len(prompts)
-    texts, lengths, scores, answers = ([[] for _ in range(g)] for _ in range(4))
-    done, rounds = [False] * g, [0] * g
-    drawn = 0
-    while drawn < n:
-        active = [i for i in range(g) if not done[i]]
-        if not active:
-            break
-        k = min(round_size, n - drawn, budget.affordable(len(active) * round_size, max_new_tokens) // len(active))
-        if k < 1:
-            break
-        sub = [prompts[i] for i in active]
-        d = draw(model, sub, n=k, sampler=sampler, seed=seed, max_new_tokens=max_new_tokens, budget=budget,
-                 first_rollout=drawn, stop_tokens=stop_tokens)
-        a = extract(answer, d.texts)
-        s = score(scorer, sub, d.texts, None if references is None else [references[i] for i in active], budget) \
-            if scorer is not None else [[None] * k for _ in sub]
-        for j, i in enumerate(active):
-            texts[i] += d.texts[j]
-            lengths[i] += d.lengths[j].tolist()
-            answers[i] += a[j]
-            scores[i] += s[j]
-            rounds[i] += 1
-            done[i] = decided(answers[i], n, rule, confidence)
-        drawn += k
+    texts, lengths, answers, scores, rounds = draw_rounds(
+        model, prompts, n=n, round_size=round_size, settled=lambda i, first, a, s: decided(a, n, rule, confidence),
+        scorer=scorer, sampler=sampler, seed=seed, max_new_tokens=max_new_tokens, references=references,
+        answer=answer, budget=budget, stop_tokens=stop_tokens)
     picked = [winner(a) for a in answers]
     info = [{"rounds": r, "rollouts": len(t)} for r, t in zip(rounds, texts)]
     return Result("adaptive_self_consistency", list(prompts), [p[0] for p in picked], [p[1] for p in picked], texts,

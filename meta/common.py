@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 from meta.budget import Budget
-from meta.draw import arith_answer
+from meta.draw import arith_answer, draw
 from sampling import Sampler
 
 
@@ -38,3 +38,42 @@ def finish(budget: Budget, t0: float) -> Budget:
     """Add the wall time since ``t0``."""
     budget.wall_s += time.perf_counter() - t0
     return budget
+
+
+def draw_rounds(model, prompts, *, n: int, round_size: int, settled, scorer, sampler, seed: int,
+                max_new_tokens: int, references, answer, budget: Budget, stop_tokens):
+    """Draw rollouts in rounds of ``round_size`` for the prompts not yet settled, at most ``n`` each.
+
+    Rounds are numbered on from the previous one (``first_rollout``), so they equal one larger
+    draw; a round that could exceed the budget's limit is shrunk to what fits, or not drawn.
+    After each round ``settled(i, first, answers_i, scores_i)`` (``first``: the round's first
+    rollout number; the lists: everything prompt ``i`` has so far) says whether prompt ``i``
+    stops. Scores are ``None`` without a scorer. Returns texts, lengths, answers, scores and the
+    rounds each prompt took (lists per prompt).
+    """
+    g = len(prompts)
+    texts, lengths, scores, answers = ([[] for _ in range(g)] for _ in range(4))
+    done, rounds = [False] * g, [0] * g
+    drawn = 0
+    while drawn < n:
+        active = [i for i in range(g) if not done[i]]
+        if not active:
+            break
+        k = min(round_size, n - drawn, budget.affordable(len(active) * round_size, max_new_tokens) // len(active))
+        if k < 1:
+            break
+        sub = [prompts[i] for i in active]
+        refs = None if references is None else [references[i] for i in active]
+        d = draw(model, sub, n=k, sampler=sampler, seed=seed, max_new_tokens=max_new_tokens, budget=budget,
+                 first_rollout=drawn, stop_tokens=stop_tokens)
+        s = score(scorer, sub, d.texts, refs, budget) if scorer is not None else [[None] * k for _ in sub]
+        a = extract(answer, d.texts)
+        for j, i in enumerate(active):
+            texts[i] += d.texts[j]
+            lengths[i] += d.lengths[j].tolist()
+            answers[i] += a[j]
+            scores[i] += s[j]
+            rounds[i] += 1
+            done[i] = settled(i, drawn, answers[i], scores[i])
+        drawn += k
+    return texts, lengths, answers, scores, rounds

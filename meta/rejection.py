@@ -1,8 +1,7 @@
 """Rejection sampling: draw rounds of rollouts until a verifier accepts one or the budget ends."""
 from __future__ import annotations
 
-from meta.common import extract, finish, score, setup
-from meta.draw import draw
+from meta.common import draw_rounds, finish, setup
 from meta.result import Result
 
 
@@ -21,32 +20,18 @@ def rejection_sample(model, prompts, *, n: int, scorer, round_size: int = 4, thr
         raise ValueError("rejection_sample needs a scorer (the verifier that accepts)")
     if round_size < 1:
         raise ValueError(f"round_size must be >= 1, got {round_size}")
-    g = len(prompts)
-    texts, lengths, scores, answers = ([[] for _ in range(g)] for _ in range(4))
-    chosen = [None] * g
-    drawn = 0
-    while drawn < n:
-        active = [i for i in range(g) if chosen[i] is None]
-        if not active:
-            break
-        k = min(round_size, n - drawn, budget.affordable(len(active) * round_size, max_new_tokens) // len(active))
-        if k < 1:
-            break
-        sub = [prompts[i] for i in active]
-        refs = None if references is None else [references[i] for i in active]
-        d = draw(model, sub, n=k, sampler=sampler, seed=seed, max_new_tokens=max_new_tokens, budget=budget,
-                 first_rollout=drawn, stop_tokens=stop_tokens)
-        s = score(scorer, sub, d.texts, refs, budget)
-        a = extract(answer, d.texts)
-        for j, i in enumerate(active):
-            texts[i] += d.texts[j]
-            lengths[i] += d.lengths[j].tolist()
-            scores[i] += s[j]
-            answers[i] += a[j]
-            hit = [r for r, v in enumerate(s[j]) if v >= threshold]
-            if hit:
-                chosen[i] = drawn + hit[0]
-        drawn += k
+    chosen = [None] * len(prompts)
+
+    def settled(i, first, answers, scores):
+        hit = [r for r, v in enumerate(scores[first:]) if v >= threshold]
+        if hit:
+            chosen[i] = first + hit[0]
+        return bool(hit)
+
+    texts, lengths, answers, scores, _ = draw_rounds(
+        model, prompts, n=n, round_size=round_size, settled=settled, scorer=scorer, sampler=sampler, seed=seed,
+        max_new_tokens=max_new_tokens, references=references, answer=answer, budget=budget,
+        stop_tokens=stop_tokens)
     info = [{"rollouts": len(t), "accepted": c is not None} for t, c in zip(texts, chosen)]
     return Result("rejection_sample", list(prompts), [None if c is None else a[c] for a, c in zip(answers, chosen)],
                   chosen, texts, lengths, answers, scores, [[] for _ in prompts], finish(budget, t0), info)
