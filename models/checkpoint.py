@@ -60,6 +60,8 @@ def _hf_layout(config: Config) -> dict[str, tuple[tuple, str, int | None, callab
              "model.norm.weight": ((d,), "final_norm", None, ident)}
     if not config.tie_embeddings:
         table["lm_head.weight"] = ((v, d), "lm_head", None, lambda x: x.T)
+    if config.score_head:
+        table["score.weight"] = ((1, d), "score", None, lambda x: x.reshape(d))
     for i in range(config.layers):
         p = f"model.layers.{i}."
         table |= {

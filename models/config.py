@@ -34,6 +34,7 @@ class Config:
     eos_ids: tuple[int, ...] = (2,)
     pad_id: int = 0
     dtype: str = "float32"                 # parameter / activation dtype
+    score_head: bool = False               # a scalar (reward) head beside the LM head: models.rewards
 
     family = "llama"
 
@@ -53,7 +54,7 @@ class Config:
             attn += self.head_dim * (self.heads + 2 * self.kv_heads)
         per_layer = attn + 3 * d * f + 2 * d
         head = 0 if self.tie_embeddings else self.vocab_size * d
-        return self.vocab_size * d + l * per_layer + d + head
+        return self.vocab_size * d + l * per_layer + d + head + (d if self.score_head else 0)
 
     def inv_freq(self) -> np.ndarray:
         """RoPE inverse frequencies [head_dim // 2], with Llama-3.1 scaling when configured."""
@@ -152,13 +153,19 @@ def from_hf(hf: dict) -> Config:
     if kind == "qwen2" and not hf.get("use_sliding_window", False):
         window = None
     heads = hf["num_attention_heads"]
+    reward = any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or ())
+    labels = len(hf.get("id2label") or {}) or hf.get("num_labels", 2)
+    if reward and labels != 1:
+        raise ValueError(f"a sequence-classification checkpoint with {labels} labels; rollax reads reward "
+                         "models with one (num_labels=1)")
     return FAMILIES[kind](
         vocab_size=hf["vocab_size"], hidden=hf["hidden_size"], layers=hf["num_hidden_layers"],
         heads=heads, kv_heads=hf.get("num_key_value_heads") or heads,
         intermediate=hf["intermediate_size"],
         head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
         rope_theta=float(theta), rope_scaling=scaling, norm_eps=hf.get("rms_norm_eps", 1e-6),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        # a reward model has a scalar head and no LM head: its embedding stands in for one
+        tie_embeddings=reward or bool(hf.get("tie_word_embeddings", False)), score_head=reward,
         sliding_window=window, max_len=hf.get("max_position_embeddings", 2048),
         bos_id=hf.get("bos_token_id"), eos_ids=eos,
         pad_id=hf.get("pad_token_id") if hf.get("pad_token_id") is not None else (eos[0] if eos else 0),

@@ -32,6 +32,8 @@ def param_axes(config: Config) -> dict:
     axes = {"embed": ("vocab", "embed"), "layers": layer, "final_norm": ("embed",)}
     if not config.tie_embeddings:
         axes["lm_head"] = ("embed", "vocab")
+    if config.score_head:
+        axes["score"] = ("embed",)
     return axes
 
 
@@ -117,13 +119,13 @@ def causal_mask(t: int, window: int | None):
     return mask[None]
 
 
-def forward(config: Config, params: dict, tokens, positions=None, cache=None, *, last_only=False):
-    """One model step: ``tokens`` int [B, T] -> (logits fp32 [B, T, V], cache).
+def hidden_states(config: Config, params: dict, tokens, positions=None, cache=None):
+    """The trunk: ``tokens`` int [B, T] -> (final-normed hidden states [B, T, D], cache).
 
     Without a cache this is a plain causal forward (positions default to 0..T-1). With a cache
     (any object with ``positions(T)``, ``attend(layer, q, k, v, window)`` and ``advance(T)``,
     e.g. :class:`engine.KVCache`), the new tokens' keys/values are written into it and attend
-    to everything it holds. ``last_only`` returns logits [B, V] of the last position only.
+    to everything it holds.
     """
     t = tokens.shape[1]
     if positions is None:
@@ -151,9 +153,30 @@ def forward(config: Config, params: dict, tokens, positions=None, cache=None, *,
         return (x + g @ lp["w_down"], cache, i + 1), None
 
     (x, cache, _), _ = jax.lax.scan(layer, (x, cache, 0), params["layers"])
+    return rms_norm(x, params["final_norm"], config.norm_eps), (cache.advance(t) if cache is not None else None)
+
+
+def forward(config: Config, params: dict, tokens, positions=None, cache=None, *, last_only=False):
+    """One model step: ``tokens`` int [B, T] -> (logits fp32 [B, T, V], cache).
+
+    ``cache`` and ``positions`` as in :func:`hidden_states`. ``last_only`` returns logits
+    [B, V] of the last position only.
+    """
+    x, cache = hidden_states(config, params, tokens, positions, cache)
     if last_only:
         x = x[:, -1]
-    x = rms_norm(x, params["final_norm"], config.norm_eps)
     head = params["embed"].T if config.tie_embeddings else params["lm_head"]
-    logits = jnp.matmul(x, head, preferred_element_type=F32)
-    return logits, (cache.advance(t) if cache is not None else None)
+    return jnp.matmul(x, head, preferred_element_type=F32), cache
+
+
+def rewards(config: Config, params: dict, tokens, positions=None):
+    """The scalar head at every position: ``tokens`` int [B, T] -> fp32 [B, T].
+
+    Needs a config with ``score_head=True`` (a reward model, e.g. a Hugging Face
+    ``*ForSequenceClassification`` checkpoint with one label). A sequence's reward is the value
+    at its last token; earlier positions give the reward of each prefix (a value estimate).
+    """
+    if not config.score_head:
+        raise ValueError("this model has no scalar head (config.score_head is False): it is not a reward model")
+    x, _ = hidden_states(config, params, tokens, positions)
+    return jnp.einsum("btd,d->bt", x, params["score"], preferred_element_type=F32)

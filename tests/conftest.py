@@ -21,13 +21,17 @@ HF_CASES = {
     "mistral": ("MistralForCausalLM", "MistralConfig", dict(sliding_window=16)),
     "qwen2": ("Qwen2ForCausalLM", "Qwen2Config", dict(num_key_value_heads=4)),
 }
+REWARD_CASES = {  # reward models: a scalar head on the last token (*ForSequenceClassification, one label)
+    "llama-reward": ("LlamaForSequenceClassification", "LlamaConfig", dict(num_labels=1)),
+    "qwen2-reward": ("Qwen2ForSequenceClassification", "Qwen2Config", dict(num_labels=1)),
+}
 
 
 def write_hf(path, case: str, seed: int = 0):
     """A random-weight HF checkpoint of ``case`` in ``path``; returns the torch model (fp32, eval)."""
     import torch
     import transformers
-    arch, cfg_cls, extra = HF_CASES[case]
+    arch, cfg_cls, extra = {**HF_CASES, **REWARD_CASES}[case]
     torch.manual_seed(seed)
     cfg = getattr(transformers, cfg_cls)(**{**TINY, **extra, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0})
     model = getattr(transformers, arch)(cfg).eval()

@@ -1,4 +1,5 @@
 """Numerical parity with PyTorch ``transformers`` on random tiny checkpoints (fp32)."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import torch
 
 import engine
 import models
-from tests.conftest import write_hf
+from tests.conftest import REWARD_CASES, write_hf
 
 
 def rel_err(a, b):
@@ -41,3 +42,32 @@ def test_greedy_matches_transformers_generate(hf_checkpoint):
         np.testing.assert_array_equal(np.asarray(got.tokens[g, 0, :n]), want[:n])
         if n < 32:  # stopped early only because it produced EOS
             assert want[n - 1] == 2
+
+
+@pytest.mark.parametrize("case", list(REWARD_CASES))
+def test_reward_head_matches_transformers(tmp_path, case):
+    """A ``*ForSequenceClassification`` checkpoint's score of right-padded sequences of different lengths."""
+    ref = write_hf(tmp_path, case)
+    model = models.load(tmp_path)
+    assert model.config.score_head
+    rng = np.random.default_rng(0)
+    lengths = np.array([40, 17, 3])
+    tokens = rng.integers(3, 97, size=(3, 40))
+    tokens[np.arange(40) >= lengths[:, None]] = 0                     # pad id 0 after each sequence
+    with torch.no_grad():
+        want = ref(torch.tensor(tokens)).logits[:, 0].numpy()       # HF pools the last non-pad token
+    got = models.rewards(model.config, model.params, jnp.asarray(tokens))[np.arange(3), lengths - 1]
+    assert rel_err(got, want) < 1e-5
+
+
+def test_rewards_refuses_a_model_without_a_scalar_head():
+    config = models.preset("tiny")
+    with pytest.raises(ValueError, match="no scalar head"):
+        models.rewards(config, models.init_params(config, jax.random.key(0)), jnp.zeros((1, 3), jnp.int32))
+
+
+def test_a_multi_label_classifier_is_refused():
+    with pytest.raises(ValueError, match="3 labels"):
+        models.from_hf({"model_type": "llama", "architectures": ["LlamaForSequenceClassification"],
+                        "id2label": {"0": "a", "1": "b", "2": "c"}, "vocab_size": 8, "hidden_size": 8,
+                        "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 8})
