@@ -10,7 +10,7 @@ from scipy import stats
 import engine
 import models
 from sampling import Sampler, filters, sample
-from sampling.sampler import Context
+from sampling.sampler import Context, top_k
 
 EOS = 4
 # next-token probabilities of the fake model, by last token (token 4 is EOS)
@@ -191,11 +191,25 @@ def test_sampler_of_the_wrong_shape_is_a_value_error(tiny):
     assert "does not fit rollouts (2, 1)" in str(err.value)
 
 
+@pytest.mark.parametrize("kind", ["normal", "ties", "-inf", "few finite"])
+@pytest.mark.parametrize("shape, k, block", [((7, 5000), 9, 16), ((5, 300), 4, 32), ((64, 32000), 51, 32)])
+def test_blocked_top_k_equals_lax_top_k(shape, k, block, kind):
+    """The two-stage top-k returns what lax.top_k does: the same values and ids, ties by lower id."""
+    rng = np.random.default_rng(k)
+    x = rng.normal(size=shape).astype(np.float32)
+    x = np.round(x) if kind == "ties" else x
+    x[rng.random(shape) < {"-inf": 0.5, "few finite": 0.999}.get(kind, 0)] = -np.inf
+    got, want = jax.jit(top_k, static_argnums=(1, 2))(jnp.asarray(x), k, block), jax.lax.top_k(jnp.asarray(x), k)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
 @pytest.mark.parametrize("ties", [False, True])
-def test_top_k_candidate_path_equals_the_full_filters(ties):
+@pytest.mark.parametrize("vocab", [300, 6000])          # 6000: top-k in two stages
+def test_top_k_candidate_path_equals_the_full_filters(ties, vocab):
     """With top-k in the chain the later truncations run on the top-k candidates only; the
     result must equal the filters applied one after another over the whole vocabulary."""
-    x = np.random.default_rng(0).normal(scale=2.0, size=(4, 300)).astype(np.float32)
+    x = np.random.default_rng(0).normal(scale=2.0, size=(4, vocab)).astype(np.float32)
     x = np.round(x, 1) if ties else x          # rounding: ties at and across the top-k cut
     t, k, p, m = [0.8, 1.0, 1.3, 0.5], [5, 12, 40, 1], [0.9, 0.5, 0.99, 1.0], [0.05, 0.1, 0.0, 0.2]
     sampler = Sampler(temperature=t, top_k=k, top_p=p, min_p=m, typical=[0.9, 1.0, 0.8, 0.95], min_keep=2)
@@ -207,3 +221,8 @@ def test_top_k_candidate_path_equals_the_full_filters(ties):
     want = np.asarray(filters.typical(want, jnp.asarray([0.9, 1.0, 0.8, 0.95]), 2))
     np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
     np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], rtol=1e-6)
+
+
+def test_top_k_of_the_whole_vocabulary_keeps_every_token():
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 50)).astype(np.float32))
+    np.testing.assert_array_equal(Sampler(top_k=50).broadcast((2,)).warp(x), x)
