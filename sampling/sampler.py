@@ -280,6 +280,15 @@ def _token_lists(settings) -> dict:
     return out
 
 
+def argmax(x):
+    """``jnp.argmax(x, axis=-1)`` (lowest index among equal maxima) for rows without NaN, computed as a
+    max then the lowest index reaching it: two plain reductions, ~6x faster than XLA CPU's
+    variadic argmax reduce over [64, 32000]."""
+    top = jnp.max(x, axis=-1, keepdims=True)
+    iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    return jnp.min(jnp.where(x == top, iota, x.shape[-1]), axis=-1)
+
+
 def sample(logits, sampler: Sampler, keys, ctx: Context) -> Draw:
     """Draw one token per row: logits fp32 [B, V], sampler fields [B], keys [B] typed PRNG keys.
 
@@ -291,7 +300,7 @@ def sample(logits, sampler: Sampler, keys, ctx: Context) -> Draw:
     processed = sampler.process(logits, ctx)
     proposal = sampler.warp(lambda: sampler.process(logits, ctx), ctx.mu)
     drawn = draw(keys, proposal)
-    tokens = jnp.where(greedy, jnp.argmax(processed, axis=-1), drawn).astype(jnp.int32)
+    tokens = jnp.where(greedy, argmax(processed), drawn).astype(jnp.int32)
     pick = lambda lp: jnp.take_along_axis(lp, tokens[:, None], axis=-1)[:, 0]
     logprobs = pick(jax.nn.log_softmax(logits, axis=-1))
     sample_logprobs = jnp.where(greedy, 0.0, pick(jax.nn.log_softmax(proposal, axis=-1)))

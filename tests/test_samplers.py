@@ -226,3 +226,15 @@ def test_top_k_candidate_path_equals_the_full_filters(ties, vocab):
 def test_top_k_of_the_whole_vocabulary_keeps_every_token():
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 50)).astype(np.float32))
     np.testing.assert_array_equal(Sampler(top_k=50).broadcast((2,)).warp(x), x)
+
+
+def test_fast_argmax_equals_jnp_argmax_with_ties_and_inf():
+    from sampling.sampler import argmax
+    rng = np.random.default_rng(0)
+    x = rng.integers(-3, 3, size=(64, 1000)).astype(np.float32)     # many ties
+    x[3] = -np.inf                                                  # a row with nothing left
+    x[5, :500] = -np.inf
+    x[7, 999] = np.inf
+    np.testing.assert_array_equal(np.asarray(argmax(jnp.asarray(x))), np.argmax(x, axis=-1))
+    y = rng.standard_normal((2, 3, 50)).astype(np.float32)          # any leading axes
+    np.testing.assert_array_equal(np.asarray(argmax(jnp.asarray(y))), np.argmax(y, axis=-1))
