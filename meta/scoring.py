@@ -9,10 +9,12 @@ with ``texts[g][r]`` the rollouts of prompt ``g`` and ``references[g]`` its refe
   (:func:`arith_process_verifier` wraps the built-in process verifier);
 * :class:`FunctionScorer` — any Python function on texts;
 * :class:`LMJudge` — the log-probability a rollax model gives a verdict token after a template,
-  one batched forward on the model's device.
+  one batched forward on the model's device;
+* :class:`RewardModel` — a learned outcome reward model (a rollax model's scalar head).
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -129,18 +131,70 @@ def arith_process_verifier(aggregation: str = "min") -> ProcessScorer:
     return ProcessScorer(steps, aggregation)
 
 
-class LMJudge:
+def _right_padded(model, seqs: list[list[int]], what: str, rows: int):
+    """Token ids right-padded to a multiple of 16 tokens (padding never changes a score) and each row's
+    last index, in chunks of ``rows`` sequences (the last one padded with empty rows: one compilation)."""
+    longest = max(map(len, seqs))
+    if longest > model.config.max_len:
+        raise ValueError(f"a {what} sequence has {longest} tokens, over the model's maximum {model.config.max_len}")
+    width = min(-(-longest // 16) * 16, model.config.max_len)
+    rows = min(rows, len(seqs))
+    for lo in range(0, len(seqs), rows):
+        chunk = seqs[lo:lo + rows]
+        ids = np.full((rows, width), model.config.pad_id, np.int32)
+        for i, s in enumerate(chunk):
+            ids[i, :len(s)] = s
+        last = [len(s) - 1 for s in chunk] + [0] * (rows - len(chunk))
+        yield len(chunk), jnp.asarray(ids), jnp.asarray(last)
+
+
+def _unflatten(scores, texts):
+    out, i = [], 0
+    for row in texts:
+        out.append(np.asarray(scores[i:i + len(row)]))
+        i += len(row)
+    return _stack(out)
+
+
+class _ModelScorer:
+    """Shared by model-based scorers: the template, encoding, batching and the budget."""
+
+    rows = 512                 # sequences per forward call
+
+    def __init__(self, model, template: str, what: str):
+        if model.tokenizer is None:
+            raise ValueError(f"{what} needs a model with a tokenizer")
+        self.model, self.template, self.what = model, template, what
+
+    def encode(self, prompt: str, text: str) -> list[int]:
+        """The token ids the model scores for one rollout (BOS + the formatted template)."""
+        return self.model.tokenizer.encode(self.template.format(prompt=prompt, text=text))
+
+    def _score(self, ids, last):
+        raise NotImplementedError
+
+    def __call__(self, prompts, texts, references=None, budget: Budget | None = None):
+        seqs = [self.encode(p, t) for p, row in zip(prompts, texts) for t in row]
+        scores = np.concatenate([np.asarray(self._score(ids, last))[:real] for real, ids, last in
+                                 _right_padded(self.model, seqs, self.what, self.rows)])
+        if budget is not None:
+            budget.scorer_calls += 1
+            budget.scorer_tokens += sum(map(len, seqs))
+            budget.scorer_params = budget.scorer_params or param_count(self.model.params)
+        return _unflatten(scores, texts)
+
+
+class LMJudge(_ModelScorer):
     """An LM judge: ``log p(verdict | template)`` under a rollax model, one batched forward.
 
     ``template`` is formatted with ``prompt`` and ``text`` (e.g. ``"{prompt}{text}\\nok? "``) and
     encoded with the judge's tokenizer; the score of a rollout is the log-probability (after
     log-softmax over the vocabulary) of token ``verdict`` at the next position. Sequences are
-    right-padded to a power-of-two length, so padding never changes the score.
+    right-padded (padding never changes the score) and run in batches of ``rows``.
     """
 
     def __init__(self, model, template: str, verdict: int | str):
-        if model.tokenizer is None:
-            raise ValueError("an LM judge needs a model with a tokenizer")
+        super().__init__(model, template, "an LM judge")
         if isinstance(verdict, str):
             ids = model.tokenizer.encode(verdict, bos=False)
             if len(ids) != 1:
@@ -148,30 +202,44 @@ class LMJudge:
             verdict = ids[0]
         if not 0 <= int(verdict) < model.config.vocab_size:
             raise ValueError(f"verdict token {verdict} is outside the vocabulary")
-        self.model, self.template, self.verdict = model, template, int(verdict)
+        self.verdict = int(verdict)
 
-    def __call__(self, prompts, texts, references=None, budget: Budget | None = None):
-        m = self.model
-        seqs = [m.tokenizer.encode(self.template.format(prompt=p, text=t)) for p, row in zip(prompts, texts)
-                for t in row]
-        longest = max(map(len, seqs))
-        if longest > m.config.max_len:
-            raise ValueError(f"a judged sequence has {longest} tokens, over the judge's maximum {m.config.max_len}")
-        width = min(1 << (longest - 1).bit_length(), m.config.max_len)
-        ids = np.full((len(seqs), width), m.config.pad_id, np.int32)
-        for i, s in enumerate(seqs):
-            ids[i, :len(s)] = s
-        last = jnp.asarray([len(s) - 1 for s in seqs])
-        scores = np.asarray(_judge(m.config, m.params, jnp.asarray(ids), last, self.verdict))
-        if budget is not None:
-            budget.scorer_calls += 1
-            budget.scorer_tokens += sum(map(len, seqs))
-            budget.scorer_params = budget.scorer_params or param_count(m.params)
-        out, i = [], 0
-        for row in texts:
-            out.append(scores[i:i + len(row)])
-            i += len(row)
-        return _stack(out)
+    def _score(self, ids, last):
+        return _judge(self.model.config, self.model.params, ids, last, self.verdict)
+
+
+class RewardModel(_ModelScorer):
+    """A learned outcome reward model: the scalar head of a rollax model (``config.score_head``).
+
+    The score of a rollout is ``models.rewards`` at the last token of the formatted ``template``
+    (default ``"{prompt}{text}"`` followed by EOS, as ``scripts.train_tiny --reward`` trains it):
+    a logit; ``sigmoid`` of it is the predicted probability of being right (``weighted_vote``
+    uses it as ``weight=meta.sigmoid``). One batched right-padded forward.
+    """
+
+    def __init__(self, model, template: str = "{prompt}{text}", eos: bool = True):
+        if not model.config.score_head:
+            raise ValueError("RewardModel needs a model with a scalar head (config.score_head); "
+                             "train one with scripts.train_tiny --reward")
+        super().__init__(model, template, "a reward model")
+        self.eos = eos
+
+    def encode(self, prompt: str, text: str) -> list[int]:
+        ids = super().encode(prompt, text)
+        return ids + [self.model.tokenizer.eos_id] if self.eos else ids
+
+    def _score(self, ids, last):
+        return _reward_at(self.model.config, self.model.params, ids, last)
+
+
+def sigmoid(x):
+    """The logistic function (a reward model's logit -> probability), for ``weighted_vote(weight=...)``."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _reward_at(config, params, ids, last):
+    return jnp.take_along_axis(models.rewards(config, params, ids), last[:, None], axis=1)[:, 0]
 
 
 @jax.jit

@@ -6,8 +6,8 @@ Loads ``models.load("tiny-arith")`` (trained by ``scripts.train_tiny``, shipped 
 and runs it on held-out problems of the hard arithmetic split: greedy accuracy, sampled
 accuracy and pass@k coverage for k = 1..64 (unbiased estimator), each with the tokens it
 generates per problem, then the meta-generators of ``meta`` at N = 4, 16, 64: self-consistency,
-weighted vote (by the process verifier: no reward model is trained yet), best-of-N by the outcome
-verifier and adaptive self-consistency. Prints a table and writes a PNG of accuracy against
+weighted vote by the learned outcome reward model ``tiny-arith-rm`` (``scripts.train_tiny
+--reward``), best-of-N by the outcome verifier and adaptive self-consistency. Prints a table and writes a PNG of accuracy against
 tokens spent.
 
 Every row of the table comes from a *strategy* in :data:`STRATEGIES`, a ``(name, fn)`` pair
@@ -56,6 +56,7 @@ class Context:
     temperature: float = 1.0
     seed: int = 0
     progress: bool = True
+    reward_model: str = "tiny-arith-rm"
 
     def _bar(self, desc: str):
         return tqdm(total=len(self.problems), desc=desc, unit="problem", disable=not self.progress)
@@ -77,6 +78,18 @@ class Context:
         flat_problems = [p for p in self.problems for _ in range(self.samples)]
         correct = verifiers.outcome_scores([t for row in texts for t in row], flat_problems) > 0
         return texts, lengths, correct.reshape(len(self.problems), self.samples)
+
+    @functools.cached_property
+    def rewards(self) -> np.ndarray:
+        """The reward model's probability that each sample is right: [G, N]."""
+        scorer = meta.RewardModel(models.load(self.reward_model))
+        texts = self.sampled[0]
+        with self._bar("reward model") as bar:
+            out = []
+            for lo in range(0, len(texts), 16):
+                out.append(scorer([p.prompt for p in self.problems[lo:lo + 16]], texts[lo:lo + 16]))
+                bar.update(len(out[-1]))
+        return meta.sigmoid(np.concatenate(out))
 
 
 def greedy(ctx: Context) -> list[Point]:
@@ -127,9 +140,10 @@ def self_consistency(ctx: Context) -> list[Point]:
 
 
 def weighted_vote(ctx: Context) -> list[Point]:
-    """Votes weighted by the process verifier (min over steps, reference-free; ``meta.weighted_vote``)."""
-    scorer = meta.arith_process_verifier("min")
-    return _meta_points(ctx, lambda a, t, g: (winner(a, scorer([""], [t])[0])[0], len(a)))
+    """Votes weighted by the learned reward model's probability of being right (``meta.weighted_vote``
+    with ``meta.RewardModel``, ``weight=meta.sigmoid``); tokens are the policy's (the reward model
+    reads each sample once more)."""
+    return _meta_points(ctx, lambda a, t, g: (winner(a, ctx.rewards[g, :len(a)])[0], len(a)))
 
 
 def best_of_n_verifier(ctx: Context) -> list[Point]:
@@ -155,7 +169,7 @@ STRATEGIES: list[tuple[str, Strategy]] = [
     ("sampled", sampled),
     ("pass@k (oracle)", coverage),
     ("self-consistency", self_consistency),
-    ("weighted (proc.)", weighted_vote),
+    ("weighted (RM)", weighted_vote),
     ("BoN verifier", best_of_n_verifier),
     ("adaptive SC", adaptive),
 ]

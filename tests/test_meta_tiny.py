@@ -61,3 +61,26 @@ def test_lm_judge_matches_unbatched_forward(model):
     with pytest.raises(ValueError) as e:
         meta.LMJudge(model, "{prompt}{text}", verdict="12")
     assert "must be one token" in str(e.value)
+
+
+def test_reward_model_scores_the_last_token_unbatched(model):
+    import dataclasses
+    config = dataclasses.replace(model.config, score_head=True)
+    params = dict(model.params, score=0.05 * jax.random.normal(jax.random.key(1), (config.hidden,)))
+    rm = meta.RewardModel(models.Model(config, params, model.tokenizer))
+    texts = [["12+3=15\nA: 15", "1"], ["7-2=5\nA: 5", "99+1=100\n100-3=97\n97+1=98\nA: 98"]]
+    budget = meta.Budget()
+    got = rm(PROMPTS[:2], texts, budget=budget)
+    want = []
+    for p, row in zip(PROMPTS[:2], texts):
+        for t in row:
+            ids = model.tokenizer.encode(p + t) + [model.tokenizer.eos_id]
+            want.append(float(models.rewards(config, params, jnp.asarray([ids]))[0, -1]))
+    np.testing.assert_allclose(np.asarray(got).reshape(-1), want, rtol=1e-5, atol=1e-5)
+    assert budget.scorer_calls == 1 and budget.scorer_params == config.num_params
+    assert budget.scorer_tokens == sum(len(model.tokenizer.encode(p + t)) + 1 for p, row in zip(PROMPTS[:2], texts)
+                                       for t in row)
+    np.testing.assert_allclose(meta.sigmoid(np.asarray(got, np.float64)).reshape(-1), 1 / (1 + np.exp(-np.asarray(want))),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="scalar head"):
+        meta.RewardModel(model)

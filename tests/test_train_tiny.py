@@ -49,3 +49,47 @@ def test_a_short_run_is_deterministic_and_loads_back(tmp_path):
     assert recorded["steps"] == 4 and [h["step"] for h in recorded["history"]] == [2, 4]
     assert recorded["test_hard_50_greedy_accuracy"] == a["test_hard_50_greedy_accuracy"]
     assert ma.tokenizer is not None and ma.tokenizer.vocab_size == ma.config.vocab_size
+
+
+def test_reward_rollouts_are_labelled_by_the_verifier_and_masked_on_the_solution():
+    from meta import verifiers
+    import dataclasses
+    from meta.scoring import RewardModel
+    from sampling import Sampler
+    from scripts import train_reward
+    from scripts.eval_arith import solve
+    policy = models.load("tiny-arith")
+    config = dataclasses.replace(policy.config, score_head=True)
+    rm = RewardModel(models.Model(config, dict(policy.params, score=np.zeros(config.hidden, np.float32)),
+                                  policy.tokenizer))
+    problems = arith.held_out("val", "hard", 3)
+    data = train_reward.rollouts(policy, problems, 4, 0, rm)
+    texts, _ = solve(policy, problems, n=4, sampler=Sampler(temperature=1.0), seed=0)   # the same draws
+    tok = policy.tokenizer
+    for i, (p, t) in enumerate((p, t) for p, row in zip(problems, texts) for t in row):
+        n = data.last[i] + 1
+        assert data.ids[i, :n].tolist() == tok.encode(p.prompt + t) + [tok.eos_id]
+        assert (data.ids[i, n:] == policy.config.pad_id).all()
+        prompt = len(tok.encode(p.prompt))
+        assert data.mask[i].tolist() == [float(prompt - 1 <= j < n) for j in range(data.ids.shape[1])]
+        assert data.label[i] == verifiers.outcome_scores([t], [p])[0]
+
+
+def test_auc_counts_pairs_and_ties():
+    from scripts.train_reward import auc
+    assert auc([0.9, 0.1, 0.5, 0.5], [1, 0, 1, 0]) == pytest.approx((1 + 1 + 1 + 0.5) / 4)
+    assert np.isnan(auc([1.0, 2.0], [1, 1]))
+
+
+def test_a_short_reward_run_saves_a_reward_model(tmp_path):
+    import meta
+    out = tmp_path / "rm"
+    metrics = train_tiny.main(["--reward", "--problems", "4", "--samples", "4", "--steps", "2", "--batch", "8",
+                               "--eval-every", "1", "--val-problems", "2", "--out", str(out)])
+    rm = models.load(out)
+    assert rm.config.score_head and rm.tokenizer is not None
+    assert [h["step"] for h in metrics["history"]] == [1, 2]
+    assert np.isnan(metrics["val_auc"]) or 0 <= metrics["val_auc"] <= 1
+    scores = meta.RewardModel(rm)(["Q: 1+2=?\n"], [["1+2=3\nA: 3", "1+2=4\nA: 4"]])
+    assert np.isfinite(np.asarray(scores, np.float64)).all()
+    assert json.loads((out / "metrics.json").read_text())["train_rollouts"] == 16

@@ -38,3 +38,19 @@ def test_a_directory_wins_over_a_zoo_name(tmp_path, monkeypatch):
 def test_greedy_accuracy_on_the_fixed_sample_equals_the_recorded_figure(tiny_arith):
     recorded = json.loads((zoo.ROOT / "tiny-arith" / "metrics.json").read_text())
     assert greedy_accuracy(tiny_arith, metric_sample()) == recorded["test_hard_50_greedy_accuracy"]
+
+
+def test_the_shipped_reward_model_reproduces_its_recorded_validation_auc(tiny_arith):
+    from meta.scoring import RewardModel
+    from meta.tasks import arith
+    from scripts import train_reward
+    rm = models.load("tiny-arith-rm")
+    assert rm.config.score_head and rm.tokenizer is not None
+    recorded = json.loads((zoo.ROOT / "tiny-arith-rm" / "metrics.json").read_text())
+    problems = arith.held_out("val", "hard", recorded["args"]["val_problems"])
+    val = train_reward.rollouts(tiny_arith, problems, train_reward.VAL_SAMPLES, recorded["args"]["seed"],
+                                RewardModel(rm))
+    got = train_reward.evaluate(RewardModel(rm), val)
+    assert got["val_mean_label"] == pytest.approx(recorded["val_mean_label"])
+    assert got["val_auc"] == pytest.approx(recorded["val_auc"], abs=0.005)
+    assert got["val_auc"] > 0.6                              # better than chance (0.5) at ranking rollouts
