@@ -3,11 +3,13 @@
 Two layouts, both implementing the model-step protocol ``positions(T)``, ``attend(layer, q, k,
 v, window)`` and ``advance(T)`` (see :func:`models.forward`):
 
-- :class:`PrefillCache` — one block ``[L, G, P, K, Dh]`` holding left-padded prompts; row ``g``'s
+- :class:`PrefillCache` — one block ``[L, G, K, P, Dh]`` holding left-padded prompts; row ``g``'s
   tokens sit in slots ``start[g] .. P-1``. Used to prefill prompts once.
 - :class:`KVCache` — the two-block layout rollouts decode against: the *prefix block*
-  ``[L, G, P, K, Dh]`` (each prompt once, from a ``PrefillCache``) and the *rollout block*
-  ``[L, G*N, S, K, Dh]`` (each rollout's own tokens). Attention is two partial attentions —
+  ``[L, G, K, P, Dh]`` (each prompt once, from a ``PrefillCache``) and the *rollout block*
+  ``[L, G*N, K, S, Dh]`` (each rollout's own tokens). Heads come before positions so that a
+  decode step's attention reads each head's keys contiguously (XLA CPU transposed the
+  position-major layout at every step: 8x slower attention at batch 64, docs/perf.md). Attention is two partial attentions —
   a group's N rollouts' queries stacked against its prefix (read once per group), and each
   rollout against its own block — merged by their log-sum-exp in fp32 (as Hydragen does).
   The naive layout (prompt replicated N times) is the same class with N = 1 per group.
@@ -23,25 +25,26 @@ import jax.numpy as jnp
 from models.config import Config
 from models.transformer import attention, merge_attention
 
-KV = ("layers", "rollouts", "seq", "kv_heads", "head_dim")
-PREFIX_KV = ("layers", "prefix", "seq", "kv_heads", "head_dim")
+KV = ("layers", "rollouts", "kv_heads", "seq", "head_dim")
+PREFIX_KV = ("layers", "prefix", "kv_heads", "seq", "head_dim")
 
 
 def _write(buf, layer, index, x):
-    return jax.lax.dynamic_update_slice(buf, x[None].astype(buf.dtype), (layer, 0, index, 0, 0))
+    """Write x [B, T, K, Dh] into layer ``layer`` of buf [L, B, K, S, Dh] at slots ``index..index+T``."""
+    return jax.lax.dynamic_update_slice(buf, x.swapaxes(1, 2)[None].astype(buf.dtype), (layer, 0, 0, index, 0))
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PrefillCache:
-    k: jax.Array      # [L, G, P, K, Dh] keys of the left-padded prompts
-    v: jax.Array      # [L, G, P, K, Dh] values
+    k: jax.Array      # [L, G, K, P, Dh] keys of the left-padded prompts
+    v: jax.Array      # [L, G, K, P, Dh] values
     start: jax.Array  # int32 [G] first real slot of each prompt
     index: jax.Array  # int32 [] next slot to write
 
     @classmethod
     def create(cls, config: Config, groups: int, size: int, start) -> "PrefillCache":
-        z = jnp.zeros((config.layers, groups, size, config.kv_heads, config.head_dim), jnp.dtype(config.dtype))
+        z = jnp.zeros((config.layers, groups, config.kv_heads, size, config.head_dim), jnp.dtype(config.dtype))
         return cls(k=z, v=z, start=jnp.asarray(start, jnp.int32), index=jnp.zeros((), jnp.int32))
 
     @staticmethod
@@ -56,7 +59,7 @@ class PrefillCache:
     def attend(self, layer, q, k, v, window=None):
         ks, vs = _write(self.k, layer, self.index, k), _write(self.v, layer, self.index, v)
         q_slot = self.index + jnp.arange(q.shape[1])[:, None]               # [T, 1]
-        k_slot = jnp.arange(self.k.shape[2])[None, :]                        # [1, P]
+        k_slot = jnp.arange(self.k.shape[3])[None, :]                        # [1, P]
         mask = (k_slot <= q_slot)[None] & (k_slot >= self.start[:, None, None])
         if window is not None:
             mask &= (q_slot - k_slot < window)[None]
@@ -70,11 +73,11 @@ class PrefillCache:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
-    pk: jax.Array      # [L, G, P, K, Dh]   prefix block keys (each prompt once)
-    pv: jax.Array      # [L, G, P, K, Dh]   prefix block values
+    pk: jax.Array      # [L, G, K, P, Dh]   prefix block keys (each prompt once)
+    pv: jax.Array      # [L, G, K, P, Dh]   prefix block values
     pstart: jax.Array  # int32 [G]          first real prefix slot (left padding before it)
-    k: jax.Array       # [L, G*N, S, K, Dh] rollout block keys
-    v: jax.Array       # [L, G*N, S, K, Dh] rollout block values
+    k: jax.Array       # [L, G*N, K, S, Dh] rollout block keys
+    v: jax.Array       # [L, G*N, K, S, Dh] rollout block values
     valid: jax.Array   # bool [G*N, S]      slot holds a real token of the rollout
     length: jax.Array  # int32 [G*N]        real tokens in each rollout's block
     index: jax.Array   # int32 []           next rollout slot to write (the same for every row)
@@ -82,8 +85,8 @@ class KVCache:
     @classmethod
     def from_prefill(cls, prefix: PrefillCache, n: int, size: int) -> "KVCache":
         """A cache for ``n`` rollouts of each prefilled prompt, ``size`` slots of their own each."""
-        layers, g, _, kv, hd = prefix.k.shape
-        z = jnp.zeros((layers, g * n, size, kv, hd), prefix.k.dtype)
+        layers, g, kv, _, hd = prefix.k.shape
+        z = jnp.zeros((layers, g * n, kv, size, hd), prefix.k.dtype)
         return cls(pk=prefix.k, pv=prefix.v, pstart=prefix.start, k=z, v=z,
                    valid=jnp.zeros((g * n, size), bool), length=jnp.zeros((g * n,), jnp.int32),
                    index=jnp.zeros((), jnp.int32))
@@ -97,7 +100,7 @@ class KVCache:
     @property
     def size(self) -> int:
         """Slots of each rollout's own block."""
-        return self.k.shape[2]
+        return self.k.shape[3]
 
     @property
     def groups(self) -> int:
@@ -106,7 +109,7 @@ class KVCache:
     def prefix_lengths(self) -> jax.Array:
         """Real prompt tokens per rollout [G*N]."""
         n = self.k.shape[1] // self.groups
-        return jnp.repeat(self.pk.shape[2] - self.pstart, n, total_repeat_length=self.k.shape[1])
+        return jnp.repeat(self.pk.shape[3] - self.pstart, n, total_repeat_length=self.k.shape[1])
 
     def positions(self, t: int) -> jax.Array:
         """Positions [G*N, t] of the next ``t`` tokens of every rollout."""
@@ -115,7 +118,7 @@ class KVCache:
     def attend(self, layer, q, k, v, window=None):
         """Write ``k, v`` [G*N, T, K, Dh] at rollout slots ``index..index+T``; attend ``q`` to prefix + rollout."""
         b, t, h, d = q.shape
-        g, p = self.groups, self.pk.shape[2]
+        g, p = self.groups, self.pk.shape[3]
         ks, vs = _write(self.k, layer, self.index, k), _write(self.v, layer, self.index, v)
         q_pos = self.positions(t)                                            # [B, T]
         # prefix block: a group's N rollouts' queries stacked, so the prefix is read once per group
@@ -152,7 +155,7 @@ class KVCache:
 
     def token_slots(self) -> int:
         """Token slots held: ``G*P + G*N*S`` (the prefix once per prompt, plus each rollout's own)."""
-        return self.pk.shape[1] * self.pk.shape[2] + self.k.shape[1] * self.k.shape[2]
+        return self.pk.shape[1] * self.pk.shape[3] + self.k.shape[1] * self.k.shape[3]
 
     def nbytes(self) -> int:
         """Bytes of the key/value buffers (works on ``jax.eval_shape`` results too)."""

@@ -82,20 +82,21 @@ def rope(x, positions, inv_freq):
 def attention(q, k, v, mask):
     """Masked grouped-query attention returning the output and its log-sum-exp.
 
-    q [B, T, H, Dh]; k, v [B, S, K, Dh]; mask bool [B, T, S]. Returns out [B, T, H, Dh] (q's
-    dtype) and lse fp32 [B, T, H]. A query with no visible key gets out 0 and lse -inf, so
+    q [B, T, H, Dh]; k, v [B, K, S, Dh] (heads before positions: the KV cache's layout, which XLA
+    reads without a transpose); mask bool [B, T, S]. Returns out [B, T, H, Dh] (q's dtype) and
+    lse fp32 [B, T, H]. A query with no visible key gets out 0 and lse -inf, so
     partial attentions over disjoint key blocks merge exactly with :func:`merge_attention`.
     """
     b, t, h, d = q.shape
-    kv = k.shape[2]
+    kv = k.shape[1]
     qg = q.reshape(b, t, kv, h // kv, d)
-    s = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=F32) * (d ** -0.5)
+    s = jnp.einsum("btkgd,bksd->bkgts", qg, k, preferred_element_type=F32) * (d ** -0.5)
     s = jnp.where(mask[:, None, None], s, -jnp.inf)
     m = jnp.max(s, axis=-1, keepdims=True)
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     p = jnp.exp(s - m)
     l = jnp.sum(p, axis=-1, keepdims=True)
-    o = jnp.einsum("bkgts,bskd->btkgd", p.astype(v.dtype), v, preferred_element_type=F32)
+    o = jnp.einsum("bkgts,bksd->btkgd", p.astype(v.dtype), v, preferred_element_type=F32)
     l_t = jnp.moveaxis(l[..., 0], -1, 1)[..., None]               # [B, T, K, G, 1]
     o = o / jnp.maximum(l_t, jnp.finfo(F32).tiny)
     lse = jnp.moveaxis((m + jnp.log(l))[..., 0], -1, 1)           # [B, T, K, G]
@@ -144,7 +145,7 @@ def hidden_states(config: Config, params: dict, tokens, positions=None, cache=No
             q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
         q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
         if cache is None:
-            o, _ = attention(q, k, v, mask)
+            o, _ = attention(q, k.swapaxes(1, 2), v.swapaxes(1, 2), mask)
         else:
             o, cache = cache.attend(i, q, k, v, config.sliding_window)
         x = x + jnp.einsum("bthk,hkd->btd", o, lp["wo"])

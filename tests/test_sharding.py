@@ -172,7 +172,7 @@ def test_sharded_logits_match_one_device(model, data, tensor):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("data,tensor,kv_spec", [(4, 2, P(None, "data", None, "tensor")), (2, 4, P(None, "data"))])
+@pytest.mark.parametrize("data,tensor,kv_spec", [(4, 2, P(None, "data", "tensor")), (2, 4, P(None, "data"))])
 def test_cache_and_state_shardings_follow_the_rules(model, data, tensor, kv_spec):
     mesh = sharding.make_mesh(data, tensor)
     placed = engine.place_model(model, mesh)
