@@ -160,12 +160,11 @@ def main(argv=None) -> dict:
 
     model = models.Model(config, jax.device_get(params), policy.tokenizer)
     model.save(args.out)
-    metrics = {**history[-1], "train_seconds": round(time.time() - t0, 1),
-               "total_seconds": round(time.time() - start, 1), "parameters": config.num_params,
-               "train_rollouts": len(train.label), "train_mean_label": float(train.label.mean()),
-               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"},
-               "history": history}
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    from scripts.train_tiny import write_metrics
+    metrics = write_metrics(args, **history[-1], train_seconds=round(time.time() - t0, 1),
+                            total_seconds=round(time.time() - start, 1), parameters=config.num_params,
+                            train_rollouts=len(train.label), train_mean_label=float(train.label.mean()),
+                            history=history)
     print(f"saved {args.out}: val AUC {metrics['val_auc']:.3f}, best-of-16 {metrics['val_best_of_16']:.3f} "
           f"(mean label {metrics['val_mean_label']:.3f})")
     return metrics

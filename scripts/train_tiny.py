@@ -99,6 +99,13 @@ def make_step(config, optimizer):
     return step, jax.jit(loss_fn)
 
 
+def write_metrics(args, **metrics) -> dict:
+    """``metrics`` plus the run's arguments, written to ``args.out / metrics.json``; returned."""
+    metrics["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"}
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    return metrics
+
+
 def main(argv=None) -> dict:
     """Train, save to ``--out``, write ``metrics.json`` there and return the metrics."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -169,13 +176,9 @@ def main(argv=None) -> dict:
 
     model = models.load(args.out)
     sample = arith.held_out("test", "hard", METRIC_SAMPLE)
-    metrics = {
-        "test_hard_50_greedy_accuracy": greedy_accuracy(model, sample),
-        "train_seconds": round(train_seconds, 1), "steps": i, "parameters": config.num_params,
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"},
-        "mix": MIX, "history": history,
-    }
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    metrics = write_metrics(args, test_hard_50_greedy_accuracy=greedy_accuracy(model, sample),
+                            train_seconds=round(train_seconds, 1), steps=i, parameters=config.num_params,
+                            mix=MIX, history=history)
     print(f"saved {args.out}; trained {train_seconds / 60:.1f} min; greedy accuracy on the "
           f"{METRIC_SAMPLE}-problem hard test sample: {metrics['test_hard_50_greedy_accuracy']:.3f}")
     return metrics
