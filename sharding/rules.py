@@ -1,7 +1,7 @@
 """Logical axis names -> mesh axes, in one place.
 
 Every array rollax places on a mesh names its axes logically (``("layers", "embed", "heads",
-"head_dim")`` for a query projection, ``("layers", "rollouts", "seq", "kv_heads", "head_dim")``
+"head_dim")`` for a query projection, ``("layers", "rollouts", "kv_heads", "seq", "head_dim")``
 for a KV cache block). :data:`RULES` says which mesh axis each logical axis is split over;
 :func:`logical_to_spec` / :func:`logical_to_sharding` turn axis names into ``PartitionSpec`` /
 ``NamedSharding``. Two logical axes of one array may not share a mesh axis (a bad mapping,

@@ -113,11 +113,11 @@ def test_rules_and_specs_hash_the_same_twice():
 
 
 def test_kv_heads_are_replicated_only_when_they_do_not_divide():
-    axes = ("layers", "rollouts", "seq", "kv_heads", "head_dim")
+    axes = ("layers", "rollouts", "kv_heads", "seq", "head_dim")
     mesh = sharding.make_mesh(2, 4)
-    assert sharding.logical_to_spec(axes, mesh, shape=(2, 8, 32, 2, 16)) == P(None, "data")
-    assert sharding.logical_to_spec(axes, mesh, shape=(2, 8, 32, 8, 16)) == P(None, "data", None, "tensor")
-    assert sharding.logical_to_spec(axes, mesh) == P(None, "data", None, "tensor")   # no shape: as the rules say
+    assert sharding.logical_to_spec(axes, mesh, shape=(2, 8, 2, 32, 16)) == P(None, "data")
+    assert sharding.logical_to_spec(axes, mesh, shape=(2, 8, 8, 32, 16)) == P(None, "data", "tensor")
+    assert sharding.logical_to_spec(axes, mesh) == P(None, "data", "tensor")   # no shape: as the rules say
 
 
 @pytest.mark.parametrize("rules,axes,message", [
