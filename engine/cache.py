@@ -7,12 +7,14 @@ v, window)`` and ``advance(T)`` (see :func:`models.forward`):
   tokens sit in slots ``start[g] .. P-1``. Used to prefill prompts once.
 - :class:`KVCache` — the two-block layout rollouts decode against: the *prefix block*
   ``[L, G, K, P, Dh]`` (each prompt once, from a ``PrefillCache``) and the *rollout block*
-  ``[L, G*N, K, S, Dh]`` (each rollout's own tokens). Heads come before positions so that a
-  decode step's attention reads each head's keys contiguously (XLA CPU transposed the
-  position-major layout at every step: 8x slower attention at batch 64, docs/perf.md). Attention is two partial attentions —
+  ``[L, G*N, K, S, Dh]`` (each rollout's own tokens). Attention is two partial attentions —
   a group's N rollouts' queries stacked against its prefix (read once per group), and each
   rollout against its own block — merged by their log-sum-exp in fp32 (as Hydragen does).
   The naive layout (prompt replicated N times) is the same class with N = 1 per group.
+
+Heads come before positions so that a decode step's attention reads each head's keys
+contiguously (XLA CPU transposed a position-major cache at every step: 8x slower attention at
+batch 64, docs/perf.md).
 """
 from __future__ import annotations
 
