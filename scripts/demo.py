@@ -7,8 +7,8 @@ and runs it on held-out problems of the hard arithmetic split: greedy accuracy, 
 accuracy and pass@k coverage for k = 1..64 (unbiased estimator), each with the tokens it
 generates per problem, then the meta-generators of ``meta`` at N = 4, 16, 64: self-consistency,
 weighted vote by the learned outcome reward model ``tiny-arith-rm`` (``scripts.train_tiny
---reward``), best-of-N by the outcome verifier and adaptive self-consistency. Prints a table and writes a PNG of accuracy against
-tokens spent.
+--reward``), best-of-N by the outcome verifier and adaptive self-consistency. Prints a table
+and writes a PNG of accuracy against tokens spent.
 
 Every row of the table comes from a *strategy* in :data:`STRATEGIES`, a ``(name, fn)`` pair
 where ``fn(ctx: Context) -> list[Point]``; a meta-generator joins the table and the plot by
@@ -229,6 +229,7 @@ def main(argv=None) -> dict[str, list[Point]]:
     """Run every strategy on the hard test problems, print the table, write the plot; return the points."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny-arith", help="checkpoint directory or zoo name")
+    ap.add_argument("--reward-model", default="tiny-arith-rm", help="reward model for the weighted vote")
     ap.add_argument("--problems", type=int, default=200, help="hard test problems to run")
     ap.add_argument("--samples", type=int, default=64, help="samples per problem (largest k of pass@k)")
     ap.add_argument("--temperature", type=float, default=1.0)
@@ -241,7 +242,8 @@ def main(argv=None) -> dict[str, list[Point]]:
     start = time.time()
     model = models.load(args.model)
     problems = arith.held_out("test", "hard", args.problems)
-    ctx = Context(model, problems, samples=args.samples, temperature=args.temperature, seed=args.seed)
+    ctx = Context(model, problems, samples=args.samples, temperature=args.temperature, seed=args.seed,
+                  reward_model=args.reward_model)
     results = run(ctx)
     print(f"\n{args.model} on {len(problems)} held-out hard problems "
           f"({problems[0].prompt.strip()} ...), {args.samples} samples each:\n")
