@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from meta.common import extract, finish, score, setup
-from meta.draw import draw
+from meta.common import finish, scored_draw
 from meta.result import Result
 
 
@@ -16,13 +15,9 @@ def best_of_n(model, prompts, *, n: int, scorer, sampler=None, seed: int = 0, ma
     answer (default: the built-in task's). ``budget`` (a :class:`meta.Budget`) may carry a limit;
     a draw that could exceed it raises ``ValueError`` before anything is generated.
     """
-    budget, sampler, t0 = setup(prompts, n, references, budget, sampler)
-    if scorer is None:
-        raise ValueError("best_of_n needs a scorer")
-    d = draw(model, prompts, n=n, sampler=sampler, seed=seed, max_new_tokens=max_new_tokens, budget=budget,
-             stop_tokens=stop_tokens)
-    scores = score(scorer, prompts, d.texts, references, budget)
-    answers = extract(answer, d.texts)
+    d, scores, answers, budget, t0 = scored_draw("best_of_n", model, prompts, n=n, scorer=scorer, sampler=sampler,
+                                                 seed=seed, max_new_tokens=max_new_tokens, references=references,
+                                                 answer=answer, budget=budget, stop_tokens=stop_tokens)
     chosen = [int(np.argmax(s)) for s in scores]                     # argmax: first of the maxima
     return Result("best_of_n", list(prompts), [a[c] for a, c in zip(answers, chosen)], chosen, d.texts,
                   d.lengths.tolist(), answers, scores, [[] for _ in prompts], finish(budget, t0))

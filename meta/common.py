@@ -40,6 +40,19 @@ def finish(budget: Budget, t0: float) -> Budget:
     return budget
 
 
+def scored_draw(name: str, model, prompts, *, n: int, scorer, sampler, seed: int, max_new_tokens: int,
+                references, answer, budget: Budget | None, stop_tokens):
+    """The common part of a single-draw strategy that scores: checked arguments, ``n`` rollouts per
+    prompt, their scores and answers. Returns ``(draw, scores, answers, budget, t0)``; a missing
+    ``scorer`` is a ``ValueError`` naming ``name`` before anything is generated."""
+    budget, sampler, t0 = setup(prompts, n, references, budget, sampler)
+    if scorer is None:
+        raise ValueError(f"{name} needs a scorer (a verifier or reward model)")
+    d = draw(model, prompts, n=n, sampler=sampler, seed=seed, max_new_tokens=max_new_tokens, budget=budget,
+             stop_tokens=stop_tokens)
+    return d, score(scorer, prompts, d.texts, references, budget), extract(answer, d.texts), budget, t0
+
+
 def draw_rounds(model, prompts, *, n: int, round_size: int, settled, scorer, sampler, seed: int,
                 max_new_tokens: int, references, answer, budget: Budget, stop_tokens):
     """Draw rollouts in rounds of ``round_size`` for the prompts not yet settled, at most ``n`` each.

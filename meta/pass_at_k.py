@@ -5,8 +5,7 @@ import math
 
 import numpy as np
 
-from meta.common import extract, finish, score, setup
-from meta.draw import draw
+from meta.common import finish, scored_draw
 from meta.result import Result
 
 
@@ -27,14 +26,10 @@ def coverage(model, prompts, *, n: int, scorer, ks=None, sampler=None, seed: int
     A rollout is correct when its score is >= ``threshold``. The chosen answer is the first correct
     rollout's (an oracle's choice), ``None`` when none is.
     """
-    budget, sampler, t0 = setup(prompts, n, references, budget, sampler)
-    if scorer is None:
-        raise ValueError("pass@k needs a scorer (a verifier) to know which rollouts are correct")
+    d, scores, answers, budget, t0 = scored_draw("pass@k", model, prompts, n=n, scorer=scorer, sampler=sampler,
+                                                 seed=seed, max_new_tokens=max_new_tokens, references=references,
+                                                 answer=answer, budget=budget, stop_tokens=stop_tokens)
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n] if ks is None else list(ks)
-    d = draw(model, prompts, n=n, sampler=sampler, seed=seed, max_new_tokens=max_new_tokens, budget=budget,
-             stop_tokens=stop_tokens)
-    scores = score(scorer, prompts, d.texts, references, budget)
-    answers = extract(answer, d.texts)
     correct = [[s >= threshold for s in row] for row in scores]
     chosen = [row.index(True) if any(row) else None for row in correct]
     info = [{f"pass@{k}": float(pass_at_k(n, sum(row), k)) for k in ks} for row in correct]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from meta.common import extract, finish, score, setup
+from meta.common import extract, finish, score, scored_draw, setup
 from meta.draw import draw
 from meta.result import Result
 from meta.vote import winner
@@ -36,16 +36,13 @@ def weighted_vote(model, prompts, *, n: int, scorer, sampler=None, seed: int = 0
     verifier's 0/1 or a reward model's probability; pass ``weight=np.exp`` for log-probabilities).
     Weights must be >= 0. Ties go to the answer whose first rollout comes first.
     """
-    budget, sampler, t0 = setup(prompts, n, references, budget, sampler)
-    if scorer is None:
-        raise ValueError("weighted_vote needs a scorer")
-    d = draw(model, prompts, n=n, sampler=sampler, seed=seed, max_new_tokens=max_new_tokens, budget=budget,
-             stop_tokens=stop_tokens)
-    scores = score(scorer, prompts, d.texts, references, budget)
+    d, scores, answers, budget, t0 = scored_draw("weighted_vote", model, prompts, n=n, scorer=scorer,
+                                                 sampler=sampler, seed=seed, max_new_tokens=max_new_tokens,
+                                                 references=references, answer=answer, budget=budget,
+                                                 stop_tokens=stop_tokens)
     weights = [[float(weight(s)) if weight is not None else s for s in row] for row in scores]
     if any(w < 0 or not np.isfinite(w) for row in weights for w in row):
         raise ValueError("weighted_vote needs finite non-negative weights; transform the scores with weight=")
-    answers = extract(answer, d.texts)
     picked = [winner(a, w) for a, w in zip(answers, weights)]
     return Result("weighted_vote", list(prompts), [p[0] for p in picked], [p[1] for p in picked], d.texts,
                   d.lengths.tolist(), answers, scores, [p[2] for p in picked], finish(budget, t0))

@@ -12,7 +12,7 @@ import importlib
 from meta.draw import Drawn
 from sampling import Sampler
 
-MODULES = ("common", "best_of_n", "mbr", "pass_at_k", "self_consistency")   # where `draw` is called
+MODULES = ("common", "mbr", "self_consistency")   # where `draw` is called
 adaptive = importlib.import_module("meta.adaptive")
 mbr = importlib.import_module("meta.mbr")
 
