@@ -74,7 +74,7 @@ def _take(x, idx):
 def take_rollouts(cache: KVCache, rows) -> KVCache:
     """The cache's rollout-axis fields gathered at ``rows`` [B] (one gather; prefix block untouched)."""
     take = lambda x, axes: jnp.take(x, rows, axis=axes.index("rollouts")) if "rollouts" in axes else x
-    return jax.tree.map(take, cache, KVCache.axes(), is_leaf=lambda x: isinstance(x, tuple) and x == ())
+    return jax.tree.map(take, cache, cache.axes(), is_leaf=lambda x: isinstance(x, tuple) and x == ())
 
 
 def _group_step(logprobs, alive, alive_score, done, done_score, done_len, finished, improvable, active, t,

@@ -3,18 +3,19 @@
 Two layouts, both implementing the model-step protocol ``positions(T)``, ``attend(layer, q, k,
 v, window)`` and ``advance(T)`` (see :func:`models.forward`):
 
-- :class:`PrefillCache` — one block ``[L, G, K, P, Dh]`` holding left-padded prompts; row ``g``'s
-  tokens sit in slots ``start[g] .. P-1``. Used to prefill prompts once.
-- :class:`KVCache` — the two-block layout rollouts decode against: the *prefix block*
-  ``[L, G, K, P, Dh]`` (each prompt once, from a ``PrefillCache``) and the *rollout block*
-  ``[L, G*N, K, S, Dh]`` (each rollout's own tokens). Attention is two partial attentions —
+- :class:`PrefillCache` — one block ``[G, K, P, Dh]`` per layer holding left-padded prompts; row
+  ``g``'s tokens sit in slots ``start[g] .. P-1``. Used to prefill prompts once.
+- :class:`KVCache` — the two-block layout rollouts decode against: per layer, the *prefix block*
+  ``[G, K, P, Dh]`` (each prompt once, from a ``PrefillCache``) and the *rollout block*
+  ``[G*N, K, S, Dh]`` (each rollout's own tokens). Attention is two partial attentions —
   a group's N rollouts' queries stacked against its prefix (read once per group), and each
   rollout against its own block — merged by their log-sum-exp in fp32 (as Hydragen does).
   The naive layout (prompt replicated N times) is the same class with N = 1 per group.
 
-Heads come before positions so that a decode step's attention reads each head's keys
-contiguously (XLA CPU transposed a position-major cache at every step: 8x slower attention at
-batch 64, docs/perf.md).
+Keys and values are lists with one buffer per layer, and heads come before positions: a decode
+step's attention then reads each head's keys in place. XLA CPU copied a layer's slice of a
+stacked ``[L, ...]`` cache before the attention matmuls, and transposed a position-major one
+(docs/perf.md).
 """
 from __future__ import annotations
 
@@ -27,32 +28,36 @@ import jax.numpy as jnp
 from models.config import Config
 from models.transformer import attention, merge_attention
 
-KV = ("layers", "rollouts", "kv_heads", "seq", "head_dim")
-PREFIX_KV = ("layers", "prefix", "kv_heads", "seq", "head_dim")
+KV = ("rollouts", "kv_heads", "seq", "head_dim")
+PREFIX_KV = ("prefix", "kv_heads", "seq", "head_dim")
 
 
-def _write(buf, layer, index, x):
-    """Write x [B, T, K, Dh] into layer ``layer`` of buf [L, B, K, S, Dh] at slots ``index..index+T``."""
-    return jax.lax.dynamic_update_slice(buf, x.swapaxes(1, 2)[None].astype(buf.dtype), (layer, 0, 0, index, 0))
+def _write(bufs, layer, index, x):
+    """``bufs`` with x [B, T, K, Dh] written into layer ``layer``'s [B, K, S, Dh] at slots ``index..index+T``."""
+    bufs = list(bufs)
+    bufs[layer] = jax.lax.dynamic_update_slice(bufs[layer], x.swapaxes(1, 2).astype(bufs[layer].dtype),
+                                               (0, 0, index, 0))
+    return bufs
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PrefillCache:
-    k: jax.Array      # [L, G, K, P, Dh] keys of the left-padded prompts
-    v: jax.Array      # [L, G, K, P, Dh] values
+    k: list           # per layer [G, K, P, Dh]: keys of the left-padded prompts
+    v: list           # per layer [G, K, P, Dh]: values
     start: jax.Array  # int32 [G] first real slot of each prompt
     index: jax.Array  # int32 [] next slot to write
 
     @classmethod
     def create(cls, config: Config, groups: int, size: int, start) -> "PrefillCache":
-        z = jnp.zeros((config.layers, groups, config.kv_heads, size, config.head_dim), jnp.dtype(config.dtype))
+        z = [jnp.zeros((groups, config.kv_heads, size, config.head_dim), jnp.dtype(config.dtype))
+             for _ in range(config.layers)]
         return cls(k=z, v=z, start=jnp.asarray(start, jnp.int32), index=jnp.zeros((), jnp.int32))
 
-    @staticmethod
-    def axes() -> "PrefillCache":
-        """Logical axis names of every field (for ``sharding``)."""
-        return PrefillCache(k=PREFIX_KV, v=PREFIX_KV, start=("prefix",), index=())
+    def axes(self) -> "PrefillCache":
+        """Logical axis names of every field (for ``sharding``), shaped like the cache."""
+        layers = [PREFIX_KV] * len(self.k)
+        return PrefillCache(k=layers, v=layers, start=("prefix",), index=())
 
     def positions(self, t: int) -> jax.Array:
         slots = self.index + jnp.arange(t)
@@ -61,7 +66,7 @@ class PrefillCache:
     def attend(self, layer, q, k, v, window=None):
         ks, vs = _write(self.k, layer, self.index, k), _write(self.v, layer, self.index, v)
         q_slot = self.index + jnp.arange(q.shape[1])[:, None]               # [T, 1]
-        k_slot = jnp.arange(self.k.shape[3])[None, :]                        # [1, P]
+        k_slot = jnp.arange(self.k[0].shape[2])[None, :]                        # [1, P]
         mask = (k_slot <= q_slot)[None] & (k_slot >= self.start[:, None, None])
         if window is not None:
             mask &= (q_slot - k_slot < window)[None]
@@ -75,11 +80,11 @@ class PrefillCache:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
-    pk: jax.Array      # [L, G, K, P, Dh]   prefix block keys (each prompt once)
-    pv: jax.Array      # [L, G, K, P, Dh]   prefix block values
+    pk: list           # per layer [G, K, P, Dh]:   prefix block keys (each prompt once)
+    pv: list           # per layer [G, K, P, Dh]:   prefix block values
     pstart: jax.Array  # int32 [G]          first real prefix slot (left padding before it)
-    k: jax.Array       # [L, G*N, K, S, Dh] rollout block keys
-    v: jax.Array       # [L, G*N, K, S, Dh] rollout block values
+    k: list            # per layer [G*N, K, S, Dh]: rollout block keys
+    v: list            # per layer [G*N, K, S, Dh]: rollout block values
     valid: jax.Array   # bool [G*N, S]      slot holds a real token of the rollout
     length: jax.Array  # int32 [G*N]        real tokens in each rollout's block
     index: jax.Array   # int32 []           next rollout slot to write (the same for every row)
@@ -87,31 +92,35 @@ class KVCache:
     @classmethod
     def from_prefill(cls, prefix: PrefillCache, n: int, size: int) -> "KVCache":
         """A cache for ``n`` rollouts of each prefilled prompt, ``size`` slots of their own each."""
-        layers, g, kv, _, hd = prefix.k.shape
-        z = jnp.zeros((layers, g * n, kv, size, hd), prefix.k.dtype)
+        g, kv, _, hd = prefix.k[0].shape
+        z = [jnp.zeros((g * n, kv, size, hd), x.dtype) for x in prefix.k]
         return cls(pk=prefix.k, pv=prefix.v, pstart=prefix.start, k=z, v=z,
                    valid=jnp.zeros((g * n, size), bool), length=jnp.zeros((g * n,), jnp.int32),
                    index=jnp.zeros((), jnp.int32))
 
-    @staticmethod
-    def axes() -> "KVCache":
+    def axes(self) -> "KVCache":
         """Logical axis names of every field (for ``sharding``), shaped like the cache."""
-        return KVCache(pk=PREFIX_KV, pv=PREFIX_KV, pstart=("prefix",), k=KV, v=KV, valid=("rollouts", "seq"),
+        prefix, rollout = [PREFIX_KV] * len(self.pk), [KV] * len(self.k)
+        return KVCache(pk=prefix, pv=prefix, pstart=("prefix",), k=rollout, v=rollout, valid=("rollouts", "seq"),
                        length=("rollouts",), index=())
 
     @property
     def size(self) -> int:
         """Slots of each rollout's own block."""
-        return self.k.shape[3]
+        return self.k[0].shape[2]
 
     @property
     def groups(self) -> int:
-        return self.pk.shape[1]
+        return self.pk[0].shape[0]
+
+    @property
+    def rows(self) -> int:
+        """Rollouts (G*N)."""
+        return self.k[0].shape[0]
 
     def prefix_lengths(self) -> jax.Array:
         """Real prompt tokens per rollout [G*N]."""
-        n = self.k.shape[1] // self.groups
-        return jnp.repeat(self.pk.shape[3] - self.pstart, n, total_repeat_length=self.k.shape[1])
+        return jnp.repeat(self.pk[0].shape[2] - self.pstart, self.rows // self.groups, total_repeat_length=self.rows)
 
     def positions(self, t: int) -> jax.Array:
         """Positions [G*N, t] of the next ``t`` tokens of every rollout."""
@@ -120,7 +129,7 @@ class KVCache:
     def attend(self, layer, q, k, v, window=None):
         """Write ``k, v`` [G*N, T, K, Dh] at rollout slots ``index..index+T``; attend ``q`` to prefix + rollout."""
         b, t, h, d = q.shape
-        g, p = self.groups, self.pk.shape[3]
+        g, p = self.groups, self.pk[0].shape[2]
         ks, vs = _write(self.k, layer, self.index, k), _write(self.v, layer, self.index, v)
         q_pos = self.positions(t)                                            # [B, T]
         # prefix block: a group's N rollouts' queries stacked, so the prefix is read once per group
@@ -157,8 +166,8 @@ class KVCache:
 
     def token_slots(self) -> int:
         """Token slots held: ``G*P + G*N*S`` (the prefix once per prompt, plus each rollout's own)."""
-        return self.pk.shape[1] * self.pk.shape[3] + self.k.shape[1] * self.k.shape[3]
+        return self.groups * self.pk[0].shape[2] + self.rows * self.size
 
     def nbytes(self) -> int:
         """Bytes of the key/value buffers (works on ``jax.eval_shape`` results too)."""
-        return sum(math.prod(x.shape) * x.dtype.itemsize for x in (self.pk, self.pv, self.k, self.v))
+        return sum(math.prod(x.shape) * x.dtype.itemsize for x in (*self.pk, *self.pv, *self.k, *self.v))

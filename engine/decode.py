@@ -44,13 +44,12 @@ class DecodeState:
     prompt: jax.Array           # int32 [G, P]  the left-padded prompts (history for n-gram / repetition)
     cache: KVCache
 
-    @staticmethod
-    def axes() -> "DecodeState":
+    def axes(self) -> "DecodeState":
         """Logical axis names of every field (for ``sharding``), shaped like the state."""
         row, rows = ("rollouts",), ("rollouts", "time")
         return DecodeState(done=row, logits=("rollouts", "vocab"), tokens=rows, logprobs=rows,
                            sample_logprobs=rows, keys=row, counts=("rollouts", "vocab"), mu=row,
-                           fsm=row, prompt=("prefix", None), cache=KVCache.axes())
+                           fsm=row, prompt=("prefix", None), cache=self.cache.axes())
 
     def context(self, stop_ids) -> Context:
         """What the sampler's history-dependent filters read: each row's prompt + rollout tokens."""
@@ -117,9 +116,11 @@ def left_pad(ids: list[list[int]], pad_id: int, length: int):
 @partial(jax.jit, static_argnames=("forward", "config", "n", "size", "mesh"))
 def _start(forward, config, params, tokens, start, keys, *, n: int, size: int, mesh=None) -> DecodeState:
     g, p = tokens.shape
-    prefix = sharding.constrain(PrefillCache.create(config, g, p, start), PrefillCache.axes(), mesh)
+    prefix = PrefillCache.create(config, g, p, start)
+    prefix = sharding.constrain(prefix, prefix.axes(), mesh)
     logits, prefix = forward(config, params, tokens, None, prefix, last_only=True)
-    cache = sharding.constrain(KVCache.from_prefill(prefix, n, size), KVCache.axes(), mesh)
+    cache = KVCache.from_prefill(prefix, n, size)
+    cache = sharding.constrain(cache, cache.axes(), mesh)
     b = g * n
     zeros = jnp.zeros((b, size), jnp.float32)
     state = DecodeState(done=jnp.zeros((b,), bool), logits=jnp.repeat(logits, n, axis=0),
@@ -127,7 +128,7 @@ def _start(forward, config, params, tokens, start, keys, *, n: int, size: int, m
                         sample_logprobs=zeros, keys=keys, counts=jnp.zeros((b, config.vocab_size), jnp.int32),
                         mu=jnp.full((b,), jnp.nan, jnp.float32), fsm=jnp.zeros((b,), jnp.int32), prompt=tokens,
                         cache=cache)
-    return sharding.constrain(state, DecodeState.axes(), mesh)
+    return sharding.constrain(state, state.axes(), mesh)
 
 
 def start(model, prompts, *, capacity: int, n: int = 1, seed: int = 0, share_prefix: bool = True,
@@ -168,7 +169,7 @@ def _step(forward, config, params, state: DecodeState, sampler: Sampler, stop_id
                         counts=state.counts.at[jnp.arange(tok.shape[0]), tok].add(live.astype(jnp.int32)),
                         mu=jnp.where(live, draw.mu, state.mu), fsm=jnp.where(live, draw.fsm, state.fsm),
                         prompt=state.prompt)
-    return sharding.constrain(state, DecodeState.axes(), mesh)
+    return sharding.constrain(state, state.axes(), mesh)
 
 
 decode_step = jax.jit(_step, static_argnums=(0, 1), static_argnames=("mesh",), donate_argnums=(3,))
@@ -222,7 +223,7 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
 def _gather(state: DecodeState, rows) -> DecodeState:
     """Every rollout-axis field of ``state`` gathered at ``rows``: one gather, prefix block untouched."""
     take = lambda x, axes: jnp.take(x, rows, axis=axes.index("rollouts")) if "rollouts" in axes else x
-    return jax.tree.map(take, state, DecodeState.axes())
+    return jax.tree.map(take, state, state.axes())
 
 
 def select(state: DecodeState, indices) -> DecodeState:

@@ -14,7 +14,7 @@ from models import safetensors, zoo
 from models.config import FAMILIES, Config, from_hf
 from models.tokenizer import Tokenizer, load_tokenizer
 from models.placement import abstract_params, hf_to_mesh, shard_params
-from models.transformer import forward, param_shapes
+from models.transformer import forward
 
 ROLLAX_META = "rollax.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -122,17 +122,12 @@ def load_hf(path, dtype=None, mesh=None) -> Model:
                          f"unexpected tensors {unexpected[:8]}")
     if mesh is not None:
         return Model(config, hf_to_mesh(tensors, table, config, mesh), _tokenizer(path, config))
-    shapes = param_shapes(config)
-    out = {key: np.empty(shape, jnp.dtype(config.dtype)) for key, shape in
-           {**{k: s for k, s in shapes.items() if k != "layers"}, **shapes["layers"]}.items()}
+    params = {"layers": [{} for _ in range(config.layers)]}
     for name, (shape, key, layer, convert) in table.items():
         x = tensors[name]
         if tuple(x.shape) != shape:
             raise ValueError(f"tensor {name} has shape {tuple(x.shape)}, expected {shape} from config.json")
-        dest = out[key] if layer is None else out[key][layer]
-        dest[...] = convert(x).astype(dest.dtype)
-    layers = {k: out.pop(k) for k in shapes["layers"]}
-    params = jax.tree.map(jnp.asarray, {**out, "layers": layers})
+        (params if layer is None else params["layers"][layer])[key] = jnp.asarray(convert(x), config.dtype)
     return Model(config, params, _tokenizer(path, config))
 
 

@@ -83,25 +83,13 @@ def hf_to_mesh(tensors: dict, layout: dict, config: Config, mesh) -> dict:
         if tuple(tensors[name].shape) != shape:
             raise ValueError(f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape} "
                              "from config.json")
-    sources: dict[str, dict] = {}
-    for name, (_, key, layer, convert) in layout.items():
-        sources.setdefault(key, {})[layer] = (tensors[name], convert)
     dtype = jnp.dtype(config.dtype)
     shapes, shardings = param_shapes(config), param_shardings(config, mesh)
-
-    def build(key, shape, target, layered):
-        src = sources[key]
-        if not layered:
-            x, convert = src[None]
-            return jax.make_array_from_callback(
-                shape, target, lambda index: read_block(key, x, index, shape, convert).astype(dtype))
-
-        def block(index):
-            lo, hi = _range(index[0], shape[0])
-            return np.stack([read_block(key, src[i][0], index[1:], shape[1:], src[i][1]).astype(dtype)
-                             for i in range(lo, hi)])
-        return jax.make_array_from_callback(shape, target, block)
-
-    out = {k: build(k, s, shardings[k], False) for k, s in shapes.items() if k != "layers"}
-    out["layers"] = {k: build(k, s, shardings["layers"][k], True) for k, s in shapes["layers"].items()}
-    return out
+    params = {"layers": [{} for _ in range(config.layers)]}
+    for name, (_, key, layer, convert) in layout.items():
+        at = (lambda tree: tree) if layer is None else (lambda tree: tree["layers"][layer])
+        shape, x = at(shapes)[key], tensors[name]
+        at(params)[key] = jax.make_array_from_callback(
+            shape, at(shardings)[key],
+            lambda index, key=key, x=x, shape=shape, convert=convert: read_block(key, x, index, shape, convert).astype(dtype))
+    return params

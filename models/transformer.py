@@ -1,7 +1,10 @@
 """The decoder-only transformer (Llama / Mistral / Qwen2) as pure functions.
 
-Parameters are a dict pytree with the layers stacked on a leading axis so the forward pass is
-one ``lax.scan``; :func:`param_axes` gives every weight its logical axis names.
+Parameters are a dict pytree; ``params["layers"]`` is a list with one dict of weights per layer,
+and the forward pass is a Python loop over it (unrolled in the compiled program). Stacking the
+layers on a leading axis and scanning would be smaller to compile, but XLA copies a layer's
+slice of a stacked weight or KV cache before its matmul: a copy of every weight and of the whole
+cache per decode step (docs/perf.md). :func:`param_axes` gives every weight its logical axis names.
 """
 from __future__ import annotations
 
@@ -16,20 +19,19 @@ F32 = jnp.float32
 def param_axes(config: Config) -> dict:
     """Logical axis names of every weight, as a pytree shaped like the params."""
     layer = {
-        "attn_norm": ("layers", "embed"),
-        "wq": ("layers", "embed", "heads", "head_dim"),
-        "wk": ("layers", "embed", "kv_heads", "head_dim"),
-        "wv": ("layers", "embed", "kv_heads", "head_dim"),
-        "wo": ("layers", "heads", "head_dim", "embed"),
-        "mlp_norm": ("layers", "embed"),
-        "w_gate": ("layers", "embed", "mlp"),
-        "w_up": ("layers", "embed", "mlp"),
-        "w_down": ("layers", "mlp", "embed"),
+        "attn_norm": ("embed",),
+        "wq": ("embed", "heads", "head_dim"),
+        "wk": ("embed", "kv_heads", "head_dim"),
+        "wv": ("embed", "kv_heads", "head_dim"),
+        "wo": ("heads", "head_dim", "embed"),
+        "mlp_norm": ("embed",),
+        "w_gate": ("embed", "mlp"),
+        "w_up": ("embed", "mlp"),
+        "w_down": ("mlp", "embed"),
     }
     if config.qkv_bias:
-        layer |= {"bq": ("layers", "heads", "head_dim"), "bk": ("layers", "kv_heads", "head_dim"),
-                  "bv": ("layers", "kv_heads", "head_dim")}
-    axes = {"embed": ("vocab", "embed"), "layers": layer, "final_norm": ("embed",)}
+        layer |= {"bq": ("heads", "head_dim"), "bk": ("kv_heads", "head_dim"), "bv": ("kv_heads", "head_dim")}
+    axes = {"embed": ("vocab", "embed"), "layers": [layer] * config.layers, "final_norm": ("embed",)}
     if not config.tie_embeddings:
         axes["lm_head"] = ("embed", "vocab")
     if config.score_head:
@@ -39,7 +41,7 @@ def param_axes(config: Config) -> dict:
 
 def param_shapes(config: Config) -> dict:
     """Shape of every weight, as a pytree shaped like the params."""
-    size = {"layers": config.layers, "embed": config.hidden, "heads": config.heads,
+    size = {"embed": config.hidden, "heads": config.heads,
             "kv_heads": config.kv_heads, "head_dim": config.head_dim,
             "mlp": config.intermediate, "vocab": config.vocab_size}
     return jax.tree.map(lambda names: tuple(size[a] for a in names), param_axes(config),
@@ -47,21 +49,26 @@ def param_shapes(config: Config) -> dict:
 
 
 def init_params(config: Config, key: jax.Array, std: float = 0.02) -> dict:
-    """Random parameters (normal(0, std) matrices, unit norm scales, zero biases)."""
+    """Random parameters (normal(0, std) matrices, unit norm scales, zero biases).
+
+    Each weight is drawn for all layers at once (one key per weight name, the layers along a
+    leading axis) and then split, so a config's random weights do not depend on the layout.
+    """
     shapes = param_shapes(config)
-    leaves, tree = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
-    paths = [jax.tree_util.keystr(p) for p, _ in
-             jax.tree_util.tree_flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))[0]]
+    stacked = {k: (config.layers, *s) for k, s in shapes["layers"][0].items()}
+    names = [n for top in sorted(shapes) for n in (sorted(stacked) if top == "layers" else [top])]
     dtype = jnp.dtype(config.dtype)
-    out = []
-    for i, (path, shape) in enumerate(zip(paths, leaves)):
-        if "norm" in path:
-            out.append(jnp.ones(shape, dtype))
-        elif "'b" in path:
-            out.append(jnp.zeros(shape, dtype))
+    out = {}
+    for i, name in enumerate(names):
+        shape = stacked.get(name) or shapes[name]
+        if "norm" in name:
+            out[name] = jnp.ones(shape, dtype)
+        elif name.startswith("b"):
+            out[name] = jnp.zeros(shape, dtype)
         else:
-            out.append((std * jax.random.normal(jax.random.fold_in(key, i), shape, F32)).astype(dtype))
-    return jax.tree.unflatten(tree, out)
+            out[name] = (std * jax.random.normal(jax.random.fold_in(key, i), shape, F32)).astype(dtype)
+    stacked = {k: out.pop(k) for k in stacked}
+    return {**out, "layers": [{k: w[i] for k, w in stacked.items()} for i in range(config.layers)]}
 
 
 def rms_norm(x, weight, eps):
@@ -135,8 +142,7 @@ def hidden_states(config: Config, params: dict, tokens, positions=None, cache=No
     mask = causal_mask(t, config.sliding_window) if cache is None else None
     x = params["embed"][tokens]
 
-    def layer(carry, lp):
-        x, cache, i = carry
+    for i, lp in enumerate(params["layers"]):
         h = rms_norm(x, lp["attn_norm"], config.norm_eps)
         q = jnp.einsum("btd,dhk->bthk", h, lp["wq"])
         k = jnp.einsum("btd,dhk->bthk", h, lp["wk"])
@@ -150,10 +156,7 @@ def hidden_states(config: Config, params: dict, tokens, positions=None, cache=No
             o, cache = cache.attend(i, q, k, v, config.sliding_window)
         x = x + jnp.einsum("bthk,hkd->btd", o, lp["wo"])
         h = rms_norm(x, lp["mlp_norm"], config.norm_eps)
-        g = jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])
-        return (x + g @ lp["w_down"], cache, i + 1), None
-
-    (x, cache, _), _ = jax.lax.scan(layer, (x, cache, 0), params["layers"])
+        x = x + (jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
     return rms_norm(x, params["final_norm"], config.norm_eps), (cache.advance(t) if cache is not None else None)
 
 

@@ -1,8 +1,8 @@
 """Logical axis names -> mesh axes, in one place.
 
-Every array rollax places on a mesh names its axes logically (``("layers", "embed", "heads",
-"head_dim")`` for a query projection, ``("layers", "rollouts", "kv_heads", "seq", "head_dim")``
-for a KV cache block). :data:`RULES` says which mesh axis each logical axis is split over;
+Every array rollax places on a mesh names its axes logically (``("embed", "heads", "head_dim")``
+for a layer's query projection, ``("rollouts", "kv_heads", "seq", "head_dim")`` for a layer's
+KV cache block). :data:`RULES` says which mesh axis each logical axis is split over;
 :func:`logical_to_spec` / :func:`logical_to_sharding` turn axis names into ``PartitionSpec`` /
 ``NamedSharding``. Two logical axes of one array may not share a mesh axis (a bad mapping,
 refused); a logical axis whose size does not divide its mesh axis is replicated instead (for
@@ -71,7 +71,6 @@ RULES = Rules.of({
     "kv_heads": TENSOR,     # replicated automatically when kv_heads does not divide the tensor axis
     "head_dim": None,
     "mlp": TENSOR,
-    "layers": None,
     # activations and state: rollouts (and the prompts they come from) split over the data axis
     "rollouts": DATA,
     "batch": DATA,

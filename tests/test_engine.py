@@ -142,7 +142,7 @@ def test_cache_is_donated_to_decode_step(tiny):
     old = state.cache.k
     new = engine.decode_step(tiny.forward, tiny.config, tiny.params, state, engine.row_sampler(None, state),
                              engine.stop_ids(tiny.config))
-    assert old.is_deleted() and int(new.cache.index) == 1
+    assert all(x.is_deleted() for x in old) and int(new.cache.index) == 1
     assert dataclasses.is_dataclass(new.cache)
 
 

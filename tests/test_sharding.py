@@ -2,7 +2,6 @@
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -82,19 +81,20 @@ def test_parse_mesh():
 
 def test_param_shardings_follow_the_rules(model):
     wide = model.shard(sharding.make_mesh(2, 4)).params        # kv_heads 2 < tensor 4: replicated
-    assert wide["layers"]["wq"].sharding.spec == P(None, None, "tensor")
-    assert wide["layers"]["wk"].sharding.spec == P()
-    assert wide["layers"]["wv"].sharding.spec == P()
-    assert wide["layers"]["wo"].sharding.spec == P(None, "tensor")
-    assert wide["layers"]["w_gate"].sharding.spec == P(None, None, "tensor")
-    assert wide["layers"]["w_down"].sharding.spec == P(None, "tensor")
+    for layer in wide["layers"]:
+        assert layer["wq"].sharding.spec == P(None, "tensor")
+        assert layer["wk"].sharding.spec == P()
+        assert layer["wv"].sharding.spec == P()
+        assert layer["wo"].sharding.spec == P("tensor")
+        assert layer["w_gate"].sharding.spec == P(None, "tensor")
+        assert layer["w_down"].sharding.spec == P("tensor")
     assert wide["embed"].sharding.spec == P("tensor")
     assert wide["lm_head"].sharding.spec == P(None, "tensor")
     assert wide["final_norm"].sharding.spec == P()
     # each device holds a quarter of the heads
-    assert wide["layers"]["wq"].addressable_shards[0].data.shape == (2, 64, 1, 16)
+    assert wide["layers"][1]["wq"].addressable_shards[0].data.shape == (64, 1, 16)
     narrow = model.shard(sharding.make_mesh(4, 2)).params      # kv_heads 2 = tensor 2: split
-    assert narrow["layers"]["wk"].sharding.spec == P(None, None, "tensor")
+    assert narrow["layers"][1]["wk"].sharding.spec == P(None, "tensor")
     for placed in (wide, narrow):
         for got, want in zip(jax.tree.leaves(placed), jax.tree.leaves(model.params)):
             np.testing.assert_array_equal(got, want)
@@ -113,17 +113,17 @@ def test_rules_and_specs_hash_the_same_twice():
 
 
 def test_kv_heads_are_replicated_only_when_they_do_not_divide():
-    axes = ("layers", "rollouts", "kv_heads", "seq", "head_dim")
+    axes = ("rollouts", "kv_heads", "seq", "head_dim")
     mesh = sharding.make_mesh(2, 4)
-    assert sharding.logical_to_spec(axes, mesh, shape=(2, 8, 2, 32, 16)) == P(None, "data")
-    assert sharding.logical_to_spec(axes, mesh, shape=(2, 8, 8, 32, 16)) == P(None, "data", "tensor")
-    assert sharding.logical_to_spec(axes, mesh) == P(None, "data", "tensor")   # no shape: as the rules say
+    assert sharding.logical_to_spec(axes, mesh, shape=(8, 2, 32, 16)) == P("data")
+    assert sharding.logical_to_spec(axes, mesh, shape=(8, 8, 32, 16)) == P("data", "tensor")
+    assert sharding.logical_to_spec(axes, mesh) == P("data", "tensor")   # no shape: as the rules say
 
 
 @pytest.mark.parametrize("rules,axes,message", [
-    (sharding.RULES.replace(embed="tensor"), ("layers", "embed", "heads", "head_dim"),
-     "logical axes 'embed' and 'heads' of one array ('layers', 'embed', 'heads', 'head_dim') both map to mesh axis 'tensor'"),
-    (sharding.RULES, ("layers", "experts"), "logical axis 'experts' has no sharding rule"),
+    (sharding.RULES.replace(embed="tensor"), ("embed", "heads", "head_dim"),
+     "logical axes 'embed' and 'heads' of one array ('embed', 'heads', 'head_dim') both map to mesh axis 'tensor'"),
+    (sharding.RULES, ("embed", "experts"), "logical axis 'experts' has no sharding rule"),
     (sharding.RULES.replace(heads="model"), ("heads",), "rule 'heads' -> 'model' names a mesh axis the mesh does not have"),
     (sharding.RULES, "heads", "logical axes must be a tuple of names"),
 ])
@@ -172,22 +172,22 @@ def test_sharded_logits_match_one_device(model, data, tensor):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("data,tensor,kv_spec", [(4, 2, P(None, "data", "tensor")), (2, 4, P(None, "data"))])
+@pytest.mark.parametrize("data,tensor,kv_spec", [(4, 2, P("data", "tensor")), (2, 4, P("data"))])
 def test_cache_and_state_shardings_follow_the_rules(model, data, tensor, kv_spec):
     mesh = sharding.make_mesh(data, tensor)
     placed = engine.place_model(model, mesh)
     state = engine.start(placed, PROMPTS, capacity=8, n=N, mesh=mesh)
     sampler = engine.row_sampler(None, state, mesh)
-    cache_axes = engine.KVCache.axes()
+    cache_axes = state.cache.axes()
     for got, axes in zip(jax.tree.leaves(state.cache), jax.tree.leaves(cache_axes, is_leaf=lambda x: isinstance(x, tuple))):
         assert got.sharding.spec == sharding.logical_to_spec(axes, mesh, shape=got.shape)
-    assert state.cache.k.sharding.spec == kv_spec and state.cache.v.sharding.spec == kv_spec
+    assert all(x.sharding.spec == kv_spec for x in state.cache.k + state.cache.v)
     assert state.cache.pstart.sharding.spec == P("data") and state.cache.length.sharding.spec == P("data")
     assert state.tokens.sharding.spec == P("data") and state.keys.sharding.spec == P("data")
     assert state.logits.sharding.spec == P("data", "tensor")
     assert sampler.temperature.sharding.spec == P("data")
     state = engine.decode(placed, state, max_new_tokens=8, mesh=mesh)
-    assert state.cache.k.sharding.spec == kv_spec and state.tokens.sharding.spec == P("data")
+    assert all(x.sharding.spec == kv_spec for x in state.cache.k) and state.tokens.sharding.spec == P("data")
 
 
 def test_a_fake_model_without_shard_is_replicated():
@@ -218,8 +218,8 @@ def test_load_rollax_restores_into_shards(tmp_path, model):
     model.save(tmp_path / "ckpt")
     mesh = sharding.make_mesh(4, 2)
     got = models.load(tmp_path / "ckpt", mesh=mesh)
-    assert got.params["layers"]["wq"].sharding.spec == P(None, None, "tensor")
-    assert got.params["layers"]["wk"].sharding.spec == P(None, None, "tensor")
+    assert all(layer["wq"].sharding.spec == P(None, "tensor") for layer in got.params["layers"])
+    assert all(layer["wk"].sharding.spec == P(None, "tensor") for layer in got.params["layers"])
     assert got.params["embed"].sharding.spec == P("tensor")
     for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(model.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -1,5 +1,4 @@
 """Shared-prefix rollouts: the two-block cache against the naive layout, select / fork / append."""
-import dataclasses
 
 import jax
 import numpy as np
