@@ -60,8 +60,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     model = models.load(args.model)
     problems = arith.held_out(args.split, "hard", args.problems)
-    print(f"| strategy | accuracy | tokens generated / problem | policy forward calls | wall s |")
-    print(f"|---|---:|---:|---:|---:|")
+    print("| strategy | accuracy | tokens generated / problem | policy forward calls | wall s |")
+    print("|---|---:|---:|---:|---:|")
     start = time.time()
     for name, r in rows(model, problems, args.temperature, args.seed, args.reward_model):
         acc = np.mean([a == p.answer for a, p in zip(r.answers, problems)])
