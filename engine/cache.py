@@ -6,8 +6,10 @@ v, window)`` and ``advance(T)`` (see :func:`models.forward`):
 - :class:`PrefillCache` — one block ``[G, K, P, Dh]`` per layer holding left-padded prompts; row
   ``g``'s tokens sit in slots ``start[g] .. P-1``. Used to prefill prompts once.
 - :class:`KVCache` — the two-block layout rollouts decode against: per layer, the *prefix block*
-  ``[G, K, P, Dh]`` (each prompt once, from a ``PrefillCache``) and the *rollout block*
-  ``[G*N, K, S, Dh]`` (each rollout's own tokens). Attention is two partial attentions —
+  ``[G, K, P, Dh]`` (each prompt once, from a ``PrefillCache``) and the *rollout block* of
+  ``S`` slots per rollout (each rollout's own tokens), ``[G*N, K, S, Dh]`` — on CPU split into
+  up to 8 consecutive buffers so that a step reads only those already written (see
+  :func:`block_sizes`). Attention is two partial attentions —
   a group's N rollouts' queries stacked against its prefix (read once per group), and each
   rollout against its own block — merged by their log-sum-exp in fp32 (as Hydragen does).
   The naive layout (prompt replicated N times) is the same class with N = 1 per group.
@@ -30,6 +32,64 @@ from models.transformer import attention, merge_attention
 
 KV = ("rollouts", "kv_heads", "seq", "head_dim")
 PREFIX_KV = ("prefix", "kv_heads", "seq", "head_dim")
+
+
+MAX_BLOCKS, MIN_BLOCK = 8, 32
+
+
+def block_sizes(size: int) -> list[int]:
+    """How ``size`` rollout slots are split into buffers.
+
+    On CPU, ``ceil(size / 32)`` of them, at most 8, of equal size but the last (128 -> 4 x 32,
+    100 -> 4 x 25, 1024 -> 8 x 128), so that a decode step can skip those not yet written
+    (:func:`attend_blocks`). Elsewhere one buffer: XLA GPU evaluates a ``lax.cond``'s predicate
+    on the host, a device-to-host sync per buffer and layer that would cost more than it saves.
+    """
+    n = max(1, min(MAX_BLOCKS, -(-size // MIN_BLOCK))) if jax.default_backend() == "cpu" else 1
+    base = -(-size // n)
+    return [base] * (n - 1) + [size - base * (n - 1)]
+
+
+def write_blocks(blocks, index, x):
+    """One layer's consecutive slot buffers [B, K, S_j, Dh] with x [B, T, K, Dh] written at slots ``index..index+T``.
+
+    A decode step (T = 1) updates the buffer holding slot ``index`` in place (each buffer under a
+    ``lax.cond`` when there are several); a longer write selects each buffer's slots from ``x``.
+    """
+    x = x.swapaxes(1, 2)
+    write = lambda buf, x, at: jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), at, axis=2)
+    keep = lambda buf, x, at: buf
+    out, start = [], 0
+    for buf in blocks:
+        n, t = buf.shape[2], x.shape[2]
+        if len(blocks) == 1:
+            out.append(write(buf, x, index))
+        elif t == 1:
+            out.append(jax.lax.cond((index >= start) & (index < start + n), write, keep, buf, x, index - start))
+        else:
+            src = start + jnp.arange(n) - index                                # slot -> position in x
+            rows = jnp.take(x, jnp.clip(src, 0, t - 1), axis=2).astype(buf.dtype)
+            out.append(jnp.where(((src >= 0) & (src < t))[:, None], rows, buf))
+        start += n
+    return out
+
+
+def attend_blocks(q, ks, vs, mask, used):
+    """Partial attentions ``[(out, lse), ...]`` of q [B, T, H, Dh] over consecutive key/value buffers.
+
+    ``mask`` bool [B, T, S] covers all the buffers' slots; slots from ``used`` on hold nothing
+    yet, and a buffer that starts there is skipped by a ``lax.cond``: a step reads only the part
+    of the cache already written. (XLA CPU cannot read a dynamic slice of one buffer without
+    copying it first, so the skipping needs separate buffers; docs/perf.md.)
+    """
+    empty = lambda q, k, v, m: (jnp.zeros_like(q), jnp.full(q.shape[:3], -jnp.inf, jnp.float32))
+    parts, start = [], 0
+    for k, v in zip(ks, vs):
+        n = k.shape[2]
+        m = mask[:, :, start:start + n]
+        parts.append(jax.lax.cond(start < used, attention, empty, q, k, v, m) if start else attention(q, k, v, m))
+        start += n
+    return parts
 
 
 def _write(bufs, layer, index, x):
@@ -83,8 +143,8 @@ class KVCache:
     pk: list           # per layer [G, K, P, Dh]:   prefix block keys (each prompt once)
     pv: list           # per layer [G, K, P, Dh]:   prefix block values
     pstart: jax.Array  # int32 [G]          first real prefix slot (left padding before it)
-    k: list            # per layer [G*N, K, S, Dh]: rollout block keys
-    v: list            # per layer [G*N, K, S, Dh]: rollout block values
+    k: list            # per layer, a list of [G*N, K, S_j, Dh]: rollout block keys (S slots in all)
+    v: list            # per layer, a list of [G*N, K, S_j, Dh]: rollout block values
     valid: jax.Array   # bool [G*N, S]      slot holds a real token of the rollout
     length: jax.Array  # int32 [G*N]        real tokens in each rollout's block
     index: jax.Array   # int32 []           next rollout slot to write (the same for every row)
@@ -93,21 +153,21 @@ class KVCache:
     def from_prefill(cls, prefix: PrefillCache, n: int, size: int) -> "KVCache":
         """A cache for ``n`` rollouts of each prefilled prompt, ``size`` slots of their own each."""
         g, kv, _, hd = prefix.k[0].shape
-        z = [jnp.zeros((g * n, kv, size, hd), x.dtype) for x in prefix.k]
+        z = [[jnp.zeros((g * n, kv, s, hd), x.dtype) for s in block_sizes(size)] for x in prefix.k]
         return cls(pk=prefix.k, pv=prefix.v, pstart=prefix.start, k=z, v=z,
                    valid=jnp.zeros((g * n, size), bool), length=jnp.zeros((g * n,), jnp.int32),
                    index=jnp.zeros((), jnp.int32))
 
     def axes(self) -> "KVCache":
         """Logical axis names of every field (for ``sharding``), shaped like the cache."""
-        prefix, rollout = [PREFIX_KV] * len(self.pk), [KV] * len(self.k)
+        prefix, rollout = [PREFIX_KV] * len(self.pk), [[KV] * len(blocks) for blocks in self.k]
         return KVCache(pk=prefix, pv=prefix, pstart=("prefix",), k=rollout, v=rollout, valid=("rollouts", "seq"),
                        length=("rollouts",), index=())
 
     @property
     def size(self) -> int:
         """Slots of each rollout's own block."""
-        return self.k[0].shape[2]
+        return sum(x.shape[2] for x in self.k[0])
 
     @property
     def groups(self) -> int:
@@ -116,7 +176,7 @@ class KVCache:
     @property
     def rows(self) -> int:
         """Rollouts (G*N)."""
-        return self.k[0].shape[0]
+        return self.k[0][0].shape[0]
 
     def prefix_lengths(self) -> jax.Array:
         """Real prompt tokens per rollout [G*N]."""
@@ -130,7 +190,8 @@ class KVCache:
         """Write ``k, v`` [G*N, T, K, Dh] at rollout slots ``index..index+T``; attend ``q`` to prefix + rollout."""
         b, t, h, d = q.shape
         g, p = self.groups, self.pk[0].shape[2]
-        ks, vs = _write(self.k, layer, self.index, k), _write(self.v, layer, self.index, v)
+        ks, vs = list(self.k), list(self.v)
+        ks[layer], vs[layer] = write_blocks(ks[layer], self.index, k), write_blocks(vs[layer], self.index, v)
         q_pos = self.positions(t)                                            # [B, T]
         # prefix block: a group's N rollouts' queries stacked, so the prefix is read once per group
         p_slot = jnp.arange(p)
@@ -147,8 +208,8 @@ class KVCache:
         if window is not None:
             k_pos = self.prefix_lengths()[:, None] + jnp.cumsum(seen, axis=1) - 1     # [B, S]
             r_mask &= q_pos[:, :, None] - k_pos[:, None, :] < window
-        out_r, lse_r = attention(q, ks[layer], vs[layer], r_mask)
-        out, _ = merge_attention([(out_p.reshape(b, t, h, d), lse_p.reshape(b, t, h)), (out_r, lse_r)])
+        parts = attend_blocks(q, ks[layer], vs[layer], r_mask, self.index + t)
+        out, _ = merge_attention([(out_p.reshape(b, t, h, d), lse_p.reshape(b, t, h)), *parts])
         return out, dataclasses.replace(self, k=ks, v=vs)
 
     def advance(self, t: int) -> "KVCache":
@@ -170,4 +231,4 @@ class KVCache:
 
     def nbytes(self) -> int:
         """Bytes of the key/value buffers (works on ``jax.eval_shape`` results too)."""
-        return sum(math.prod(x.shape) * x.dtype.itemsize for x in (*self.pk, *self.pv, *self.k, *self.v))
+        return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves((self.pk, self.pv, self.k, self.v)))

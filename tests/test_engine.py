@@ -40,6 +40,34 @@ def test_prefill_then_decode_equals_full_forward(tiny):
         np.testing.assert_allclose(got, want[0, n - 1:n - 1 + extra], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend,blocks", [("cpu", [24, 24, 22]), ("gpu", [70])])
+def test_rollout_cache_blocks_equal_full_forward(tiny, monkeypatch, backend, blocks):
+    """Decode steps and multi-token writes that cross the rollout cache's buffer boundaries (CPU:
+    the unwritten buffers are skipped; elsewhere one buffer) give the logits of one full forward."""
+    monkeypatch.setattr(engine.cache.jax, "default_backend", lambda: backend)
+    config, params = tiny.config, tiny.params
+    full = np.random.default_rng(1).integers(0, config.vocab_size, size=(2, 4 + 60)).tolist()
+    tokens, start = engine.left_pad([f[:4] for f in full], config.pad_id, 4)
+    _, prefix = models.forward(config, params, jnp.asarray(tokens), None, PrefillCache.create(config, 2, 4, start))
+    cache = KVCache.from_prefill(prefix, 1, 70)
+    assert [x.shape[2] for x in cache.k[0]] == blocks and cache.size == 70
+    chunks = [1] * 30 + [20] + [1] * 10                   # one token at slot 24, slots 30..49 across 48
+    got, at = [], 4
+    for t in chunks:
+        logits, cache = models.forward(config, params, jnp.asarray([f[at:at + t] for f in full]), None, cache)
+        got.append(logits)
+        at += t
+    want, _ = models.forward(config, params, jnp.asarray(full))
+    np.testing.assert_allclose(np.concatenate(got, axis=1), want[:, 4:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [1, 31, 32, 33, 100, 128, 257, 1024, 5000])
+def test_block_sizes_cover_the_slots(size):
+    sizes = engine.cache.block_sizes(size)
+    assert sum(sizes) == size and 1 <= len(sizes) <= 8 and min(sizes) >= 1
+    assert len(sizes) == min(8, -(-size // 32)) and len(set(sizes[:-1])) <= 1
+
+
 def test_sampled_rollout_is_independent_of_batch(tiny):
     sampler = Sampler(temperature=1.0, top_p=0.95)
     prompt = [3, 17, 42, 9]
@@ -142,7 +170,7 @@ def test_cache_is_donated_to_decode_step(tiny):
     old = state.cache.k
     new = engine.decode_step(tiny.forward, tiny.config, tiny.params, state, engine.row_sampler(None, state),
                              engine.stop_ids(tiny.config))
-    assert all(x.is_deleted() for x in old) and int(new.cache.index) == 1
+    assert all(x.is_deleted() for x in jax.tree.leaves(old)) and int(new.cache.index) == 1
     assert dataclasses.is_dataclass(new.cache)
 
 

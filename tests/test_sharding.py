@@ -181,13 +181,13 @@ def test_cache_and_state_shardings_follow_the_rules(model, data, tensor, kv_spec
     cache_axes = state.cache.axes()
     for got, axes in zip(jax.tree.leaves(state.cache), jax.tree.leaves(cache_axes, is_leaf=lambda x: isinstance(x, tuple))):
         assert got.sharding.spec == sharding.logical_to_spec(axes, mesh, shape=got.shape)
-    assert all(x.sharding.spec == kv_spec for x in state.cache.k + state.cache.v)
+    assert all(x.sharding.spec == kv_spec for x in jax.tree.leaves((state.cache.k, state.cache.v)))
     assert state.cache.pstart.sharding.spec == P("data") and state.cache.length.sharding.spec == P("data")
     assert state.tokens.sharding.spec == P("data") and state.keys.sharding.spec == P("data")
     assert state.logits.sharding.spec == P("data", "tensor")
     assert sampler.temperature.sharding.spec == P("data")
     state = engine.decode(placed, state, max_new_tokens=8, mesh=mesh)
-    assert all(x.sharding.spec == kv_spec for x in state.cache.k) and state.tokens.sharding.spec == P("data")
+    assert all(x.sharding.spec == kv_spec for x in jax.tree.leaves(state.cache.k)) and state.tokens.sharding.spec == P("data")
 
 
 def test_a_fake_model_without_shard_is_replicated():
