@@ -50,28 +50,31 @@ def block_sizes(size: int) -> list[int]:
     return [base] * (n - 1) + [size - base * (n - 1)]
 
 
-def write_blocks(blocks, index, x):
-    """One layer's consecutive slot buffers [B, K, S_j, Dh] with x [B, T, K, Dh] written at slots ``index..index+T``.
+def write_blocks(ks, vs, index, k, v):
+    """One layer's consecutive key/value slot buffers [B, K, S_j, Dh] with k, v [B, T, K, Dh]
+    written at slots ``index..index+T``: ``(ks, vs)``.
 
     A decode step (T = 1) updates the buffer holding slot ``index`` in place (each buffer under a
-    ``lax.cond`` when there are several); a longer write selects each buffer's slots from ``x``.
+    ``lax.cond`` when there are several); a longer write selects each buffer's slots from k, v.
     """
-    x = x.swapaxes(1, 2)
-    write = lambda buf, x, at: jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), at, axis=2)
-    keep = lambda buf, x, at: buf
+    new = (k.swapaxes(1, 2), v.swapaxes(1, 2))
+    put = lambda bufs, new, at: tuple(jax.lax.dynamic_update_slice_in_dim(b, x.astype(b.dtype), at, axis=2)
+                                      for b, x in zip(bufs, new))
+    keep = lambda bufs, new, at: bufs
     out, start = [], 0
-    for buf in blocks:
-        n, t = buf.shape[2], x.shape[2]
-        if len(blocks) == 1:
-            out.append(write(buf, x, index))
+    for bufs in zip(ks, vs):
+        n, t = bufs[0].shape[2], k.shape[1]
+        if len(ks) == 1:
+            out.append(put(bufs, new, index))
         elif t == 1:
-            out.append(jax.lax.cond((index >= start) & (index < start + n), write, keep, buf, x, index - start))
+            out.append(jax.lax.cond((index >= start) & (index < start + n), put, keep, bufs, new, index - start))
         else:
-            src = start + jnp.arange(n) - index                                # slot -> position in x
-            rows = jnp.take(x, jnp.clip(src, 0, t - 1), axis=2).astype(buf.dtype)
-            out.append(jnp.where(((src >= 0) & (src < t))[:, None], rows, buf))
+            src = start + jnp.arange(n) - index                                # slot -> position in k, v
+            inside = ((src >= 0) & (src < t))[:, None]
+            out.append(tuple(jnp.where(inside, jnp.take(x, jnp.clip(src, 0, t - 1), axis=2).astype(b.dtype), b)
+                             for b, x in zip(bufs, new)))
         start += n
-    return out
+    return [k for k, _ in out], [v for _, v in out]
 
 
 def attend_blocks(q, ks, vs, mask, used):
@@ -191,7 +194,7 @@ class KVCache:
         b, t, h, d = q.shape
         g, p = self.groups, self.pk[0].shape[2]
         ks, vs = list(self.k), list(self.v)
-        ks[layer], vs[layer] = write_blocks(ks[layer], self.index, k), write_blocks(vs[layer], self.index, v)
+        ks[layer], vs[layer] = write_blocks(ks[layer], vs[layer], self.index, k, v)
         q_pos = self.positions(t)                                            # [B, T]
         # prefix block: a group's N rollouts' queries stacked, so the prefix is read once per group
         p_slot = jnp.arange(p)
