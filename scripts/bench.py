@@ -5,7 +5,8 @@
     python -m scripts.bench filters                     # filter chains vs greedy, batch 64, vocab 32,000
 
 ``decode``: greedy generation of random-weight models with EOS disabled: tokens/s, ms per
-step, and achieved bytes/s (weights + the KV cache read per step, over the step time). With
+step, and achieved bytes/s (the weights + the KV of the tokens in the cache, on average, per
+step, over the step time: what a step must read). With
 ``--hf`` the same checkpoint also runs through ``transformers`` ``generate()`` in the same
 process and the ratio is printed.
 
@@ -157,8 +158,8 @@ def bench_decode(args):
             run = lambda: np.asarray(engine.generate(model, prompts, max_new_tokens=args.new_tokens).tokens)
             seconds = timed(run, args.repeats)
             tokens = batch * args.new_tokens
-            cache_slots = engine.bucket(args.prompt_len) + args.new_tokens
-            kv = 2 * config.layers * batch * cache_slots * config.kv_heads * config.head_dim
+            held = engine.bucket(args.prompt_len) + args.new_tokens / 2     # tokens in the cache, on average
+            kv = 2 * config.layers * batch * held * config.kv_heads * config.head_dim
             step_bytes = (config.num_params + kv) * jnp.dtype(config.dtype).itemsize
             row = {"bench": "decode", "config": name, "params_m": round(config.num_params / 1e6, 2),
                    "dtype": config.dtype, "batch": batch, "prompt_len": args.prompt_len,
