@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.cache import KVCache, PrefillCache
+from engine.cache import KVCache, PrefillCache, take_rollouts
 from engine.decode import bucket, check_prompts, left_pad, stop_ids
 
 F32 = jnp.float32
@@ -69,12 +69,6 @@ class BeamState:
 def _take(x, idx):
     """``x[g, idx[g, j], ...]`` for x [G, N, ...], idx [G, J]."""
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
-
-
-def take_rollouts(cache: KVCache, rows) -> KVCache:
-    """The cache's rollout-axis fields gathered at ``rows`` [B] (one gather; prefix block untouched)."""
-    take = lambda x, axes: jnp.take(x, rows, axis=axes.index("rollouts")) if "rollouts" in axes else x
-    return jax.tree.map(take, cache, cache.axes(), is_leaf=lambda x: isinstance(x, tuple) and x == ())
 
 
 def _group_step(logprobs, alive, alive_score, done, done_score, done_len, finished, improvable, active, t,

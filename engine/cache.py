@@ -95,6 +95,13 @@ def attend_blocks(q, ks, vs, mask, used):
     return parts
 
 
+def take_rollouts(tree, rows):
+    """``tree`` (a cache or decode state: anything with ``axes()``) with every array that has a
+    ``"rollouts"`` axis gathered at ``rows`` [B]; the prefix block and scalars untouched."""
+    take = lambda x, axes: jnp.take(x, rows, axis=axes.index("rollouts")) if "rollouts" in axes else x
+    return jax.tree.map(take, tree, tree.axes())
+
+
 def _write(bufs, layer, index, x):
     """``bufs`` with x [B, T, K, Dh] written into layer ``layer``'s [B, K, S, Dh] at slots ``index..index+T``."""
     bufs = list(bufs)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import sharding
-from engine.cache import KVCache, PrefillCache
+from engine.cache import KVCache, PrefillCache, take_rollouts
 from sampling import Sampler, rollout_keys, sample
 from sampling.sampler import Context
 
@@ -222,8 +222,7 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
 @jax.jit
 def _gather(state: DecodeState, rows) -> DecodeState:
     """Every rollout-axis field of ``state`` gathered at ``rows``: one gather, prefix block untouched."""
-    take = lambda x, axes: jnp.take(x, rows, axis=axes.index("rollouts")) if "rollouts" in axes else x
-    return jax.tree.map(take, state, state.axes())
+    return take_rollouts(state, rows)
 
 
 def select(state: DecodeState, indices) -> DecodeState:

@@ -88,8 +88,11 @@ def hf_to_mesh(tensors: dict, layout: dict, config: Config, mesh) -> dict:
     params = {"layers": [{} for _ in range(config.layers)]}
     for name, (_, key, layer, convert) in layout.items():
         at = (lambda tree: tree) if layer is None else (lambda tree: tree["layers"][layer])
-        shape, x = at(shapes)[key], tensors[name]
-        at(params)[key] = jax.make_array_from_callback(
-            shape, at(shardings)[key],
-            lambda index, key=key, x=x, shape=shape, convert=convert: read_block(key, x, index, shape, convert).astype(dtype))
+        at(params)[key] = _from_blocks(key, tensors[name], at(shapes)[key], at(shardings)[key], convert, dtype)
     return params
+
+
+def _from_blocks(key, x, shape, target, convert, dtype):
+    """One weight placed with sharding ``target``, each device's block read from HF tensor ``x``."""
+    return jax.make_array_from_callback(shape, target,
+                                        lambda index: read_block(key, x, index, shape, convert).astype(dtype))
