@@ -140,7 +140,14 @@ def load_rollax(path, dtype=None, mesh=None) -> Model:
     config = FAMILIES[meta["family"]](**fields)
     target = abstract_params(config, mesh)
     with ocp.StandardCheckpointer() as ckpt:
-        params = ckpt.restore(path / "params", target)
+        try:
+            params = ckpt.restore(path / "params", target)
+        except ValueError as e:
+            raise ValueError(
+                f"{path}: the saved weights do not match the parameter tree of its config ({str(e)[:300]}). "
+                "Checkpoints written by rollax before 2026-11-29 stack the layers ([layers, ...] arrays); "
+                "rollax now keeps one dict of weights per layer: re-save with params['layers'] = "
+                "[{name: w[i] for name, w in stacked.items()} for i in range(layers)]") from e
     model = Model(config, params, _tokenizer(path, config))
     if dtype is not None and jnp.dtype(dtype) != jnp.dtype(config.dtype):
         model = Model(dataclasses.replace(config, dtype=jnp.dtype(dtype).name),

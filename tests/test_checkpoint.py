@@ -94,6 +94,16 @@ def test_rollax_checkpoint_round_trip_is_bit_exact(llama_dir, tmp_path, dtype):
         np.testing.assert_array_equal(np.asarray(a.astype(jnp.float32)), np.asarray(b.astype(jnp.float32)))
 
 
+def test_a_rollax_checkpoint_with_stacked_layers_is_refused(llama_dir, tmp_path):
+    model = models.load(llama_dir)
+    layers = model.params["layers"]
+    stacked = {k: jnp.stack([layer[k] for layer in layers]) for k in layers[0]}   # the layout before 2026-11-29
+    models.Model(model.config, {**model.params, "layers": stacked}, None).save(tmp_path / "old")
+    with pytest.raises(ValueError) as err:
+        models.load(tmp_path / "old")
+    assert "do not match the parameter tree" in str(err.value) and "stack the layers" in str(err.value)
+
+
 def test_bf16_safetensors_are_read(llama_dir):
     import torch
     import transformers
