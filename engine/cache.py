@@ -102,14 +102,6 @@ def take_rollouts(tree, rows):
     return jax.tree.map(take, tree, tree.axes())
 
 
-def _write(bufs, layer, index, x):
-    """``bufs`` with x [B, T, K, Dh] written into layer ``layer``'s [B, K, S, Dh] at slots ``index..index+T``."""
-    bufs = list(bufs)
-    bufs[layer] = jax.lax.dynamic_update_slice(bufs[layer], x.swapaxes(1, 2).astype(bufs[layer].dtype),
-                                               (0, 0, index, 0))
-    return bufs
-
-
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PrefillCache:
@@ -134,9 +126,10 @@ class PrefillCache:
         return jnp.maximum(slots[None, :] - self.start[:, None], 0)
 
     def attend(self, layer, q, k, v, window=None):
-        ks, vs = _write(self.k, layer, self.index, k), _write(self.v, layer, self.index, v)
+        ks, vs = list(self.k), list(self.v)
+        [ks[layer]], [vs[layer]] = write_blocks([ks[layer]], [vs[layer]], self.index, k, v)
         q_slot = self.index + jnp.arange(q.shape[1])[:, None]               # [T, 1]
-        k_slot = jnp.arange(self.k[0].shape[2])[None, :]                        # [1, P]
+        k_slot = jnp.arange(self.k[0].shape[2])[None, :]                     # [1, P]
         mask = (k_slot <= q_slot)[None] & (k_slot >= self.start[:, None, None])
         if window is not None:
             mask &= (q_slot - k_slot < window)[None]
