@@ -170,12 +170,13 @@ class _ModelScorer:
         """The token ids the model scores for one rollout (BOS + the formatted template)."""
         return self.model.tokenizer.encode(self.template.format(prompt=prompt, text=text))
 
-    def _score(self, ids, last):
+    def score_ids(self, ids, last):
+        """Scores [B] of right-padded token ids [B, W], each read at its index ``last`` [B]."""
         raise NotImplementedError
 
     def __call__(self, prompts, texts, references=None, budget: Budget | None = None):
         seqs = [self.encode(p, t) for p, row in zip(prompts, texts) for t in row]
-        scores = np.concatenate([np.asarray(self._score(ids, last))[:real] for real, ids, last in
+        scores = np.concatenate([np.asarray(self.score_ids(ids, last))[:real] for real, ids, last in
                                  _right_padded(self.model, seqs, self.what, self.rows)])
         if budget is not None:
             budget.scorer_calls += 1
@@ -204,7 +205,7 @@ class LMJudge(_ModelScorer):
             raise ValueError(f"verdict token {verdict} is outside the vocabulary")
         self.verdict = int(verdict)
 
-    def _score(self, ids, last):
+    def score_ids(self, ids, last):
         return _judge(self.model.config, self.model.params, ids, last, self.verdict)
 
 
@@ -228,7 +229,7 @@ class RewardModel(_ModelScorer):
         ids = super().encode(prompt, text)
         return ids + [self.model.tokenizer.eos_id] if self.eos else ids
 
-    def _score(self, ids, last):
+    def score_ids(self, ids, last):
         return _reward_at(self.model.config, self.model.params, ids, last)
 
 

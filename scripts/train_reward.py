@@ -100,9 +100,7 @@ def auc(scores, labels) -> float:
 
 def evaluate(scorer: RewardModel, data: Data, rows: int = 1024) -> dict:
     """AUC of the reward model's scores on ``data`` and best-of-``VAL_SAMPLES`` accuracy."""
-    m = scorer.model
-    score = jax.jit(lambda p, ids, last: jnp.take_along_axis(models.rewards(m.config, p, ids), last[:, None], 1)[:, 0])
-    s = np.concatenate([np.asarray(score(m.params, data.ids[i:i + rows], data.last[i:i + rows]))
+    s = np.concatenate([np.asarray(scorer.score_ids(data.ids[i:i + rows], data.last[i:i + rows]))
                         for i in range(0, len(data.ids), rows)])
     s, y = s.reshape(-1, VAL_SAMPLES), data.label.reshape(-1, VAL_SAMPLES)
     return {"val_auc": round(auc(s, y), 4), "val_best_of_16": float(y[np.arange(len(y)), s.argmax(1)].mean()),
