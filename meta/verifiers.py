@@ -3,12 +3,13 @@
 * outcome scorer: ``texts[R], problems[R] -> scores[R]`` — 1.0 where the final answer is right;
 * process scorer: ``texts[R], problems[R] | None -> [scores[steps_r] per text]`` — 1.0 for each
   step whose arithmetic is right given its inputs (and, given the problem, whose inputs are
-  the previous step's result and the chain's next operand).
+  the previous step's result and a term of the chain not used yet, in any order).
 
 Texts are the generated solutions, i.e. what follows the prompt.
 """
 from __future__ import annotations
 
+import collections
 from typing import Sequence
 
 import numpy as np
@@ -46,19 +47,28 @@ def step_scores(text: str, problem: Problem | None = None) -> np.ndarray:
     """Process verifier of one text: float32 [number of step lines], 1.0 per correct step.
 
     A step scores 1 when its line parses and its result is its inputs' sum or difference.
-    With ``problem`` given, its inputs must also be the ones the chain calls for at that
-    line: the previous line's result (the first operand for the first line) and the chain's
-    next operator and operand. So an arithmetic slip costs its own step only, while a later
-    step that carries it forward correctly still scores 1. Malformed lines and lines beyond
-    the chain's length score 0; missing steps are not scored (the outcome verifier sees them).
+    With ``problem`` given, its inputs must also be ones the chain allows at that line, in any
+    order (see :meth:`Problem.ordered_solution`): the right side is a term of the chain
+    (operator and operand) not used yet, and the left side is the previous line's result, or on
+    the first line another unused ``+`` term. A line uses the terms it names even when its
+    arithmetic is wrong, so an arithmetic slip costs its own step only, while a later step that
+    carries it forward correctly still scores 1. Malformed lines and lines after every term is
+    used score 0; missing steps are not scored (the outcome verifier sees them).
     """
     parsed = parse(text)
-    out, previous = [], None if problem is None else problem.operands[0]
+    unused = None if problem is None else collections.Counter(problem.terms())
+    out, previous = [], None
     for i, step in enumerate(parsed.steps):
         ok = step is not None and step.correct
-        if ok and problem is not None:
-            ok = i < len(problem.ops) and (step.left, step.op, step.right) == (
-                previous, problem.ops[i], problem.operands[i + 1])
+        if step is not None and unused is not None:
+            left_ok = step.left == previous
+            if i == 0 and unused[("+", step.left)] > 0:
+                unused[("+", step.left)] -= 1
+                left_ok = True
+            right_ok = unused[(step.op, step.right)] > 0
+            if right_ok:
+                unused[(step.op, step.right)] -= 1
+            ok = ok and left_ok and right_ok
         if step is not None:
             previous = step.result
         out.append(float(ok))

@@ -12,9 +12,15 @@ METRIC_SAMPLE = 50            # the recorded greedy accuracy is on the first 50 
 
 
 def max_new_tokens(problems) -> int:
-    """A generation budget that fits the longest reference solution of ``problems`` with room to spare."""
-    longest = max(len(p.solution) for p in problems)   # characters >= tokens: digits are single pieces
-    return longest + 8
+    """A generation budget that fits a solution of every problem in any order, with room to spare.
+
+    Characters bound tokens (digits are single pieces); no running total of any order exceeds
+    the sum of the chain's added terms, which bounds the width of each line.
+    """
+    def longest(p: arith.Problem) -> int:
+        width = len(str(sum(b for op, b in p.terms() if op == "+")))
+        return sum(2 * width + len(str(b)) + 3 for _, b in p.terms()[1:]) + len(f"A: {p.answer}")
+    return max(map(longest, problems)) + 8
 
 
 def solve(model, problems, *, n: int = 1, sampler: Sampler | None = None, seed: int = 0,

@@ -4,7 +4,7 @@
 
 Trains a sentencepiece tokenizer on task text (digits split), then a small Llama-shaped
 rollax transformer with optax (AdamW, warmup + cosine decay) on a mixture of the easy,
-medium and hard levels, with a progress bar and periodic validation (loss and greedy
+medium and hard levels (each solution's terms added in a random valid order), with a progress bar and periodic validation (loss and greedy
 accuracy on held-out hard problems). Saves with ``Model.save`` and records the greedy
 accuracy on the fixed 50-problem test sample in ``metrics.json`` beside the checkpoint.
 
@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
+import random
 import sys
 import tempfile
 import time
@@ -44,8 +46,8 @@ PAD, BOS, EOS, UNK = 0, 1, 2, 3
 def train_tokenizer(path: Path, seed: int = 0, n: int = 20000, vocab_size: int = 32) -> models.SentencePieceTokenizer:
     """Train a sentencepiece BPE tokenizer on ``n`` task texts (digits split, newline a symbol)."""
     import sentencepiece as spm
-    stream = arith.train_stream(MIX, seed=seed + 1)
-    texts = arith.sample_texts([next(stream) for _ in range(n)])
+    stream, rng = arith.train_stream(MIX, seed=seed + 1), random.Random(seed + 1)
+    texts = [p.prompt + p.random_solution(rng) for p in itertools.islice(stream, n)]
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
@@ -57,18 +59,23 @@ def train_tokenizer(path: Path, seed: int = 0, n: int = 20000, vocab_size: int =
     return models.SentencePieceTokenizer(path)
 
 
-def encode(tok, problem: arith.Problem) -> tuple[list[int], int]:
-    """BOS + prompt + solution + EOS token ids, and the number of prompt tokens (BOS included)."""
+def encode(tok, problem: arith.Problem, rng: random.Random | None = None) -> tuple[list[int], int]:
+    """BOS + prompt + solution + EOS token ids, and the number of prompt tokens (BOS included).
+
+    The solution is the reference one, or with ``rng`` one in a random order
+    (:meth:`arith.Problem.random_solution`)."""
     prompt = tok.encode(problem.prompt)
-    return prompt + tok.encode(problem.solution, bos=False) + [tok.eos_id], len(prompt)
+    solution = problem.solution if rng is None else problem.random_solution(rng)
+    return prompt + tok.encode(solution, bos=False) + [tok.eos_id], len(prompt)
 
 
-def pack(tok, problems, seq_len: int):
-    """(tokens [B, T+1], loss mask [B, T]) for ``problems``; the loss is on the solution and EOS only."""
+def pack(tok, problems, seq_len: int, rng: random.Random | None = None):
+    """(tokens [B, T+1], loss mask [B, T]) for ``problems`` (solutions as in :func:`encode`);
+    the loss is on the solution and EOS only."""
     tokens = np.full((len(problems), seq_len + 1), PAD, np.int32)
     mask = np.zeros((len(problems), seq_len), np.float32)
     for row, problem in enumerate(problems):
-        ids, n_prompt = encode(tok, problem)
+        ids, n_prompt = encode(tok, problem, rng)
         if len(ids) > seq_len + 1:
             raise ValueError(f"a training example has {len(ids)} tokens; raise --seq-len above {seq_len}")
         tokens[row, :len(ids)] = ids
@@ -77,10 +84,11 @@ def pack(tok, problems, seq_len: int):
 
 
 def batches(tok, batch: int, seq_len: int, seed: int):
-    """Endless training batches (see :func:`pack`) from the level mixture ``MIX``."""
-    stream = arith.train_stream(MIX, seed=seed)
+    """Endless training batches (see :func:`pack`) from the level mixture ``MIX``, each solution
+    in a random order: several reasoning paths to one answer, so that voting over samples pays."""
+    stream, rng = arith.train_stream(MIX, seed=seed), random.Random(seed)
     while True:
-        yield pack(tok, [next(stream) for _ in range(batch)], seq_len)
+        yield pack(tok, [next(stream) for _ in range(batch)], seq_len, rng)
 
 
 def make_step(config, optimizer):
@@ -116,7 +124,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint directory to write")
     ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--seq-len", type=int, default=80)
+    ap.add_argument("--seq-len", type=int, default=96)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)

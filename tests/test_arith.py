@@ -17,13 +17,42 @@ SKIPPED_INPUT = "47+38=85\n85-18=67\nA: 67"             # arithmetic right, but 
 LUCKY = "47+38=86\n86-19=66\nA: 66"                     # right answer despite wrong steps
 MALFORMED = "47+38=85\nthis is not a step\n85-19=66\nA: 66"
 NO_ANSWER = "47+38=85\n85-19=66"
+REORDERED = "38-19=19\n19+47=66\nA: 66"              # the chain's terms in another valid order
+REUSED = "47+38=85\n85+38=123\nA: 123"                # uses the term +38 twice
+SUBTRACTED_FIRST = "19+47=66\nA: 66"                   # starts from a subtracted term
 
 
 def test_problem_text_and_reference_solution():
     assert P.prompt == "Q: 47+38-19=?\n"
     assert P.solution == CORRECT
     assert P.answer == 66
-    assert P.step_inputs() == [(47, "+", 38), (85, "-", 19)]
+    assert P.terms() == [("+", 47), ("+", 38), ("-", 19)]
+
+
+def test_solutions_in_other_orders():
+    assert P.ordered_solution([1, 2, 0]) == REORDERED
+    assert P.ordered_solution([0, 2, 1]) == "47-19=28\n28+38=66\nA: 66"
+    for order, why in [([2, 0, 1], "must be added"), ([0, 1], "permutation"), ([0, 0, 1], "permutation")]:
+        with pytest.raises(ValueError, match=why):
+            P.ordered_solution(order)
+    with pytest.raises(ValueError, match="below 0"):
+        arith.Problem((5, 9, 7), ("+", "-")).ordered_solution([0, 2, 1])     # 5-7 < 0
+
+
+def test_random_solutions_are_right_varied_and_seeded():
+    problems = arith.held_out("val", "hard", 100)
+    rng, seen = random.Random(0), set()
+    for p in problems:
+        for _ in range(4):
+            text = p.random_solution(rng)
+            seen.add(text)
+            assert verifiers.outcome_scores([text], [p])[0] == 1
+            assert verifiers.step_scores(text, p).tolist() == [1.0] * len(p.ops)
+    assert len(seen) > 300                      # most problems get several distinct orders of 4 draws
+    a, b = random.Random(3), random.Random(3)
+    assert [p.random_solution(a) for p in problems] == [p.random_solution(b) for p in problems]
+    # a chain whose only valid order is its own (the other first term is subtracted)
+    assert arith.Problem((9, 5), ("-",)).random_solution(random.Random(0)) == "9-5=4\nA: 4"
 
 
 def test_generator_is_deterministic_per_seed_and_differs_across_seeds():
@@ -87,11 +116,13 @@ def test_outcome_verifier():
 
 
 def test_process_verifier_with_and_without_the_problem():
-    texts = [CORRECT, WRONG_ANSWER, WRONG_STEP, SKIPPED_INPUT, LUCKY, MALFORMED, NO_ANSWER, ""]
+    texts = [CORRECT, WRONG_ANSWER, WRONG_STEP, SKIPPED_INPUT, LUCKY, MALFORMED, NO_ANSWER, "",
+             REORDERED, REUSED, SUBTRACTED_FIRST]
     chained = [s.tolist() for s in verifiers.process_scores(texts, [P] * len(texts))]
-    assert chained == [[1, 1], [1, 1], [0, 1], [1, 0], [0, 0], [1, 0, 0], [1, 1], []]
+    # MALFORMED's third line carries the first one's total on with an unused term: it scores
+    assert chained == [[1, 1], [1, 1], [0, 1], [1, 0], [0, 0], [1, 0, 1], [1, 1], [], [1, 1], [1, 0], [0]]
     local = [s.tolist() for s in verifiers.process_scores(texts)]
-    assert local == [[1, 1], [1, 1], [0, 1], [1, 1], [0, 0], [1, 0, 1], [1, 1], []]
+    assert local == [[1, 1], [1, 1], [0, 1], [1, 1], [0, 0], [1, 0, 1], [1, 1], [], [1, 1], [1, 1], [1]]
     assert verifiers.step_scores("47+38=85\n85-19=66\n66+1=67\nA: 67", P).tolist() == [1, 1, 0]
 
 

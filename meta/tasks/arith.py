@@ -8,8 +8,9 @@ step per line and a final answer line::
     85-19=66
     A: 66
 
-Every operand and every running total stays within ``[0, 10**digits - 1]``, so a step is
-always ``digits``-digit arithmetic. Difficulty levels set the number of steps and digits.
+Every operand and every running total of the reference (left-to-right) solution stays within
+``[0, 10**digits - 1]``. :meth:`Problem.random_solution` takes the terms in another order
+(``84+18=102``, ``102-61=41``, ...): the policy is trained on those. Difficulty levels set the number of steps and digits.
 Splits are fixed-seed: ``val`` and ``test`` are fixed lists; ``train`` is an endless stream
 that never yields a question of the held-out splits.
 """
@@ -77,16 +78,49 @@ class Problem:
         """The value of the chain."""
         return self.totals()[-1]
 
-    def step_inputs(self) -> list[tuple[int, str, int]]:
-        """The (left, op, right) each correct step line must compute, in order."""
-        lefts = [self.operands[0], *self.totals()[:-1]]
-        return list(zip(lefts, self.ops, self.operands[1:]))
+    def terms(self) -> list[tuple[str, int]]:
+        """The chain's signed operands, ``("+", operands[0])`` then ``(op, operand)`` for each step."""
+        return [("+", self.operands[0]), *zip(self.ops, self.operands[1:])]
+
+    def ordered_solution(self, order) -> str:
+        """A chain of thought that adds the :meth:`terms` in ``order`` (a permutation of their indices).
+
+        The first line combines ``order[0]`` and ``order[1]``; each later line takes the running
+        total and the next term. ``order[0]`` must be a ``+`` term and no running total may drop
+        below 0 (a ``ValueError`` otherwise); totals may exceed the level's digits.
+        """
+        terms, order = self.terms(), list(order)
+        if sorted(order) != list(range(len(terms))):
+            raise ValueError(f"order must be a permutation of 0..{len(terms) - 1}, got {order}")
+        if terms[order[0]][0] != "+":
+            raise ValueError(f"the first term of an order must be added, but term {order[0]} is subtracted")
+        total, lines = terms[order[0]][1], []
+        for i in order[1:]:
+            op, b = terms[i]
+            new = total + b if op == "+" else total - b
+            if new < 0:
+                raise ValueError(f"order {order} takes the running total below 0 ({total}{op}{b})")
+            lines.append(f"{total}{op}{b}={new}")
+            total = new
+        return "\n".join(lines + [f"A: {total}"])
 
     @property
     def solution(self) -> str:
-        """The reference chain of thought (without the prompt), ending with ``A: <answer>``."""
-        lines = [f"{a}{op}{b}={t}" for (a, op, b), t in zip(self.step_inputs(), self.totals())]
-        return "\n".join(lines + [f"A: {self.answer}"])
+        """The reference chain of thought (without the prompt), left to right, ending with ``A: <answer>``."""
+        return self.ordered_solution(range(len(self.operands)))
+
+    def random_solution(self, rng: random.Random, tries: int = 30) -> str:
+        """A chain of thought in a random order: the first of ``tries`` uniform permutations that
+        :meth:`ordered_solution` accepts, else the reference order. Training on these gives the
+        policy several paths to one answer, which is what makes voting over samples pay."""
+        order = list(range(len(self.operands)))
+        for _ in range(tries):
+            candidate = rng.sample(order, len(order))
+            try:
+                return self.ordered_solution(candidate)
+            except ValueError:
+                continue
+        return self.solution
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +243,3 @@ def parse(text: str) -> Parsed:
         steps.append(Step(int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))) if m else None)
     return Parsed(tuple(steps), answer)
 
-
-def sample_texts(problems: list[Problem]) -> list[str]:
-    """Prompt + solution of each problem: the text a tokenizer is trained on."""
-    return [p.prompt + p.solution for p in problems]
