@@ -34,7 +34,7 @@ from meta.pass_at_k import pass_at_k  # noqa: F401  (the estimator; kept here fo
 from meta.vote import winner
 from meta.tasks import arith
 from sampling import Sampler
-from scripts.eval_arith import solve
+from scripts.eval_arith import ADAPTIVE, TEMPERATURE, solve
 
 PASS_KS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -53,7 +53,7 @@ class Context:
     model: object
     problems: list
     samples: int = 64
-    temperature: float = 1.0
+    temperature: float = TEMPERATURE
     seed: int = 0
     progress: bool = True
     reward_model: str = "tiny-arith-rm"
@@ -155,10 +155,10 @@ def best_of_n_verifier(ctx: Context) -> list[Point]:
 
 
 def adaptive(ctx: Context) -> list[Point]:
-    """Adaptive self-consistency with at most N samples, rounds of 4, Beta rule at 0.8 (chosen on the val
-    split, docs/meta.md); pays only for the samples it draws."""
+    """Adaptive self-consistency with at most N samples and ``eval_arith.ADAPTIVE``'s setting (chosen on the
+    val split, docs/meta.md); pays only for the samples it draws."""
     def pick(a, t, g):
-        used = replay(a, len(a), round_size=4, rule="beta", confidence=0.8)
+        used = replay(a, len(a), **ADAPTIVE)
         return winner(a[:used])[0], used
     return _meta_points(ctx, pick)
 
@@ -232,7 +232,7 @@ def main(argv=None) -> dict[str, list[Point]]:
     ap.add_argument("--reward-model", default="tiny-arith-rm", help="reward model for the weighted vote")
     ap.add_argument("--problems", type=int, default=200, help="hard test problems to run")
     ap.add_argument("--samples", type=int, default=64, help="samples per problem (largest k of pass@k)")
-    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--temperature", type=float, default=TEMPERATURE)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plot", type=Path, default=Path("out/demo.png"))
     args = ap.parse_args(argv)

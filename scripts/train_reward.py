@@ -3,7 +3,7 @@
     python -m scripts.train_tiny --reward --out models/zoo/tiny-arith-rm
 
 (also ``python -m scripts.train_reward``). The shipped policy (``--policy``, default
-``tiny-arith``) samples ``--samples`` solutions at temperature 1 for each of ``--problems``
+``tiny-arith``) samples ``--samples`` solutions at the demo's temperature (``eval_arith.TEMPERATURE``) for each of ``--problems``
 hard problems of the training stream; the outcome verifier labels each 1 (right answer) or
 0. The reward model is a copy of the policy with a scalar head (``config.score_head``, zero
 at the start) fine-tuned with a sigmoid cross-entropy on the label at the last token (the
@@ -32,7 +32,7 @@ from meta import verifiers
 from meta.scoring import RewardModel
 from meta.tasks import arith
 from sampling import Sampler
-from scripts.eval_arith import solve
+from scripts.eval_arith import TEMPERATURE, solve
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "models" / "zoo" / "tiny-arith-rm"
 VAL_SAMPLES = 16
@@ -49,8 +49,8 @@ class Data:
 
 
 def rollouts(policy, problems, samples: int, seed: int, scorer: RewardModel) -> Data:
-    """``samples`` rollouts per problem at temperature 1, labelled by the outcome verifier."""
-    texts, _ = solve(policy, problems, n=samples, sampler=Sampler(temperature=1.0), seed=seed)
+    """``samples`` rollouts per problem at ``TEMPERATURE``, labelled by the outcome verifier."""
+    texts, _ = solve(policy, problems, n=samples, sampler=Sampler(temperature=TEMPERATURE), seed=seed)
     seqs, starts, labels = [], [], []
     for p, row in zip(problems, texts):
         labels += list(verifiers.outcome_scores(list(row), [p] * len(row)))

@@ -84,3 +84,13 @@ def test_reward_model_scores_the_last_token_unbatched(model):
                                rtol=1e-5)
     with pytest.raises(ValueError, match="scalar head"):
         meta.RewardModel(model)
+
+
+def test_meta_table_runs_only_the_rows_asked_for(capsys):
+    from scripts import meta_table
+    from scripts.eval_arith import greedy_accuracy
+    meta_table.main(["--problems", "4", "--rows", "greedy", "self-consistency@4"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in lines[1:]] == ["| greedy", "| self-consistency@4"]
+    want = greedy_accuracy(models.load("tiny-arith"), arith.held_out("test", "hard", 4))
+    assert float(lines[1].split(" | ")[1]) == pytest.approx(want, abs=1e-3)

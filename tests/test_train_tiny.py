@@ -64,7 +64,8 @@ def test_reward_rollouts_are_labelled_by_the_verifier_and_masked_on_the_solution
                                   policy.tokenizer))
     problems = arith.held_out("val", "hard", 3)
     data = train_reward.rollouts(policy, problems, 4, 0, rm)
-    texts, _ = solve(policy, problems, n=4, sampler=Sampler(temperature=1.0), seed=0)   # the same draws
+    texts, _ = solve(policy, problems, n=4, sampler=Sampler(temperature=train_reward.TEMPERATURE),
+                     seed=0)                                                         # the same draws
     tok = policy.tokenizer
     for i, (p, t) in enumerate((p, t) for p, row in zip(problems, texts) for t in row):
         n = data.last[i] + 1
