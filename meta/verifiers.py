@@ -49,8 +49,8 @@ def step_scores(text: str, problem: Problem | None = None) -> np.ndarray:
     A step scores 1 when its line parses and its result is its inputs' sum or difference.
     With ``problem`` given, its inputs must also be ones the chain allows at that line, in any
     order (see :meth:`Problem.ordered_solution`): the right side is a term of the chain
-    (operator and operand) not used yet, and the left side is the previous line's result, or on
-    the first line another unused ``+`` term. A line uses the terms it names even when its
+    (operator and operand) not used yet, and the left side is the previous step's result, or on
+    the first step line another unused ``+`` term. A line uses the terms it names even when its
     arithmetic is wrong, so an arithmetic slip costs its own step only, while a later step that
     carries it forward correctly still scores 1. Malformed lines and lines after every term is
     used score 0; missing steps are not scored (the outcome verifier sees them).
@@ -58,11 +58,11 @@ def step_scores(text: str, problem: Problem | None = None) -> np.ndarray:
     parsed = parse(text)
     unused = None if problem is None else collections.Counter(problem.terms())
     out, previous = [], None
-    for i, step in enumerate(parsed.steps):
+    for step in parsed.steps:
         ok = step is not None and step.correct
         if step is not None and unused is not None:
             left_ok = step.left == previous
-            if i == 0 and unused[("+", step.left)] > 0:
+            if previous is None and unused[("+", step.left)] > 0:
                 unused[("+", step.left)] -= 1
                 left_ok = True
             right_ok = unused[(step.op, step.right)] > 0

@@ -20,6 +20,7 @@ NO_ANSWER = "47+38=85\n85-19=66"
 REORDERED = "38-19=19\n19+47=66\nA: 66"              # the chain's terms in another valid order
 REUSED = "47+38=85\n85+38=123\nA: 123"                # uses the term +38 twice
 SUBTRACTED_FIRST = "19+47=66\nA: 66"                   # starts from a subtracted term
+LATE_START = "so:\n47+38=85\n85-19=66\nA: 66"           # the first step line is not the first line
 
 
 def test_problem_text_and_reference_solution():
@@ -117,12 +118,12 @@ def test_outcome_verifier():
 
 def test_process_verifier_with_and_without_the_problem():
     texts = [CORRECT, WRONG_ANSWER, WRONG_STEP, SKIPPED_INPUT, LUCKY, MALFORMED, NO_ANSWER, "",
-             REORDERED, REUSED, SUBTRACTED_FIRST]
+             REORDERED, REUSED, SUBTRACTED_FIRST, LATE_START]
     chained = [s.tolist() for s in verifiers.process_scores(texts, [P] * len(texts))]
     # MALFORMED's third line carries the first one's total on with an unused term: it scores
-    assert chained == [[1, 1], [1, 1], [0, 1], [1, 0], [0, 0], [1, 0, 1], [1, 1], [], [1, 1], [1, 0], [0]]
+    assert chained == [[1, 1], [1, 1], [0, 1], [1, 0], [0, 0], [1, 0, 1], [1, 1], [], [1, 1], [1, 0], [0], [0, 1, 1]]
     local = [s.tolist() for s in verifiers.process_scores(texts)]
-    assert local == [[1, 1], [1, 1], [0, 1], [1, 1], [0, 0], [1, 0, 1], [1, 1], [], [1, 1], [1, 1], [1]]
+    assert local == [[1, 1], [1, 1], [0, 1], [1, 1], [0, 0], [1, 0, 1], [1, 1], [], [1, 1], [1, 1], [1], [0, 1, 1]]
     assert verifiers.step_scores("47+38=85\n85-19=66\n66+1=67\nA: 67", P).tolist() == [1, 1, 0]
 
 

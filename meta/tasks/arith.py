@@ -10,7 +10,8 @@ step per line and a final answer line::
 
 Every operand and every running total of the reference (left-to-right) solution stays within
 ``[0, 10**digits - 1]``. :meth:`Problem.random_solution` takes the terms in another order
-(``84+18=102``, ``102-61=41``, ...): the policy is trained on those. Difficulty levels set the number of steps and digits.
+(``84+18=102``, ``102-61=41``, ...): the policy is trained on those. Difficulty levels set the
+number of steps and digits.
 Splits are fixed-seed: ``val`` and ``test`` are fixed lists; ``train`` is an endless stream
 that never yields a question of the held-out splits.
 """
