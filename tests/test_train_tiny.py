@@ -94,3 +94,19 @@ def test_a_short_reward_run_saves_a_reward_model(tmp_path):
     scores = meta.RewardModel(rm)(["Q: 1+2=?\n"], [["1+2=3\nA: 3", "1+2=4\nA: 4"]])
     assert np.isfinite(np.asarray(scores, np.float64)).all()
     assert json.loads((out / "metrics.json").read_text())["train_rollouts"] == 16
+
+
+def test_generation_budget_fits_every_order_of_every_solution(tok):
+    import itertools
+    from scripts.eval_arith import max_new_tokens
+    problems = arith.held_out("test", "hard", 40)
+    budget = max_new_tokens(problems)
+    longest = 0
+    for p in problems:
+        for order in itertools.permutations(range(len(p.operands))):
+            try:
+                text = p.ordered_solution(order)
+            except ValueError:
+                continue
+            longest = max(longest, len(tok.encode(text, bos=False)) + 1)        # + EOS
+    assert longest <= budget < longest + 16
