@@ -14,6 +14,7 @@ self-consistency@16``), for a larger ``--problems``.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import numpy as np
@@ -29,7 +30,7 @@ def rows(model, problems, temperature: float, seed: int, reward_model: str = "ti
     """(name, run) for every measured setting; ``run()`` returns its ``meta.Result``."""
     prompts, T = [p.prompt for p in problems], max_new_tokens(problems)
     common = dict(sampler=Sampler(temperature=temperature), seed=seed, max_new_tokens=T, references=problems)
-    rm = lambda: meta.RewardModel(models.load(reward_model))
+    rm = functools.cache(lambda: meta.RewardModel(models.load(reward_model)))   # loaded once, if a row needs it
     out = [("greedy", lambda: meta.self_consistency(model, prompts, n=1, **{**common, "sampler": Sampler.greedy()}))]
     out += [(f"self-consistency@{n}", lambda n=n: meta.self_consistency(model, prompts, n=n, **common))
             for n in (4, 16, 64)]
