@@ -1,6 +1,7 @@
 """Logit filters against the ``transformers`` processors of the same name, on random logits."""
 import collections
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -80,6 +81,30 @@ def test_per_row_values_in_one_call():
     for row in range(3):
         assert_same(got[row], hf_apply(hf.TopPLogitsWarper(float(p[row])), logits[row:row + 1])[0])
     np.testing.assert_array_equal(got[3], logits[3])          # top_p = 1 is off
+
+
+@pytest.mark.parametrize("min_keep", [1, 2, 5])
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_top_p_edge_rows_match_transformers(min_keep, backend, stable_torch, monkeypatch):
+    """top_p finds its cut by bisection, not a sort: rows that stress it, under jit, with a
+    per-row min_keep: a whole row tied, ties at the cut, -inf tokens, p so small that only
+    min_keep survive, p just below 1, p = 1 (off), and a row of -inf only (no probabilities).
+    Both loop forms: stopping once every row is done (CPU), a fixed trip count (elsewhere)."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    rng = np.random.default_rng(min_keep)
+    logits = np.round(rng.normal(scale=2.0, size=(7, 40)), 0).astype(np.float32)
+    logits[0] = 1.5
+    logits[1, ::3] = -np.inf
+    logits[2, :20] = logits[2, 20:] = np.arange(20, dtype=np.float32) / 4
+    logits[6] = -np.inf
+    ps = np.array([0.51, 0.9, 0.37, 1e-9, 0.999999, 1.0, 0.9], np.float32)   # no cut exactly at a float sum
+    keep = np.full(7, min_keep)
+    keep[1] = 1
+    got = np.asarray(jax.jit(lambda *a: filters.top_p(*a))(jnp.asarray(logits), ps, keep))   # traced here, not cached
+    for row in range(7):
+        want = hf_apply(hf.TopPLogitsWarper(float(ps[row]), min_tokens_to_keep=int(keep[row])), logits[row:row + 1])
+        assert_same(got[row:row + 1], want)
+    assert np.isfinite(got[3]).sum() == min_keep             # p ~ 0: the min_keep most likely only
 
 
 @pytest.mark.parametrize("penalty", [0.5, 1.0, 1.3, 2.0])
