@@ -89,7 +89,7 @@ def _ascending_prefix(logits, weight, budget):
 
     No sort (XLA CPU's sort of [64, 32000] takes ~0.5 s): a bisection over the logits' order keys
     finds the first logit value whose cumulative weight exceeds the budget (32 masked sums), and
-    a second over ids splits the tokens tied at it (only while some row has such ties).
+    a second over ids splits the tokens tied at it (on CPU, only while some row has such ties).
     """
     key = _order_key(logits)
     ids = jnp.arange(logits.shape[-1])
