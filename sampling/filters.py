@@ -35,17 +35,13 @@ def _order_key(x):
     return jax.lax.bitcast_convert_type(i ^ jnp.int32(-2**31), jnp.uint32)
 
 
-def _kth_largest(logits, k):
-    """The ``k``-th largest logit of each row (``k`` a column >= 1)."""
-    desc = -jnp.sort(-logits, axis=-1)
-    return jnp.take_along_axis(desc, jnp.clip(k - 1, 0, logits.shape[-1] - 1), axis=-1)
-
-
 def _top_mask(logits, min_keep):
     """Tokens whose logit is at least the ``min_keep``-th largest (ties kept, as transformers)."""
-    if isinstance(min_keep, int) and min_keep == 1:        # static: no sort needed
+    if isinstance(min_keep, int) and min_keep == 1:        # static: a max
         return logits >= jnp.max(logits, axis=-1, keepdims=True)
-    return logits >= _kth_largest(logits, _col(min_keep, logits, jnp.int32))
+    key = _order_key(logits)                               # the k-th largest: the least c with < k keys above it
+    above = lambda c: jnp.sum(key > c, axis=-1, keepdims=True) < _col(min_keep, logits, jnp.int32)
+    return key >= _lowest(jnp.min(key, axis=-1, keepdims=True), jnp.max(key, axis=-1, keepdims=True), above, 32)
 
 
 # --- warpers ------------------------------------------------------------------------------------
@@ -128,9 +124,10 @@ def min_p(logits, p, min_keep=1):
     drop = probs < _col(p, logits) * jnp.max(probs, axis=-1, keepdims=True)
     if isinstance(min_keep, int) and min_keep == 1:        # the most likely token is never dropped
         return jnp.where(drop, NEG_INF, logits)
-    order = jnp.argsort(-probs, axis=-1, stable=True)
-    first = _unsort(jnp.broadcast_to(jnp.arange(logits.shape[-1]) < _col(min_keep, logits, jnp.int32),
-                                     logits.shape), order)
+    # the min_keep first by (probability descending, id ascending): the complement of a prefix
+    # of (probability ascending, id descending), i.e. of the flipped vocabulary's ascending order
+    first = ~_ascending_prefix(probs[..., ::-1], jnp.ones_like(probs),
+                               logits.shape[-1] - _col(min_keep, logits, probs.dtype))[..., ::-1]
     return jnp.where(drop & ~first, NEG_INF, logits)
 
 

@@ -107,6 +107,24 @@ def test_top_p_edge_rows_match_transformers(min_keep, backend, stable_torch, mon
     assert np.isfinite(got[3]).sum() == min_keep             # p ~ 0: the min_keep most likely only
 
 
+@pytest.mark.parametrize("name, cls, arg, value", [("top_k", hf.TopKLogitsWarper, "top_k", 2),
+                                                   ("min_p", hf.MinPLogitsWarper, "min_p", 0.5),
+                                                   ("epsilon", hf.EpsilonLogitsWarper, "epsilon", 0.1),
+                                                   ("eta", hf.EtaLogitsWarper, "epsilon", 0.1)])
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_min_keep_per_row_under_jit(name, cls, arg, value, backend, stable_torch, monkeypatch):
+    """min_keep (found by bisection, not a sort) per row, under jit, in both loop forms; ties."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    logits = random_logits((5, 40), 7, ties=True) * 4
+    logits[4] = 0.5                                          # one whole-row tie
+    keep = np.array([1, 3, 6, 40, 9])
+    got = np.asarray(jax.jit(lambda x, k: getattr(filters, name)(x, value, k))(jnp.asarray(logits), keep))
+    for row in range(5):
+        assert_same(got[row:row + 1], hf_apply(cls(**{arg: value, "min_tokens_to_keep": int(keep[row])}),
+                                               logits[row:row + 1]))
+    assert np.isfinite(got[3]).all()                         # min_keep = the vocabulary: nothing dropped
+
+
 @pytest.mark.parametrize("penalty", [0.5, 1.0, 1.3, 2.0])
 def test_repetition_penalty_matches_transformers(penalty):
     logits = random_logits((3, 40), 1)
