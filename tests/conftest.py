@@ -1,4 +1,5 @@
 """Shared fixtures: random tiny Hugging Face checkpoints written by ``transformers`` itself."""
+import gc
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -8,6 +9,16 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop every compiled program after each test module. XLA CPU maps memory for each one, and
+    the whole suite in one process came near Linux's 65,530 mappings a process (vm.max_map_count),
+    past which a compilation crashes with a segmentation fault."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 TINY = dict(vocab_size=97, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
