@@ -23,11 +23,6 @@ def _col(param, logits, dtype=None):
     return jnp.broadcast_to(jnp.asarray(param, dtype), logits.shape[:-1])[..., None]
 
 
-def _unsort(mask_sorted, order):
-    """A mask over sorted positions scattered back to vocabulary positions."""
-    return jnp.put_along_axis(jnp.zeros_like(mask_sorted), order, mask_sorted, axis=-1, inplace=False)
-
-
 def _order_key(x):
     """uint32 keys in the order of the float values ``x`` (-0.0 and 0.0 equal; no NaN)."""
     i = jax.lax.bitcast_convert_type(jnp.where(x == 0, 0.0, x).astype(jnp.float32), jnp.int32)
@@ -40,8 +35,8 @@ def _top_mask(logits, min_keep):
     if isinstance(min_keep, int) and min_keep == 1:        # static: a max
         return logits >= jnp.max(logits, axis=-1, keepdims=True)
     key = _order_key(logits)                               # the k-th largest: the least c with < k keys above it
-    above = lambda c: jnp.sum(key > c, axis=-1, keepdims=True) < _col(min_keep, logits, jnp.int32)
-    return key >= _lowest(jnp.min(key, axis=-1, keepdims=True), jnp.max(key, axis=-1, keepdims=True), above, 32)
+    return key >= _lowest_key(key, lambda c: jnp.sum(key > c, axis=-1, keepdims=True)
+                              < _col(min_keep, logits, jnp.int32))
 
 
 # --- warpers ------------------------------------------------------------------------------------
@@ -90,14 +85,19 @@ def _ascending_prefix(logits, weight, budget):
     key = _order_key(logits)
     ids = jnp.arange(logits.shape[-1])
     total = lambda mask: jnp.sum(jnp.where(mask, weight, 0), axis=-1, keepdims=True)
-    cut = _lowest(jnp.min(key, axis=-1, keepdims=True), jnp.max(key, axis=-1, keepdims=True),
-                  lambda k: total(key <= k) > budget, 32)
+    cut = _lowest_key(key, lambda c: total(key <= c) > budget)
     tie, below = key == cut, total(key < cut)
     everything = below + total(tie) <= budget           # no cut: the whole row is within the budget
     ties = jnp.sum(tie, axis=-1, keepdims=True) > 1
     first_kept = _lowest(jnp.zeros(cut.shape, jnp.int32), jnp.where(ties, logits.shape[-1] - 1, 0),
                          lambda j: below + total(tie & (ids <= j)) > budget, (logits.shape[-1] - 1).bit_length())
     return everything | (key < cut) | (tie & (ids < first_kept))
+
+
+def _lowest_key(key, holds):
+    """Per row, the least order key ``c`` (between the row's smallest and largest ``key``) where
+    the monotone ``holds(c)`` is true; the largest key if none."""
+    return _lowest(jnp.min(key, axis=-1, keepdims=True), jnp.max(key, axis=-1, keepdims=True), holds, 32)
 
 
 def _lowest(lo, hi, holds, steps):
@@ -133,19 +133,23 @@ def min_p(logits, p, min_keep=1):
 
 def typical(logits, mass, min_keep=1):
     """Locally typical sampling (Meister et al.): keep the tokens whose surprise is closest to the
-    entropy, up to probability ``mass``. ``mass == 1`` is off."""
+    entropy, up to probability ``mass``. ``mass == 1`` is off.
+
+    As ``transformers``: tokens ordered by ``|surprise - entropy|`` (stable), the cut is the first
+    whose cumulative probability reaches ``mass``, every token as close as it stays, and the
+    ``min_keep`` closest always stay. Computed without sorting: the cut by bisection over that
+    distance's order keys.
+    """
     mass = _col(mass, logits)
     logp = jax.nn.log_softmax(logits, axis=-1)
     p = jnp.exp(logp)
     ent = -jnp.sum(jnp.where(p > 0, logp * p, 0.0), axis=-1, keepdims=True)
     shifted = jnp.abs(-logp - ent)
-    order = jnp.argsort(shifted, axis=-1, stable=True)
-    sorted_shift = jnp.take_along_axis(shifted, order, axis=-1)
-    cum = jnp.cumsum(jax.nn.softmax(jnp.take_along_axis(logits, order, axis=-1), axis=-1), axis=-1)
-    last = jnp.minimum(jnp.sum(cum < mass, axis=-1, keepdims=True), logits.shape[-1] - 1)
-    drop = sorted_shift > jnp.take_along_axis(sorted_shift, last, axis=-1)
-    drop &= jnp.arange(logits.shape[-1]) >= _col(min_keep, logits, jnp.int32)
-    return jnp.where((mass < 1) & _unsort(drop, order), NEG_INF, logits)
+    key = _order_key(shifted)
+    drop = key > _lowest_key(key, lambda c: jnp.sum(jnp.where(key <= c, p, 0), axis=-1, keepdims=True) >= mass)
+    if not (isinstance(min_keep, int) and min_keep == 1):   # the closest token is never past the cut
+        drop &= ~_ascending_prefix(shifted, jnp.ones_like(p), _col(min_keep, logits, p.dtype))
+    return jnp.where((mass < 1) & drop, NEG_INF, logits)
 
 
 def epsilon(logits, eps, min_keep=1):

@@ -215,14 +215,13 @@ class Sampler:
         return jax.lax.cond(exact, candidates, lambda: self._truncate(scaled(), rest, mu))
 
     def _truncate(self, logits, names, mu):
-        v, keep = self.values, self.values.get("min_keep", 1)
+        v = self.values
+        keep = 1 if self.caps[1] == 1 else v["min_keep"]        # a static 1 takes the filters' fast paths
         for name in names:
             if name == "mirostat":
                 start = 2 * v["mirostat"]
                 mu = start if mu is None else jnp.where(jnp.isnan(mu), start, mu)
                 logits = jnp.where((v["mirostat"] > 0)[..., None], filters.mirostat(logits, mu), logits)
-            elif self.caps[1] == 1 and name in ("min_p", "epsilon", "eta"):
-                logits = getattr(filters, name)(logits, v[name])        # min_keep 1: no sort needed
             else:
                 logits = getattr(filters, name)(logits, v[name], keep)
         return logits

@@ -97,6 +97,7 @@ CHAINS = {
     "top_k": dict(top_k=50),
     "top_p": dict(top_p=0.9),
     "min_p": dict(min_p=0.05),
+    "typical": dict(typical=0.9),
     "repetition_penalty": dict(temperature=0.8, repetition_penalty=1.1),
     "full": dict(temperature=0.8, top_k=50, top_p=0.9, min_p=0.05, repetition_penalty=1.1),
 }

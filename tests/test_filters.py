@@ -109,11 +109,13 @@ def test_top_p_edge_rows_match_transformers(min_keep, backend, stable_torch, mon
 
 @pytest.mark.parametrize("name, cls, arg, value", [("top_k", hf.TopKLogitsWarper, "top_k", 2),
                                                    ("min_p", hf.MinPLogitsWarper, "min_p", 0.5),
+                                                   ("typical", hf.TypicalLogitsWarper, "mass", 0.5),
                                                    ("epsilon", hf.EpsilonLogitsWarper, "epsilon", 0.1),
                                                    ("eta", hf.EtaLogitsWarper, "epsilon", 0.1)])
 @pytest.mark.parametrize("backend", ["cpu", "gpu"])
 def test_min_keep_per_row_under_jit(name, cls, arg, value, backend, stable_torch, monkeypatch):
-    """min_keep (found by bisection, not a sort) per row, under jit, in both loop forms; ties."""
+    """min_keep (found by bisection, not a sort) per row, under jit, in both loop forms; ties.
+    typical's cut is a bisection too."""
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
     logits = random_logits((5, 40), 7, ties=True) * 4
     logits[4] = 0.5                                          # one whole-row tie
