@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared run for a lent GPU (one call, installs nothing, ~5 min): the numerics checks that
 # behave differently off CPU, then the GPU figures of docs/perf.md. Full logs under $OUT; a
-# short summary last. On CPU, for a dry run: CONFIG=4m DTYPE=float32 bash scripts/device_check.sh
+# short summary last. On CPU, for a dry run: JAX_PLATFORMS=cpu CONFIG=4m DTYPE=float32 bash scripts/device_check.sh
 set -uo pipefail
 OUT="${OUT:-out/device}"
 CONFIG="${CONFIG:-bench-1b}"
@@ -10,10 +10,10 @@ mkdir -p "$OUT"
 python -c "import jax; print(jax.__version__, jax.devices())" 2>&1 | tee "$OUT/devices.txt"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv > "$OUT/nvidia-smi.txt" 2>&1
 
-# fp32 parity at 1e-5 needs full-precision matmuls (XLA GPU's default for fp32 dots is TF32);
-# the filters run their fixed-trip-count loops here (the GPU backend, for real).
-# (~4 min on a 2-core CPU.)
-JAX_DEFAULT_MATMUL_PRECISION=highest timeout 300 python -m pytest -p no:cacheprovider \
+# On the device (tests/conftest.py defaults JAX to the CPU, and sets fp32 matmuls to full
+# precision: XLA GPU's default for fp32 dots is TF32); the filters run their fixed-trip-count
+# loops here for real. (~4 min on a 2-core CPU.)
+JAX_PLATFORMS="${JAX_PLATFORMS:-cuda}" timeout 300 python -m pytest -p no:cacheprovider \
     tests/test_parity.py tests/test_filters.py tests/test_engine.py > "$OUT/tests.txt" 2>&1
 echo "tests (exit $?): $(grep -E '(passed|failed|error)' "$OUT/tests.txt" | tail -1)"
 
