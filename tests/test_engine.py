@@ -52,13 +52,16 @@ def test_rollout_cache_blocks_equal_full_forward(tiny, monkeypatch, backend, blo
     cache = KVCache.from_prefill(prefix, 1, 70)
     assert [x.shape[2] for x in cache.k[0]] == blocks and cache.size == 70
     chunks = [1] * 30 + [20] + [1] * 10                   # one token at slot 24, slots 30..49 across 48
+    step = jax.jit(models.forward, static_argnums=0)      # as the engine runs it (eager: ~50 s)
     got, at = [], 4
     for t in chunks:
-        logits, cache = models.forward(config, params, jnp.asarray([f[at:at + t] for f in full]), None, cache)
+        logits, cache = step(config, params, jnp.asarray([f[at:at + t] for f in full]), None, cache)
         got.append(logits)
         at += t
     want, _ = models.forward(config, params, jnp.asarray(full))
-    np.testing.assert_allclose(np.concatenate(got, axis=1), want[:, 4:], rtol=1e-5, atol=1e-5)
+    # jitted steps and the eager full forward round differently (up to ~1.5e-5 on logits of
+    # magnitude ~3); a step that misses a cache slot moves its logits by ~0.1 or more
+    np.testing.assert_allclose(np.concatenate(got, axis=1), want[:, 4:], rtol=1e-5, atol=5e-5)
 
 
 @pytest.mark.parametrize("size", [1, 31, 32, 33, 100, 128, 257, 1024, 5000])
