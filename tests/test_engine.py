@@ -52,10 +52,10 @@ def test_rollout_cache_blocks_equal_full_forward(tiny, monkeypatch, backend, blo
     cache = KVCache.from_prefill(prefix, 1, 70)
     assert [x.shape[2] for x in cache.k[0]] == blocks and cache.size == 70
     chunks = [1] * 30 + [20] + [1] * 10                   # one token at slot 24, slots 30..49 across 48
-    step = jax.jit(models.forward, static_argnums=0)      # as the engine runs it (eager: ~50 s)
+    step = jax.jit(lambda *a: models.forward(config, *a))  # as the engine runs it (eager: ~50 s); traced here
     got, at = [], 4
     for t in chunks:
-        logits, cache = step(config, params, jnp.asarray([f[at:at + t] for f in full]), None, cache)
+        logits, cache = step(params, jnp.asarray([f[at:at + t] for f in full]), None, cache)
         got.append(logits)
         at += t
     want, _ = models.forward(config, params, jnp.asarray(full))
