@@ -1,7 +1,7 @@
 """KV caches: pytrees of preallocated, statically shaped buffers, donated to every step.
 
-Two layouts, both implementing the model-step protocol ``positions(T)``, ``attend(layer, q, k,
-v, window)`` and ``advance(T)`` (see :func:`models.forward`):
+Two layouts, both implementing the model-step protocol ``positions(T)``, ``position_bound``,
+``attend(layer, q, k, v, window)`` and ``advance(T)`` (see :func:`models.hidden_states`):
 
 - :class:`PrefillCache` — one block ``[G, K, P, Dh]`` per layer holding left-padded prompts; row
   ``g``'s tokens sit in slots ``start[g] .. P-1``. Used to prefill prompts once.
@@ -121,6 +121,11 @@ class PrefillCache:
         layers = [PREFIX_KV] * len(self.k)
         return PrefillCache(k=layers, v=layers, start=("prefix",), index=())
 
+    @property
+    def position_bound(self) -> int:
+        """Every position this cache holds is below it (static)."""
+        return self.k[0].shape[2]
+
     def positions(self, t: int) -> jax.Array:
         slots = self.index + jnp.arange(t)
         return jnp.maximum(slots[None, :] - self.start[:, None], 0)
@@ -184,6 +189,11 @@ class KVCache:
     def prefix_lengths(self) -> jax.Array:
         """Real prompt tokens per rollout [G*N]."""
         return jnp.repeat(self.pk[0].shape[2] - self.pstart, self.rows // self.groups, total_repeat_length=self.rows)
+
+    @property
+    def position_bound(self) -> int:
+        """Every position this cache holds is below it (static): prefix slots + rollout slots."""
+        return self.pk[0].shape[2] + self.size
 
     def positions(self, t: int) -> jax.Array:
         """Positions [G*N, t] of the next ``t`` tokens of every rollout."""

@@ -77,11 +77,24 @@ def rms_norm(x, weight, eps):
     return weight * y.astype(x.dtype)
 
 
-def rope(x, positions, inv_freq):
-    """Rotary embedding, "rotate half" convention. x [B, T, H, Dh]; positions int [B, T]."""
-    freqs = positions.astype(F32)[..., None] * inv_freq          # [B, T, Dh/2]
-    cos = jnp.cos(jnp.concatenate([freqs, freqs], -1))[:, :, None].astype(x.dtype)
-    sin = jnp.sin(jnp.concatenate([freqs, freqs], -1))[:, :, None].astype(x.dtype)
+def rope_angles(positions, inv_freq, dtype, bound=None):
+    """Rotary embedding's (cos, sin) [B, T, 1, Dh] for positions int [B, T].
+
+    With a static ``bound`` (every position below it) they are gathered from a table of
+    positions ``0..bound-1``: inside a decode loop XLA computes that table once, before the
+    loop. Computed from the positions, XLA fuses the cos and sin into every layer's q and k and
+    evaluates them per head (1.5 ms of a 35 ms 25m batch-64 step on CPU, docs/perf.md).
+    """
+    def cos_sin(p):
+        freqs = p.astype(F32)[..., None] * inv_freq                  # [..., Dh/2]
+        angles = jnp.concatenate([freqs, freqs], -1)
+        return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+    cos, sin = cos_sin(positions) if bound is None else (x[positions] for x in cos_sin(jnp.arange(bound)))
+    return cos[:, :, None], sin[:, :, None]
+
+
+def rope(x, cos, sin):
+    """Rotary embedding, "rotate half" convention. x [B, T, H, Dh]; cos, sin from :func:`rope_angles`."""
     x1, x2 = jnp.split(x, 2, axis=-1)
     return x * cos + jnp.concatenate([-x2, x1], -1) * sin
 
@@ -131,14 +144,16 @@ def hidden_states(config: Config, params: dict, tokens, positions=None, cache=No
     """The trunk: ``tokens`` int [B, T] -> (final-normed hidden states [B, T, D], cache).
 
     Without a cache this is a plain causal forward (positions default to 0..T-1). With a cache
-    (any object with ``positions(T)``, ``attend(layer, q, k, v, window)`` and ``advance(T)``,
+    (any object with ``positions(T)``, a static ``position_bound`` above every position it can
+    hold, ``attend(layer, q, k, v, window)`` and ``advance(T)``,
     e.g. :class:`engine.KVCache`), the new tokens' keys/values are written into it and attend
     to everything it holds.
     """
-    t = tokens.shape[1]
+    t, bound = tokens.shape[1], None
     if positions is None:
         positions = cache.positions(t) if cache is not None else jnp.broadcast_to(jnp.arange(t), tokens.shape)
-    inv_freq = jnp.asarray(config.inv_freq())
+        bound = cache.position_bound if cache is not None else t
+    cos, sin = rope_angles(positions, jnp.asarray(config.inv_freq()), jnp.dtype(config.dtype), bound)
     mask = causal_mask(t, config.sliding_window) if cache is None else None
     x = params["embed"][tokens]
 
@@ -149,7 +164,7 @@ def hidden_states(config: Config, params: dict, tokens, positions=None, cache=No
         v = jnp.einsum("btd,dhk->bthk", h, lp["wv"])
         if config.qkv_bias:
             q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
-        q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
         if cache is None:
             o, _ = attention(q, k.swapaxes(1, 2), v.swapaxes(1, 2), mask)
         else:
