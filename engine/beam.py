@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.cache import KVCache, PrefillCache, take_rollouts
-from engine.decode import bucket, check_prompts, left_pad, stop_ids
+from engine.decode import bucket, check_int, check_prompts, left_pad, stop_ids
 
 F32 = jnp.float32
 NEG = -1.0e9          # transformers' score for an impossible beam / empty buffer slot
@@ -156,13 +156,10 @@ def _search(forward, config, params, tokens, first, stops, norm, es_true, es_nev
 
 def _check(num_beams, max_new_tokens, length_penalty, early_stopping, num_return, num_beam_groups,
            diversity_penalty) -> None:
-    def whole(name, x, low):
-        if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {x!r}")
-    whole("num_beams", num_beams, 1)
-    whole("max_new_tokens", max_new_tokens, 1)
-    whole("num_return", num_return, 1)
-    whole("num_beam_groups", num_beam_groups, 1)
+    check_int("num_beams", num_beams, 1)
+    check_int("max_new_tokens", max_new_tokens, 1)
+    check_int("num_return", num_return, 1)
+    check_int("num_beam_groups", num_beam_groups, 1)
     if num_return > num_beams:
         raise ValueError(f"num_return={num_return} is more than num_beams={num_beams}; at most num_beams "
                          f"hypotheses are kept")

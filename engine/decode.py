@@ -78,22 +78,30 @@ def place_model(model, mesh):
     return SimpleNamespace(config=model.config, params=params, forward=model.forward, tokenizer=model.tokenizer)
 
 
+def check_int(name: str, x, low: int | None = None) -> None:
+    """A ``ValueError`` naming ``name`` unless ``x`` is an integer (not a bool) and at least ``low``."""
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or (low is not None and x < low):
+        raise ValueError(f"{name} must be an integer{'' if low is None else f' >= {low}'}, got {x!r}")
+
+
 def check_prompts(model, prompts, max_new_tokens: int) -> list[list[int]]:
     """Token-id lists of ``prompts`` (strings are encoded), or a ``ValueError`` naming the problem."""
     config = model.config
     if not isinstance(prompts, (list, tuple)) or not prompts:
         raise ValueError("prompts must be a non-empty list of token-id lists or strings")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    check_int("max_new_tokens", max_new_tokens, 1)
     ids = []
     for i, p in enumerate(prompts):
         if isinstance(p, str):
             if model.tokenizer is None:
                 raise ValueError("string prompts need a model with a tokenizer; pass token ids")
             p = model.tokenizer.encode(p)
-        p = [int(t) for t in np.asarray(p).reshape(-1)]
-        if not p:
+        p = np.asarray(p).reshape(-1)
+        if not p.size:
             raise ValueError(f"prompt {i} is empty")
+        if not np.issubdtype(p.dtype, np.integer):
+            raise ValueError(f"prompt {i} must hold integer token ids, got {p.dtype} values {p[:5].tolist()}")
+        p = p.tolist()
         bad = [t for t in p if not 0 <= t < config.vocab_size]
         if bad:
             raise ValueError(f"prompt {i} has token ids outside the vocabulary [0, {config.vocab_size}): {bad[:5]}")
@@ -141,8 +149,9 @@ def start(model, prompts, *, capacity: int, n: int = 1, seed: int = 0, share_pre
     bucket. ``model`` must already be on ``mesh`` (:func:`place_model`). The rollouts are numbered
     ``first_rollout ..`` (their keys), so rounds of ``n`` draw what one call with more rollouts would.
     """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    check_int("n", n, 1)
+    check_int("seed", seed)
+    check_int("first_rollout", first_rollout, 0)
     ids = check_prompts(model, prompts, capacity)
     keys = rollout_keys(seed, ids, n, first_rollout)
     groups, per_group = (ids, n) if share_prefix else ([p for p in ids for _ in range(n)], 1)
@@ -189,7 +198,11 @@ def decode_loop(forward, config, params, state: DecodeState, sampler: Sampler, s
 
 def stop_ids(config, stop_tokens=None) -> jax.Array:
     """The config's EOS ids and ``stop_tokens`` as one int32 array (``[-1]`` when there are none)."""
-    return jnp.asarray(sorted(set(config.eos_ids) | set(stop_tokens or ())) or [-1], jnp.int32)
+    extra = [] if stop_tokens is None else list(stop_tokens)
+    for t in extra:
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < config.vocab_size:
+            raise ValueError(f"stop_tokens must be token ids in [0, {config.vocab_size}), got {t!r}")
+    return jnp.asarray(sorted(set(config.eos_ids) | set(map(int, extra))) or [-1], jnp.int32)
 
 
 def row_sampler(sampler: Sampler | None, state: DecodeState, mesh=None) -> Sampler:
@@ -209,8 +222,7 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
     The draws of a rollout depend only on its key and slot, so decoding in several calls equals
     decoding in one.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    check_int("max_new_tokens", max_new_tokens, 1)
     used = int(state.cache.index)
     if used + max_new_tokens > state.cache.size:
         raise ValueError(f"{used} of the rollouts' {state.cache.size} cache slots are used; {max_new_tokens} more "
@@ -244,8 +256,7 @@ def select(state: DecodeState, indices) -> DecodeState:
 
 def fork(state: DecodeState, k: int) -> DecodeState:
     """Give each rollout's state to ``k`` children (N -> N*k); child ``c`` draws with ``fold_in(key, c)``."""
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    check_int("k", k, 1)
     g, n = state.shape
     out = select(state, np.tile(np.repeat(np.arange(n), k), (g, 1)))
     child = jnp.asarray(np.tile(np.arange(k, dtype=np.uint32), g * n))

@@ -149,6 +149,8 @@ def hidden_states(config: Config, params: dict, tokens, positions=None, cache=No
     e.g. :class:`engine.KVCache`), the new tokens' keys/values are written into it and attend
     to everything it holds.
     """
+    if jnp.ndim(tokens) != 2:
+        raise ValueError(f"tokens must be an int array [batch, time], got shape {jnp.shape(tokens)}")
     t, bound = tokens.shape[1], None
     if positions is None:
         positions = cache.positions(t) if cache is not None else jnp.broadcast_to(jnp.arange(t), tokens.shape)

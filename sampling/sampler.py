@@ -144,7 +144,7 @@ class Sampler:
         prompt's rollouts that prompt's value (trailing axes are added, not leading)."""
         def one(x):
             x = jnp.asarray(x)
-            if x.ndim > len(shape):
+            if x.ndim > len(shape) or any(a not in (1, b) for a, b in zip(x.shape, shape)):
                 raise ValueError(f"a sampler setting of shape {x.shape} does not fit rollouts {tuple(shape)}")
             return jnp.broadcast_to(x.reshape(x.shape + (1,) * (len(shape) - x.ndim)), shape)
         return self._map_rows(one)

@@ -145,8 +145,15 @@ def test_prompt_buckets_limit_compilations(tiny):
     ({}, [[1, 2, 999]], "outside the vocabulary"),
     ({}, [[-1, 2]], "outside the vocabulary"),
     ({}, [list(range(1, 200)) * 3], "maximum length"),
-    ({"max_new_tokens": 0}, [[1, 2]], "max_new_tokens must be >= 1"),
-    ({"n": 0}, [[1, 2]], "n must be >= 1"),
+    ({"max_new_tokens": 0}, [[1, 2]], "max_new_tokens must be an integer >= 1, got 0"),
+    ({"max_new_tokens": 2.5}, [[1, 2]], "max_new_tokens must be an integer >= 1, got 2.5"),
+    ({"n": 0}, [[1, 2]], "n must be an integer >= 1"),
+    ({"seed": 1.5}, [[1, 2]], "seed must be an integer, got 1.5"),
+    ({"first_rollout": -1}, [[1, 2]], "first_rollout must be an integer >= 0"),
+    ({}, [[1.5, 2]], "prompt 0 must hold integer token ids"),
+    ({"stop_tokens": [999]}, [[1, 2]], "stop_tokens must be token ids in [0, "),
+    ({"stop_tokens": [-2]}, [[1, 2]], "stop_tokens must be token ids in [0, "),
+    ({"sampler": Sampler(temperature=[0.5, 0.6, 0.7])}, [[1, 2], [3]], "shape (3,) does not fit rollouts (2, 1)"),
     ({}, ["text"], "need a model with a tokenizer"),
 ])
 def test_bad_input_is_a_clear_value_error(tiny, kwargs, prompts, message):
@@ -154,6 +161,11 @@ def test_bad_input_is_a_clear_value_error(tiny, kwargs, prompts, message):
     with pytest.raises(ValueError) as err:
         engine.generate(tiny, prompts, **kwargs)
     assert message in str(err.value)
+
+
+def test_forward_refuses_tokens_without_a_batch_axis(tiny):
+    with pytest.raises(ValueError, match=r"tokens must be an int array \[batch, time\], got shape \(3,\)"):
+        models.forward(tiny.config, tiny.params, jnp.asarray([1, 2, 3]))
 
 
 @pytest.mark.parametrize("settings, message", [

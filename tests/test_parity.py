@@ -27,6 +27,19 @@ def test_logits_match_transformers(hf_checkpoint, tmp_path, seed):
     assert rel_err(got, want) < 1e-5
 
 
+def test_explicit_positions_match_transformers(hf_checkpoint):
+    """Positions given by the caller, with gaps (rotary angles from them, not from a table of 0..T-1)."""
+    _, path, ref = hf_checkpoint
+    model = models.load(path)
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(0, 97, size=(2, 12))
+    positions = np.cumsum(rng.integers(1, 5, size=(2, 12)), axis=1) + np.array([[5], [300]])
+    with torch.no_grad():
+        want = ref(torch.tensor(tokens), position_ids=torch.tensor(positions)).logits.numpy()
+    got, _ = models.forward(model.config, model.params, jnp.asarray(tokens), jnp.asarray(positions))
+    assert rel_err(got, want) < 1e-5
+
+
 def test_greedy_matches_transformers_generate(hf_checkpoint):
     case, path, ref = hf_checkpoint
     model = models.load(path)

@@ -114,7 +114,7 @@ def test_bad_search_calls_are_value_errors(tiny):
         (lambda: engine.append(tiny, state, [1] * 9), "needs 16 rollout cache slots"),
         (lambda: engine.append(tiny, state, [[[1]]]), "nested list [G=3][N=2]"),
         (lambda: engine.append(tiny, state, [1, 999]), "appended token ids must be in [0, 256)"),
-        (lambda: engine.fork(state, 0), "k must be >= 1"),
+        (lambda: engine.fork(state, 0), "k must be an integer >= 1"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError) as err:
