@@ -1,6 +1,8 @@
 """Rejection sampling: draw rounds of rollouts until a verifier accepts one or the budget ends."""
 from __future__ import annotations
 
+import math
+
 from meta.common import draw_rounds, finish, setup
 from meta.result import Result
 
@@ -20,6 +22,8 @@ def rejection_sample(model, prompts, *, n: int, scorer, round_size: int = 4, thr
         raise ValueError("rejection_sample needs a scorer (the verifier that accepts)")
     if round_size < 1:
         raise ValueError(f"round_size must be >= 1, got {round_size}")
+    if not isinstance(threshold, (int, float)) or math.isnan(threshold):
+        raise ValueError(f"threshold must be a number, got {threshold!r}")
     chosen = [None] * len(prompts)
 
     def settled(i, first, answers, scores):

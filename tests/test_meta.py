@@ -245,3 +245,6 @@ def test_errors(scripted):
     with pytest.raises(ValueError) as e:
         meta.arith_process_verifier("median")
     assert "unknown aggregation 'median'" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        meta.rejection_sample(None, PROMPTS, n=2, scorer=meta.FunctionScorer(lambda p, t, r: 1.0), threshold=float("nan"))
+    assert "threshold must be a number, got nan" in str(e.value)
