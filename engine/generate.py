@@ -86,11 +86,15 @@ def decode_text(tokenizer, rollouts: Rollouts, stop_ids=()) -> list[list[str]]:
 
 def stream(model, prompt, *, max_new_tokens: int, sampler: Sampler | None = None, seed: int = 0,
            stop_tokens=None):
-    """Yield the tokens of one rollout of one prompt as they are produced (same draws as ``generate``)."""
+    """An iterator over the tokens of one rollout of one prompt as they are produced (same draws as
+    ``generate``). Bad arguments raise here, before the first token; the prompt is prefilled here too."""
     state = start(model, [prompt], capacity=max_new_tokens, seed=seed)
     sampler, stops = row_sampler(sampler, state), stop_ids(model.config, stop_tokens)
-    for slot in range(max_new_tokens):
-        state = decode_step(model.forward, model.config, model.params, state, sampler, stops)
-        yield int(state.tokens[0, slot])
-        if bool(state.done[0]):
-            return
+
+    def tokens(state):
+        for slot in range(max_new_tokens):
+            state = decode_step(model.forward, model.config, model.params, state, sampler, stops)
+            yield int(state.tokens[0, slot])
+            if bool(state.done[0]):
+                return
+    return tokens(state)

@@ -48,9 +48,10 @@ def main(argv=None) -> int:
 def stream_text(model, prompt: str, **kwargs) -> None:
     """Print ``prompt`` then each new piece of text as soon as its token is sampled."""
     tok, stops = model.tokenizer, set(model.config.eos_ids)
+    tokens = engine.stream(model, prompt, **kwargs)
     print(prompt, end="", flush=True)
     ids, shown = [], ""
-    for token in engine.stream(model, prompt, **kwargs):
+    for token in tokens:
         if token in stops:
             break
         ids.append(token)

@@ -34,3 +34,6 @@ def test_generate_cli_reports_bad_settings(tmp_path):
     out = run("scripts.generate", "--model", str(tmp_path), "--prompt", "hi", "--top-p", "0")
     assert out.returncode == 2
     assert "top_p must be in (0, 1]" in out.stderr and "Traceback" not in out.stderr
+    out = run("scripts.generate", "--model", str(tmp_path), "--prompt", "hi", "--max-new-tokens", "0")
+    assert out.returncode == 2 and out.stdout == ""        # refused before the prompt is echoed
+    assert "max_new_tokens must be an integer >= 1" in out.stderr and "Traceback" not in out.stderr

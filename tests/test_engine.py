@@ -118,6 +118,8 @@ def test_stream_yields_what_generate_returns(tiny):
     streamed = list(engine.stream(tiny, [9, 8, 7], max_new_tokens=10, sampler=sampler, seed=3))
     out = engine.generate(tiny, [[9, 8, 7]], max_new_tokens=10, sampler=sampler, seed=3)
     assert streamed == np.asarray(out.tokens[0, 0]).tolist()
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 1"):
+        engine.stream(tiny, [9, 8, 7], max_new_tokens=0)              # at the call, not at the first token
 
 
 def test_mixed_settings_rows_are_each_their_own_sampler(tiny):
