@@ -79,7 +79,7 @@ def place_model(model, mesh):
 
 
 def check_int(name: str, x, low: int | None = None) -> None:
-    """A ``ValueError`` naming ``name`` unless ``x`` is an integer (not a bool) and at least ``low``."""
+    """A ``ValueError`` naming ``name`` unless ``x`` is a Python or NumPy integer (not a bool) >= ``low``."""
     if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or (low is not None and x < low):
         raise ValueError(f"{name} must be an integer{'' if low is None else f' >= {low}'}, got {x!r}")
 
@@ -198,11 +198,11 @@ def decode_loop(forward, config, params, state: DecodeState, sampler: Sampler, s
 
 def stop_ids(config, stop_tokens=None) -> jax.Array:
     """The config's EOS ids and ``stop_tokens`` as one int32 array (``[-1]`` when there are none)."""
-    extra = [] if stop_tokens is None else list(stop_tokens)
-    for t in extra:
-        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < config.vocab_size:
-            raise ValueError(f"stop_tokens must be token ids in [0, {config.vocab_size}), got {t!r}")
-    return jnp.asarray(sorted(set(config.eos_ids) | set(map(int, extra))) or [-1], jnp.int32)
+    extra = np.asarray([] if stop_tokens is None else stop_tokens).reshape(-1)
+    if extra.size and (not np.issubdtype(extra.dtype, np.integer) or extra.min() < 0
+                       or extra.max() >= config.vocab_size):
+        raise ValueError(f"stop_tokens must be token ids in [0, {config.vocab_size}), got {extra[:8].tolist()}")
+    return jnp.asarray(sorted(set(config.eos_ids) | set(extra.tolist())) or [-1], jnp.int32)
 
 
 def row_sampler(sampler: Sampler | None, state: DecodeState, mesh=None) -> Sampler:
