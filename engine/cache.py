@@ -1,7 +1,8 @@
 """KV caches: pytrees of preallocated, statically shaped buffers, donated to every step.
 
-Two layouts, both implementing the model-step protocol ``positions(T)``, ``position_bound``,
-``attend(layer, q, k, v, window)`` and ``advance(T)`` (see :func:`models.hidden_states`):
+Two layouts, both implementing the model-step protocol ``positions(T)``, ``attend(layer, q, k,
+v, window)`` and ``advance(T)``, and the optional ``position_bound`` (see
+:func:`models.hidden_states`):
 
 - :class:`PrefillCache` — one block ``[G, K, P, Dh]`` per layer holding left-padded prompts; row
   ``g``'s tokens sit in slots ``start[g] .. P-1``. Used to prefill prompts once.

@@ -144,17 +144,17 @@ def hidden_states(config: Config, params: dict, tokens, positions=None, cache=No
     """The trunk: ``tokens`` int [B, T] -> (final-normed hidden states [B, T, D], cache).
 
     Without a cache this is a plain causal forward (positions default to 0..T-1). With a cache
-    (any object with ``positions(T)``, a static ``position_bound`` above every position it can
-    hold, ``attend(layer, q, k, v, window)`` and ``advance(T)``,
+    (any object with ``positions(T)``, ``attend(layer, q, k, v, window)`` and ``advance(T)``,
     e.g. :class:`engine.KVCache`), the new tokens' keys/values are written into it and attend
-    to everything it holds.
+    to everything it holds. A cache may also give a static ``position_bound`` above every
+    position it holds: the rotary angles then come from a table (:func:`rope_angles`).
     """
     if jnp.ndim(tokens) != 2:
         raise ValueError(f"tokens must be an int array [batch, time], got shape {jnp.shape(tokens)}")
     t, bound = tokens.shape[1], None
     if positions is None:
         positions = cache.positions(t) if cache is not None else jnp.broadcast_to(jnp.arange(t), tokens.shape)
-        bound = cache.position_bound if cache is not None else t
+        bound = getattr(cache, "position_bound", None) if cache is not None else t
     cos, sin = rope_angles(positions, jnp.asarray(config.inv_freq()), jnp.dtype(config.dtype), bound)
     mask = causal_mask(t, config.sliding_window) if cache is None else None
     x = params["embed"][tokens]

@@ -165,6 +165,25 @@ def test_bad_input_is_a_clear_value_error(tiny, kwargs, prompts, message):
     assert message in str(err.value)
 
 
+def test_a_cache_without_position_bound_still_works(tiny):
+    """``position_bound`` is optional in the cache protocol: without it the angles come from the positions."""
+    class Plain:                                   # PrefillCache's protocol, less position_bound
+        def __init__(self, cache):
+            self.cache = cache
+        def positions(self, t):
+            return self.cache.positions(t)
+        def attend(self, layer, q, k, v, window=None):
+            out, cache = self.cache.attend(layer, q, k, v, window)
+            return out, Plain(cache)
+        def advance(self, t):
+            return Plain(self.cache.advance(t))
+    cache = PrefillCache.create(tiny.config, 2, 8, [0, 3])
+    tokens = jnp.asarray([[3, 4, 5, 6, 7, 8, 9, 10], [0, 0, 0, 6, 7, 8, 9, 10]])
+    want, _ = models.forward(tiny.config, tiny.params, tokens, None, cache)
+    got, _ = models.forward(tiny.config, tiny.params, tokens, None, Plain(cache))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
 def test_forward_refuses_tokens_without_a_batch_axis(tiny):
     with pytest.raises(ValueError, match=r"tokens must be an int array \[batch, time\], got shape \(3,\)"):
         models.forward(tiny.config, tiny.params, jnp.asarray([1, 2, 3]))
