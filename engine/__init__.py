@@ -1,11 +1,11 @@
 """Generation engine: KV caches, prefill, the jitted decode loop, rollout-axis search primitives."""
 from engine.beam import BeamResult, beam_search
 from engine.cache import KVCache, PrefillCache
-from engine.decode import (DecodeState, append, bucket, check_prompts, decode, decode_loop, decode_step, fork,
-                           left_pad, place_model, row_sampler, select, start, stop_ids)
+from engine.decode import (DecodeState, append, bucket, check_int, check_prompts, decode, decode_loop, decode_step,
+                           fork, left_pad, place_model, row_sampler, select, start, stop_ids)
 from engine.generate import Rollouts, decode_text, generate, rollouts, stream
 from engine.mixture import mix_generate, mix_loop
 
-__all__ = ["KVCache", "PrefillCache", "DecodeState", "Rollouts", "bucket", "left_pad", "check_prompts",
+__all__ = ["KVCache", "PrefillCache", "DecodeState", "Rollouts", "bucket", "left_pad", "check_int", "check_prompts",
            "beam_search", "BeamResult", "place_model", "start", "decode", "decode_step", "decode_loop", "select", "fork", "append",
            "stop_ids", "row_sampler", "rollouts", "generate", "decode_text", "stream", "mix_generate", "mix_loop"]

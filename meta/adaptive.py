@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+from engine import check_int
 from meta.common import draw_rounds, finish, setup
 from meta.result import Result
 from meta.vote import tally, winner
@@ -63,8 +64,7 @@ def adaptive_self_consistency(model, prompts, *, n: int, round_size: int = 4, ru
     budget, sampler, t0 = setup(prompts, n, references, budget, sampler)
     if rule not in RULES:
         raise ValueError(f"unknown stopping rule {rule!r}; known: {', '.join(RULES)}")
-    if round_size < 1:
-        raise ValueError(f"round_size must be >= 1, got {round_size}")
+    check_int("round_size", round_size, 1)
     if not 0.5 < confidence < 1:
         raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
     texts, lengths, answers, scores, rounds = draw_rounds(

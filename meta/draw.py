@@ -35,10 +35,7 @@ def draw(model, prompts, *, n: int, sampler, seed: int, max_new_tokens: int, bud
     prompt) to a power-of-two number of prompts so that few shapes are compiled. Draws depend
     only on ``seed``, the prompt and the rollout number, never on the chunking.
     """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    engine.check_int("n", n, 1)
     ids = engine.check_prompts(model, list(prompts), max_new_tokens)
     if budget.affordable(len(ids) * n, max_new_tokens) < len(ids) * n:
         raise ValueError(f"{len(ids)} prompts x {n} rollouts x {max_new_tokens} tokens do not fit in the "

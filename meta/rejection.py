@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+from engine import check_int
 from meta.common import draw_rounds, finish, setup
 from meta.result import Result
 
@@ -20,8 +21,7 @@ def rejection_sample(model, prompts, *, n: int, scorer, round_size: int = 4, thr
     budget, sampler, t0 = setup(prompts, n, references, budget, sampler)
     if scorer is None:
         raise ValueError("rejection_sample needs a scorer (the verifier that accepts)")
-    if round_size < 1:
-        raise ValueError(f"round_size must be >= 1, got {round_size}")
+    check_int("round_size", round_size, 1)
     if not isinstance(threshold, (int, float)) or math.isnan(threshold):
         raise ValueError(f"threshold must be a number, got {threshold!r}")
     chosen = [None] * len(prompts)
