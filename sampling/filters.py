@@ -23,6 +23,11 @@ def _col(param, logits, dtype=None):
     return jnp.broadcast_to(jnp.asarray(param, dtype), logits.shape[:-1])[..., None]
 
 
+def _static_one(min_keep) -> bool:
+    """``min_keep`` is the Python int 1, known when tracing: a filter can take its fast path."""
+    return isinstance(min_keep, int) and min_keep == 1
+
+
 def _order_key(x):
     """uint32 keys in the order of the float values ``x`` (-0.0 and 0.0 equal; no NaN)."""
     i = jax.lax.bitcast_convert_type(jnp.where(x == 0, 0.0, x).astype(jnp.float32), jnp.int32)
@@ -32,7 +37,7 @@ def _order_key(x):
 
 def _top_mask(logits, min_keep):
     """Tokens whose logit is at least the ``min_keep``-th largest (ties kept, as transformers)."""
-    if isinstance(min_keep, int) and min_keep == 1:        # static: a max
+    if _static_one(min_keep):                              # a max
         return logits >= jnp.max(logits, axis=-1, keepdims=True)
     key = _order_key(logits)                               # the k-th largest: the least c with < k keys above it
     return key >= _lowest_key(key, lambda c: jnp.sum(key > c, axis=-1, keepdims=True)
@@ -65,7 +70,7 @@ def top_p(logits, p, min_keep=1):
     probs = jax.nn.softmax(logits, axis=-1)
     drop = (p < 1) & _ascending_prefix(logits, probs, 1 - p)
     v = logits.shape[-1]
-    if isinstance(min_keep, int) and min_keep == 1:     # the last in that order: the max, highest id among ties
+    if _static_one(min_keep):                           # the last in that order: the max, highest id among ties
         ids = jnp.arange(v)
         protected = ids == jnp.max(jnp.where(logits >= jnp.max(logits, axis=-1, keepdims=True), ids, -1),
                                    axis=-1, keepdims=True)
@@ -122,7 +127,7 @@ def min_p(logits, p, min_keep=1):
     """Drop tokens less likely than ``p`` times the most likely one. ``p == 0`` is off."""
     probs = jax.nn.softmax(logits, axis=-1)
     drop = probs < _col(p, logits) * jnp.max(probs, axis=-1, keepdims=True)
-    if isinstance(min_keep, int) and min_keep == 1:        # the most likely token is never dropped
+    if _static_one(min_keep):                              # the most likely token is never dropped
         return jnp.where(drop, NEG_INF, logits)
     # the min_keep first by (probability descending, id ascending): the complement of a prefix
     # of (probability ascending, id descending), i.e. of the flipped vocabulary's ascending order
@@ -147,7 +152,7 @@ def typical(logits, mass, min_keep=1):
     shifted = jnp.abs(-logp - ent)
     key = _order_key(shifted)
     drop = key > _lowest_key(key, lambda c: jnp.sum(jnp.where(key <= c, p, 0), axis=-1, keepdims=True) >= mass)
-    if not (isinstance(min_keep, int) and min_keep == 1):   # the closest token is never past the cut
+    if not _static_one(min_keep):                           # the closest token is never past the cut
         drop &= ~_ascending_prefix(shifted, jnp.ones_like(p), _col(min_keep, logits, p.dtype))
     return jnp.where((mass < 1) & drop, NEG_INF, logits)
 
