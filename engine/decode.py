@@ -206,8 +206,9 @@ def stop_ids(config, stop_tokens=None) -> jax.Array:
 
 
 def row_sampler(sampler: Sampler | None, state: DecodeState, mesh=None) -> Sampler:
-    """``sampler`` (fields [], [G] or [G, N]) as per-row arrays [G*N], placed like the rollouts."""
-    sampler = Sampler.greedy() if sampler is None else sampler
+    """``sampler`` (fields [], [G] or [G, N]) as per-row arrays [G*N], placed like the rollouts; its
+    token lists checked against the vocabulary."""
+    sampler = (Sampler.greedy() if sampler is None else sampler).check_vocab(state.logits.shape[-1])
     g, n = state.shape
     sampler = sampler.broadcast((g, n)).reshape((g * n,))
     return sharding.place(sampler, sampler.row_axes, mesh)
@@ -290,7 +291,10 @@ def append(model, state: DecodeState, tokens) -> DecodeState:
             if model.tokenizer is None:
                 raise ValueError("string tokens need a model with a tokenizer")
             return model.tokenizer.encode(t, bos=False)
-        return [int(i) for i in t]
+        ids = np.asarray(t).reshape(-1)
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"appended tokens must be integer token ids, got {ids.dtype} values {ids[:5].tolist()}")
+        return ids.tolist()
 
     if isinstance(tokens, str) or all(isinstance(t, (int, np.integer)) for t in tokens):
         rows = [encode(tokens)] * (g * n)

@@ -93,12 +93,8 @@ class Sampler:
             if name in settings:
                 values[name] = settings.pop(name)
         for name, value in values.items():
-            dtype, _, ok, why = SETTINGS[name]
-            if isinstance(value, (int, float, list, np.ndarray, np.generic)):
-                arr = np.asarray(value, dtype)
-                if not np.all(ok(arr)):
-                    raise ValueError(f"{name} {why}, got {np.asarray(value).tolist()}")
-                values[name] = arr
+            if not isinstance(value, jax.Array):     # jax arrays (maybe traced) are taken as they are
+                values[name] = _setting(name, value)
         values |= _token_lists(settings)
         self.values = values
         self.chain = tuple(n for n in ORDER if n in values and (n in TOKEN_LISTS or n == "temperature"
@@ -148,6 +144,20 @@ class Sampler:
                 raise ValueError(f"a sampler setting of shape {x.shape} does not fit rollouts {tuple(shape)}")
             return jnp.broadcast_to(x.reshape(x.shape + (1,) * (len(shape) - x.ndim)), shape)
         return self._map_rows(one)
+
+    def check_vocab(self, vocab: int) -> "Sampler":
+        """``self``, or a ``ValueError`` if a token list names an id outside ``[0, vocab)`` or the
+        constraint's table is not ``[states, vocab]`` (such a list would match nothing, silently)."""
+        for name in ("logit_bias", "allowed_tokens", "banned_tokens"):
+            if name in self.values:
+                ids = np.asarray(self.values[name][0] if name == "logit_bias" else self.values[name])
+                if ids.size and ids.max() >= vocab:
+                    raise ValueError(f"{name} has token ids outside the vocabulary [0, {vocab}): "
+                                     f"{ids[ids >= vocab][:5].tolist()}")
+        if "constraint" in self.values and np.shape(self.values["constraint"])[1] != vocab:
+            raise ValueError(f"constraint.table has {np.shape(self.values['constraint'])[1]} columns; the model's "
+                             f"vocabulary has {vocab} tokens")
+        return self
 
     def reshape(self, shape) -> "Sampler":
         return self._map_rows(lambda x: x.reshape(shape))
@@ -254,15 +264,38 @@ def _all_off(name, value) -> bool:
     return isinstance(value, np.ndarray) and bool(np.all(value == SETTINGS[name][1]))
 
 
+def _numbers(name, value, dtype) -> np.ndarray:
+    """``value`` as a NumPy array of ``dtype``, or a ``ValueError``: not numbers, or (for an integer
+    ``dtype``) numbers that are not whole, which a cast would silently truncate."""
+    raw = np.asarray(value)
+    if raw.dtype != bool and not np.issubdtype(raw.dtype, np.number):
+        raise ValueError(f"{name} must be a number or an array of numbers, got {value!r}")
+    if np.issubdtype(dtype, np.integer) and not np.all(np.isfinite(raw) & (raw == np.round(raw))):
+        raise ValueError(f"{name} must be a whole number, got {raw.tolist()}")
+    return raw.astype(dtype)
+
+
+def _setting(name, value) -> np.ndarray:
+    """A per-row setting as a checked NumPy array of its dtype (``SETTINGS``)."""
+    dtype, _, ok, why = SETTINGS[name]
+    arr = _numbers(name, value, dtype)
+    if not np.all(ok(arr)):
+        raise ValueError(f"{name} {why}, got {np.asarray(value).tolist()}")
+    return arr
+
+
 def _token_lists(settings) -> dict:
     """``logit_bias`` as (ids, biases) and the allowed / banned token ids, as arrays, checked."""
     out = {}
     if "logit_bias" in settings:
         bias = dict(settings["logit_bias"])
-        out["logit_bias"] = (np.asarray(list(bias), I32).reshape(-1), np.asarray(list(bias.values()), F32))
+        out["logit_bias"] = (_numbers("logit_bias token ids", list(bias), I32).reshape(-1),
+                             _numbers("logit_bias biases", list(bias.values()), F32).reshape(-1))
+        if np.any(np.isnan(out["logit_bias"][1])):
+            raise ValueError(f"logit_bias biases must not be NaN, got {out['logit_bias'][1].tolist()}")
     for name in ("allowed_tokens", "banned_tokens"):
         if name in settings:
-            out[name] = np.asarray(settings[name], I32).reshape(-1)
+            out[name] = _numbers(name, settings[name], I32).reshape(-1)
     if "constraint" in settings:
         table = np.asarray(getattr(settings["constraint"], "table", settings["constraint"]), I32)
         if table.ndim != 2 or table.shape[0] < 1 or np.any(table >= table.shape[0]) or np.any(table < -1):

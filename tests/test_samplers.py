@@ -178,6 +178,11 @@ def test_rows_with_different_settings_share_one_compilation(tiny):
     ({"banned_tokens": [-3]}, "banned_tokens token ids must be >= 0"),
     ({"top_q": 0.5}, "unknown sampler settings ['top_q']"),
     ({"top_p": [0.5, 2.0]}, "top_p must be in (0, 1], got [0.5, 2.0]"),
+    ({"top_k": 2.5}, "top_k must be a whole number, got 2.5"),          # a cast would make it 2
+    ({"min_keep": float("nan")}, "min_keep must be a whole number"),
+    ({"temperature": "0.7"}, "temperature must be a number or an array of numbers"),
+    ({"banned_tokens": [3, 4.5]}, "banned_tokens must be a whole number"),
+    ({"logit_bias": {3: float("nan")}}, "logit_bias biases must not be NaN"),
 ])
 def test_bad_settings_are_value_errors(settings, message):
     with pytest.raises(ValueError) as err:
@@ -189,6 +194,19 @@ def test_sampler_of_the_wrong_shape_is_a_value_error(tiny):
     with pytest.raises(ValueError) as err:
         engine.generate(tiny, PROMPTS, max_new_tokens=4, sampler=Sampler(top_p=np.full((2, 1, 3), 0.5)))
     assert "does not fit rollouts (2, 1)" in str(err.value)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"allowed_tokens": [3, 300]}, "allowed_tokens has token ids outside the vocabulary [0, 256): [300]"),
+    ({"banned_tokens": [256]}, "banned_tokens has token ids outside the vocabulary [0, 256): [256]"),
+    ({"logit_bias": {5: 1.0, 999: 2.0}}, "logit_bias has token ids outside the vocabulary [0, 256): [999]"),
+    ({"constraint": np.zeros((1, 250), np.int32)}, "constraint.table has 250 columns; the model's vocabulary has 256"),
+])
+def test_token_lists_outside_the_vocabulary_are_value_errors(tiny, settings, message):
+    """Allowed ids the model cannot produce would silently give token 0 (every logit -inf)."""
+    with pytest.raises(ValueError) as err:
+        engine.generate(tiny, PROMPTS, max_new_tokens=4, sampler=Sampler(**settings))
+    assert message in str(err.value)
 
 
 @pytest.mark.parametrize("kind", ["normal", "ties", "-inf", "few finite"])
