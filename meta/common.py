@@ -1,8 +1,12 @@
 """Argument checks and the shape of a meta-generator call (shared by every strategy)."""
 from __future__ import annotations
 
+import math
 import time
 
+import numpy as np
+
+from engine import check_int
 from meta.budget import Budget
 from meta.draw import arith_answer, draw
 from sampling import Sampler
@@ -12,20 +16,30 @@ def setup(prompts, n: int, references, budget: Budget | None, sampler):
     """Checked arguments: (budget, sampler, start time); raises ``ValueError`` naming the problem."""
     if not isinstance(prompts, (list, tuple)) or not prompts:
         raise ValueError("prompts must be a non-empty list")
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_int("n", n, 1)
     if references is not None and len(references) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(references)} references")
     return (Budget() if budget is None else budget), (Sampler(temperature=1.0) if sampler is None else sampler), \
         time.perf_counter()
 
 
+def check_threshold(threshold) -> None:
+    """A ``ValueError`` unless ``threshold`` (the score that accepts a rollout) is a number, not NaN."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
+        raise ValueError(f"threshold must be a number, got {threshold!r}")
+
+
 def score(scorer, prompts, texts, references, budget):
     """Scores [G][N] as nested lists of floats."""
     if scorer is None:
         raise ValueError("this meta-generator needs a scorer")
-    s = scorer(list(prompts), texts, references, budget)
-    return [[float(v) for v in row] for row in s]
+    s = np.asarray(scorer(list(prompts), texts, references, budget), dtype=float)
+    shape = (len(texts), len(texts[0]) if texts else 0)
+    if s.shape != shape:
+        raise ValueError(f"the scorer returned scores of shape {s.shape}; expected one per rollout, {shape}")
+    if np.isnan(s).any():
+        raise ValueError(f"the scorer returned NaN for {int(np.isnan(s).sum())} of {s.size} rollouts")
+    return s.tolist()
 
 
 def extract(answer, texts):

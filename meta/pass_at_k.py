@@ -5,7 +5,8 @@ import math
 
 import numpy as np
 
-from meta.common import finish, scored_draw
+from engine import check_int
+from meta.common import check_threshold, finish, scored_draw
 from meta.result import Result
 
 
@@ -26,10 +27,16 @@ def coverage(model, prompts, *, n: int, scorer, ks=None, sampler=None, seed: int
     A rollout is correct when its score is >= ``threshold``. The chosen answer is the first correct
     rollout's (an oracle's choice), ``None`` when none is.
     """
+    check_int("n", n, 1)
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n] if ks is None else list(ks)
+    for k in ks:                                          # before any rollout is drawn
+        check_int("each of ks", k, 1)
+        if k > n:
+            raise ValueError(f"pass@{k} needs at least {k} rollouts per prompt; n is {n}")
+    check_threshold(threshold)
     d, scores, answers, budget, t0 = scored_draw("pass@k", model, prompts, n=n, scorer=scorer, sampler=sampler,
                                                  seed=seed, max_new_tokens=max_new_tokens, references=references,
                                                  answer=answer, budget=budget, stop_tokens=stop_tokens)
-    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n] if ks is None else list(ks)
     correct = [[s >= threshold for s in row] for row in scores]
     chosen = [row.index(True) if any(row) else None for row in correct]
     info = [{f"pass@{k}": float(pass_at_k(n, sum(row), k)) for k in ks} for row in correct]

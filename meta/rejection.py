@@ -1,10 +1,8 @@
 """Rejection sampling: draw rounds of rollouts until a verifier accepts one or the budget ends."""
 from __future__ import annotations
 
-import math
-
 from engine import check_int
-from meta.common import draw_rounds, finish, setup
+from meta.common import check_threshold, draw_rounds, finish, setup
 from meta.result import Result
 
 
@@ -22,8 +20,7 @@ def rejection_sample(model, prompts, *, n: int, scorer, round_size: int = 4, thr
     if scorer is None:
         raise ValueError("rejection_sample needs a scorer (the verifier that accepts)")
     check_int("round_size", round_size, 1)
-    if not isinstance(threshold, (int, float)) or math.isnan(threshold):
-        raise ValueError(f"threshold must be a number, got {threshold!r}")
+    check_threshold(threshold)
     chosen = [None] * len(prompts)
 
     def settled(i, first, answers, scores):

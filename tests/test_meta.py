@@ -226,7 +226,13 @@ def test_errors(scripted):
     assert "needs a scorer" in str(e.value)
     with pytest.raises(ValueError) as e:
         meta.self_consistency(None, PROMPTS, n=0)
-    assert "n must be a positive integer" in str(e.value)
+    assert "n must be an integer >= 1, got 0" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        meta.best_of_n(None, PROMPTS, n=2, scorer=meta.FunctionScorer(lambda p, t, r: float("nan")), answer=last)
+    assert "the scorer returned NaN for 4 of 4 rollouts" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        meta.best_of_n(None, PROMPTS, n=2, scorer=lambda p, t, r, b: [1.0, 2.0], answer=last)
+    assert "scores of shape (2,); expected one per rollout, (2, 2)" in str(e.value)
     with pytest.raises(ValueError) as e:
         meta.mbr(None, PROMPTS, n=2, utility="bleu")
     assert "unknown utility 'bleu'" in str(e.value)
@@ -248,3 +254,9 @@ def test_errors(scripted):
     with pytest.raises(ValueError) as e:
         meta.rejection_sample(None, PROMPTS, n=2, scorer=meta.FunctionScorer(lambda p, t, r: 1.0), threshold=float("nan"))
     assert "threshold must be a number, got nan" in str(e.value)
+    scripted.calls.clear()
+    for ks, message in (([32], "pass@32 needs at least 32 rollouts per prompt; n is 2"), ([1.5], "ks must be an integer")):
+        with pytest.raises(ValueError) as e:
+            meta.coverage(None, PROMPTS, n=2, scorer=meta.FunctionScorer(first), ks=ks)
+        assert message in str(e.value)
+    assert not scripted.calls, "the bad calls above drew nothing"
