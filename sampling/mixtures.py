@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 IMPLAUSIBLE = 1e4   # contrastive decoding's penalty below the plausibility cut (see `contrastive`)
 
@@ -80,6 +81,10 @@ def resolve(combine, count: int, params=None):
     if unknown:
         raise ValueError(f"unknown {combine} parameters {unknown}; known: {', '.join(sorted(known))}")
     params = defaults | params
-    if combine == "contrastive" and not all(0 < float(a) <= 1 for a in jnp.ravel(jnp.asarray(params["alpha"]))):
-        raise ValueError(f"contrastive alpha must be in (0, 1], got {params['alpha']}")
+    rules = {("contrastive", "alpha"): (lambda a: (a > 0) & (a <= 1), "in (0, 1]"),
+             ("contrastive", "amateur_temperature"): (lambda t: np.isfinite(t) & (t > 0), "a finite number > 0")}
+    for name, value in params.items():
+        ok, why = rules.get((combine, name), (np.isfinite, "a finite number"))
+        if not np.all(ok(np.asarray(value, np.float32))):
+            raise ValueError(f"{combine} {name} must be {why}, got {value}")
     return fn, params

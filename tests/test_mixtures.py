@@ -213,6 +213,9 @@ def test_vocab_mismatch_is_a_value_error(trio, kwargs, message):
     (2, dict(combine="nope"), "unknown mixture 'nope'"),
     (2, dict(combine="cfg", params={"alpha": 1.0}), "unknown cfg parameters ['alpha']"),
     (2, dict(combine="contrastive", params={"alpha": 0.0}), "contrastive alpha must be in (0, 1]"),
+    (2, dict(combine="contrastive", params={"amateur_temperature": 0.0}),
+     "contrastive amateur_temperature must be a finite number > 0"),
+    (2, dict(combine="cfg", params={"scale": float("nan")}), "cfg scale must be a finite number, got nan"),
     (2, dict(combine="cfg", model_prompts=[None]), "model_prompts has 1 entries for 2 models"),
     (1, dict(combine="cfg"), "a mixture needs at least two models, got 1"),
 ])
