@@ -41,8 +41,10 @@ class Config:
     def __post_init__(self):
         if not self.head_dim:
             object.__setattr__(self, "head_dim", self.hidden // self.heads)
-        if self.heads % self.kv_heads:
+        if self.kv_heads < 1 or self.heads % self.kv_heads:
             raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim ({self.head_dim}) must be even: RoPE rotates pairs of dimensions")
 
     @property
     def num_params(self) -> int:
@@ -152,6 +154,11 @@ def from_hf(hf: dict) -> Config:
     window = hf.get("sliding_window")
     if kind == "qwen2" and not hf.get("use_sliding_window", False):
         window = None
+    missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                           "intermediate_size") if not isinstance(hf.get(k), int) or hf[k] < 1]
+    if missing:
+        raise ValueError(f"config.json needs positive integers {', '.join(missing)}; got "
+                         f"{', '.join(f'{k}={hf.get(k)!r}' for k in missing)}")
     heads = hf["num_attention_heads"]
     reward = any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or ())
     labels = len(hf.get("id2label") or {}) or hf.get("num_labels", 2)

@@ -79,6 +79,23 @@ def test_rewards_refuses_a_model_without_a_scalar_head():
         models.rewards(config, models.init_params(config, jax.random.key(0)), jnp.zeros((1, 3), jnp.int32))
 
 
+def test_a_config_json_without_the_model_shape_is_refused():
+    with pytest.raises(ValueError, match="needs positive integers num_hidden_layers, intermediate_size; got "
+                                         "num_hidden_layers=None, intermediate_size=0"):
+        models.from_hf({"model_type": "llama", "vocab_size": 8, "hidden_size": 8, "num_attention_heads": 2,
+                        "intermediate_size": 0})
+
+
+@pytest.mark.parametrize("shape, message", [
+    (dict(heads=4, kv_heads=0), "must be a multiple of kv_heads (0)"),
+    (dict(hidden=60, heads=4), "head_dim (15) must be even"),
+])
+def test_impossible_shapes_are_refused(shape, message):
+    with pytest.raises(ValueError) as err:
+        models.preset("tiny", **shape)
+    assert message in str(err.value)
+
+
 def test_a_multi_label_classifier_is_refused():
     with pytest.raises(ValueError, match="3 labels"):
         models.from_hf({"model_type": "llama", "architectures": ["LlamaForSequenceClassification"],
