@@ -99,6 +99,14 @@ def rope(x, cos, sin):
     return x * cos + jnp.concatenate([-x2, x1], -1) * sin
 
 
+def einsum_f32(spec, a, b):
+    """``jnp.einsum`` accumulating in fp32. XLA CPU has no bf16 x bf16 -> fp32 batched dot (it fails
+    when run), so on CPU narrower operands are widened first: the same products, exact in fp32."""
+    if jax.default_backend() == "cpu":
+        a, b = a.astype(F32), b.astype(F32)
+    return jnp.einsum(spec, a, b, preferred_element_type=F32)
+
+
 def attention(q, k, v, mask):
     """Masked grouped-query attention returning the output and its log-sum-exp.
 
@@ -110,13 +118,13 @@ def attention(q, k, v, mask):
     b, t, h, d = q.shape
     kv = k.shape[1]
     qg = q.reshape(b, t, kv, h // kv, d)
-    s = jnp.einsum("btkgd,bksd->bkgts", qg, k, preferred_element_type=F32) * (d ** -0.5)
+    s = einsum_f32("btkgd,bksd->bkgts", qg, k) * (d ** -0.5)
     s = jnp.where(mask[:, None, None], s, -jnp.inf)
     m = jnp.max(s, axis=-1, keepdims=True)
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     p = jnp.exp(s - m)
     l = jnp.sum(p, axis=-1, keepdims=True)
-    o = jnp.einsum("bkgts,bksd->btkgd", p.astype(v.dtype), v, preferred_element_type=F32)
+    o = einsum_f32("bkgts,bksd->btkgd", p.astype(v.dtype), v)
     l_t = jnp.moveaxis(l[..., 0], -1, 1)[..., None]               # [B, T, K, G, 1]
     o = o / jnp.maximum(l_t, jnp.finfo(F32).tiny)
     lse = jnp.moveaxis((m + jnp.log(l))[..., 0], -1, 1)           # [B, T, K, G]
