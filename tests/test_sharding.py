@@ -160,6 +160,16 @@ def test_generate_on_a_mesh_matches_one_device(model, reference, data, tensor):
     assert isinstance(got.tokens, np.ndarray)                 # results are host arrays, on every host
 
 
+def test_bf16_data_parallel_matches_one_device(model):
+    """bf16: splitting the rollouts over devices changes no sum, so the tokens are identical (a
+    tensor axis would round partial matmul sums to bf16: docs/sharding.md)."""
+    params = jax.tree.map(lambda x: x.astype("bfloat16"), model.params)
+    bf16 = models.Model(models.preset("tiny", dtype="bfloat16"), params)
+    want, got = run(bf16), run(bf16, sharding.make_mesh(8, 1))
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-5)
+
+
 @pytest.mark.parametrize("data,tensor", MESHES)
 def test_sharded_logits_match_one_device(model, data, tensor):
     mesh = sharding.make_mesh(data, tensor)
