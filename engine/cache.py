@@ -99,7 +99,8 @@ def attend_blocks(q, ks, vs, mask, used):
 def take_rollouts(tree, rows):
     """``tree`` (a cache or decode state: anything with ``axes()``) with every array that has a
     ``"rollouts"`` axis gathered at ``rows`` [B]; the prefix block and scalars untouched."""
-    take = lambda x, axes: jnp.take(x, rows, axis=axes.index("rollouts")) if "rollouts" in axes else x
+    take = lambda x, axes: (jnp.take(x, rows, axis=axes.index("rollouts"), mode="clip")   # rows are in range
+                            if "rollouts" in axes else x)
     return jax.tree.map(take, tree, tree.axes())
 
 
