@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models import safetensors, zoo
-from models.config import FAMILIES, Config, from_hf
+from models.config import FAMILIES, Config, float_dtype, from_hf
 from models.tokenizer import Tokenizer, load_tokenizer
 from models.placement import abstract_params, hf_to_mesh, shard_params
 from models.transformer import forward
@@ -166,6 +166,7 @@ def load(path, dtype=None, mesh=None) -> Model:
     path = zoo.resolve(path)
     if not path.is_dir():
         raise ValueError(f"no model directory at {path}")
+    dtype = None if dtype is None else float_dtype(dtype)
     if (path / ROLLAX_META).exists():
         return load_rollax(path, dtype, mesh)
     if (path / "config.json").exists():

@@ -9,7 +9,19 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import jax.numpy as jnp
 import numpy as np
+
+
+def float_dtype(dtype) -> str:
+    """The name of a floating-point dtype (``"bfloat16"`` for ``jnp.bfloat16``), or a ``ValueError``."""
+    try:
+        name = jnp.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name is None or not jnp.issubdtype(name, jnp.floating):
+        raise ValueError(f"dtype must be a floating-point type (float32, bfloat16, float16), got {dtype!r}")
+    return name
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +55,7 @@ class Config:
             object.__setattr__(self, "head_dim", self.hidden // self.heads)
         if self.kv_heads < 1 or self.heads % self.kv_heads:
             raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+        float_dtype(self.dtype)
         if self.head_dim % 2:
             raise ValueError(f"head_dim ({self.head_dim}) must be even: RoPE rotates pairs of dimensions")
 

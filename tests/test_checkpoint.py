@@ -83,6 +83,13 @@ def test_not_a_model_directory(tmp_path):
     assert "no model directory" in str(err.value)
 
 
+@pytest.mark.parametrize("dtype", ["int8", "bogus"])
+def test_a_dtype_that_is_not_floating_point_is_refused(llama_dir, dtype):
+    with pytest.raises(ValueError) as err:                  # int8 weights would be cast, silently garbage
+        models.load(llama_dir, dtype=dtype)
+    assert f"dtype must be a floating-point type (float32, bfloat16, float16), got {dtype!r}" in str(err.value)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_rollax_checkpoint_round_trip_is_bit_exact(llama_dir, tmp_path, dtype):
     model = models.load(llama_dir, dtype=dtype)

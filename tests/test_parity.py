@@ -112,6 +112,8 @@ def test_a_config_json_without_the_model_shape_is_refused():
 @pytest.mark.parametrize("shape, message", [
     (dict(heads=4, kv_heads=0), "must be a multiple of kv_heads (0)"),
     (dict(hidden=60, heads=4), "head_dim (15) must be even"),
+    (dict(dtype="int8"), "dtype must be a floating-point type (float32, bfloat16, float16), got 'int8'"),
+    (dict(dtype="bogus"), "dtype must be a floating-point type"),
 ])
 def test_impossible_shapes_are_refused(shape, message):
     with pytest.raises(ValueError) as err:
