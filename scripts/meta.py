@@ -120,13 +120,11 @@ def make_scorer(name: str):
     return meta.arith_process_verifier(name.split("-", 1)[1])
 
 
-def run_chunk(args, model, items):
+def run_chunk(args, model, items, sampler):
     """The meta-generator's result on one chunk of items."""
     import meta
-    from sampling import Sampler
     fn = meta.METHODS[args.method]
-    kw = dict(n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens,
-              sampler=Sampler(temperature=args.temperature, top_p=args.top_p),
+    kw = dict(n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens, sampler=sampler,
               answer=None if args.answer == "arith" else (lambda t: t.strip()))
     refs = [it["answer"] for it in items]
     kw["references"] = refs if all(r is not None for r in refs) else None
@@ -181,23 +179,25 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     """Run (or continue) the job; returns the exit status."""
     args = parse_args(argv)
-    try:
-        if args.batch < 1 or args.n < 1:
-            raise ValueError("--batch and --n must be positive")
+    import models
+    from sampling import Sampler
+    try:                               # everything that can be refused, before the output is touched
+        if min(args.batch, args.n, args.max_new_tokens, args.round_size) < 1:
+            raise ValueError("--batch, --n, --max-new-tokens and --round-size must be positive")
+        sampler = Sampler(temperature=args.temperature, top_p=args.top_p)
+        start, model = time.time(), models.load(args.model)
         items = read_dataset(args.data)
         done = load_done(args.out, settings(args, args.data))
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    import models
-    start, model = time.time(), models.load(args.model)
     with tqdm(total=len(items), initial=sum(it["id"] in done for it in items), unit="prompt",
               desc=args.method) as bar:
         for lo in range(0, len(items), args.batch):
             chunk = items[lo:lo + args.batch]
             if all(it["id"] in done for it in chunk):
                 continue
-            result = run_chunk(args, model, chunk)
+            result = run_chunk(args, model, chunk, sampler)
             for g, it in enumerate(chunk):
                 if it["id"] in done:
                     continue

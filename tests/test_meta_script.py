@@ -96,3 +96,16 @@ def test_refuses_malformed_dataset(tmp_path, capsys, bad, message):
     assert meta_script.main(argv(data, out)) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--temperature", "-1"], "error: temperature must be >= 0, got -1.0"),
+    (["--max-new-tokens", "0"], "must be positive"),
+    (["--model", "no/such/dir"], "error: no model directory at no/such/dir"),
+])
+def test_refuses_bad_settings_before_writing(tmp_path, capsys, extra, message):
+    data = dataset(tmp_path / "data.jsonl")
+    out = tmp_path / "out.jsonl"
+    assert meta_script.main(argv(data, out) + extra) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
