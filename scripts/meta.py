@@ -185,9 +185,9 @@ def main(argv=None) -> int:
         if min(args.batch, args.n, args.max_new_tokens, args.round_size) < 1:
             raise ValueError("--batch, --n, --max-new-tokens and --round-size must be positive")
         sampler = Sampler(temperature=args.temperature, top_p=args.top_p)
-        start, model = time.time(), models.load(args.model)
         items = read_dataset(args.data)
-        done = load_done(args.out, settings(args, args.data))
+        start, model = time.time(), models.load(args.model)
+        done = load_done(args.out, settings(args, args.data))          # writes the header
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
