@@ -84,6 +84,15 @@ def check_int(name: str, x, low: int | None = None) -> None:
         raise ValueError(f"{name} must be an integer{'' if low is None else f' >= {low}'}, got {x!r}")
 
 
+def token_ids(what: str, x) -> list[int]:
+    """``x`` (a token-id list or array) as a flat list of ints, or a ``ValueError`` naming ``what``
+    when it holds anything but integers (a cast would silently truncate floats)."""
+    ids = np.asarray(x).reshape(-1)
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"{what} must hold integer token ids, got {ids.dtype} values {ids[:5].tolist()}")
+    return ids.tolist()
+
+
 def check_prompts(model, prompts, max_new_tokens: int) -> list[list[int]]:
     """Token-id lists of ``prompts`` (strings are encoded), or a ``ValueError`` naming the problem."""
     config = model.config
@@ -96,12 +105,9 @@ def check_prompts(model, prompts, max_new_tokens: int) -> list[list[int]]:
             if model.tokenizer is None:
                 raise ValueError("string prompts need a model with a tokenizer; pass token ids")
             p = model.tokenizer.encode(p)
-        p = np.asarray(p).reshape(-1)
-        if not p.size:
+        p = token_ids(f"prompt {i}", p)
+        if not p:
             raise ValueError(f"prompt {i} is empty")
-        if not np.issubdtype(p.dtype, np.integer):
-            raise ValueError(f"prompt {i} must hold integer token ids, got {p.dtype} values {p[:5].tolist()}")
-        p = p.tolist()
         bad = [t for t in p if not 0 <= t < config.vocab_size]
         if bad:
             raise ValueError(f"prompt {i} has token ids outside the vocabulary [0, {config.vocab_size}): {bad[:5]}")
@@ -291,10 +297,7 @@ def append(model, state: DecodeState, tokens) -> DecodeState:
             if model.tokenizer is None:
                 raise ValueError("string tokens need a model with a tokenizer")
             return model.tokenizer.encode(t, bos=False)
-        ids = np.asarray(t).reshape(-1)
-        if ids.size and not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"appended tokens must be integer token ids, got {ids.dtype} values {ids[:5].tolist()}")
-        return ids.tolist()
+        return token_ids("appended tokens", t)
 
     if isinstance(tokens, str) or all(isinstance(t, (int, np.integer)) for t in tokens):
         rows = [encode(tokens)] * (g * n)

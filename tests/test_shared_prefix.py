@@ -114,7 +114,7 @@ def test_bad_search_calls_are_value_errors(tiny):
         (lambda: engine.append(tiny, state, [1] * 9), "needs 16 rollout cache slots"),
         (lambda: engine.append(tiny, state, [[[1]]]), "nested list [G=3][N=2]"),
         (lambda: engine.append(tiny, state, [1, 999]), "appended token ids must be in [0, 256)"),
-        (lambda: engine.append(tiny, state, [[[2.5], [1]]] * 3), "appended tokens must be integer token ids"),
+        (lambda: engine.append(tiny, state, [[[2.5], [1]]] * 3), "appended tokens must hold integer token ids"),
         (lambda: engine.fork(state, 0), "k must be an integer >= 1"),
     ]
     for call, message in cases:
