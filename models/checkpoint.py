@@ -12,13 +12,21 @@ import numpy as np
 
 from models import safetensors, zoo
 from models.config import FAMILIES, Config, float_dtype, from_hf
-from models.tokenizer import Tokenizer, load_tokenizer
+from models.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer
 from models.placement import abstract_params, hf_to_mesh, shard_params
 from models.transformer import forward
 
 ROLLAX_META = "rollax.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+def read_json(path: Path):
+    """The JSON in ``path``, or a ``ValueError`` naming the file."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from e
 
 
 @dataclasses.dataclass
@@ -44,10 +52,12 @@ class Model:
             shutil.rmtree(path / "params")
         with ocp.StandardCheckpointer() as ckpt:
             ckpt.save(path / "params", self.params)
-        if self.tokenizer is not None and getattr(self.tokenizer, "path", None):
-            src = Path(self.tokenizer.path)
-            if src.parent != path:
-                shutil.copy(src, path / src.name)
+        src = getattr(self.tokenizer, "path", None)
+        name = None if src is None else TOKENIZER_FILES[isinstance(self.tokenizer, SentencePieceTokenizer)]
+        for stale in set(TOKENIZER_FILES) - {name}:  # what load would read instead of this model's tokenizer
+            (path / stale).unlink(missing_ok=True)
+        if name is not None and Path(src).absolute() != path / name:
+            shutil.copy(src, path / name)
 
 
 def _hf_layout(config: Config) -> dict[str, tuple[tuple, str, int | None, callable]]:
@@ -87,7 +97,14 @@ def _hf_tensors(path: Path) -> dict[str, np.ndarray]:
     if single.exists():
         return safetensors.read(single)
     if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        meta = read_json(index)
+        weight_map = meta.get("weight_map") if isinstance(meta, dict) else None
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index} has no weight_map (tensor name -> file)")
+        files = sorted(set(weight_map.values()))
+        absent = [f for f in files if not (path / f).is_file()]
+        if absent:
+            raise ValueError(f"{index} names shard files that are not in {path}: {absent[:8]}")
         return {k: x for f in files for k, x in safetensors.read(path / f).items()}
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
@@ -109,11 +126,14 @@ def load_hf(path, dtype=None, mesh=None) -> Model:
     With a ``mesh``, every device's block of every weight is read straight from the file.
     """
     path = Path(path)
-    config = from_hf(json.loads((path / "config.json").read_text()))
+    config = from_hf(read_json(path / "config.json"))
     if dtype is not None:
         config = dataclasses.replace(config, dtype=jnp.dtype(dtype).name)
     tensors = _hf_tensors(path)
-    table = _hf_layout(config)
+    head, embed = tensors.get("lm_head.weight"), tensors.get("model.embed_tokens.weight")
+    if config.tie_embeddings and not config.score_head and head is not None and not np.array_equal(head, embed):
+        config = dataclasses.replace(config, tie_embeddings=False)  # as transformers: a saved head that differs
+    table = _hf_layout(config)                                      # from the embedding is not tied to it
     ignored = {"lm_head.weight"} if config.tie_embeddings else set()  # tied copies may be saved too
     unexpected = sorted(set(tensors) - set(table) - ignored)
     missing = sorted(set(table) - set(tensors))
@@ -131,23 +151,41 @@ def load_hf(path, dtype=None, mesh=None) -> Model:
     return Model(config, params, _tokenizer(path, config))
 
 
+def _shapes(tree) -> dict[str, tuple]:
+    """``{"['layers'][0]['wq']": (shape, dtype name), ...}`` of a tree of arrays or array metadata."""
+    return {jax.tree_util.keystr(k): (tuple(x.shape), jnp.dtype(x.dtype).name)
+            for k, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def load_rollax(path, dtype=None, mesh=None) -> Model:
     """Read a checkpoint written by :meth:`Model.save` (bit-exact); on ``mesh``, each host reads its shards."""
     import orbax.checkpoint as ocp
     path = Path(path).absolute()
-    meta = json.loads((path / ROLLAX_META).read_text())
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
-    config = FAMILIES[meta["family"]](**fields)
+    meta = read_json(path / ROLLAX_META)
+    family, fields = (meta.get("family"), meta.get("config")) if isinstance(meta, dict) else (None, None)
+    if family not in FAMILIES or not isinstance(fields, dict):
+        raise ValueError(f"{path / ROLLAX_META} needs a family ({', '.join(FAMILIES)}) and a config object")
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(Config)})
+    if unknown:
+        raise ValueError(f"{path / ROLLAX_META}: unknown config fields {unknown}")
+    config = FAMILIES[family](**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
     target = abstract_params(config, mesh)
-    with ocp.StandardCheckpointer() as ckpt:
-        try:
-            params = ckpt.restore(path / "params", target)
-        except ValueError as e:
+    if not (path / "params").is_dir():
+        raise ValueError(f"{path} has {ROLLAX_META} but no params/ directory")
+    with ocp.StandardCheckpointer() as ckpt:  # checked first: orbax may restore a saved shape the config
+        saved = _shapes(ckpt.metadata(path / "params").item_metadata)  # does not give, or fail deep inside
+        want = _shapes(target)
+        if saved.keys() != want.keys():
             raise ValueError(
-                f"{path}: the saved weights do not match the parameter tree of its config ({str(e)[:300]}). "
+                f"{path}: the saved weights do not match {ROLLAX_META}'s config: missing "
+                f"{sorted(want.keys() - saved.keys())[:4]}, unexpected {sorted(saved.keys() - want.keys())[:4]}. "
                 "Checkpoints written by rollax before 2026-11-29 stack the layers ([layers, ...] arrays); "
                 "rollax now keeps one dict of weights per layer: re-save with params['layers'] = "
-                "[{name: w[i] for name, w in stacked.items()} for i in range(layers)]") from e
+                "[{name: w[i] for name, w in stacked.items()} for i in range(layers)]")
+        wrong = [f"{k}: saved {saved[k][0]} {saved[k][1]}, config {v[0]} {v[1]}" for k, v in want.items() if saved[k] != v]
+        if wrong:
+            raise ValueError(f"{path}: the saved weights do not match {ROLLAX_META}'s config: {'; '.join(wrong[:4])}")
+        params = ckpt.restore(path / "params", target)
     model = Model(config, params, _tokenizer(path, config))
     if dtype is not None and jnp.dtype(dtype) != jnp.dtype(config.dtype):
         model = Model(dataclasses.replace(config, dtype=jnp.dtype(dtype).name),
@@ -158,10 +196,11 @@ def load_rollax(path, dtype=None, mesh=None) -> Model:
 def load(path, dtype=None, mesh=None) -> Model:
     """Load a model directory: rollax's own checkpoint or a Hugging Face one.
 
-    ``dtype`` (e.g. ``jnp.bfloat16``) converts the weights; by default they keep the
-    checkpoint's precision. ``mesh`` (``sharding.make_mesh(...)``) places each weight straight
-    onto its shards, reading from disk only each device's part. Raises ``ValueError`` naming the problem for a missing directory,
-    pickle-only weights, or a missing, unexpected or mis-shaped tensor.
+    ``dtype`` (e.g. ``jnp.bfloat16``) converts the weights; by default a rollax checkpoint keeps
+    the dtype it was saved in and a Hugging Face one is read as float32 (whatever its files hold).
+    ``mesh`` (``sharding.make_mesh(...)``) places each weight straight onto its shards, reading
+    from disk only each device's part. Raises ``ValueError`` naming the problem for a missing
+    directory, pickle-only weights, damaged files, or a missing, unexpected or mis-shaped tensor.
     """
     path = zoo.resolve(path)
     if not path.is_dir():

@@ -9,6 +9,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -21,6 +22,8 @@ def float_dtype(dtype) -> str:
         name = None
     if name is None or not jnp.issubdtype(name, jnp.floating):
         raise ValueError(f"dtype must be a floating-point type (float32, bfloat16, float16), got {dtype!r}")
+    if name == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError("dtype float64 needs jax_enable_x64 (without it jax computes in float32)")
     return name
 
 
@@ -51,13 +54,39 @@ class Config:
     family = "llama"
 
     def __post_init__(self):
+        count = lambda x: isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+        real = lambda x: isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and math.isfinite(x)
+        bad = [f"{k}={getattr(self, k)!r}" for k in ("vocab_size", "hidden", "layers", "heads", "kv_heads",
+                                                     "intermediate", "max_len") if not count(getattr(self, k))
+               or getattr(self, k) < 1]
+        bad += [f"{k}={getattr(self, k)!r}" for k in ("rope_theta", "norm_eps")
+                if not real(getattr(self, k)) or getattr(self, k) <= 0]
+        if not count(self.head_dim) or self.head_dim < 0:
+            bad.append(f"head_dim={self.head_dim!r}")
+        if self.sliding_window is not None and (not count(self.sliding_window) or self.sliding_window < 1):
+            bad.append(f"sliding_window={self.sliding_window!r}")
+        if bad:
+            raise ValueError(f"config fields out of range: {', '.join(bad)} (sizes must be integers >= 1, "
+                             "rope_theta and norm_eps finite numbers > 0)")
         if not self.head_dim:
             object.__setattr__(self, "head_dim", self.hidden // self.heads)
-        if self.kv_heads < 1 or self.heads % self.kv_heads:
+        if self.heads % self.kv_heads:
             raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
         float_dtype(self.dtype)
         if self.head_dim % 2:
             raise ValueError(f"head_dim ({self.head_dim}) must be even: RoPE rotates pairs of dimensions")
+        if self.rope_scaling is not None:
+            scaling = tuple(self.rope_scaling)
+            if (len(scaling) != 4 or not all(map(real, scaling)) or not 0 < scaling[1] < scaling[2]
+                    or scaling[0] <= 0 or scaling[3] <= 0):
+                raise ValueError("rope_scaling must be (factor > 0, low_freq_factor, high_freq_factor, "
+                                 f"original_max_position > 0) with 0 < low < high, got {self.rope_scaling!r}")
+        ids = {"eos_ids": list(self.eos_ids), "bos_id": [] if self.bos_id is None else [self.bos_id],
+               "pad_id": [self.pad_id]}
+        for name, values in ids.items():
+            if not all(count(t) and 0 <= t < self.vocab_size for t in values):
+                raise ValueError(f"{name} must be token ids in [0, {self.vocab_size}), got "
+                                 f"{getattr(self, name)!r}")
 
     @property
     def num_params(self) -> int:
@@ -137,6 +166,9 @@ def preset(name: str, **overrides) -> Config:
     """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(Config)})
+    if unknown:
+        raise ValueError(f"unknown config fields {unknown}")
     if ("hidden" in overrides or "heads" in overrides) and "head_dim" not in overrides:
         overrides["head_dim"] = 0
     return dataclasses.replace(PRESETS[name], **overrides)
@@ -144,6 +176,8 @@ def preset(name: str, **overrides) -> Config:
 
 def from_hf(hf: dict) -> Config:
     """Translate a Hugging Face ``config.json`` dict into a rollax config."""
+    if not isinstance(hf, dict):
+        raise ValueError(f"config.json must hold a JSON object, got {type(hf).__name__}")
     kind = hf.get("model_type")
     if kind not in FAMILIES:
         raise ValueError(f"unsupported model_type {kind!r}; rollax reads {', '.join(FAMILIES)}")
@@ -152,27 +186,37 @@ def from_hf(hf: dict) -> Config:
             raise ValueError(f"config.json sets {flag}=true, which rollax does not support")
     if hf.get("hidden_act", "silu") != "silu":
         raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r} (rollax implements silu)")
-    rope = dict(hf.get("rope_parameters") or {})           # transformers >= 5
-    rope.update(hf.get("rope_scaling") or {})               # transformers < 5
+    legacy = hf.get("rope_scaling") or {}                   # transformers < 5; wins as there
+    rope = {**(hf.get("rope_parameters") or {}), **legacy}   # transformers >= 5
     theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
-    kind_rope = rope.get("rope_type", rope.get("type", "default"))
+    kind_rope = (legacy.get("rope_type") or legacy.get("type") or rope.get("rope_type") or rope.get("type")
+                 or "default")
     scaling = None
     if kind_rope == "llama3":
-        scaling = (float(rope["factor"]), float(rope["low_freq_factor"]),
-                   float(rope["high_freq_factor"]), int(rope["original_max_position_embeddings"]))
+        keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        if any(k not in rope for k in keys):
+            raise ValueError(f"llama3 rope scaling needs {', '.join(keys)}; config.json gives {sorted(rope)}")
+        scaling = tuple(rope[k] for k in keys)
     elif kind_rope != "default":
         raise ValueError(f"unsupported rope type {kind_rope!r} (rollax implements default and llama3)")
     eos = hf.get("eos_token_id")
     eos = () if eos is None else tuple(eos) if isinstance(eos, list) else (eos,)
-    window = hf.get("sliding_window")
-    if kind == "qwen2" and not hf.get("use_sliding_window", False):
-        window = None
+    window = None if kind == "llama" else hf.get("sliding_window")  # transformers' Llama has no window
+    if kind == "qwen2":                                              # per layer, from max_window_layers
+        window = window if hf.get("use_sliding_window", False) else None
+        types = hf.get("layer_types") or ["sliding_attention" if window is not None and
+                                          i >= hf.get("max_window_layers", 28) else "full_attention"
+                                          for i in range(hf.get("num_hidden_layers") or 0)]
+        if len(set(types)) > 1:
+            raise ValueError(f"config.json gives the layers different attention types ({types}); rollax "
+                             "applies one sliding window to every layer or to none")
+        window = window if "sliding_attention" in types else None
     missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                            "intermediate_size") if not isinstance(hf.get(k), int) or hf[k] < 1]
     if missing:
         raise ValueError(f"config.json needs positive integers {', '.join(missing)}; got "
                          f"{', '.join(f'{k}={hf.get(k)!r}' for k in missing)}")
-    heads = hf["num_attention_heads"]
+    heads, pad = hf["num_attention_heads"], hf.get("pad_token_id")  # pad: a filler; an unusable one is replaced
     reward = any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or ())
     labels = len(hf.get("id2label") or {}) or hf.get("num_labels", 2)
     if reward and labels != 1:
@@ -183,10 +227,10 @@ def from_hf(hf: dict) -> Config:
         heads=heads, kv_heads=hf.get("num_key_value_heads") or heads,
         intermediate=hf["intermediate_size"],
         head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-        rope_theta=float(theta), rope_scaling=scaling, norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=theta, rope_scaling=scaling, norm_eps=hf.get("rms_norm_eps", 1e-6),
         # a reward model has a scalar head and no LM head: its embedding stands in for one
         tie_embeddings=reward or bool(hf.get("tie_word_embeddings", False)), score_head=reward,
-        sliding_window=window, max_len=hf.get("max_position_embeddings", 2048),
+        sliding_window=window, max_len=hf.get("max_position_embeddings") or 2048,
         bos_id=hf.get("bos_token_id"), eos_ids=eos,
-        pad_id=hf.get("pad_token_id") if hf.get("pad_token_id") is not None else (eos[0] if eos else 0),
+        pad_id=pad if isinstance(pad, int) and 0 <= pad < hf["vocab_size"] else (eos[0] if eos else 0),
     )

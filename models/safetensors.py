@@ -22,17 +22,28 @@ DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dt
 def read(path) -> dict[str, np.ndarray]:
     """All tensors of one ``.safetensors`` file as read-only memory-mapped arrays."""
     path = Path(path)
+    size, n, header = path.stat().st_size, 0, None
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
+        if size >= 8:
+            (n,) = struct.unpack("<Q", f.read(8))
+            try:
+                header = json.loads(f.read(n)) if 8 + n <= size else None
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                pass
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} is not a safetensors file (no readable header)")
     header.pop("__metadata__", None)
-    data = np.memmap(path, np.uint8, mode="r", offset=8 + n) if header else None
+    room = size - 8 - n
+    data = np.memmap(path, np.uint8, mode="r", offset=8 + n) if room else np.zeros(0, np.uint8)
     out = {}
     for name, info in header.items():
         if info["dtype"] not in DTYPES:
             raise ValueError(f"{path.name}: tensor {name} has unsupported dtype {info['dtype']}")
-        lo, hi = info["data_offsets"]
-        out[name] = data[lo:hi].view(DTYPES[info["dtype"]]).reshape(info["shape"])
+        (lo, hi), dtype = info["data_offsets"], np.dtype(DTYPES[info["dtype"]])
+        if not 0 <= lo <= hi <= room or hi - lo != dtype.itemsize * int(np.prod(info["shape"])):
+            raise ValueError(f"{path}: tensor {name} {info['shape']} lies outside the file or has the wrong "
+                             f"byte count ({hi - lo}); the file is truncated or damaged")
+        out[name] = data[lo:hi].view(dtype).reshape(info["shape"])
     return out
 
 

@@ -60,8 +60,11 @@ def load_tokenizer(directory, config) -> Tokenizer | None:
     """The tokenizer in ``directory`` (``tokenizer.json`` preferred, else ``tokenizer.model``), or None."""
     directory = Path(directory)
     eos = config.eos_ids[0] if config.eos_ids else None
-    if (directory / "tokenizer.json").exists():
-        return HFTokenizer(directory / "tokenizer.json", config.bos_id, eos, config.pad_id)
-    if (directory / "tokenizer.model").exists():
-        return SentencePieceTokenizer(directory / "tokenizer.model")
+    for name, make in (("tokenizer.json", lambda p: HFTokenizer(p, config.bos_id, eos, config.pad_id)),
+                       ("tokenizer.model", SentencePieceTokenizer)):
+        if (directory / name).exists():
+            try:
+                return make(directory / name)
+            except Exception as e:  # the libraries raise RuntimeError, OSError or a bare Exception
+                raise ValueError(f"cannot read the tokenizer {directory / name}: {e}") from e
     return None

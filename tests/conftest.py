@@ -38,13 +38,15 @@ REWARD_CASES = {  # reward models: a scalar head on the last token (*ForSequence
 }
 
 
-def write_hf(path, case: str, seed: int = 0):
-    """A random-weight HF checkpoint of ``case`` in ``path``; returns the torch model (fp32, eval)."""
+def write_hf(path, case: str, seed: int = 0, **overrides):
+    """A random-weight HF checkpoint of ``case`` (config fields replaced by ``overrides``) in ``path``;
+    returns the torch model (fp32, eval)."""
     import torch
     import transformers
     arch, cfg_cls, extra = {**HF_CASES, **REWARD_CASES}[case]
     torch.manual_seed(seed)
-    cfg = getattr(transformers, cfg_cls)(**{**TINY, **extra, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0})
+    cfg = getattr(transformers, cfg_cls)(**{**TINY, **extra, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+                                            **overrides})
     model = getattr(transformers, arch)(cfg).eval()
     with torch.no_grad():  # non-trivial norms and biases so their loading is checked
         for name, p in model.named_parameters():

@@ -77,6 +77,49 @@ def test_pickle_only_directory_is_refused(llama_dir):
     assert "never unpickles" in str(err.value)
 
 
+def _damage(path, what):
+    """Damage the checkpoint in ``path`` as ``what`` says."""
+    single = path / "model.safetensors"
+    if what == "truncated weights":
+        single.write_bytes(single.read_bytes()[: single.stat().st_size // 2])
+    elif what == "two-byte weights":
+        single.write_bytes(b"ab")
+    elif what == "header length past the end":
+        single.write_bytes(b"\xff" * 8 + single.read_bytes()[8:])
+    elif what == "config.json not JSON":
+        (path / "config.json").write_text("{bad")
+    elif what == "config.json a list":
+        (path / "config.json").write_text("[1, 2]")
+    elif what == "index without weight_map":
+        single.rename(path / "part-1.safetensors")
+        (path / "model.safetensors.index.json").write_text("{}")
+    elif what == "index naming an absent shard":
+        single.rename(path / "part-1.safetensors")
+        (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "part-2.safetensors"}}))
+    elif what == "garbage tokenizer.model":
+        (path / "tokenizer.model").write_bytes(b"garbage")
+    elif what == "empty tokenizer.json":
+        (path / "tokenizer.json").write_text("{}")
+
+
+@pytest.mark.parametrize("what, message", [
+    ("truncated weights", "the file is truncated or damaged"),
+    ("two-byte weights", "model.safetensors is not a safetensors file"),
+    ("header length past the end", "model.safetensors is not a safetensors file"),
+    ("config.json not JSON", "config.json: Expecting property name"),
+    ("config.json a list", "config.json must hold a JSON object, got list"),
+    ("index without weight_map", "model.safetensors.index.json has no weight_map"),
+    ("index naming an absent shard", "names shard files that are not in"),
+    ("garbage tokenizer.model", "cannot read the tokenizer"),
+    ("empty tokenizer.json", "cannot read the tokenizer"),
+])
+def test_damaged_checkpoint_files_are_named(llama_dir, what, message):
+    _damage(llama_dir, what)
+    with pytest.raises(ValueError) as err:
+        models.load(llama_dir)
+    assert message in str(err.value)
+
+
 def test_not_a_model_directory(tmp_path):
     with pytest.raises(ValueError) as err:
         models.load(tmp_path / "nope")
@@ -108,7 +151,36 @@ def test_a_rollax_checkpoint_with_stacked_layers_is_refused(llama_dir, tmp_path)
     models.Model(model.config, {**model.params, "layers": stacked}, None).save(tmp_path / "old")
     with pytest.raises(ValueError) as err:
         models.load(tmp_path / "old")
-    assert "do not match the parameter tree" in str(err.value) and "stack the layers" in str(err.value)
+    assert "do not match rollax.json's config" in str(err.value) and "stack the layers" in str(err.value)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("vocab_size", 200, "do not match rollax.json's config: ['embed']: saved (97, 64) float32, config (200, 64) float32"),
+    ("intermediate", 300, "['layers'][0]['w_gate']: saved (64, 112) float32, config (64, 300) float32"),
+    ("dtype", "bfloat16", "['embed']: saved (97, 64) float32, config (97, 64) bfloat16"),
+    ("foo", 1, "rollax.json: unknown config fields ['foo']"),
+])
+def test_a_rollax_checkpoint_whose_config_disagrees_with_its_weights_is_refused(llama_dir, tmp_path, field, value,
+                                                                                message):
+    models.load(llama_dir).save(tmp_path / "r")
+    meta = json.loads((tmp_path / "r" / "rollax.json").read_text())
+    meta["config"][field] = value
+    (tmp_path / "r" / "rollax.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError) as err:   # orbax may restore saved shapes whatever the config says
+        models.load(tmp_path / "r")
+    assert message in str(err.value)
+
+
+def test_saving_writes_the_tokenizer_load_reads_back(llama_dir, tmp_path):
+    model = models.load(llama_dir)
+    json_tok, sp_tok = _tokenizer_json(tmp_path), _sentencepiece(tmp_path)   # sp.model: not a name load reads
+    out = tmp_path / "out"
+    for tokenizer, want in [(json_tok, models.HFTokenizer), (sp_tok, models.SentencePieceTokenizer), (None, None)]:
+        models.Model(model.config, model.params, tokenizer).save(out)   # over the previous save each time
+        back = models.load(out).tokenizer
+        assert type(back) is type(tokenizer) if want else back is None
+        if want:
+            assert back.encode("the cat ran 12") == tokenizer.encode("the cat ran 12")
 
 
 def test_bf16_safetensors_are_read(llama_dir):

@@ -1,11 +1,13 @@
 """Numerical parity with PyTorch ``transformers`` on random tiny checkpoints (fp32, and bf16)."""
 import copy
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import transformers
 
 import engine
 import models
@@ -40,6 +42,56 @@ def test_explicit_positions_match_transformers(hf_checkpoint):
         want = ref(torch.tensor(tokens), position_ids=torch.tensor(positions)).logits.numpy()
     got, _ = models.forward(model.config, model.params, jnp.asarray(tokens), jnp.asarray(positions))
     assert rel_err(got, want) < 1e-5
+
+
+def _logits_both(path, ref, length=40):
+    """(rollax's, transformers') logits of one random batch through the checkpoint in ``path``."""
+    model = models.load(path)
+    tokens = np.random.default_rng(0).integers(0, 97, size=(2, length))
+    with torch.no_grad():
+        want = ref(torch.tensor(tokens)).logits.numpy()
+    return models.forward(model.config, model.params, jnp.asarray(tokens))[0], want
+
+
+@pytest.mark.parametrize("case, overrides, window", [
+    ("qwen2", dict(use_sliding_window=True, sliding_window=8, max_window_layers=0), 8),  # every layer
+    ("qwen2", dict(use_sliding_window=True, sliding_window=8, max_window_layers=2), None),  # no layer of 2
+    ("llama-gqa", dict(sliding_window=8), None),  # transformers' Llama has no window, whatever config.json says
+])
+def test_sliding_window_settings_match_transformers(tmp_path, case, overrides, window):
+    ref = write_hf(tmp_path, case, **overrides)
+    assert models.load(tmp_path).config.sliding_window == window
+    got, want = _logits_both(tmp_path, ref)
+    assert rel_err(got, want) < 1e-5
+
+
+def test_a_tied_config_with_a_different_saved_head_uses_the_head_like_transformers(tmp_path):
+    write_hf(tmp_path, "llama-gqa")  # untied: lm_head.weight differs from the embedding
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert not models.load(tmp_path).config.tie_embeddings
+    got, want = _logits_both(tmp_path, ref)
+    assert rel_err(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("extra, message", [
+    # transformers < 5's rope_scaling wins over a default rope_parameters, as in transformers
+    (dict(rope_parameters={"rope_type": "default", "rope_theta": 1e4}, rope_scaling={"type": "linear", "factor": 2.0}),
+     "unsupported rope type 'linear'"),
+    (dict(rope_parameters={"rope_type": "llama3", "factor": 8.0}),
+     "llama3 rope scaling needs factor, low_freq_factor, high_freq_factor, original_max_position_embeddings"),
+    (dict(model_type="qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=1),
+     "different attention types (['full_attention', 'sliding_attention'])"),
+    (dict(eos_token_id=500), "eos_ids must be token ids in [0, 97), got (500,)"),
+    (dict(rms_norm_eps=-1), "norm_eps=-1"),
+])
+def test_config_json_settings_rollax_cannot_follow_are_refused(extra, message):
+    base = dict(model_type="llama", vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=112, eos_token_id=2)
+    with pytest.raises(ValueError) as err:
+        models.from_hf({**base, **extra})
+    assert message in str(err.value)
 
 
 def test_bfloat16_is_as_close_to_fp32_as_transformers_bfloat16(hf_checkpoint):
@@ -110,10 +162,22 @@ def test_a_config_json_without_the_model_shape_is_refused():
 
 
 @pytest.mark.parametrize("shape, message", [
-    (dict(heads=4, kv_heads=0), "must be a multiple of kv_heads (0)"),
+    (dict(heads=4, kv_heads=0), "config fields out of range: kv_heads=0"),
+    (dict(heads=4, kv_heads=3), "must be a multiple of kv_heads (3)"),
+    (dict(norm_eps=-1.0), "norm_eps=-1.0"),
+    (dict(rope_theta=0.0), "rope_theta=0.0"),
+    (dict(norm_eps="1e-6"), "norm_eps='1e-6'"),
+    (dict(layers=0, vocab_size=2.5), "vocab_size=2.5, layers=0"),
+    (dict(sliding_window=0), "sliding_window=0"),
+    (dict(rope_scaling=(0.0, 1.0, 4.0, 32)), "rope_scaling must be (factor > 0"),
+    (dict(rope_scaling=(8.0, 4.0, 1.0, 32)), "with 0 < low < high"),
+    (dict(eos_ids=(2, 256)), "eos_ids must be token ids in [0, 256), got (2, 256)"),
+    (dict(pad_id=-1), "pad_id must be token ids in [0, 256)"),
+    (dict(bogus=1), "unknown config fields ['bogus']"),
     (dict(hidden=60, heads=4), "head_dim (15) must be even"),
     (dict(dtype="int8"), "dtype must be a floating-point type (float32, bfloat16, float16), got 'int8'"),
     (dict(dtype="bogus"), "dtype must be a floating-point type"),
+    (dict(dtype="float64"), "dtype float64 needs jax_enable_x64"),   # else the params would be float32
 ])
 def test_impossible_shapes_are_refused(shape, message):
     with pytest.raises(ValueError) as err:
