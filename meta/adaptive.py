@@ -65,7 +65,7 @@ def adaptive_self_consistency(model, prompts, *, n: int, round_size: int = 4, ru
     if rule not in RULES:
         raise ValueError(f"unknown stopping rule {rule!r}; known: {', '.join(RULES)}")
     check_int("round_size", round_size, 1)
-    if not 0.5 < confidence < 1:
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0.5 < confidence < 1:
         raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
     texts, lengths, answers, scores, rounds = draw_rounds(
         model, prompts, n=n, round_size=round_size, settled=lambda i, first, a, s: decided(a, n, rule, confidence),

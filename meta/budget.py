@@ -15,6 +15,8 @@ import dataclasses
 import jax
 import numpy as np
 
+from engine import check_int
+
 
 def param_count(params) -> int:
     """Number of scalars in a params pytree."""
@@ -39,8 +41,8 @@ class Budget:
     wall_s: float = 0.0
 
     def __post_init__(self):
-        if self.max_generated is not None and self.max_generated < 1:
-            raise ValueError(f"max_generated must be a positive token count or None, got {self.max_generated}")
+        if self.max_generated is not None:
+            check_int("max_generated (a token count, or None for no limit)", self.max_generated, 1)
 
     @property
     def flops(self) -> float:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Hashable
 
 import numpy as np
 
@@ -17,6 +18,8 @@ def setup(prompts, n: int, references, budget: Budget | None, sampler):
     if not isinstance(prompts, (list, tuple)) or not prompts:
         raise ValueError("prompts must be a non-empty list")
     check_int("n", n, 1)
+    if references is not None and not isinstance(references, (list, tuple)):
+        raise ValueError(f"references must be a list (one per prompt), got {type(references).__name__}")
     if references is not None and len(references) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(references)} references")
     return (Budget() if budget is None else budget), (Sampler(temperature=1.0) if sampler is None else sampler), \
@@ -33,7 +36,11 @@ def score(scorer, prompts, texts, references, budget):
     """Scores [G][N] as nested lists of floats."""
     if scorer is None:
         raise ValueError("this meta-generator needs a scorer")
-    s = np.asarray(scorer(list(prompts), texts, references, budget), dtype=float)
+    try:
+        s = np.asarray(scorer(list(prompts), texts, references, budget), dtype=float)
+    except (TypeError, ValueError) as e:  # ragged rows, strings, dicts, complex numbers
+        raise ValueError(f"the scorer must return one real number per rollout, [G][N]; got what numpy "
+                         f"cannot read as that ({e})") from e
     shape = (len(texts), len(texts[0]) if texts else 0)
     if s.shape != shape:
         raise ValueError(f"the scorer returned scores of shape {s.shape}; expected one per rollout, {shape}")
@@ -45,7 +52,11 @@ def score(scorer, prompts, texts, references, budget):
 def extract(answer, texts):
     """Each rollout's answer via ``answer(text)`` (default: the built-in task's ``A: <n>``)."""
     fn = arith_answer if answer is None else answer
-    return [[fn(t) for t in row] for row in texts]
+    out = [[fn(t) for t in row] for row in texts]
+    for a in (a for row in out for a in row):
+        if not isinstance(a, Hashable):
+            raise ValueError(f"answer() must return hashable values (a vote is counted by answer), got {a!r}")
+    return out
 
 
 def finish(budget: Budget, t0: float) -> Budget:

@@ -12,11 +12,13 @@ from meta.result import Result
 
 def pass_at_k(n: int, c, k: int) -> np.ndarray:
     """Unbiased pass@k from ``n`` samples with ``c`` correct (per problem): 1 - C(n-c, k) / C(n, k)."""
-    if not 1 <= k <= n:
+    check_int("n", n, 1)
+    check_int("k", k, 1)
+    if k > n:
         raise ValueError(f"pass@k needs 1 <= k <= n, got k={k}, n={n}")
     c = np.asarray(c)
-    if np.any((c < 0) | (c > n)):
-        raise ValueError(f"correct counts must be in [0, {n}]")
+    if not np.issubdtype(c.dtype, np.integer) or np.any((c < 0) | (c > n)):
+        raise ValueError(f"correct counts must be integers in [0, {n}], got {c.reshape(-1)[:8].tolist()}")
     return np.array([1.0 - math.comb(n - int(ci), k) / math.comb(n, k) for ci in c.reshape(-1)]).reshape(c.shape)
 
 
@@ -28,6 +30,8 @@ def coverage(model, prompts, *, n: int, scorer, ks=None, sampler=None, seed: int
     rollout's (an oracle's choice), ``None`` when none is.
     """
     check_int("n", n, 1)
+    if ks is not None and not isinstance(ks, (list, tuple)):
+        raise ValueError(f"ks must be a list of integers, got {ks!r}")
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n] if ks is None else list(ks)
     for k in ks:                                          # before any rollout is drawn
         check_int("each of ks", k, 1)

@@ -15,6 +15,7 @@ with ``texts[g][r]`` the rollouts of prompt ``g`` and ``references[g]`` its refe
 from __future__ import annotations
 
 import functools
+import string
 from typing import Callable
 
 import jax
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import models
+from engine import check_int
 from meta import verifiers
 from meta.budget import Budget, param_count
 from meta.tasks import arith
@@ -55,12 +57,19 @@ class FunctionScorer:
                                            for p, row, ref in zip(prompts, texts, refs)]))
 
 
-def _answer_of(reference):
+def reference_answer(reference) -> int:
+    """The integer answer of a reference: an ``arith.Problem``, an int, a whole float or a string of
+    digits (as read from a dataset); otherwise a ``ValueError`` naming it."""
     if isinstance(reference, arith.Problem):
         return reference.answer
-    if reference is None:
-        raise ValueError("the outcome verifier needs a reference (arith.Problem or answer) for every prompt")
-    return int(reference)
+    if isinstance(reference, (int, np.integer)) and not isinstance(reference, bool):
+        return int(reference)
+    if isinstance(reference, float) and reference.is_integer():
+        return int(reference)
+    if isinstance(reference, str) and reference.strip().removeprefix("-").isdigit():
+        return int(reference)
+    raise ValueError(f"the outcome verifier needs an integer answer (or arith.Problem) as each reference, "
+                     f"got {reference!r}")
 
 
 class Verifier:
@@ -80,7 +89,7 @@ class Verifier:
             if isinstance(ref, arith.Problem):
                 out.append(verifiers.outcome_scores(list(row), [ref] * len(row)))
             else:
-                want = _answer_of(ref)
+                want = reference_answer(ref)
                 out.append(np.array([float(arith.parse(t).answer == want) for t in row], np.float32))
         return _stack(_shape_check(texts, out))
 
@@ -164,6 +173,13 @@ class _ModelScorer:
     def __init__(self, model, template: str, what: str):
         if model.tokenizer is None:
             raise ValueError(f"{what} needs a model with a tokenizer")
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{what}'s template {template!r} is not a format string: {e}") from e
+        if not fields <= {"prompt", "text"}:
+            raise ValueError(f"{what}'s template may use {{prompt}} and {{text}}, got "
+                             f"{sorted(fields - {'prompt', 'text'})}")
         self.model, self.template, self.what = model, template, what
 
     def encode(self, prompt: str, text: str) -> list[int]:
@@ -200,8 +216,12 @@ class LMJudge(_ModelScorer):
             ids = model.tokenizer.encode(verdict, bos=False)
             if len(ids) != 1:
                 raise ValueError(f"the verdict {verdict!r} must be one token, got {len(ids)}")
+            if model.tokenizer.decode(ids).strip() != verdict.strip():  # e.g. the unknown token
+                raise ValueError(f"the verdict {verdict!r} is not a token of the judge's tokenizer (it reads back "
+                                 f"as {model.tokenizer.decode(ids)!r})")
             verdict = ids[0]
-        if not 0 <= int(verdict) < model.config.vocab_size:
+        check_int("verdict (a token id or a one-token string)", verdict, 0)
+        if verdict >= model.config.vocab_size:
             raise ValueError(f"verdict token {verdict} is outside the vocabulary")
         self.verdict = int(verdict)
 

@@ -36,6 +36,8 @@ def weighted_vote(model, prompts, *, n: int, scorer, sampler=None, seed: int = 0
     verifier's 0/1 or a reward model's probability; pass ``weight=np.exp`` for log-probabilities).
     Weights must be >= 0. Ties go to the answer whose first rollout comes first.
     """
+    if weight is not None and not callable(weight):
+        raise ValueError(f"weight must be a function of a score (e.g. meta.sigmoid), got {weight!r}")
     d, scores, answers, budget, t0 = scored_draw("weighted_vote", model, prompts, n=n, scorer=scorer,
                                                  sampler=sampler, seed=seed, max_new_tokens=max_new_tokens,
                                                  references=references, answer=answer, budget=budget,

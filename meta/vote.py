@@ -12,14 +12,18 @@ def tally(answers, weights=None) -> list:
     return [[a, w] for a, w in totals.items()]
 
 
+TIE = 1e-9  # totals this close (relative) are tied: sums of equal weights in another order can differ in the last bit
+
+
 def winner(answers, weights=None):
     """(winning answer, index of its first rollout, the tally); ties go to the answer that occurred first.
 
-    ``(None, None, [])`` when no rollout has an answer.
+    Totals within ``TIE`` (relative) of the largest count as tied. ``(None, None, [])`` when no
+    rollout has an answer.
     """
     votes = tally(answers, weights)
     if not votes:
         return None, None, votes
-    best = max(range(len(votes)), key=lambda i: (votes[i][1], -i))
-    answer = votes[best][0]
+    top = max(w for _, w in votes)
+    answer = next(a for a, w in votes if w >= top - TIE * abs(top))
     return answer, list(answers).index(answer), votes

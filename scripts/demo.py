@@ -254,4 +254,5 @@ def main(argv=None) -> dict[str, list[Point]]:
 
 
 if __name__ == "__main__":
-    main()
+    from scripts import cli
+    cli.run(main)

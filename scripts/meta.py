@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import os
 import sys
@@ -50,7 +51,7 @@ def read_dataset(path: Path) -> list[dict]:
             if item_id in seen:
                 raise ValueError(f"{path}:{number}: duplicate id {item_id!r}")
             seen.add(item_id)
-            items.append({"id": item_id, "prompt": obj["prompt"], "answer": obj.get("answer")})
+            items.append({"id": item_id, "prompt": obj["prompt"], "answer": obj.get("answer"), "line": number})
     if not items:
         raise ValueError(f"{path}: no prompts")
     return items
@@ -80,18 +81,24 @@ def load_done(out: Path, header: dict) -> set:
         _write(out, {"header": header}, mode="w")
         return set()
     try:
-        old = json.loads(lines[0]).get("header")
+        old = json.loads(lines[0])
     except json.JSONDecodeError:
         old = None
+    old = old.get("header") if isinstance(old, dict) else None
     if old != header:
-        changed = sorted(k for k in set(header) | set(old or {}) if (old or {}).get(k) != header.get(k))
-        raise ValueError(f"{out} was written with different settings ({', '.join(changed) or 'no header'}); "
+        changed = (sorted(k for k in set(header) | set(old) if old.get(k) != header.get(k))
+                   if isinstance(old, dict) else ["no settings header"])
+        raise ValueError(f"{out} was written with different settings ({', '.join(changed)}); "
                          f"use another --out or delete it")
     if keep < len(raw):
         _truncate(out, keep)
     done = set()
-    for line in lines[1:]:
-        done.add(json.loads(line)["id"])
+    for number, line in enumerate(lines[1:], 2):
+        try:
+            done.add(json.loads(line)["id"])
+        except (json.JSONDecodeError, TypeError, KeyError):
+            raise ValueError(f"{out}:{number}: not a result line this script writes; use another --out or "
+                             "delete it") from None
     return done
 
 
@@ -118,6 +125,25 @@ def make_scorer(name: str):
     if name == "verifier":
         return meta.Verifier()
     return meta.arith_process_verifier(name.split("-", 1)[1])
+
+
+def check_items(args, model, items) -> None:
+    """Refuse, naming the dataset line, what the meta-generator would refuse only partway through the
+    run: a method without the scorer it needs, a prompt too long for the model, a reference the
+    verifier cannot read."""
+    import engine
+    import meta
+    from meta.scoring import reference_answer
+    scorer = inspect.signature(meta.METHODS[args.method]).parameters.get("scorer")
+    if scorer is not None and scorer.default is inspect.Parameter.empty and args.scorer == "none":
+        raise ValueError(f"{args.method} needs a scorer: --scorer {' / '.join(SCORERS[1:])}")
+    for it in items:
+        try:
+            engine.check_prompts(model, [it["prompt"]], args.max_new_tokens)
+            if args.scorer == "verifier":
+                reference_answer(it["answer"])
+        except ValueError as e:
+            raise ValueError(f"{args.data}:{it['line']}: {e}") from None
 
 
 def run_chunk(args, model, items, sampler):
@@ -176,21 +202,8 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    """Run (or continue) the job; returns the exit status."""
-    args = parse_args(argv)
-    import models
-    from sampling import Sampler
-    try:                               # everything that can be refused, before the output is touched
-        if min(args.batch, args.n, args.max_new_tokens, args.round_size) < 1:
-            raise ValueError("--batch, --n, --max-new-tokens and --round-size must be positive")
-        sampler = Sampler(temperature=args.temperature, top_p=args.top_p)
-        items = read_dataset(args.data)
-        start, model = time.time(), models.load(args.model)
-        done = load_done(args.out, settings(args, args.data))          # writes the header
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def run(args, model, items, sampler, done: set) -> None:
+    """Run the chunks with prompts not yet in ``done``, appending one line per prompt to the output."""
     with tqdm(total=len(items), initial=sum(it["id"] in done for it in items), unit="prompt",
               desc=args.method) as bar:
         for lo in range(0, len(items), args.batch):
@@ -206,6 +219,25 @@ def main(argv=None) -> int:
                 _write(args.out, json.loads(json.dumps(line, default=str)))
                 done.add(it["id"])
                 bar.update(1)
+
+
+def main(argv=None) -> int:
+    """Run (or continue) the job; returns the exit status."""
+    args = parse_args(argv)
+    import models
+    from sampling import Sampler
+    try:                 # what can be refused is refused before the output is touched (check_items)
+        if min(args.batch, args.n, args.max_new_tokens, args.round_size) < 1:
+            raise ValueError("--batch, --n, --max-new-tokens and --round-size must be positive")
+        sampler = Sampler(temperature=args.temperature, top_p=args.top_p)
+        items = read_dataset(args.data)
+        start, model = time.time(), models.load(args.model)
+        check_items(args, model, items)
+        done = load_done(args.out, settings(args, args.data))          # writes the header
+        run(args, model, items, sampler, done)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"\n{args.method} on {args.data} ({time.time() - start:.0f} s this run):\n{summary(args.out)}")
     return 0
 

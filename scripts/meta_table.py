@@ -82,4 +82,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from scripts import cli
+    cli.run(main)

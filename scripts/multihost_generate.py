@@ -114,4 +114,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from scripts import cli
+    cli.run(main)

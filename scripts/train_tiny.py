@@ -193,4 +193,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from scripts import cli
+    cli.run(main)

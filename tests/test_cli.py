@@ -37,3 +37,16 @@ def test_generate_cli_reports_bad_settings(tmp_path):
     out = run("scripts.generate", "--model", str(tmp_path), "--prompt", "hi", "--max-new-tokens", "0")
     assert out.returncode == 2 and out.stdout == ""        # refused before the prompt is echoed
     assert "max_new_tokens must be an integer >= 1" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_every_script_reports_a_refused_input_as_one_error_line():
+    """One real process (the ``__main__`` path through ``scripts.cli``) per script, each refused at once."""
+    for args, message in [
+        (("scripts.bench", "decode", "--config", "bogus", "--batch", "1"), "unknown preset 'bogus'"),
+        (("scripts.demo", "--problems", "0"), "--samples and --problems must be positive"),
+        (("scripts.meta_table", "--model", "no/such/dir"), "no model directory at no/such/dir"),
+    ]:
+        out = run(*args)
+        assert out.returncode == 2, (args, out.stderr[-2000:])
+        assert out.stderr.strip().splitlines()[-1].startswith("error: ") and message in out.stderr
+        assert "Traceback" not in out.stderr

@@ -215,9 +215,11 @@ def test_adaptive_budget_limit_on_fake_model():
                                    sampler=Sampler(temperature=1.0), max_new_tokens=6, answer=lambda t: None,
                                    budget=budget)
     assert budget.generated == 36                        # 4 + 2 rollouts of 6 tokens fit in 40; no more
-    with pytest.raises(ValueError) as e:
-        meta.Budget(max_generated=0)
-    assert "positive" in str(e.value)
+    for limit in (0, 40.0, "100", float("nan")):        # nan once meant no limit; 40.0 failed after a round
+        with pytest.raises(ValueError) as e:
+            meta.Budget(max_generated=limit)
+        assert f"max_generated (a token count, or None for no limit) must be an integer >= 1, got {limit!r}" \
+            in str(e.value)
 
 
 def test_errors(scripted):
@@ -260,3 +262,60 @@ def test_errors(scripted):
             meta.coverage(None, PROMPTS, n=2, scorer=meta.FunctionScorer(first), ks=ks)
         assert message in str(e.value)
     assert not scripted.calls, "the bad calls above drew nothing"
+
+
+def test_weights_equal_up_to_float_rounding_tie():
+    # 0.1 + 0.2 != 0.3 in floating point; the tie rule (first answer wins) must not depend on it
+    assert meta.vote.winner(["B", "A", "A"], [0.3, 0.1, 0.2])[0] == "B"
+    assert meta.vote.winner(["B", "A", "A"], [0.3, 0.1, 0.2 + 1e-6])[0] == "A"
+
+
+ARGUMENT_ERRORS = {
+    "pass@k of a fractional count": (lambda: meta.pass_at_k(5, 2.7, 2), "correct counts must be integers"),
+    "pass@k of a fractional k": (lambda: meta.pass_at_k(4, [2], 1.5), "k must be an integer >= 1, got 1.5"),
+    "pass@k of a float n": (lambda: meta.pass_at_k(4.0, [2], 2), "n must be an integer >= 1, got 4.0"),
+    "ks not a list": (lambda: meta.coverage(None, PROMPTS, n=4, scorer=meta.FunctionScorer(first), ks=4),
+                      "ks must be a list of integers, got 4"),
+    "confidence a string": (lambda: meta.adaptive_self_consistency(None, PROMPTS, n=4, confidence="0.9"),
+                            "confidence must be in (0.5, 1), got 0.9"),
+    "weight not a function": (lambda: meta.weighted_vote(None, PROMPTS, n=2, scorer=meta.FunctionScorer(first),
+                                                         weight=3), "weight must be a function of a score"),
+    "references a generator": (lambda: meta.self_consistency(None, PROMPTS, n=2, references=(r for r in PROMPTS)),
+                               "references must be a list (one per prompt), got generator"),
+    "ragged scores": (lambda: meta.best_of_n(None, PROMPTS, n=2, scorer=lambda p, t, r, b: [[1.0], [1.0, 2.0]]),
+                      "the scorer must return one real number per rollout"),
+    "unhashable answers": (lambda: meta.self_consistency(None, PROMPTS, n=2, answer=lambda t: t.split()),
+                           "answer() must return hashable values"),
+    "a fractional reference": (lambda: meta.Verifier()(["q"], [["A: 3"]], [3.9]),
+                               "needs an integer answer (or arith.Problem) as each reference, got 3.9"),
+}
+
+
+@pytest.mark.parametrize("case", list(ARGUMENT_ERRORS))
+def test_bad_arguments_are_named(scripted, case):
+    call, message = ARGUMENT_ERRORS[case]
+    scripted.calls.clear()
+    with pytest.raises(ValueError) as e:
+        call()
+    assert message in str(e.value)
+    assert case in ("ragged scores", "unhashable answers") or not scripted.calls, "refused before drawing"
+
+
+def test_verifier_reads_answers_as_datasets_write_them():
+    texts = [["A: 3", "A: 4"]]
+    for ref in (3, np.int64(3), 3.0, "3", " 3 "):
+        np.testing.assert_array_equal(meta.Verifier()(["q"], texts, [ref]), [[1.0, 0.0]])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda m: meta.LMJudge(m, "{prompt}{answr}", verdict=5), "template may use {prompt} and {text}, got ['answr']"),
+    (lambda m: meta.LMJudge(m, "{prompt}{text", verdict=5), "is not a format string"),
+    (lambda m: meta.LMJudge(m, "{prompt}{text}", verdict="yes"), "the verdict 'yes' is not a token of the judge's"),
+    (lambda m: meta.LMJudge(m, "{prompt}{text}", verdict=3.7), "verdict (a token id or a one-token string) must be"),
+    (lambda m: meta.LMJudge(m, "{prompt}{text}", verdict=24), "verdict token 24 is outside the vocabulary"),
+])
+def test_lm_judge_refuses_a_template_or_verdict_it_cannot_use(make, message):
+    model = models.load("tiny-arith")        # 24 tokens: digits, signs, "Q", "A", ... ("yes" reads as <unk>)
+    with pytest.raises(ValueError) as e:
+        make(model)
+    assert message in str(e.value)

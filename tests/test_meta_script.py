@@ -109,3 +109,34 @@ def test_refuses_bad_settings_before_writing(tmp_path, capsys, extra, message):
     assert meta_script.main(argv(data, out) + extra) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("method, extra, answer, message", [
+    ("self_consistency", ["--max-new-tokens", "1000"], 3, "data.jsonl:1: prompt 0 has"),
+    ("best_of_n", [], 3, "error: best_of_n needs a scorer: --scorer verifier"),
+    ("best_of_n", ["--scorer", "verifier"], "three",
+     "data.jsonl:2: the outcome verifier needs an integer answer (or arith.Problem) as each reference, got 'three'"),
+    ("best_of_n", ["--scorer", "verifier"], None, "data.jsonl:2: the outcome verifier needs an integer answer"),
+])
+def test_refuses_what_the_run_would_refuse_partway_before_writing(tmp_path, capsys, method, extra, answer, message):
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"prompt": PROBLEMS[0].prompt, "answer": 3}) + "\n"
+                    + json.dumps({"prompt": PROBLEMS[1].prompt, "answer": answer}) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert meta_script.main([method] + argv(data, out)[1:] + extra) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("existing, message", [
+    ('{"header": 1}\n', "was written with different settings (no settings header)"),
+    ('[1]\n', "was written with different settings (no settings header)"),
+    (None, "out.jsonl:2: not a result line this script writes"),   # the real header, then a torn line
+])
+def test_refuses_an_output_file_it_did_not_write(tmp_path, capsys, existing, message):
+    data = dataset(tmp_path / "data.jsonl")
+    out = tmp_path / "out.jsonl"
+    header = json.dumps({"header": meta_script.settings(meta_script.parse_args(argv(data, out)), data)})
+    out.write_text(existing or header + '\n{"id": "q0", "ans\n{"id": "q1"}\n')
+    assert meta_script.main(argv(data, out)) == 2
+    assert message in capsys.readouterr().err
