@@ -50,3 +50,20 @@ def test_every_script_reports_a_refused_input_as_one_error_line():
         assert out.returncode == 2, (args, out.stderr[-2000:])
         assert out.stderr.strip().splitlines()[-1].startswith("error: ") and message in out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_convert_writes_a_rollax_checkpoint_that_loads_back_the_same(tmp_path):
+    import jax
+    import numpy as np
+    src = tmp_path / "hf"
+    write_hf(src, "qwen2")
+    _tokenizer_json(src)
+    out = run("scripts.convert", str(src), str(tmp_path / "rollax"), "--dtype", "bfloat16")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "qwen2" in out.stdout and "bfloat16" in out.stdout and "HFTokenizer" in out.stdout
+    want, got = models.load(src, dtype="bfloat16"), models.load(tmp_path / "rollax")
+    assert got.config == want.config
+    jax.tree.map(np.testing.assert_array_equal, want.params, got.params)
+    assert got.tokenizer.encode("the cat") == want.tokenizer.encode("the cat")
+    out = run("scripts.convert", str(tmp_path / "nothing"), str(tmp_path / "x"))
+    assert out.returncode == 2 and "error: no model directory" in out.stderr
