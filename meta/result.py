@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from meta.budget import Budget
 
 
 def _jsonable(x):
+    """``x`` with numpy scalars as Python ones and non-finite floats as ``"inf"`` / ``"-inf"`` (JSON has
+    no infinity; Python's ``json`` would write the non-standard ``Infinity``)."""
     if hasattr(x, "item") and callable(x.item):
-        return x.item()
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
     if isinstance(x, (list, tuple)):
         return [_jsonable(v) for v in x]
     if isinstance(x, dict):

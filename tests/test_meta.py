@@ -166,6 +166,10 @@ def test_result_to_json(scripted):
     out = json.loads(json.dumps(r.to_json()))
     assert out["method"] == "self_consistency" and out["prompts"][0]["rollouts"][1]["text"] == "2 7"
     assert out["prompts"][1]["tokens"] == 4 and out["budget"]["generated"] == 8
+    minus_inf = meta.FunctionScorer(lambda p, t, ref: float("-inf") if t == "1 7" else 0.5)  # e.g. log p = -inf
+    r = meta.best_of_n(None, PROMPTS, n=2, scorer=minus_inf, answer=last)
+    out = json.loads(json.dumps(r.to_json(), allow_nan=False))     # strict JSON: no Infinity
+    assert [x["score"] for x in out["prompts"][0]["rollouts"]] == ["-inf", 0.5]
 
 
 # ---- budgets on a fake model through the real engine ----
