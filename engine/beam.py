@@ -165,12 +165,13 @@ def _check(num_beams, max_new_tokens, length_penalty, early_stopping, num_return
                          f"hypotheses are kept")
     if num_beams % num_beam_groups:
         raise ValueError(f"num_beam_groups={num_beam_groups} does not divide num_beams={num_beams}")
-    if not (isinstance(early_stopping, bool) or (isinstance(early_stopping, str) and early_stopping == "never")):
+    if not (isinstance(early_stopping, (bool, np.bool_)) or (isinstance(early_stopping, str)
+                                                          and early_stopping == "never")):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-    if not isinstance(length_penalty, (int, float)) or not math.isfinite(length_penalty):
+    real = lambda x: isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+    if not real(length_penalty) or not math.isfinite(length_penalty):
         raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
-    if not isinstance(diversity_penalty, (int, float)) or not math.isfinite(diversity_penalty) \
-            or diversity_penalty < 0:
+    if not real(diversity_penalty) or not math.isfinite(diversity_penalty) or diversity_penalty < 0:
         raise ValueError(f"diversity_penalty must be a finite number >= 0, got {diversity_penalty!r}")
     if diversity_penalty > 0 and num_beam_groups == 1:
         raise ValueError("diversity_penalty only acts between beam groups; set num_beam_groups > 1")
@@ -199,7 +200,10 @@ def beam_search(model, prompts, *, num_beams: int, max_new_tokens: int, length_p
     """
     _check(num_beams, max_new_tokens, length_penalty, early_stopping, num_return, num_beam_groups,
            diversity_penalty)
+    early_stopping = early_stopping if isinstance(early_stopping, str) else bool(early_stopping)  # np.True_ too
     ids = check_prompts(model, prompts, max_new_tokens)
+    if len(ids) * num_beams >= 2 ** 31:
+        raise ValueError(f"{len(ids)} prompts x num_beams={num_beams} is more rows than int32 indexing allows")
     config = model.config
     stops = stop_ids(config, stop_tokens)
     n_stop = int(np.sum(np.asarray(stops) >= 0))

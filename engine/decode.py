@@ -87,7 +87,13 @@ def check_int(name: str, x, low: int | None = None) -> None:
 def token_ids(what: str, x) -> list[int]:
     """``x`` (a token-id list or array) as a flat list of ints, or a ``ValueError`` naming ``what``
     when it holds anything but integers (a cast would silently truncate floats)."""
-    ids = np.asarray(x).reshape(-1)
+    try:
+        ids = np.asarray(x)
+    except ValueError:                     # ragged nesting
+        ids = np.asarray(None)
+    if ids.ndim > 1 or ids.dtype == object:
+        raise ValueError(f"{what} must be a flat list of token ids, got {str(x)[:60]}")
+    ids = ids.reshape(-1)
     if ids.size and not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"{what} must hold integer token ids, got {ids.dtype} values {ids[:5].tolist()}")
     return ids.tolist()
@@ -158,7 +164,13 @@ def start(model, prompts, *, capacity: int, n: int = 1, seed: int = 0, share_pre
     check_int("n", n, 1)
     check_int("seed", seed)
     check_int("first_rollout", first_rollout, 0)
+    if not -2 ** 63 <= seed < 2 ** 63:
+        raise ValueError(f"seed must fit in 64 bits (signed), got {seed}")
+    if first_rollout + n > 2 ** 32:                # rollout numbers are uint32: more would repeat rollout 0..
+        raise ValueError(f"rollouts are numbered below 2**32; first_rollout={first_rollout} + n={n} is past that")
     ids = check_prompts(model, prompts, capacity)
+    if len(ids) * n >= 2 ** 31:
+        raise ValueError(f"{len(ids)} prompts x n={n} rollouts is more rows than int32 indexing allows")
     keys = rollout_keys(seed, ids, n, first_rollout)
     groups, per_group = (ids, n) if share_prefix else ([p for p in ids for _ in range(n)], 1)
     tokens, first = left_pad(groups, model.config.pad_id, bucket(max(map(len, ids))))
@@ -204,10 +216,13 @@ def decode_loop(forward, config, params, state: DecodeState, sampler: Sampler, s
 
 def stop_ids(config, stop_tokens=None) -> jax.Array:
     """The config's EOS ids and ``stop_tokens`` as one int32 array (``[-1]`` when there are none)."""
-    extra = np.asarray([] if stop_tokens is None else stop_tokens).reshape(-1)
+    try:
+        extra = np.asarray([] if stop_tokens is None else stop_tokens).reshape(-1)
+    except ValueError:                                  # ragged nesting
+        extra = np.asarray([None])
     if extra.size and (not np.issubdtype(extra.dtype, np.integer) or extra.min() < 0
                        or extra.max() >= config.vocab_size):
-        raise ValueError(f"stop_tokens must be token ids in [0, {config.vocab_size}), got {extra[:8].tolist()}")
+        raise ValueError(f"stop_tokens must be token ids in [0, {config.vocab_size}), got {str(stop_tokens)[:60]}")
     return jnp.asarray(sorted(set(config.eos_ids) | set(extra.tolist())) or [-1], jnp.int32)
 
 
@@ -252,7 +267,10 @@ def select(state: DecodeState, indices) -> DecodeState:
     copies therefore continue identically — use :func:`fork` for copies that diverge.
     """
     g, n = state.shape
-    idx = np.asarray(indices)
+    try:
+        idx = np.asarray(indices)
+    except ValueError:                                  # ragged rows
+        idx = np.asarray(None)
     if idx.ndim != 2 or idx.shape[0] != g or idx.shape[1] < 1:
         raise ValueError(f"indices must have shape [G={g}, M>=1], got {idx.shape}")
     if not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= n:
@@ -299,9 +317,11 @@ def append(model, state: DecodeState, tokens) -> DecodeState:
             return model.tokenizer.encode(t, bos=False)
         return token_ids("appended tokens", t)
 
+    if not isinstance(tokens, (str, list, tuple, np.ndarray)):
+        raise ValueError(f"tokens must be a token-id list, a string, or a nested list [G={g}][N={n}], got {tokens!r}")
     if isinstance(tokens, str) or all(isinstance(t, (int, np.integer)) for t in tokens):
         rows = [encode(tokens)] * (g * n)
-    elif len(tokens) == g and all(len(group) == n for group in tokens):
+    elif len(tokens) == g and all(isinstance(group, (list, tuple)) and len(group) == n for group in tokens):
         rows = [encode(t) for group in tokens for t in group]
     else:
         raise ValueError(f"tokens must be one list for every rollout or a nested list [G={g}][N={n}]")

@@ -91,6 +91,8 @@ def mix_generate(models, prompts, *, combine, max_new_tokens: int, params: dict 
     if len(model_prompts) != len(models):
         raise ValueError(f"model_prompts has {len(model_prompts)} entries for {len(models)} models")
     per_model = [prompts if p is None else p for p in model_prompts]
+    if not all(isinstance(p, (list, tuple)) and p for p in per_model):
+        raise ValueError("prompts (and each model_prompts entry given) must be non-empty lists of prompts")
     if any(len(p) != len(prompts) for p in per_model):
         raise ValueError(f"each model needs one prompt per rollout group: {[len(p) for p in per_model]} "
                          f"for {len(prompts)} prompts")

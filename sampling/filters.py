@@ -46,10 +46,21 @@ def _top_mask(logits, min_keep):
 
 # --- warpers ------------------------------------------------------------------------------------
 
+MIN_TEMPERATURE = 1e-30  # smaller ones divide as this: already a point mass, and logits / t stays finite
+
+
 def temperature(logits, t):
-    """Divide by ``t`` (> 0). ``t == 0`` (greedy rows) leaves the logits unchanged."""
+    """Divide by ``t`` (> 0), after subtracting each row's maximum (the same distribution). ``t == 0``
+    (greedy rows) leaves the logits unchanged.
+
+    The shift keeps a small ``t`` exact: XLA may recompute ``logits / t`` in two fusions that round
+    the maximum differently, and at ``t = 1e-10`` one ulp of it is ~1e3, so a later softmax of
+    unshifted logits overflowed (every token -inf). Shifted, the maximum is exactly 0 everywhere.
+    """
     t = _col(t, logits, logits.dtype)
-    return logits / jnp.where(t > 0, t, 1.0)
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    shifted = logits - jnp.where(jnp.isfinite(top), top, 0.0)
+    return jnp.where(t > 0, shifted / jnp.maximum(t, MIN_TEMPERATURE), logits)
 
 
 def top_k(logits, k, min_keep=1):

@@ -85,6 +85,10 @@ def resolve(combine, count: int, params=None):
              ("contrastive", "amateur_temperature"): (lambda t: np.isfinite(t) & (t > 0), "a finite number > 0")}
     for name, value in params.items():
         ok, why = rules.get((combine, name), (np.isfinite, "a finite number"))
-        if not np.all(ok(np.asarray(value, np.float32))):
-            raise ValueError(f"{combine} {name} must be {why}, got {value}")
+        try:
+            arr = np.asarray(value, np.float32)
+        except (TypeError, ValueError):
+            arr = None
+        if arr is None or arr.ndim or not ok(arr):      # one value for every row
+            raise ValueError(f"{combine} {name} must be {why}, got {value!r}")
     return fn, params

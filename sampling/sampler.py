@@ -96,6 +96,9 @@ class Sampler:
             if not isinstance(value, jax.Array):     # jax arrays (maybe traced) are taken as they are
                 values[name] = _setting(name, value)
         values |= _token_lists(settings)
+        if "constraint" in values and np.any(values.get("min_new_tokens", 0)):
+            raise ValueError("min_new_tokens cannot be combined with a constraint: where the constraint allows "
+                             "only a stop token, no token could be drawn")
         self.values = values
         self.chain = tuple(n for n in ORDER if n in values and (n in TOKEN_LISTS or n == "temperature"
                                                                   or not _all_off(n, values[n])))
@@ -157,6 +160,17 @@ class Sampler:
         if "constraint" in self.values and np.shape(self.values["constraint"])[1] != vocab:
             raise ValueError(f"constraint.table has {np.shape(self.values['constraint'])[1]} columns; the model's "
                              f"vocabulary has {vocab} tokens")
+        can = np.zeros(vocab, bool)        # what the token lists leave drawable at the first step
+        can[self.values.get("allowed_tokens", slice(None))] = True
+        can[self.values.get("banned_tokens", [])] = False
+        if "logit_bias" in self.values:
+            ids, bias = self.values["logit_bias"]
+            can[np.asarray(ids)[np.asarray(bias) == -np.inf]] = False
+        if "constraint" in self.values:
+            can &= np.asarray(self.values["constraint"])[0] >= 0
+        if not can.any():
+            raise ValueError("no token could be drawn: allowed_tokens, banned_tokens, -inf logit_bias and the "
+                             "constraint's start state exclude every token")
         return self
 
     def reshape(self, shape) -> "Sampler":
@@ -267,11 +281,17 @@ def _all_off(name, value) -> bool:
 def _numbers(name, value, dtype) -> np.ndarray:
     """``value`` as a NumPy array of ``dtype``, or a ``ValueError``: not numbers, or (for an integer
     ``dtype``) numbers that are not whole, which a cast would silently truncate."""
-    raw = np.asarray(value)
-    if raw.dtype != bool and not np.issubdtype(raw.dtype, np.number):
-        raise ValueError(f"{name} must be a number or an array of numbers, got {value!r}")
+    try:
+        raw = np.asarray(value)
+    except ValueError:                                  # ragged nested lists
+        raw = np.asarray(None)
+    if raw.dtype != bool and not np.issubdtype(raw.dtype, np.number) or np.iscomplexobj(raw):
+        raise ValueError(f"{name} must be a number or an array of (real) numbers, got {value!r}")
     if np.issubdtype(dtype, np.integer) and not np.all(np.isfinite(raw) & (raw == np.round(raw))):
         raise ValueError(f"{name} must be a whole number, got {raw.tolist()}")
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else np.finfo(dtype)
+    if np.any(np.isfinite(raw) & ((raw < info.min) | (raw > info.max))):   # a cast would wrap or overflow
+        raise ValueError(f"{name} is outside the range of {np.dtype(dtype).name}, got {raw.tolist()}")
     return raw.astype(dtype)
 
 
@@ -288,27 +308,30 @@ def _token_lists(settings) -> dict:
     """``logit_bias`` as (ids, biases) and the allowed / banned token ids, as arrays, checked."""
     out = {}
     if "logit_bias" in settings:
-        bias = dict(settings["logit_bias"])
+        try:
+            bias = dict(settings["logit_bias"])
+        except (TypeError, ValueError):
+            raise ValueError(f"logit_bias must be a dict {{token id: bias}}, got {settings['logit_bias']!r}") from None
         out["logit_bias"] = (_numbers("logit_bias token ids", list(bias), I32).reshape(-1),
                              _numbers("logit_bias biases", list(bias.values()), F32).reshape(-1))
-        if np.any(np.isnan(out["logit_bias"][1])):
-            raise ValueError(f"logit_bias biases must not be NaN, got {out['logit_bias'][1].tolist()}")
+        if np.any(np.isnan(out["logit_bias"][1]) | (out["logit_bias"][1] == np.inf)):
+            raise ValueError(f"logit_bias biases must be finite or -inf (a ban), got {out['logit_bias'][1].tolist()}")
     for name in ("allowed_tokens", "banned_tokens"):
         if name in settings:
             out[name] = _numbers(name, settings[name], I32).reshape(-1)
-    if "constraint" in settings:
-        table = np.asarray(getattr(settings["constraint"], "table", settings["constraint"]), I32)
-        if table.ndim != 2 or table.shape[0] < 1 or np.any(table >= table.shape[0]) or np.any(table < -1):
-            raise ValueError("constraint.table must be int [states, vocab] of next states (or -1 for not allowed)")
-        if not np.all(np.any(table >= 0, axis=1)):
-            raise ValueError("constraint.table has a state with no allowed token (a dead end)")
-        return out | {"constraint": table}
     if "allowed_tokens" in out and out["allowed_tokens"].size == 0:
         raise ValueError("allowed_tokens is empty: no token could be drawn")
     for name, value in out.items():
         ids = value[0] if name == "logit_bias" else value
         if np.any(ids < 0):
             raise ValueError(f"{name} token ids must be >= 0, got {ids.tolist()}")
+    if "constraint" in settings:
+        table = _numbers("constraint.table", getattr(settings["constraint"], "table", settings["constraint"]), I32)
+        if table.ndim != 2 or table.shape[0] < 1 or np.any(table >= table.shape[0]) or np.any(table < -1):
+            raise ValueError("constraint.table must be int [states, vocab] of next states (or -1 for not allowed)")
+        if not np.all(np.any(table >= 0, axis=1)):
+            raise ValueError("constraint.table has a state with no allowed token (a dead end)")
+        out["constraint"] = table
     return out
 
 

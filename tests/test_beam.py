@@ -125,6 +125,7 @@ def test_settings_are_traced_not_recompiled(markov):
     (dict(num_beams=2, early_stopping="sometimes"), "early_stopping must be True, False or 'never'"),
     (dict(num_beams=2, early_stopping=1), "early_stopping must be True, False or 'never', got 1"),
     (dict(num_beams=2, length_penalty=float("nan")), "length_penalty must be a finite number"),
+    (dict(num_beams=2 ** 31), "more rows than int32 indexing allows"),
     (dict(num_beams=2, stop_tokens=[0, 1, 3, 4, 5]), "more than the vocabulary (6)"),
 ])
 def test_bad_settings_are_value_errors(markov, kwargs, message):

@@ -9,6 +9,7 @@ import pytest
 import engine
 import models
 from engine import KVCache, PrefillCache
+import sampling
 from sampling import Sampler
 
 
@@ -157,6 +158,14 @@ def test_prompt_buckets_limit_compilations(tiny):
     ({"stop_tokens": [-2]}, [[1, 2]], "stop_tokens must be token ids in [0, "),
     ({"sampler": Sampler(temperature=[0.5, 0.6, 0.7])}, [[1, 2], [3]], "shape (3,) does not fit rollouts (2, 1)"),
     ({}, ["text"], "need a model with a tokenizer"),
+    ({"seed": 2 ** 64}, [[1, 2]], "seed must fit in 64 bits"),
+    # rollout numbers are uint32: past 2**32 they would repeat rollout 0, 1, .. silently
+    ({"first_rollout": 2 ** 32 - 1, "n": 2}, [[1, 2]], "rollouts are numbered below 2**32"),
+    ({"n": 2 ** 40}, [[1, 2]], "rollouts are numbered below 2**32"),
+    ({"n": 2 ** 30}, [[1, 2], [3]], "more rows than int32 indexing allows"),
+    ({}, [[[1, 2]]], "prompt 0 must be a flat list of token ids"),      # was flattened to [1, 2]
+    ({"stop_tokens": [[1], [2, 3]]}, [[1, 2]], "stop_tokens must be token ids in [0, "),
+    ({"sampler": Sampler(banned_tokens=list(range(256)))}, [[1, 2]], "no token could be drawn"),
 ])
 def test_bad_input_is_a_clear_value_error(tiny, kwargs, prompts, message):
     kwargs = {"max_new_tokens": 4, **kwargs}
@@ -215,3 +224,26 @@ def test_preset_variants_re_derive_head_dim():
     assert models.preset("tiny", hidden=512, heads=8).head_dim == 64
     assert models.preset("tiny", hidden=512, heads=8, head_dim=32).head_dim == 32
     assert models.preset("llama-3.2-1b", layers=2).head_dim == 64
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, s: engine.append(m, s, 5), "tokens must be a token-id list, a string, or a nested list"),
+    (lambda m, s: engine.append(m, s, [1.5]), "tokens must be one list for every rollout or a nested list"),
+    (lambda m, s: engine.select(s, [[0, 1], [0]]), "indices must have shape [G=1, M>=1]"),
+    (lambda m, s: engine.stream(m, [[1, 2], [3, 4]], max_new_tokens=2), "prompt 0 must be a flat list"),
+    (lambda m, s: engine.mix_generate([m, m], None, combine="cfg", max_new_tokens=2), "must be non-empty lists"),
+    (lambda m, s: engine.mix_generate([m, m], [[1, 2]], combine="cfg", max_new_tokens=2, params={"scale": [1.0, 2.0]}),
+     "cfg scale must be a finite number, got [1.0, 2.0]"),
+])
+def test_search_primitives_refuse_malformed_arguments(tiny, call, message):
+    state = engine.start(tiny, [[1, 2, 3]], capacity=8, n=2)
+    with pytest.raises(ValueError) as err:
+        call(tiny, state)
+    assert message in str(err.value)
+
+
+def test_beam_search_takes_numpy_scalars_like_python_ones(tiny):
+    want = sampling.beam_search(tiny, [[1, 2]], num_beams=2, max_new_tokens=3, length_penalty=1.0, early_stopping=True)
+    got = sampling.beam_search(tiny, [[1, 2]], num_beams=2, max_new_tokens=3, length_penalty=np.float32(1.0),
+                               early_stopping=np.True_)
+    np.testing.assert_array_equal(got.sequences, want.sequences)

@@ -180,9 +180,24 @@ def test_rows_with_different_settings_share_one_compilation(tiny):
     ({"top_p": [0.5, 2.0]}, "top_p must be in (0, 1], got [0.5, 2.0]"),
     ({"top_k": 2.5}, "top_k must be a whole number, got 2.5"),          # a cast would make it 2
     ({"min_keep": float("nan")}, "min_keep must be a whole number"),
-    ({"temperature": "0.7"}, "temperature must be a number or an array of numbers"),
+    ({"temperature": "0.7"}, "temperature must be a number or an array of (real) numbers"),
+    ({"temperature": 1 + 1j}, "temperature must be a number or an array of (real) numbers"),
     ({"banned_tokens": [3, 4.5]}, "banned_tokens must be a whole number"),
-    ({"logit_bias": {3: float("nan")}}, "logit_bias biases must not be NaN"),
+    ({"logit_bias": {3: float("nan")}}, "logit_bias biases must be finite or -inf (a ban)"),
+    ({"logit_bias": {3: float("inf")}}, "logit_bias biases must be finite or -inf (a ban)"),   # NaN log-probs
+    ({"logit_bias": {3: 1e39}}, "logit_bias biases is outside the range of float32"),         # inf once cast
+    ({"logit_bias": 5}, "logit_bias must be a dict {token id: bias}, got 5"),
+    # int32 casts would wrap: top_k=2**32 became 0 (off), token 2**32+5 became 5
+    ({"top_k": 2 ** 32}, "top_k is outside the range of int32, got 4294967296"),
+    ({"allowed_tokens": [2 ** 32 + 5]}, "allowed_tokens is outside the range of int32"),
+    ({"allowed_tokens": [[1], [2, 3]]}, "allowed_tokens must be a number or an array of (real) numbers"),
+    ({"constraint": np.array([[0.5, 0]])}, "constraint.table must be a whole number"),
+    ({"constraint": "abc"}, "constraint.table must be a number or an array"),
+    # the other token lists are checked with a constraint too (they were skipped)
+    ({"constraint": np.zeros((1, 4), int), "allowed_tokens": []}, "allowed_tokens is empty"),
+    ({"constraint": np.zeros((1, 4), int), "banned_tokens": [-5]}, "banned_tokens token ids must be >= 0"),
+    # where a constraint allows only a stop token, min_new_tokens would leave nothing to draw (NaN, token 0)
+    ({"constraint": np.zeros((1, 4), int), "min_new_tokens": 3}, "min_new_tokens cannot be combined with a constraint"),
 ])
 def test_bad_settings_are_value_errors(settings, message):
     with pytest.raises(ValueError) as err:
@@ -201,6 +216,11 @@ def test_sampler_of_the_wrong_shape_is_a_value_error(tiny):
     ({"banned_tokens": [256]}, "banned_tokens has token ids outside the vocabulary [0, 256): [256]"),
     ({"logit_bias": {5: 1.0, 999: 2.0}}, "logit_bias has token ids outside the vocabulary [0, 256): [999]"),
     ({"constraint": np.zeros((1, 250), np.int32)}, "constraint.table has 250 columns; the model's vocabulary has 256"),
+    # every token excluded: each drew token 0 with NaN log-probs
+    ({"banned_tokens": list(range(256))}, "no token could be drawn"),
+    ({"allowed_tokens": [1], "banned_tokens": [1]}, "no token could be drawn"),
+    ({"allowed_tokens": [1, 2], "logit_bias": {1: -np.inf, 2: -np.inf}}, "no token could be drawn"),
+    ({"constraint": np.where(np.arange(256) == 7, 0, -1)[None], "banned_tokens": [7]}, "no token could be drawn"),
 ])
 def test_token_lists_outside_the_vocabulary_are_value_errors(tiny, settings, message):
     """Allowed ids the model cannot produce would silently give token 0 (every logit -inf)."""
@@ -243,7 +263,7 @@ def test_top_k_candidate_path_equals_the_full_filters(ties, vocab):
 
 def test_top_k_of_the_whole_vocabulary_keeps_every_token():
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 50)).astype(np.float32))
-    np.testing.assert_array_equal(Sampler(top_k=50).broadcast((2,)).warp(x), x)
+    np.testing.assert_array_equal(Sampler(top_k=50).broadcast((2,)).warp(x), filters.temperature(x, 1.0))
 
 
 def test_fast_argmax_equals_jnp_argmax_with_ties_and_inf():
@@ -256,3 +276,13 @@ def test_fast_argmax_equals_jnp_argmax_with_ties_and_inf():
     np.testing.assert_array_equal(np.asarray(argmax(jnp.asarray(x))), np.argmax(x, axis=-1))
     y = rng.standard_normal((2, 3, 50)).astype(np.float32)          # any leading axes
     np.testing.assert_array_equal(np.asarray(argmax(jnp.asarray(y))), np.argmax(y, axis=-1))
+
+
+def test_a_tiny_temperature_tends_to_greedy(tiny):
+    """logits / 1e-10 once overflowed after XLA rounded the maximum in two fusions differently: every
+    token -inf, token 0 drawn, infinite log-probs. The limit t -> 0 is greedy."""
+    greedy = engine.generate(tiny, PROMPTS, max_new_tokens=8)
+    for t in (1e-6, 1e-10, 1e-37):
+        out = engine.generate(tiny, PROMPTS, max_new_tokens=8, n=2, sampler=Sampler(temperature=t))
+        np.testing.assert_array_equal(out.tokens, np.repeat(greedy.tokens, 2, axis=1))
+        assert np.all(out.sample_logprobs == 0.0)
