@@ -96,7 +96,8 @@ class Sampler:
             if not isinstance(value, jax.Array):     # jax arrays (maybe traced) are taken as they are
                 values[name] = _setting(name, value)
         values |= _token_lists(settings)
-        if "constraint" in values and np.any(values.get("min_new_tokens", 0)):
+        least = values.get("min_new_tokens", 0)       # a traced value may be anything: refused too
+        if "constraint" in values and (isinstance(least, jax.core.Tracer) or np.any(np.asarray(least))):
             raise ValueError("min_new_tokens cannot be combined with a constraint: where the constraint allows "
                              "only a stop token, no token could be drawn")
         self.values = values
