@@ -24,7 +24,7 @@ def test_pass_at_k_is_per_problem_and_rejects_bad_arguments():
     assert "1 <= k <= n" in str(err.value)
     with pytest.raises(ValueError) as err:
         demo.pass_at_k(4, [5], 2)
-    assert "correct counts must be in [0, 4]" in str(err.value)
+    assert "correct counts must be integers in [0, 4], got [5]" in str(err.value)
 
 
 def test_demo_runs_on_the_shipped_model_and_writes_the_plot(tmp_path, capsys):
