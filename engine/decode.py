@@ -9,6 +9,7 @@ rollout axis; the prefix block is untouched) and ``append`` (prefill of only the
 from __future__ import annotations
 
 import dataclasses
+import os
 from functools import partial
 from types import SimpleNamespace
 
@@ -124,6 +125,21 @@ def check_prompts(model, prompts, max_new_tokens: int) -> list[list[int]]:
     return ids
 
 
+def state_bytes(config, groups: int, prefix: int, rows: int, capacity: int) -> int:
+    """Bytes of a :class:`DecodeState`: the KV cache (prefix ``groups x prefix`` slots, rollouts
+    ``rows x capacity``), the per-row logits and token counts [rows, V] and the per-slot arrays."""
+    kv = config.layers * 2 * config.kv_heads * config.head_dim * np.dtype(config.dtype).itemsize
+    return kv * (groups * prefix + rows * capacity) + rows * config.vocab_size * 8 + rows * capacity * 13
+
+
+def memory_bytes(mesh=None) -> int:
+    """Memory the state may use: the device's (times the mesh's devices), or on CPU the host's RAM."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return stats["bytes_limit"] * (1 if mesh is None else mesh.devices.size)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def left_pad(ids: list[list[int]], pad_id: int, length: int):
     """Token array [G, length] with each prompt right-aligned, and each row's start slot [G]."""
     tokens = np.full((len(ids), length), pad_id, np.int32)
@@ -171,9 +187,14 @@ def start(model, prompts, *, capacity: int, n: int = 1, seed: int = 0, share_pre
     ids = check_prompts(model, prompts, capacity)
     if len(ids) * n >= 2 ** 31:
         raise ValueError(f"{len(ids)} prompts x n={n} rollouts is more rows than int32 indexing allows")
-    keys = rollout_keys(seed, ids, n, first_rollout)
     groups, per_group = (ids, n) if share_prefix else ([p for p in ids for _ in range(n)], 1)
-    tokens, first = left_pad(groups, model.config.pad_id, bucket(max(map(len, ids))))
+    width = bucket(max(map(len, ids)))
+    need, have = state_bytes(model.config, len(groups), width, len(ids) * n, capacity), memory_bytes(mesh)
+    if need > have:                          # refused here, not swapped to a standstill or an XLA OOM
+        raise ValueError(f"{len(ids)} prompts x n={n} rollouts of {capacity} slots need {need / 2**30:.1f} GiB "
+                         f"of decoding state (KV cache, logits); the memory is {have / 2**30:.1f} GiB")
+    keys = rollout_keys(seed, ids, n, first_rollout)
+    tokens, first = left_pad(groups, model.config.pad_id, width)
     if mesh is not None:  # prompts and rollouts split over the data axis; every host passes the same values
         tokens, first, keys = sharding.place((tokens, first, keys), (("prefix", None), ("prefix",), ("rollouts",)), mesh)
     return _start(model.forward, model.config, model.params, tokens, first, keys, n=per_group, size=capacity,

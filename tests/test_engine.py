@@ -163,6 +163,8 @@ def test_prompt_buckets_limit_compilations(tiny):
     ({"first_rollout": 2 ** 32 - 1, "n": 2}, [[1, 2]], "rollouts are numbered below 2**32"),
     ({"n": 2 ** 40}, [[1, 2]], "rollouts are numbered below 2**32"),
     ({"n": 2 ** 30}, [[1, 2], [3]], "more rows than int32 indexing allows"),
+    # 550 GiB of logits and counts: refused at once (it once swapped the machine to a standstill)
+    ({"n": 2 ** 28}, [[1, 2]], "of decoding state (KV cache, logits); the memory is"),
     ({}, [[[1, 2]]], "prompt 0 must be a flat list of token ids"),      # was flattened to [1, 2]
     ({"stop_tokens": [[1], [2, 3]]}, [[1, 2]], "stop_tokens must be token ids in [0, "),
     ({"sampler": Sampler(banned_tokens=list(range(256)))}, [[1, 2]], "no token could be drawn"),
@@ -247,3 +249,14 @@ def test_beam_search_takes_numpy_scalars_like_python_ones(tiny):
     got = sampling.beam_search(tiny, [[1, 2]], num_beams=2, max_new_tokens=3, length_penalty=np.float32(1.0),
                                early_stopping=np.True_)
     np.testing.assert_array_equal(got.sequences, want.sequences)
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_the_state_size_checked_before_allocating_is_what_start_allocates(tiny, share_prefix):
+    from engine.decode import bucket, state_bytes
+    prompts, n, capacity = [[1, 2, 3], list(range(1, 20))], 3, 40
+    state = engine.start(tiny, prompts, capacity=capacity, n=n, share_prefix=share_prefix)
+    real = sum(x.nbytes for x in jax.tree.leaves(state))
+    groups = len(prompts) if share_prefix else len(prompts) * n
+    estimate = state_bytes(tiny.config, groups, bucket(19), len(prompts) * n, capacity)
+    assert abs(estimate - real) < 0.01 * real
