@@ -35,6 +35,7 @@ character) are never allowed inside the pattern.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Sequence
 
 import numpy as np
@@ -87,6 +88,12 @@ def regex_dfa(pattern: str) -> CharDFA:
     from interegular.fsm import anything_else
     if not isinstance(pattern, str):
         raise ValueError(f"pattern must be a string, got {type(pattern).__name__}")
+    try:                                  # interegular accepts some patterns Python's re refuses ("a**")
+        re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"invalid regex {pattern!r}: {err}") from None
+    if re.search(r"(?<!\\)(\\\\)*\[\^?\]", pattern):   # "[]a]", "[^]a]": interegular reads them otherwise
+        raise ValueError(f"a ']' first in a class is not supported in {pattern!r}: escape it as \\]")
     try:
         fsm = interegular.parse_pattern(pattern).to_fsm()
     except interegular.patterns.Unsupported as err:
@@ -109,7 +116,8 @@ def regex_dfa(pattern: str) -> CharDFA:
 
 def choices_dfa(choices: Sequence[str]) -> CharDFA:
     """A trie of ``choices`` as a character DFA: exactly one of the strings, nothing else."""
-    if isinstance(choices, str) or not choices or not all(isinstance(c, str) for c in choices):
+    if isinstance(choices, str) or not isinstance(choices, (list, tuple, set, frozenset)) or not choices \
+            or not all(isinstance(c, str) for c in choices):
         raise ValueError("choices must be a non-empty list of strings")
     chars = sorted({ch for c in choices for ch in c})
     classes = {ch: i for i, ch in enumerate(chars)}
@@ -144,6 +152,8 @@ def token_strings(tokenizer) -> list[str | None]:
     """
     if isinstance(tokenizer, (list, tuple)):
         return [s if isinstance(s, str) and s else None for s in tokenizer]
+    if not all(hasattr(tokenizer, a) for a in ("vocab_size", "decode")):
+        raise ValueError(f"tokenizer must be a rollax tokenizer or a list of token strings, got {tokenizer!r:.60}")
     vocab = int(tokenizer.vocab_size)
     special = {getattr(tokenizer, name, None) for name in ("bos_id", "eos_id", "pad_id")} - {None}
     if hasattr(tokenizer, "sp"):
@@ -204,7 +214,13 @@ def _eos_ids(tokenizer, eos_id) -> tuple:
         eos_id = getattr(tokenizer, "eos_id", None)
     if eos_id is None:
         raise ValueError("the tokenizer has no EOS id: pass eos_id= (the model's stop token)")
-    ids = (int(eos_id),) if np.ndim(eos_id) == 0 else tuple(int(e) for e in eos_id)
+    try:
+        arr = np.asarray(eos_id).reshape(-1)
+    except ValueError:                                   # ragged nesting
+        arr = np.asarray([None])
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"eos_id must be a token id or a list of them, got {eos_id!r}")
+    ids = tuple(arr.tolist())
     if not ids:
         raise ValueError("eos_id is empty: a constrained output must be able to end")
     return ids
@@ -214,6 +230,9 @@ def build(dfa: CharDFA, tokenizer, *, eos_id=None, vocab_size: int | None = None
     """The token automaton of a character DFA for ``tokenizer`` (see the module docstring)."""
     eos = _eos_ids(tokenizer, eos_id)
     strings = token_strings(tokenizer)
+    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer))
+                                   or vocab_size < 1):
+        raise ValueError(f"vocab_size must be an integer >= 1, got {vocab_size!r}")
     v = len(strings) if vocab_size is None else int(vocab_size)
     if v < len(strings):
         raise ValueError(f"vocab_size {v} is smaller than the tokenizer's {len(strings)} tokens")

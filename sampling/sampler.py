@@ -21,9 +21,10 @@ from sampling import filters
 F32, I32 = np.float32, np.int32
 # name: (dtype, value that turns it off, check, what the check requires)
 SETTINGS = {
-    "repetition_penalty": (F32, 1.0, lambda x: x > 0, "must be > 0"),
-    "presence_penalty": (F32, 0.0, np.isfinite, "must be finite"),
-    "frequency_penalty": (F32, 0.0, np.isfinite, "must be finite"),
+    # penalties bounded so that penalised logits stay finite in fp32 (1e-39 once made them inf: NaN draws)
+    "repetition_penalty": (F32, 1.0, lambda x: (x >= 1e-30) & (x <= 1e30), "must be in [1e-30, 1e30]"),
+    "presence_penalty": (F32, 0.0, lambda x: np.abs(x) <= 1e30, "must be in [-1e30, 1e30]"),
+    "frequency_penalty": (F32, 0.0, lambda x: np.abs(x) <= 1e30, "must be in [-1e30, 1e30]"),
     "no_repeat_ngram": (I32, 0, lambda x: (x >= 0) & (x <= filters.MAX_NGRAM), f"must be in [0, {filters.MAX_NGRAM}]"),
     "min_new_tokens": (I32, 0, lambda x: x >= 0, "must be >= 0"),
     "temperature": (F32, 1.0, lambda x: (x >= 0) & np.isfinite(x), "must be >= 0"),
@@ -161,17 +162,25 @@ class Sampler:
         if "constraint" in self.values and np.shape(self.values["constraint"])[1] != vocab:
             raise ValueError(f"constraint.table has {np.shape(self.values['constraint'])[1]} columns; the model's "
                              f"vocabulary has {vocab} tokens")
-        can = np.zeros(vocab, bool)        # what the token lists leave drawable at the first step
+        can = np.zeros(vocab, bool)        # what the token lists leave drawable
         can[self.values.get("allowed_tokens", slice(None))] = True
         can[self.values.get("banned_tokens", [])] = False
         if "logit_bias" in self.values:
             ids, bias = self.values["logit_bias"]
             can[np.asarray(ids)[np.asarray(bias) == -np.inf]] = False
-        if "constraint" in self.values:
-            can &= np.asarray(self.values["constraint"])[0] >= 0
         if not can.any():
-            raise ValueError("no token could be drawn: allowed_tokens, banned_tokens, -inf logit_bias and the "
-                             "constraint's start state exclude every token")
+            raise ValueError("no token could be drawn: allowed_tokens, banned_tokens and -inf logit_bias exclude "
+                             "every token")
+        if "constraint" in self.values:   # every state the drawable tokens reach must leave one to draw
+            table = np.asarray(self.values["constraint"])[:, can]
+            seen, frontier = {0}, [0]
+            while frontier:
+                if not (table[frontier] >= 0).any(axis=1).all():
+                    raise ValueError("no token could be drawn in a state of the constraint: allowed_tokens, "
+                                     "banned_tokens and -inf logit_bias exclude every token it allows there")
+                nxt = {int(s) for s in np.unique(table[frontier]) if s >= 0} - seen
+                seen |= nxt
+                frontier = sorted(nxt)
         return self
 
     def reshape(self, shape) -> "Sampler":

@@ -152,6 +152,12 @@ def test_table_padded_to_the_model_vocabulary(tokenizer):
     ("(?<=a)b", "unsupported regex syntax in '(?<=a)b': lookbacks are not implemented"),
     ("[a-", "invalid regex '[a-'"),
     ("a{2,1}", "invalid regex 'a{2,1}'"),
+    # interegular accepted these; Python's re refuses them
+    ("a**", "invalid regex 'a**': multiple repeat"),
+    ("[^]", "invalid regex '[^]': unterminated character set"),
+    # valid for re, but interegular reads "[^]a]" as "anything, then a]"
+    ("[^]a]", "a ']' first in a class is not supported in '[^]a]': escape it as \\]"),
+    ("[]a]", "a ']' first in a class is not supported"),
     (r"[^\s\S]", "unsatisfiable constraint"),                    # matches nothing at all
     ("é", "unsatisfiable constraint 'é': no sequence of this vocabulary's tokens matches it"),  # only byte pieces
 ])
@@ -167,6 +173,11 @@ def test_bad_patterns_are_value_errors(tokenizer, pattern, message):
     (lambda tok: compile_choices(["é", "ü"], tok), "unsatisfiable constraint"),
     (lambda tok: compile_regex("a", ["a", "b"]), "the tokenizer has no EOS id: pass eos_id="),
     (lambda tok: compile_regex("a", tok, vocab_size=10), "vocab_size 10 is smaller than the tokenizer's 300 tokens"),
+    (lambda tok: compile_regex("a", tok, vocab_size=300.5), "vocab_size must be an integer >= 1, got 300.5"),
+    (lambda tok: compile_regex("a", tok, eos_id=1.5), "eos_id must be a token id or a list of them, got 1.5"),
+    (lambda tok: compile_regex("a", None, eos_id=0), "tokenizer must be a rollax tokenizer or a list of token strings"),
+    (lambda tok: compile_choices(5, tok), "choices must be a non-empty list of strings"),
+    (lambda tok: compile_choices((c for c in "ab"), tok), "choices must be a non-empty list of strings"),
 ])
 def test_bad_calls_are_value_errors(tokenizer, call, message):
     with pytest.raises(ValueError) as err:
@@ -190,3 +201,18 @@ def test_trained_model_with_a_sentencepiece_tokenizer():
     assert re.fullmatch(pattern, greedy.text[0][0]), greedy.text
     assert engine.generate(m, prompts[:1], max_new_tokens=64, sampler=Sampler(temperature=0, constraint=c)).text \
         == greedy.text
+
+
+def test_token_lists_prune_a_constraint_branch_or_are_refused_where_they_empty_a_state():
+    m = models.load("tiny-arith")
+    six = m.tokenizer.encode("6", bos=False)
+    assert len(six) == 1
+    both = compile_choices(["A: 66", "A: 7"], m.tokenizer, vocab_size=m.config.vocab_size)
+    out = engine.generate(m, ["Q: 5-3=?\n"], max_new_tokens=8, n=6, seed=0,
+                          sampler=Sampler(temperature=1.0, constraint=both, banned_tokens=six))
+    assert out.text == [["A: 7"] * 6]                     # the "A: 66" branch is unreachable, not an error
+    only = compile_choices(["A: 66"], m.tokenizer, vocab_size=m.config.vocab_size)
+    with pytest.raises(ValueError) as err:               # once: token 0 drawn, then EOS on "A: "
+        engine.generate(m, ["Q: 5-3=?\n"], max_new_tokens=8,
+                        sampler=Sampler(temperature=1.0, constraint=only, banned_tokens=six))
+    assert "no token could be drawn in a state of the constraint" in str(err.value)

@@ -171,7 +171,9 @@ def test_rows_with_different_settings_share_one_compilation(tiny):
     ({"epsilon": 1.0}, "epsilon must be in [0, 1)"),
     ({"eta": -0.5}, "eta must be in [0, 1)"),
     ({"temperature": -1.0}, "temperature must be >= 0"),
-    ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
+    ({"repetition_penalty": 0.0}, "repetition_penalty must be in [1e-30, 1e30]"),
+    ({"repetition_penalty": 1e-39}, "repetition_penalty must be in [1e-30, 1e30]"),   # logits / p overflowed: NaN
+    ({"frequency_penalty": -3e38}, "frequency_penalty must be in [-1e30, 1e30]"),
     ({"no_repeat_ngram": 9}, "no_repeat_ngram must be in [0, 8]"),
     ({"min_keep": 0}, "min_keep must be >= 1"),
     ({"allowed_tokens": []}, "allowed_tokens is empty"),
@@ -221,6 +223,9 @@ def test_sampler_of_the_wrong_shape_is_a_value_error(tiny):
     ({"allowed_tokens": [1], "banned_tokens": [1]}, "no token could be drawn"),
     ({"allowed_tokens": [1, 2], "logit_bias": {1: -np.inf, 2: -np.inf}}, "no token could be drawn"),
     ({"constraint": np.where(np.arange(256) == 7, 0, -1)[None], "banned_tokens": [7]}, "no token could be drawn"),
+    # a state the constraint reaches (0 -7-> 1) where every token it allows (8) is banned
+    ({"constraint": np.stack([np.where(np.arange(256) == 7, 1, -1), np.where(np.arange(256) == 8, 1, -1)]),
+      "banned_tokens": [8]}, "no token could be drawn in a state of the constraint"),
 ])
 def test_token_lists_outside_the_vocabulary_are_value_errors(tiny, settings, message):
     """Allowed ids the model cannot produce would silently give token 0 (every logit -inf)."""
