@@ -273,15 +273,22 @@ def top_k(x, k: int, block: int = 32):
     blocks hold the ``k`` largest values) and runs top_k only on those blocks' tokens, those below
     the ``k``-th largest block maximum masked (they cannot be among the ``k`` largest)."""
     b, v = x.shape
-    if 2 * k * block >= v:      # barriers: XLA would turn "top_k, then index its values" into a full sort
-        return jax.lax.optimization_barrier(jax.lax.top_k(x, k))
+    if 2 * k * block >= v:
+        return _kept_top_k(x, k)
     x = jnp.pad(x, ((0, 0), (0, -v % block)), constant_values=-jnp.inf).reshape(b, -1, block)
-    maxima, blocks = jax.lax.optimization_barrier(jax.lax.top_k(jnp.max(x, axis=-1), k))
+    maxima, blocks = _kept_top_k(jnp.max(x, axis=-1), k)
     blocks = jnp.sort(blocks, axis=-1)                         # vocabulary order: ties as lax.top_k
     near = jnp.take_along_axis(x, blocks[..., None], axis=1).reshape(b, -1)
-    vals, at = jax.lax.optimization_barrier(
-        jax.lax.top_k(jnp.where(near >= maxima[:, -1:], near, -jnp.inf), k))
+    vals, at = _kept_top_k(jnp.where(near >= maxima[:, -1:], near, -jnp.inf), k)
     return vals, jnp.take_along_axis(blocks, at // block, axis=-1) * block + at % block
+
+
+def _kept_top_k(x, k: int):
+    """``lax.top_k`` behind barriers, one per output: XLA would turn "top_k, then index its values"
+    into a full sort. (One barrier over the pair crashed XLA's TopkDecomposer — a process abort —
+    when the vocabulary axis was sharded over a tensor axis alone.)"""
+    vals, ids = jax.lax.top_k(x, k)
+    return jax.lax.optimization_barrier(vals), jax.lax.optimization_barrier(ids)
 
 
 def _all_off(name, value) -> bool:

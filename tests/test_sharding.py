@@ -160,6 +160,15 @@ def test_generate_on_a_mesh_matches_one_device(model, reference, data, tensor):
     assert isinstance(got.tokens, np.ndarray)                 # results are host arrays, on every host
 
 
+@pytest.mark.parametrize("data,tensor", [(1, 2), (1, 8), (4, 2)])
+def test_top_k_on_a_vocabulary_split_over_tensor_matches_one_device(model, data, tensor):
+    """On a tensor axis alone, XLA's TopkDecomposer aborted the process compiling top-k's barrier."""
+    mesh = sharding.make_mesh(data, tensor, devices=jax.devices()[:data * tensor])
+    kw = dict(max_new_tokens=6, n=2, seed=3, sampler=Sampler(top_k=20))
+    np.testing.assert_array_equal(engine.generate(model, PROMPTS, mesh=mesh, **kw).tokens,
+                                  engine.generate(model, PROMPTS, **kw).tokens)
+
+
 def test_bf16_data_parallel_matches_one_device(model):
     """bf16: splitting the rollouts over devices changes no sum, so the tokens are identical (a
     tensor axis would round partial matmul sums to bf16: docs/sharding.md)."""
