@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.cache import KVCache, PrefillCache, take_rollouts
-from engine.decode import bucket, check_int, check_prompts, left_pad, stop_ids
+from engine.decode import bucket, check_int, check_prompts, left_pad, memory_bytes, state_bytes, stop_ids
 
 F32 = jnp.float32
 NEG = -1.0e9          # transformers' score for an impossible beam / empty buffer slot
@@ -171,8 +171,8 @@ def _check(num_beams, max_new_tokens, length_penalty, early_stopping, num_return
     real = lambda x: isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
     if not real(length_penalty) or not math.isfinite(length_penalty):
         raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
-    if not real(diversity_penalty) or not math.isfinite(diversity_penalty) or diversity_penalty < 0:
-        raise ValueError(f"diversity_penalty must be a finite number >= 0, got {diversity_penalty!r}")
+    if not real(diversity_penalty) or not 0 <= diversity_penalty <= 1e30:   # 1e39 was inf in fp32: NaN scores
+        raise ValueError(f"diversity_penalty must be a number in [0, 1e30], got {diversity_penalty!r}")
     if diversity_penalty > 0 and num_beam_groups == 1:
         raise ValueError("diversity_penalty only acts between beam groups; set num_beam_groups > 1")
 
@@ -204,6 +204,19 @@ def beam_search(model, prompts, *, num_beams: int, max_new_tokens: int, length_p
     ids = check_prompts(model, prompts, max_new_tokens)
     if len(ids) * num_beams >= 2 ** 31:
         raise ValueError(f"{len(ids)} prompts x num_beams={num_beams} is more rows than int32 indexing allows")
+    need = state_bytes(model.config, len(ids), bucket(max(map(len, ids))), len(ids) * num_beams, max_new_tokens)
+    if need > memory_bytes():
+        raise ValueError(f"{len(ids)} prompts x num_beams={num_beams} of {max_new_tokens} slots need "
+                         f"{need / 2**30:.1f} GiB of search state; the memory is {memory_bytes() / 2**30:.1f} GiB")
+    # length ** length_penalty in double precision (as transformers), index = generated length
+    try:
+        with np.errstate(over="ignore"):
+            norm = np.array([1.0] + [n ** float(length_penalty) for n in range(1, max_new_tokens + 1)]).astype(F32)
+    except OverflowError:                                             # past even float64
+        norm = np.array([np.inf])
+    if not np.all(np.isfinite(norm) & (norm > 0)):
+        raise ValueError(f"length_penalty={length_penalty} makes length ** length_penalty leave float32's range "
+                         f"for lengths up to {max_new_tokens}")
     config = model.config
     stops = stop_ids(config, stop_tokens)
     n_stop = int(np.sum(np.asarray(stops) >= 0))
@@ -213,8 +226,6 @@ def beam_search(model, prompts, *, num_beams: int, max_new_tokens: int, length_p
         raise ValueError(f"beam search keeps {factor} candidates per beam, more than the vocabulary "
                          f"({config.vocab_size}); use fewer stop tokens")
     tokens, first = left_pad(ids, config.pad_id, bucket(max(map(len, ids))))
-    # length ** length_penalty in double precision (as transformers), index = generated length
-    norm = np.array([1.0] + [n ** float(length_penalty) for n in range(1, max_new_tokens + 1)], np.float32)
     es_never_long = early_stopping == "never" and length_penalty > 0.0
     state = _search(model.forward, config, model.params, jnp.asarray(tokens), jnp.asarray(first), stops,
                     jnp.asarray(norm), jnp.asarray(early_stopping is True), jnp.asarray(es_never_long),

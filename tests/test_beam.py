@@ -119,7 +119,11 @@ def test_settings_are_traced_not_recompiled(markov):
     (dict(num_beams=0), "num_beams must be an integer >= 1, got 0"),
     (dict(num_beams=2, num_return=3), "num_return=3 is more than num_beams=2"),
     (dict(num_beams=4, num_beam_groups=3), "num_beam_groups=3 does not divide num_beams=4"),
-    (dict(num_beams=4, num_beam_groups=2, diversity_penalty=-1.0), "diversity_penalty must be a finite number >= 0"),
+    (dict(num_beams=4, num_beam_groups=2, diversity_penalty=-1.0), "diversity_penalty must be a number in [0, 1e30]"),
+    # inf once cast to float32: the second group's scores became NaN and it returned empty hypotheses
+    (dict(num_beams=4, num_beam_groups=2, diversity_penalty=1e39), "diversity_penalty must be a number in [0, 1e30]"),
+    (dict(num_beams=2, length_penalty=1e308), "makes length ** length_penalty leave float32's range"),  # OverflowError
+    (dict(num_beams=2 ** 24), "of search state; the memory is"),
     (dict(num_beams=4, diversity_penalty=1.0), "diversity_penalty only acts between beam groups"),
     (dict(num_beams=2, max_new_tokens=0), "max_new_tokens must be an integer >= 1, got 0"),
     (dict(num_beams=2, early_stopping="sometimes"), "early_stopping must be True, False or 'never'"),
