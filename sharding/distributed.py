@@ -86,7 +86,7 @@ def gather_prompts(local_prompts) -> tuple[list[list[int]], slice]:
     all of them can run the same program; ``prompts[mine]`` are this host's. On one process it
     returns the prompts unchanged and ``slice(0, len)``.
     """
-    local = [[int(t) for t in np.asarray(p).reshape(-1)] for p in local_prompts]
+    local = [_ids(i, p) for i, p in enumerate(local_prompts)]
     if jax.process_count() == 1:
         return local, slice(0, len(local))
     from jax.experimental import multihost_utils
@@ -102,3 +102,19 @@ def gather_prompts(local_prompts) -> tuple[list[list[int]], slice]:
                for r in range(int(sizes[h, 0]))]
     offset = int(sizes[:jax.process_index(), 0].sum())
     return prompts, slice(offset, offset + count)
+
+
+def _ids(i: int, prompt) -> list[int]:
+    """Prompt ``i`` as a flat list of int32 token ids, or a ``ValueError`` (a cast would truncate
+    floats, and the all-gather's int32 table would wrap larger ids)."""
+    if isinstance(prompt, str):
+        raise ValueError(f"prompt {i} is a string; gather_prompts takes token ids (tokenize first)")
+    try:
+        ids = np.asarray(prompt)
+    except ValueError:                                   # ragged nesting
+        ids = np.asarray(None)
+    if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+        raise ValueError(f"prompt {i} must be a flat list of integer token ids, got {str(prompt)[:60]}")
+    if ids.size and not (0 <= ids.min() and ids.max() < 2 ** 31):
+        raise ValueError(f"prompt {i} has token ids outside [0, 2**31): {ids.min()}..{ids.max()}")
+    return ids.tolist()

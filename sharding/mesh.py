@@ -50,18 +50,24 @@ def make_mesh(data: int = -1, tensor: int = 1, *, devices=None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("make_mesh needs at least one device")
+    if len(set(devices)) != len(devices):
+        raise ValueError(f"make_mesh got a device more than once: {devices}")
     shape = mesh_shape(len(devices), data, tensor)
     return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
 
 
 def parse_mesh(spec: str) -> dict[str, int]:
     """Parse ``"data=4,tensor=2"`` (as given on command lines) into make_mesh keyword arguments."""
+    if not isinstance(spec, str):
+        raise ValueError(f"mesh spec must be a string like 'data=4,tensor=2', got {spec!r}")
     out = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, eq, value = part.partition("=")
         name = name.strip()
         if not eq or name not in AXES:
             raise ValueError(f"bad mesh spec {spec!r}: expected 'data=D,tensor=T' with axes {AXES}, got {part!r}")
+        if name in out:
+            raise ValueError(f"bad mesh spec {spec!r}: axis {name!r} is given twice")
         try:
             out[name] = int(value)
         except ValueError:

@@ -75,6 +75,15 @@ def test_parse_mesh():
     with pytest.raises(ValueError) as err:
         sharding.parse_mesh("data=four")
     assert "size of 'data' is not an integer: 'four'" in str(err.value)
+    with pytest.raises(ValueError, match="axis 'data' is given twice"):
+        sharding.parse_mesh("data=4,data=2")
+    with pytest.raises(ValueError, match="mesh spec must be a string"):
+        sharding.parse_mesh(4)
+
+
+def test_make_mesh_refuses_a_repeated_device():
+    with pytest.raises(ValueError, match="got a device more than once"):
+        sharding.make_mesh(2, 1, devices=[jax.devices()[0]] * 2)
 
 
 # --- rules ----------------------------------------------------------------------------------
@@ -279,6 +288,19 @@ def test_initialize_is_a_no_op_on_one_host(monkeypatch):
     assert sharding.initialize("127.0.0.1:1234", num_processes=1, process_id=0) is False
     assert jax.process_count() == 1
     assert sharding.gather_prompts([[1, 2], np.array([3])]) == ([[1, 2], [3]], slice(0, 2))
+
+
+@pytest.mark.parametrize("prompts,message", [
+    (["hello"], "prompt 0 is a string; gather_prompts takes token ids"),
+    ([[1], [1.5, 2]], "prompt 1 must be a flat list of integer token ids"),     # int() would truncate it
+    ([[[1, 2], [3]]], "prompt 0 must be a flat list of integer token ids"),
+    ([[2 ** 31]], "prompt 0 has token ids outside [0, 2**31)"),                 # the int32 table would wrap it
+    ([[-1]], "prompt 0 has token ids outside [0, 2**31)"),
+])
+def test_gather_prompts_refuses_what_is_not_token_ids(prompts, message):
+    with pytest.raises(ValueError) as err:
+        sharding.gather_prompts(prompts)
+    assert message in str(err.value)
 
 
 @pytest.mark.parametrize("kwargs,env,message", [
