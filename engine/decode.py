@@ -247,10 +247,11 @@ def stop_ids(config, stop_tokens=None) -> jax.Array:
     return jnp.asarray(sorted(set(config.eos_ids) | set(extra.tolist())) or [-1], jnp.int32)
 
 
-def row_sampler(sampler: Sampler | None, state: DecodeState, mesh=None) -> Sampler:
+def row_sampler(sampler: Sampler | None, state: DecodeState, mesh=None, stops=None) -> Sampler:
     """``sampler`` (fields [], [G] or [G, N]) as per-row arrays [G*N], placed like the rollouts; its
-    token lists checked against the vocabulary."""
-    sampler = (Sampler.greedy() if sampler is None else sampler).check_vocab(state.logits.shape[-1])
+    token lists and constraint checked against the vocabulary and the stop ids ``stops``
+    (:meth:`Sampler.check_vocab`)."""
+    sampler = (Sampler.greedy() if sampler is None else sampler).check_vocab(state.logits.shape[-1], stops)
     g, n = state.shape
     sampler = sampler.broadcast((g, n)).reshape((g * n,))
     return sharding.place(sampler, sampler.row_axes, mesh)
@@ -270,8 +271,9 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
     if used + max_new_tokens > state.cache.size:
         raise ValueError(f"{used} of the rollouts' {state.cache.size} cache slots are used; {max_new_tokens} more "
                          f"do not fit (start with a larger capacity)")
-    return decode_loop(model.forward, model.config, model.params, state, row_sampler(sampler, state, mesh),
-                       stop_ids(model.config, stop_tokens), jnp.int32(used + max_new_tokens), mesh=mesh)
+    stops = stop_ids(model.config, stop_tokens)
+    return decode_loop(model.forward, model.config, model.params, state, row_sampler(sampler, state, mesh, stops),
+                       stops, jnp.int32(used + max_new_tokens), mesh=mesh)
 
 
 @jax.jit

@@ -89,7 +89,8 @@ def stream(model, prompt, *, max_new_tokens: int, sampler: Sampler | None = None
     """An iterator over the tokens of one rollout of one prompt as they are produced (same draws as
     ``generate``). Bad arguments raise here, before the first token; the prompt is prefilled here too."""
     state = start(model, [prompt], capacity=max_new_tokens, seed=seed)
-    sampler, stops = row_sampler(sampler, state), stop_ids(model.config, stop_tokens)
+    stops = stop_ids(model.config, stop_tokens)
+    sampler = row_sampler(sampler, state, stops=stops)
 
     def tokens(state):
         for slot in range(max_new_tokens):

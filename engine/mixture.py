@@ -103,7 +103,7 @@ def mix_generate(models, prompts, *, combine, max_new_tokens: int, params: dict 
     stops = stop_ids(models[0].config, stop_tokens)
     mix = {k: jnp.asarray(v, jnp.float32) for k, v in mix.items()}
     states = mix_loop(tuple(m.forward for m in models), tuple(m.config for m in models),
-                      tuple(m.params for m in models), states, row_sampler(sampler, states[0]), stops, fn, mix,
+                      tuple(m.params for m in models), states, row_sampler(sampler, states[0], stops=stops), stops, fn, mix,
                       jnp.int32(max_new_tokens))
     return rollouts(states[0], models[0].tokenizer, np.asarray(stops).tolist(), shape=(g, n))
 

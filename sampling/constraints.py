@@ -250,8 +250,8 @@ def build(dfa: CharDFA, tokenizer, *, eos_id=None, vocab_size: int | None = None
         table[np.flatnonzero(accepting), e] = final
         table[final, e] = final
     # keep the states reachable from the start that can still reach EOS
-    reach = _closure([dfa.initial], table, forward=True)
-    alive = _closure(np.flatnonzero(accepting), table, forward=False) | {final}
+    reach = closure([dfa.initial], table, forward=True)
+    alive = closure(np.flatnonzero(accepting), table, forward=False) | {final}
     if dfa.initial not in alive:
         raise ValueError(f"unsatisfiable constraint {source!r}: no sequence of this vocabulary's tokens matches it "
                          f"(or the pattern matches nothing)")
@@ -262,7 +262,7 @@ def build(dfa: CharDFA, tokenizer, *, eos_id=None, vocab_size: int | None = None
     return Constraint(table=out, accepting=accepting[keep], final=int(renumber[final]), eos_ids=eos, source=source)
 
 
-def _closure(seeds, table, *, forward: bool) -> set:
+def closure(seeds, table, *, forward: bool) -> set:
     """States reachable from ``seeds`` along ``table``'s edges (backwards when not ``forward``)."""
     n = table.shape[0]
     src, tok = np.nonzero(table >= 0)

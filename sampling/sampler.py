@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sampling import filters
+from sampling.constraints import closure
 
 F32, I32 = np.float32, np.int32
 # name: (dtype, value that turns it off, check, what the check requires)
@@ -102,6 +103,8 @@ class Sampler:
             raise ValueError("min_new_tokens cannot be combined with a constraint: where the constraint allows "
                              "only a stop token, no token could be drawn")
         self.values = values
+        # host-side, not traced: which constraint states are full matches (None: a bare table says not)
+        self.accepting = _accepting(settings.get("constraint"), values.get("constraint"))
         self.chain = tuple(n for n in ORDER if n in values and (n in TOKEN_LISTS or n == "temperature"
                                                                   or not _all_off(n, values[n])))
         # static bounds for the fast top-k path: the largest k (and min_keep) of any row
@@ -132,11 +135,12 @@ class Sampler:
         out = object.__new__(cls)
         keys, out.chain, out.caps = aux
         out.values = dict(zip(keys, children))
+        out.accepting = None
         return out
 
     def _map_rows(self, fn) -> "Sampler":
         out = object.__new__(Sampler)
-        out.chain, out.caps = self.chain, self.caps
+        out.chain, out.caps, out.accepting = self.chain, self.caps, self.accepting
         out.values = {k: v if k in TOKEN_LISTS else fn(v) for k, v in self.values.items()}
         return out
 
@@ -150,9 +154,13 @@ class Sampler:
             return jnp.broadcast_to(x.reshape(x.shape + (1,) * (len(shape) - x.ndim)), shape)
         return self._map_rows(one)
 
-    def check_vocab(self, vocab: int) -> "Sampler":
-        """``self``, or a ``ValueError`` if a token list names an id outside ``[0, vocab)`` or the
-        constraint's table is not ``[states, vocab]`` (such a list would match nothing, silently)."""
+    def check_vocab(self, vocab: int, stop_ids=None) -> "Sampler":
+        """``self``, or a ``ValueError`` where the settings cannot work with a ``vocab``-token model
+        whose rows stop at ``stop_ids``: a token list naming an id outside ``[0, vocab)``; lists
+        that leave no token to draw (in some reachable state of the constraint, or, under
+        ``min_new_tokens``, no token but a stop token); and for a compiled constraint (one that
+        knows its matches) a stop token it allows before the text is a full match, or a state
+        from which no stop token can ever be drawn (its EOS is not one of the model's stop ids)."""
         for name in ("logit_bias", "allowed_tokens", "banned_tokens"):
             if name in self.values:
                 ids = np.asarray(self.values[name][0] if name == "logit_bias" else self.values[name])
@@ -171,17 +179,40 @@ class Sampler:
         if not can.any():
             raise ValueError("no token could be drawn: allowed_tokens, banned_tokens and -inf logit_bias exclude "
                              "every token")
-        if "constraint" in self.values:   # every state the drawable tokens reach must leave one to draw
-            table = np.asarray(self.values["constraint"])[:, can]
-            seen, frontier = {0}, [0]
-            while frontier:
-                if not (table[frontier] >= 0).any(axis=1).all():
-                    raise ValueError("no token could be drawn in a state of the constraint: allowed_tokens, "
-                                     "banned_tokens and -inf logit_bias exclude every token it allows there")
-                nxt = {int(s) for s in np.unique(table[frontier]) if s >= 0} - seen
-                seen |= nxt
-                frontier = sorted(nxt)
+        stop = np.zeros(vocab, bool)
+        if stop_ids is not None:
+            ids = np.asarray(stop_ids).reshape(-1)
+            stop[ids[(ids >= 0) & (ids < vocab)]] = True
+        least = self.values.get("min_new_tokens", 0)
+        if stop.any() and not (can & ~stop).any() and (isinstance(least, jax.core.Tracer) or np.any(np.asarray(least))):
+            raise ValueError("min_new_tokens suppresses the stop tokens, and allowed_tokens, banned_tokens and -inf "
+                             "logit_bias leave no other token: no token could be drawn")
+        if "constraint" in self.values:
+            self._check_constraint(np.asarray(self.values["constraint"]), can, stop)
         return self
+
+    def _check_constraint(self, table, can, stop):
+        """The constraint half of :meth:`check_vocab`. Rows are followed from state 0 along drawable
+        tokens other than stop tokens (a row is done after a stop token)."""
+        known = self.accepting is not None and stop.any()          # else stop tokens are not checked
+        moves = np.where((can & ~stop)[None, :] if known else can[None, :], table, -1)
+        seen = np.array(sorted(closure([0], moves, forward=True)))
+        if not (table[seen][:, can] >= 0).any(axis=1).all():
+            raise ValueError("no token could be drawn in a state of the constraint: allowed_tokens, "
+                             "banned_tokens and -inf logit_bias exclude every token it allows there")
+        if not known:
+            return
+        stops = (table[:, can & stop] >= 0).any(axis=1)               # states where a row may stop
+        early = seen[stops[seen] & ~self.accepting[seen]]
+        if early.size:
+            ids = np.flatnonzero(can & stop & (table[early] >= 0).any(axis=0))
+            raise ValueError(f"stop tokens {ids[:5].tolist()} are allowed by the constraint before its text is a "
+                             f"full match: a row stopping there would not match; leave them out of stop_tokens")
+        ends = closure(np.flatnonzero(stops), moves, forward=False)
+        if set(seen.tolist()) - ends:
+            raise ValueError(f"from some state of the constraint no stop token (ids {np.flatnonzero(stop)[:5].tolist()}) "
+                             f"can be drawn, so a row there would never end: compile the constraint with the "
+                             f"model's EOS (eos_id=) and keep the token lists from removing it")
 
     def reshape(self, shape) -> "Sampler":
         return self._map_rows(lambda x: x.reshape(shape))
@@ -190,7 +221,7 @@ class Sampler:
     def row_axes(self) -> "Sampler":
         """Logical axes of every field (per-row settings on ``rollouts``, token lists replicated)."""
         out = object.__new__(Sampler)
-        out.chain, out.caps = self.chain, self.caps
+        out.chain, out.caps, out.accepting = self.chain, self.caps, self.accepting
         out.values = {k: jax.tree.map(lambda a: (None,) * np.ndim(a), v) if k in TOKEN_LISTS else ("rollouts",)
                       for k, v in self.values.items()}
         return out
@@ -350,6 +381,17 @@ def _token_lists(settings) -> dict:
             raise ValueError("constraint.table has a state with no allowed token (a dead end)")
         out["constraint"] = table
     return out
+
+
+def _accepting(constraint, table) -> np.ndarray | None:
+    """bool [states]: the constraint's full-match states (``constraint.accepting``), or None for a bare table."""
+    if table is None or not hasattr(constraint, "accepting"):
+        return None
+    accepting = np.asarray(constraint.accepting)
+    if accepting.shape != table.shape[:1] or accepting.dtype != bool:
+        raise ValueError(f"constraint.accepting must be bool [states={table.shape[0]}], got {accepting.dtype} "
+                         f"{accepting.shape}")
+    return accepting
 
 
 def argmax(x):

@@ -216,3 +216,37 @@ def test_token_lists_prune_a_constraint_branch_or_are_refused_where_they_empty_a
         engine.generate(m, ["Q: 5-3=?\n"], max_new_tokens=8,
                         sampler=Sampler(temperature=1.0, constraint=only, banned_tokens=six))
     assert "no token could be drawn in a state of the constraint" in str(err.value)
+
+
+def test_stop_tokens_must_agree_with_the_constraint():
+    m = models.load("tiny-arith")
+    lines = r"(-?[0-9]{1,3}[+-][0-9]{1,3}=-?[0-9]{1,3}\n){1,3}A: -?[0-9]{1,3}"
+    newline = m.tokenizer.encode("\n", bos=False)
+    assert len(newline) == 1
+    run = lambda c, **kw: engine.generate(m, ["Q: 47+38-19=?\n"], max_new_tokens=48, n=8, seed=0,
+                                          sampler=Sampler(temperature=1.0, constraint=c), **kw)
+    # a stop token the pattern allows mid-match: rows stopped after the first line ("38+47=85", no match)
+    c = compile_regex(lines, m.tokenizer, vocab_size=m.config.vocab_size)
+    with pytest.raises(ValueError) as err:
+        run(c, stop_tokens=newline)
+    assert f"stop tokens {newline} are allowed by the constraint before its text is a full match" in str(err.value)
+    # where the text before it is a full match, stopping there is fine
+    first = r"-?[0-9]{1,3}[+-][0-9]{1,3}=-?[0-9]{1,3}(\n.*)?"
+    out = run(compile_regex(first, m.tokenizer, vocab_size=m.config.vocab_size), stop_tokens=newline)
+    assert all(re.fullmatch(first, t) for row in out.text for t in row), out.text
+    assert sum(out.tokens[0, r, out.lengths[0, r] - 1] == newline[0] for r in range(8)) >= 4
+    # an end token that is not a stop id: rows went on emitting it to the budget ("A: 664=?=?=?...")
+    other = compile_regex(lines, m.tokenizer, vocab_size=m.config.vocab_size, eos_id=5)
+    with pytest.raises(ValueError) as err:
+        run(other)
+    assert "from some state of the constraint no stop token (ids [2]) can be drawn" in str(err.value)
+    out = run(other, stop_tokens=[5])                       # made a stop token, it ends the rows
+    assert all(re.fullmatch(lines, t) for row in out.text for t in row), out.text
+    assert np.all(out.tokens[0, np.arange(8), out.lengths[0] - 1] == 5)
+
+
+def test_a_constraint_with_bad_accepting_states_is_refused():
+    class Bad:
+        table, accepting = np.zeros((2, 4), np.int32), np.ones(3, bool)
+    with pytest.raises(ValueError, match=r"constraint.accepting must be bool \[states=2\]"):
+        Sampler(constraint=Bad())

@@ -226,11 +226,14 @@ def test_sampler_of_the_wrong_shape_is_a_value_error(tiny):
     # a state the constraint reaches (0 -7-> 1) where every token it allows (8) is banned
     ({"constraint": np.stack([np.where(np.arange(256) == 7, 1, -1), np.where(np.arange(256) == 8, 1, -1)]),
       "banned_tokens": [8]}, "no token could be drawn in a state of the constraint"),
+    # min_new_tokens masks the stop token 2 and nothing else is allowed: every logit -inf at the first step
+    ({"allowed_tokens": [2], "min_new_tokens": 2}, "min_new_tokens suppresses the stop tokens"),
+    ({"allowed_tokens": [2], "min_new_tokens": [[0], [1]]}, "min_new_tokens suppresses the stop tokens"),
 ])
 def test_token_lists_outside_the_vocabulary_are_value_errors(tiny, settings, message):
     """Allowed ids the model cannot produce would silently give token 0 (every logit -inf)."""
     with pytest.raises(ValueError) as err:
-        engine.generate(tiny, PROMPTS, max_new_tokens=4, sampler=Sampler(**settings))
+        engine.generate(tiny, PROMPTS, max_new_tokens=4, sampler=Sampler(**settings), stop_tokens=[2])
     assert message in str(err.value)
 
 
