@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zlib
 from functools import partial
 from types import SimpleNamespace
 
@@ -42,6 +43,7 @@ class DecodeState:
     counts: jax.Array           # int32 [B, V]  how often each token was generated (penalties)
     mu: jax.Array               # f32 [B]       Mirostat running estimate (NaN until it starts)
     fsm: jax.Array              # int32 [B]     constraint automaton state (0: start)
+    constraint: jax.Array       # int32 []      which constraint ``fsm`` belongs to (crc32 of its table; -1: none)
     prompt: jax.Array           # int32 [G, P]  the left-padded prompts (history for n-gram / repetition)
     cache: KVCache
 
@@ -50,7 +52,7 @@ class DecodeState:
         row, rows = ("rollouts",), ("rollouts", "time")
         return DecodeState(done=row, logits=("rollouts", "vocab"), tokens=rows, logprobs=rows,
                            sample_logprobs=rows, keys=row, counts=("rollouts", "vocab"), mu=row,
-                           fsm=row, prompt=("prefix", None), cache=self.cache.axes())
+                           fsm=row, constraint=(), prompt=("prefix", None), cache=self.cache.axes())
 
     def context(self, stop_ids) -> Context:
         """What the sampler's history-dependent filters read: each row's prompt + rollout tokens."""
@@ -162,8 +164,8 @@ def _start(forward, config, params, tokens, start, keys, *, n: int, size: int, m
     state = DecodeState(done=jnp.zeros((b,), bool), logits=jnp.repeat(logits, n, axis=0),
                         tokens=jnp.full((b, size), config.pad_id, jnp.int32), logprobs=zeros,
                         sample_logprobs=zeros, keys=keys, counts=jnp.zeros((b, config.vocab_size), jnp.int32),
-                        mu=jnp.full((b,), jnp.nan, jnp.float32), fsm=jnp.zeros((b,), jnp.int32), prompt=tokens,
-                        cache=cache)
+                        mu=jnp.full((b,), jnp.nan, jnp.float32), fsm=jnp.zeros((b,), jnp.int32),
+                        constraint=jnp.int32(-1), prompt=tokens, cache=cache)
     return sharding.constrain(state, state.axes(), mesh)
 
 
@@ -216,7 +218,7 @@ def _step(forward, config, params, state: DecodeState, sampler: Sampler, stop_id
                         keys=state.keys, cache=cache.keep(live[:, None]),
                         counts=state.counts.at[jnp.arange(tok.shape[0]), tok].add(live.astype(jnp.int32)),
                         mu=jnp.where(live, draw.mu, state.mu), fsm=jnp.where(live, draw.fsm, state.fsm),
-                        prompt=state.prompt)
+                        constraint=state.constraint, prompt=state.prompt)
     return sharding.constrain(state, state.axes(), mesh)
 
 
@@ -264,7 +266,8 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
     Nothing already in the cache is recomputed. A rollout stops at an EOS or any of
     ``stop_tokens``; a finished rollout stays finished until :func:`append` gives it more text.
     The draws of a rollout depend only on its key and slot, so decoding in several calls equals
-    decoding in one.
+    decoding in one. A sampler's constraint continues from where the last call with the same
+    constraint left each row; a different constraint starts afresh, matching the text from here on.
     """
     check_int("max_new_tokens", max_new_tokens, 1)
     used = int(state.cache.index)
@@ -272,8 +275,14 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
         raise ValueError(f"{used} of the rollouts' {state.cache.size} cache slots are used; {max_new_tokens} more "
                          f"do not fit (start with a larger capacity)")
     stops = stop_ids(model.config, stop_tokens)
-    return decode_loop(model.forward, model.config, model.params, state, row_sampler(sampler, state, mesh, stops),
-                       stops, jnp.int32(used + max_new_tokens), mesh=mesh)
+    sampler = row_sampler(sampler, state, mesh, stops)
+    if "constraint" in sampler.values:
+        tag = zlib.crc32(np.asarray(sampler.values["constraint"]).tobytes()) & 0x7FFFFFFF
+        if int(state.constraint) != tag:        # another constraint's states mean nothing in this table
+            state = dataclasses.replace(state, fsm=jnp.zeros_like(state.fsm, device=state.fsm.sharding),
+                                        constraint=jnp.int32(tag))
+    return decode_loop(model.forward, model.config, model.params, state, sampler, stops,
+                       jnp.int32(used + max_new_tokens), mesh=mesh)
 
 
 @jax.jit

@@ -250,3 +250,24 @@ def test_a_constraint_with_bad_accepting_states_is_refused():
         table, accepting = np.zeros((2, 4), np.int32), np.ones(3, bool)
     with pytest.raises(ValueError, match=r"constraint.accepting must be bool \[states=2\]"):
         Sampler(constraint=Bad())
+
+
+def test_a_second_constraint_starts_afresh_and_the_same_one_continues(model, tokenizer):
+    digits, word = compile_regex("[0-9]{6}", tokenizer), compile_choices(["yes", "no"], tokenizer)
+    start = lambda: engine.start(model, PROMPTS, capacity=24, n=4, seed=1)
+    hot = Sampler(temperature=1.0, constraint=digits)
+    # the same constraint over two calls draws what one call draws
+    one = engine.decode(model, start(), max_new_tokens=10, sampler=hot)
+    two = engine.decode(model, engine.decode(model, start(), max_new_tokens=2, sampler=hot),
+                        max_new_tokens=8, sampler=hot)
+    np.testing.assert_array_equal(np.asarray(two.tokens), np.asarray(one.tokens))
+    # another constraint matches the text of its own call (it read the first one's states before)
+    state = engine.decode(model, start(), max_new_tokens=2, sampler=hot)
+    state = engine.decode(model, state, max_new_tokens=8, sampler=Sampler(temperature=1.0, constraint=word))
+    out = engine.rollouts(state, tokenizer, [EOS])
+    for g in range(len(PROMPTS)):
+        for r in range(4):
+            ids = out.tokens[g, r, :out.lengths[g, r]].tolist()
+            first = tokenizer.decode(ids[:2])
+            assert re.fullmatch("[0-9]+", first) and digits.walk(ids[:2]) >= 0, first
+            assert ids[-1] == EOS and tokenizer.decode(ids[2:-1]) in ("yes", "no"), tokenizer.decode(ids)
