@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.decode import row_sampler, start, stop_ids
+from engine.decode import check_int, row_sampler, start, stop_ids
 from engine.generate import Rollouts, rollouts
 from sampling import Sampler, sample
-from sampling.mixtures import resolve
+from sampling.mixtures import resolve, rows
 
 
 def _mix_step(forwards, configs, params, states, sampler: Sampler, stops, combine, mix) -> tuple:
@@ -67,8 +67,9 @@ def mix_generate(models, prompts, *, combine, max_new_tokens: int, params: dict 
     ``"contrastive"`` ``[expert, amateur]`` (params ``alpha``, ``amateur_temperature``),
     ``"proxy_tuning"`` / ``"dexperts"`` ``[base, expert, anti_expert]`` (``alpha``), ``"cfg"``
     ``[conditional, unconditional]`` (``scale``) — or any pure ``(logits_list, params) -> logits``.
-    ``params``: the mixture's parameters (defaults per name; traced, so new values reuse the
-    compiled loop).
+    ``params``: the mixture's parameters (defaults per name; each a number, or an array per
+    prompt [G] or per rollout [G, N]; traced, so new values reuse the compiled loop). A
+    function's params are passed to it as given.
 
     ``prompts``: G prompts (token-id lists, or strings with tokenizers) given to every model;
     ``model_prompts[i]``, when not None, replaces them for model ``i`` (its own G prompts) — for
@@ -96,12 +97,14 @@ def mix_generate(models, prompts, *, combine, max_new_tokens: int, params: dict 
     if any(len(p) != len(prompts) for p in per_model):
         raise ValueError(f"each model needs one prompt per rollout group: {[len(p) for p in per_model]} "
                          f"for {len(prompts)} prompts")
+    check_int("n", n, 1)
+    mix = mix if callable(combine) else rows(mix, (len(prompts), n))      # named: one value per row
+    mix = {k: jnp.asarray(v, jnp.float32) for k, v in mix.items()}
     states = tuple(start(m, p, capacity=max_new_tokens, n=n, seed=seed, share_prefix=share_prefix)
                    for m, p in zip(models, per_model))
     g = len(prompts)
     sampler = (Sampler.greedy() if sampler is None else sampler).broadcast((g, n)).reshape(states[0].shape)
     stops = stop_ids(models[0].config, stop_tokens)
-    mix = {k: jnp.asarray(v, jnp.float32) for k, v in mix.items()}
     states = mix_loop(tuple(m.forward for m in models), tuple(m.config for m in models),
                       tuple(m.params for m in models), states, row_sampler(sampler, states[0], stops=stops), stops, fn, mix,
                       jnp.int32(max_new_tokens))

@@ -86,9 +86,23 @@ def resolve(combine, count: int, params=None):
     for name, value in params.items():
         ok, why = rules.get((combine, name), (np.isfinite, "a finite number"))
         try:
-            arr = np.asarray(value, np.float32)
-        except (TypeError, ValueError):
-            arr = None
-        if arr is None or arr.ndim or not ok(arr):      # one value for every row
-            raise ValueError(f"{combine} {name} must be {why}, got {value!r}")
+            arr = np.asarray(value)
+        except ValueError:                              # ragged nesting
+            arr = np.asarray(None)
+        real = arr.dtype != bool and np.issubdtype(arr.dtype, np.number) and not np.iscomplexobj(arr)
+        with np.errstate(over="ignore"):
+            if not real or arr.size == 0 or not np.all(ok(arr.astype(np.float32))):
+                raise ValueError(f"{combine} {name} must be {why} (or an array of them), got {value!r}")
+        params[name] = arr.astype(np.float32)
     return fn, params
+
+
+def rows(params: dict, shape) -> dict:
+    """Named mixtures' ``params`` (numbers, or arrays per prompt [G] / per rollout [G, N]) as one
+    value per row [G*N], or a ``ValueError`` for an array that does not fit ``shape`` (G, N)."""
+    out = {}
+    for name, x in params.items():
+        if x.ndim > len(shape) or any(a not in (1, b) for a, b in zip(x.shape, shape)):
+            raise ValueError(f"mixture parameter {name} of shape {x.shape} does not fit rollouts {tuple(shape)}")
+        out[name] = np.broadcast_to(x.reshape(x.shape + (1,) * (len(shape) - x.ndim)), shape).reshape(-1)
+    return out

@@ -192,6 +192,20 @@ def test_sampled_loop_equals_reference_with_the_same_keys(trio):
     assert out.tokens[0, 0].tolist() == want
 
 
+def test_per_prompt_and_per_rollout_params_equal_separate_calls(trio):
+    prompts = [[5, 17, 3], [40, 41]]
+    run = lambda scale, p=prompts, n=2: engine.mix_generate(trio[:2], p, combine="cfg", params={"scale": scale},
+                                                            sampler=Sampler(), n=n, seed=3, max_new_tokens=6).tokens
+    alone = [[run(s, [p], 2)[0] for s in (0.5, 3.0)] for p in prompts]      # [prompt][scale] -> [N, T]
+    assert not np.array_equal(alone[0][0], alone[0][1])                     # the scale matters here
+    per_prompt = run([0.5, 3.0])
+    np.testing.assert_array_equal(per_prompt[0], alone[0][0])
+    np.testing.assert_array_equal(per_prompt[1], alone[1][1])
+    per_rollout = run([[0.5, 3.0], [3.0, 0.5]])
+    np.testing.assert_array_equal(per_rollout[0], np.stack([alone[0][0][0], alone[0][1][1]]))
+    np.testing.assert_array_equal(per_rollout[1], np.stack([alone[1][1][0], alone[1][0][1]]))
+
+
 def test_new_mixture_params_reuse_the_compiled_loop(trio):
     engine.mix_generate(trio[:2], [[1, 2]], combine="cfg", params={"scale": 1.5}, max_new_tokens=4)
     before = engine.mix_loop._cache_size()
@@ -215,8 +229,14 @@ def test_vocab_mismatch_is_a_value_error(trio, kwargs, message):
     (2, dict(combine="contrastive", params={"alpha": 0.0}), "contrastive alpha must be in (0, 1]"),
     (2, dict(combine="contrastive", params={"amateur_temperature": 0.0}),
      "contrastive amateur_temperature must be a finite number > 0"),
-    (2, dict(combine="cfg", params={"scale": float("nan")}), "cfg scale must be a finite number, got nan"),
+    (2, dict(combine="cfg", params={"scale": float("nan")}),
+     "cfg scale must be a finite number (or an array of them), got nan"),
     (2, dict(combine="cfg", model_prompts=[None]), "model_prompts has 1 entries for 2 models"),
+    (2, dict(combine="cfg", params={"scale": [1.0, 2.0]}), "mixture parameter scale of shape (2,) does not fit "
+                                                            "rollouts (1, 1)"),
+    (2, dict(combine="cfg", params={"scale": "big"}),
+     "cfg scale must be a finite number (or an array of them), got 'big'"),
+    (2, dict(combine="contrastive", params={"alpha": [0.1, 0.0]}), "contrastive alpha must be in (0, 1]"),
     (1, dict(combine="cfg"), "a mixture needs at least two models, got 1"),
 ])
 def test_bad_mixtures_are_value_errors(trio, count, kwargs, message):
