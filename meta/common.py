@@ -14,7 +14,8 @@ from sampling import Sampler
 
 
 def setup(prompts, n: int, references, budget: Budget | None, sampler):
-    """Checked arguments: (budget, sampler, start time); raises ``ValueError`` naming the problem."""
+    """Checked arguments: (budget, sampler with its settings broadcast to [G, n], start time); raises
+    ``ValueError`` naming the problem."""
     if not isinstance(prompts, (list, tuple)) or not prompts:
         raise ValueError("prompts must be a non-empty list")
     check_int("n", n, 1)
@@ -22,8 +23,8 @@ def setup(prompts, n: int, references, budget: Budget | None, sampler):
         raise ValueError(f"references must be a list (one per prompt), got {type(references).__name__}")
     if references is not None and len(references) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(references)} references")
-    return (Budget() if budget is None else budget), (Sampler(temperature=1.0) if sampler is None else sampler), \
-        time.perf_counter()
+    sampler = (Sampler(temperature=1.0) if sampler is None else sampler).broadcast((len(prompts), n))
+    return (Budget() if budget is None else budget), sampler, time.perf_counter()
 
 
 def check_threshold(threshold) -> None:
@@ -102,7 +103,7 @@ def draw_rounds(model, prompts, *, n: int, round_size: int, settled, scorer, sam
             break
         sub = [prompts[i] for i in active]
         refs = None if references is None else [references[i] for i in active]
-        d = draw(model, sub, n=k, sampler=sampler, seed=seed, max_new_tokens=max_new_tokens, budget=budget,
+        d = draw(model, sub, n=k, sampler=sampler.take(active, slice(drawn, drawn + k)), seed=seed, max_new_tokens=max_new_tokens, budget=budget,
                  first_rollout=drawn, stop_tokens=stop_tokens)
         s = score(scorer, sub, d.texts, refs, budget) if scorer is not None else [[None] * k for _ in sub]
         a = extract(answer, d.texts)

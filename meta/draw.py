@@ -33,7 +33,8 @@ def draw(model, prompts, *, n: int, sampler, seed: int, max_new_tokens: int, bud
 
     Prompts go in chunks of at most ``rows`` rollouts, each chunk padded (repeating its last
     prompt) to a power-of-two number of prompts so that few shapes are compiled. Draws depend
-    only on ``seed``, the prompt and the rollout number, never on the chunking.
+    only on ``seed``, the prompt, the rollout number and its sampler settings (fields [], [G] or
+    [G, n]), never on the chunking.
     """
     engine.check_int("n", n, 1)
     ids = engine.check_prompts(model, list(prompts), max_new_tokens)
@@ -41,14 +42,14 @@ def draw(model, prompts, *, n: int, sampler, seed: int, max_new_tokens: int, bud
         raise ValueError(f"{len(ids)} prompts x {n} rollouts x {max_new_tokens} tokens do not fit in the "
                          f"budget ({budget.max_generated - budget.generated} tokens left)")
     budget.policy_params = budget.policy_params or param_count(model.params)
+    sampler = sampler.broadcast((len(ids), n))
     size = max(1, min(_pow2(len(ids)), rows // n))
     texts, tokens, lengths = [], [], []
     for lo in range(0, len(ids), size):
-        chunk = ids[lo:lo + size]
-        real = len(chunk)
-        chunk = chunk + [chunk[-1]] * (size - real)
-        out = engine.generate(model, chunk, max_new_tokens=max_new_tokens, sampler=sampler, n=n, seed=seed,
-                              stop_tokens=stop_tokens, first_rollout=first_rollout)
+        real = min(size, len(ids) - lo)
+        at = list(range(lo, lo + real)) + [lo + real - 1] * (size - real)     # padded with the last prompt
+        out = engine.generate(model, [ids[i] for i in at], max_new_tokens=max_new_tokens, sampler=sampler.take(at),
+                              n=n, seed=seed, stop_tokens=stop_tokens, first_rollout=first_rollout)
         length = np.asarray(out.lengths)[:real]
         tok = np.asarray(out.tokens)[:real]
         if out.text is not None:
@@ -58,6 +59,6 @@ def draw(model, prompts, *, n: int, sampler, seed: int, max_new_tokens: int, bud
         tokens.append(tok)
         lengths.append(length)
         budget.generated += int(length.sum())
-        budget.prefilled += sum(len(p) for p in chunk[:real])
+        budget.prefilled += sum(len(ids[i]) for i in at[:real])
         budget.policy_calls += 1 + int(length.max())
     return Drawn(texts, np.concatenate(tokens), np.concatenate(lengths))

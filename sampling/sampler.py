@@ -214,6 +214,12 @@ class Sampler:
                              f"can be drawn, so a row there would never end: compile the constraint with the "
                              f"model's EOS (eos_id=) and keep the token lists from removing it")
 
+    def take(self, prompts, rollouts=slice(None)) -> "Sampler":
+        """Settings broadcast to [G, N] (:meth:`broadcast`) restricted to the prompts ``prompts``
+        (indices, repeats allowed) and the rollouts ``rollouts`` (an index or slice)."""
+        idx = np.asarray(prompts, np.int64)
+        return self._map_rows(lambda x: x[idx][:, rollouts])
+
     def reshape(self, shape) -> "Sampler":
         return self._map_rows(lambda x: x.reshape(shape))
 

@@ -204,6 +204,33 @@ def test_budget_hand_counted():
     assert budget.scorer_calls == 0 and budget.wall_s > 0
 
 
+class Uniform(Fake):
+    params = {"table": jnp.zeros((5, 5), jnp.float32)}            # every next token equally likely
+
+
+def test_per_prompt_and_per_rollout_samplers_follow_their_rows_through_chunks_and_rounds():
+    prompts, kw = [[1], [1, 2], [3]], dict(n=8, max_new_tokens=3, answer=lambda t: t)
+    per_prompt = Sampler(temperature=np.array([0.0, 1.0, 0.5]))       # 3 prompts: the chunk is padded to 4
+    full = meta.self_consistency(Uniform(), prompts, sampler=per_prompt, **kw)
+    for i, t in enumerate((0.0, 1.0, 0.5)):                           # each prompt as if drawn alone
+        assert full.texts[i] == meta.self_consistency(Uniform(), [prompts[i]], sampler=Sampler(temperature=t),
+                                                      **kw).texts[0]
+    assert len(set(full.texts[0])) == 1 and len(set(full.texts[1])) > 1
+    # rounds: prompt 0 settles first and leaves the draw; the others keep their own temperature
+    rounds = meta.adaptive_self_consistency(Uniform(), prompts, round_size=2, confidence=0.9, sampler=per_prompt,
+                                            **kw)
+    assert len(rounds.texts[0]) < 8
+    assert all(rounds.texts[i] == full.texts[i][:len(rounds.texts[i])] for i in range(3))
+    per_rollout = Sampler(temperature=np.tile([0.0] * 4 + [1.0] * 4, (3, 1)))
+    full = meta.self_consistency(Uniform(), prompts, sampler=per_rollout, **kw)
+    rounds = meta.adaptive_self_consistency(Uniform(), prompts, round_size=2, rule="unbeatable",
+                                            sampler=per_rollout, **kw)
+    assert all(len(set(row[:4])) == 1 and len(set(row[4:])) > 1 for row in full.texts)
+    assert all(rounds.texts[i] == full.texts[i][:len(rounds.texts[i])] for i in range(3))
+    with pytest.raises(ValueError, match=r"does not fit rollouts \(3, 8\)"):
+        meta.self_consistency(Uniform(), prompts, sampler=Sampler(temperature=[1.0, 0.5]), **kw)
+
+
 def test_budget_limit_refuses_a_draw_that_may_exceed_it():
     budget = meta.Budget(max_generated=30)
     with pytest.raises(ValueError) as e:
