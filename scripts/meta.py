@@ -137,6 +137,8 @@ def check_items(args, model, items) -> None:
     scorer = inspect.signature(meta.METHODS[args.method]).parameters.get("scorer")
     if scorer is not None and scorer.default is inspect.Parameter.empty and args.scorer == "none":
         raise ValueError(f"{args.method} needs a scorer: --scorer {' / '.join(SCORERS[1:])}")
+    if scorer is None and args.scorer != "none":
+        raise ValueError(f"{args.method} takes no scorer; leave out --scorer {args.scorer}")
     for it in items:
         try:
             engine.check_prompts(model, [it["prompt"]], args.max_new_tokens)
@@ -164,11 +166,21 @@ def run_chunk(args, model, items, sampler):
     return fn(model, [it["prompt"] for it in items], **kw)
 
 
-def correct(answer, reference):
-    """Whether a chosen answer equals the reference (compared as strings); ``None`` without one."""
+def correct(answer, reference, numeric: bool):
+    """Whether a chosen answer equals the reference; ``None`` without one. ``numeric`` (``--answer
+    arith``) reads the reference as the verifier does (99.0 and "099" are 99); else, and for a
+    reference that is not an integer, they are compared as strings."""
+    from meta.scoring import reference_answer
     if reference is None:
         return None
-    return answer is not None and str(answer).strip() == str(reference).strip()
+    if answer is None:
+        return False
+    if numeric:
+        try:
+            return reference_answer(reference) == answer
+        except ValueError:
+            pass
+    return str(answer).strip() == str(reference).strip()
 
 
 def summary(out: Path) -> str:
@@ -214,8 +226,8 @@ def run(args, model, items, sampler, done: set) -> None:
             for g, it in enumerate(chunk):
                 if it["id"] in done:
                     continue
-                line = {"id": it["id"], "reference": it["answer"], "correct": correct(result.answers[g], it["answer"]),
-                        **result.prompt_json(g)}
+                right = correct(result.answers[g], it["answer"], args.answer == "arith")
+                line = {"id": it["id"], "reference": it["answer"], "correct": right, **result.prompt_json(g)}
                 _write(args.out, json.loads(json.dumps(line, default=str)))
                 done.add(it["id"])
                 bar.update(1)

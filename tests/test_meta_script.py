@@ -114,6 +114,8 @@ def test_refuses_bad_settings_before_writing(tmp_path, capsys, extra, message):
 @pytest.mark.parametrize("method, extra, answer, message", [
     ("self_consistency", ["--max-new-tokens", "1000"], 3, "data.jsonl:1: prompt 0 has"),
     ("best_of_n", [], 3, "error: best_of_n needs a scorer: --scorer verifier"),
+    # mbr has no scorer: it was passed one anyway, a TypeError after the header was written
+    ("mbr", ["--scorer", "verifier"], 3, "error: mbr takes no scorer; leave out --scorer verifier"),
     ("best_of_n", ["--scorer", "verifier"], "three",
      "data.jsonl:2: the outcome verifier needs an integer answer (or arith.Problem) as each reference, got 'three'"),
     ("best_of_n", ["--scorer", "verifier"], None, "data.jsonl:2: the outcome verifier needs an integer answer"),
@@ -126,6 +128,15 @@ def test_refuses_what_the_run_would_refuse_partway_before_writing(tmp_path, caps
     assert meta_script.main([method] + argv(data, out)[1:] + extra) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_answers_are_graded_as_the_verifier_reads_the_references():
+    # the verifier reads 99.0 and "099" as 99; compared as strings they were graded wrong
+    assert meta_script.correct(99, 99.0, True) and meta_script.correct(99, "099", True)
+    assert meta_script.correct(0, "-0", True) and not meta_script.correct(98, 99.0, True)
+    assert not meta_script.correct(None, 3, True) and meta_script.correct(3, None, True) is None
+    assert meta_script.correct("blue", " blue", False) and not meta_script.correct("99", "99.0", False)
+    assert meta_script.correct("n/a", "n/a", True)               # not an integer: compared as text
 
 
 @pytest.mark.parametrize("existing, message", [
