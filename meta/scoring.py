@@ -32,7 +32,7 @@ AGGREGATIONS = ("last", "min", "prod", "mean")
 
 
 def _shape_check(texts, scores) -> np.ndarray:
-    scores = [np.asarray(s, np.float32).reshape(-1) for s in scores]
+    scores = [np.asarray(s, np.float64).reshape(-1) for s in scores]    # float32 made ties and 0.5**200 == 0
     if len(scores) != len(texts) or any(len(s) != len(t) for s, t in zip(scores, texts)):
         raise ValueError("a scorer must return one score per rollout")
     return scores
@@ -90,7 +90,7 @@ class Verifier:
                 out.append(verifiers.outcome_scores(list(row), [ref] * len(row)))
             else:
                 want = reference_answer(ref)
-                out.append(np.array([float(arith.parse(t).answer == want) for t in row], np.float32))
+                out.append(np.array([float(arith.parse(t).answer == want) for t in row]))
         return _stack(_shape_check(texts, out))
 
 

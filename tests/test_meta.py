@@ -83,6 +83,22 @@ def test_weighted_vote(scripted):
     assert r.answers == [7]                                  # 2 vs 2: the earlier answer
 
 
+def test_scorers_keep_float64_scores(scripted):
+    # float32 made 1e8 + 1 tie 1e8, broke the 0.4 + 0.3 vs 0.7 tie, and took 0.5 ** 200 to 0
+    big = meta.FunctionScorer(lambda p, t, ref: 1e8 + float(t == "2 7"))
+    assert meta.best_of_n(None, ["p0"], n=3, scorer=big, answer=last).chosen == [1]
+    w = {"1 7": 0.4, "2 7": 0.3, "3 8": 0.7}
+    r = meta.weighted_vote(None, ["p0"], n=3, scorer=meta.FunctionScorer(lambda p, t, ref: w[t]), answer=last)
+    assert r.answers == [7] and r.votes == [[[7, 0.7], [8, 0.7]]]             # a tie: the first answer
+    r = meta.weighted_vote(None, ["p0"], n=3, answer=last,
+                           scorer=meta.FunctionScorer(lambda p, t, ref: w[t] if t != "2 7" else 0.2))
+    assert r.answers == [8]
+    steps = meta.ProcessScorer(lambda ps, texts, refs: [[[0.4 + 0.1 * (t == "2 7")] * 200 for t in row]
+                                                        for row in texts], "prod")
+    r = meta.best_of_n(None, ["p0"], n=3, scorer=steps, answer=last)
+    assert r.chosen == [1] and r.scores[0][1] == 0.5 ** 200
+
+
 def test_mbr_choices(scripted):
     # p1, n=4: [1 5], [2 6], [3 6], [4 5]; exact match never holds -> all 0 -> rollout 0
     r = meta.mbr(None, ["p1"], n=4, utility="exact", answer=last)
