@@ -6,7 +6,8 @@ per call (the shared-prefix layout); ``policy_calls`` one prefill forward per ca
 forward per decode step (the loop runs as long as its longest row). Rows added only to pad a
 batch to a compiled shape are not counted. FLOPs are an estimate: ``2 * parameters * tokens``
 for the policy (generated + prefilled) and for each model scorer (the tokens it read),
-ignoring attention's quadratic term.
+ignoring attention's quadratic term, added up per call (a Budget shared by calls on different
+models prices each call at its own model's size).
 """
 from __future__ import annotations
 
@@ -34,10 +35,10 @@ class Budget:
     generated: int = 0          # policy tokens generated (sum of rollout lengths)
     prefilled: int = 0          # policy prompt tokens prefilled
     policy_calls: int = 0       # policy forward calls (prefills + decode steps)
-    scorer_calls: int = 0       # scorer forward calls (model scorers) or verifier calls (programmatic)
+    scorer_calls: int = 0       # scorer forward calls (model scorers: one per batch) or calls (programmatic)
     scorer_tokens: int = 0      # tokens read by model scorers
-    policy_params: int = 0
-    scorer_params: int = 0
+    policy_flops: float = 0.0   # 2 x the policy's params x its tokens, summed over calls (models may differ)
+    scorer_flops: float = 0.0   # the same for model scorers
     wall_s: float = 0.0
 
     def __post_init__(self):
@@ -47,7 +48,7 @@ class Budget:
     @property
     def flops(self) -> float:
         """Estimated FLOPs: 2 x params x tokens, for the policy and for model scorers."""
-        return 2.0 * (self.policy_params * (self.generated + self.prefilled) + self.scorer_params * self.scorer_tokens)
+        return self.policy_flops + self.scorer_flops
 
     def affordable(self, rows: int, max_new_tokens: int) -> int:
         """How many of ``rows`` rollouts of up to ``max_new_tokens`` fit in what is left of the limit."""

@@ -50,6 +50,13 @@ def score(scorer, prompts, texts, references, budget):
     return s.tolist()
 
 
+def check_scorer(scorer, prompts, references) -> None:
+    """The scorer's own checks of the prompts and references (``scorer.check``, where it has one),
+    made before anything is drawn."""
+    if hasattr(scorer, "check"):
+        scorer.check(list(prompts), references)
+
+
 def extract(answer, texts):
     """Each rollout's answer via ``answer(text)`` (default: the built-in task's ``A: <n>``)."""
     fn = arith_answer if answer is None else answer
@@ -74,6 +81,7 @@ def scored_draw(name: str, model, prompts, *, n: int, scorer, sampler, seed: int
     budget, sampler, t0 = setup(prompts, n, references, budget, sampler)
     if scorer is None:
         raise ValueError(f"{name} needs a scorer (a verifier or reward model)")
+    check_scorer(scorer, prompts, references)
     d = draw(model, prompts, n=n, sampler=sampler, seed=seed, max_new_tokens=max_new_tokens, budget=budget,
              stop_tokens=stop_tokens)
     return d, score(scorer, prompts, d.texts, references, budget), extract(answer, d.texts), budget, t0
@@ -90,6 +98,8 @@ def draw_rounds(model, prompts, *, n: int, round_size: int, settled, scorer, sam
     stops. Scores are ``None`` without a scorer. Returns texts, lengths, answers, scores and the
     rounds each prompt took (lists per prompt).
     """
+    if scorer is not None:
+        check_scorer(scorer, prompts, references)
     g = len(prompts)
     texts, lengths, scores, answers = ([[] for _ in range(g)] for _ in range(4))
     done, rounds = [False] * g, [0] * g

@@ -41,7 +41,7 @@ def draw(model, prompts, *, n: int, sampler, seed: int, max_new_tokens: int, bud
     if budget.affordable(len(ids) * n, max_new_tokens) < len(ids) * n:
         raise ValueError(f"{len(ids)} prompts x {n} rollouts x {max_new_tokens} tokens do not fit in the "
                          f"budget ({budget.max_generated - budget.generated} tokens left)")
-    budget.policy_params = budget.policy_params or param_count(model.params)
+    params = param_count(model.params)
     sampler = sampler.broadcast((len(ids), n))
     size = max(1, min(_pow2(len(ids)), rows // n))
     texts, tokens, lengths = [], [], []
@@ -58,7 +58,9 @@ def draw(model, prompts, *, n: int, sampler, seed: int, max_new_tokens: int, bud
             texts += [[" ".join(map(str, tok[g, r, :length[g, r]].tolist())) for r in range(n)] for g in range(real)]
         tokens.append(tok)
         lengths.append(length)
+        prefilled = sum(len(ids[i]) for i in at[:real])
         budget.generated += int(length.sum())
-        budget.prefilled += sum(len(ids[i]) for i in at[:real])
+        budget.prefilled += prefilled
+        budget.policy_flops += 2.0 * params * (int(length.sum()) + prefilled)
         budget.policy_calls += 1 + int(length.max())
     return Drawn(texts, np.concatenate(tokens), np.concatenate(lengths))

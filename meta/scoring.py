@@ -79,9 +79,16 @@ class Verifier:
     or answers (integers).
     """
 
-    def __call__(self, prompts, texts, references=None, budget: Budget | None = None):
+    def check(self, prompts, references=None) -> None:
+        """A ``ValueError`` unless there is a reference this verifier can read for every prompt."""
         if references is None:
             raise ValueError("the outcome verifier needs references (arith.Problem or answers)")
+        for ref in references:
+            if not isinstance(ref, arith.Problem):
+                reference_answer(ref)
+
+    def __call__(self, prompts, texts, references=None, budget: Budget | None = None):
+        self.check(prompts, references)
         if budget is not None:
             budget.scorer_calls += 1
         out = []
@@ -142,12 +149,13 @@ def arith_process_verifier(aggregation: str = "min") -> ProcessScorer:
 
 def _right_padded(model, seqs: list[list[int]], what: str, rows: int):
     """Token ids right-padded to a multiple of 16 tokens (padding never changes a score) and each row's
-    last index, in chunks of ``rows`` sequences (the last one padded with empty rows: one compilation)."""
+    last index, in chunks of ``rows`` sequences (fewer: a power of two; the last chunk padded with empty
+    rows), so that calls with other numbers of sequences reuse few compilations."""
     longest = max(map(len, seqs))
     if longest > model.config.max_len:
         raise ValueError(f"a {what} sequence has {longest} tokens, over the model's maximum {model.config.max_len}")
     width = min(-(-longest // 16) * 16, model.config.max_len)
-    rows = min(rows, len(seqs))
+    rows = min(rows, 1 << (len(seqs) - 1).bit_length())
     for lo in range(0, len(seqs), rows):
         chunk = seqs[lo:lo + rows]
         ids = np.full((rows, width), model.config.pad_id, np.int32)
@@ -191,14 +199,23 @@ class _ModelScorer:
         raise NotImplementedError
 
     def __call__(self, prompts, texts, references=None, budget: Budget | None = None):
+        self.check(prompts, references)
         seqs = [self.encode(p, t) for p, row in zip(prompts, texts) for t in row]
-        scores = np.concatenate([np.asarray(self.score_ids(ids, last))[:real] for real, ids, last in
-                                 _right_padded(self.model, seqs, self.what, self.rows)])
+        batches = list(_right_padded(self.model, seqs, self.what, self.rows))
+        scores = np.concatenate([np.asarray(self.score_ids(ids, last))[:real] for real, ids, last in batches])
         if budget is not None:
-            budget.scorer_calls += 1
+            budget.scorer_calls += len(batches)
             budget.scorer_tokens += sum(map(len, seqs))
-            budget.scorer_params = budget.scorer_params or param_count(self.model.params)
+            budget.scorer_flops += 2.0 * param_count(self.model.params) * sum(map(len, seqs))
         return _unflatten(scores, texts)
+
+    def check(self, prompts, references=None) -> None:
+        """A ``ValueError`` unless every prompt is a string: the template is filled with text (a
+        token-id list would be read as its Python repr)."""
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise ValueError(f"{self.what} formats its template with text; prompt {i} is not a string "
+                                 f"(decode token-id prompts first)")
 
 
 class LMJudge(_ModelScorer):

@@ -247,6 +247,28 @@ def test_per_prompt_and_per_rollout_samplers_follow_their_rows_through_chunks_an
         meta.self_consistency(Uniform(), prompts, sampler=Sampler(temperature=[1.0, 0.5]), **kw)
 
 
+class Bigger(Fake):
+    params = {"table": jnp.asarray(TABLE), "unused": jnp.zeros(75)}     # 100 parameters
+
+
+def test_a_budget_shared_by_two_policies_prices_each_call_at_its_model():
+    budget = meta.Budget()
+    for model in (Fake(), Bigger()):           # prompt [2, 3] -> EOS: 1 generated + 2 prefilled tokens each
+        meta.self_consistency(model, [[2, 3]], n=1, sampler=Sampler.greedy(), max_new_tokens=4, answer=lambda t: t,
+                              budget=budget)
+    assert (budget.generated, budget.prefilled) == (2, 4)
+    assert budget.flops == 2 * 25 * 3 + 2 * 100 * 3                      # was 2 * 25 * 6: the first model's size
+
+
+def test_verifier_references_are_checked_before_drawing():
+    budget = meta.Budget()
+    for call in (meta.best_of_n, meta.rejection_sample):
+        with pytest.raises(ValueError, match="needs an integer answer .* got 'three'"):
+            call(Fake(), [[2, 3], [0]], n=2, scorer=meta.Verifier(), references=[3, "three"], max_new_tokens=4,
+                 budget=budget)
+    assert budget.generated == 0
+
+
 def test_budget_limit_refuses_a_draw_that_may_exceed_it():
     budget = meta.Budget(max_generated=30)
     with pytest.raises(ValueError) as e:

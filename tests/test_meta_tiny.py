@@ -61,6 +61,21 @@ def test_lm_judge_matches_unbatched_forward(model):
     with pytest.raises(ValueError) as e:
         meta.LMJudge(model, "{prompt}{text}", verdict="12")
     assert "must be one token" in str(e.value)
+    judge.rows = 2                                   # 4 sequences in batches of 2: two forward calls
+    budget = meta.Budget()
+    np.testing.assert_allclose(np.asarray(judge(PROMPTS[:2], texts, budget=budget)).reshape(-1), want, rtol=1e-5,
+                               atol=1e-5)
+    assert budget.scorer_calls == 2
+
+
+def test_model_scorers_refuse_token_id_prompts_before_drawing(model):
+    # the template was filled with the prompt's Python repr ("[1, 23, 19, ...]") and scored that
+    judge = meta.LMJudge(model, "{prompt}{text}\nA: ", verdict="1")
+    ids = [model.tokenizer.encode(p) for p in PROMPTS[:2]]
+    budget = meta.Budget()
+    with pytest.raises(ValueError, match="prompt 0 is not a string"):
+        meta.best_of_n(model, ids, n=2, scorer=judge, max_new_tokens=8, budget=budget)
+    assert budget.generated == 0
 
 
 def test_reward_model_scores_the_last_token_unbatched(model):
@@ -77,9 +92,10 @@ def test_reward_model_scores_the_last_token_unbatched(model):
             ids = model.tokenizer.encode(p + t) + [model.tokenizer.eos_id]
             want.append(float(models.rewards(config, params, jnp.asarray([ids]))[0, -1]))
     np.testing.assert_allclose(np.asarray(got).reshape(-1), want, rtol=1e-5, atol=1e-5)
-    assert budget.scorer_calls == 1 and budget.scorer_params == config.num_params
+    assert budget.scorer_calls == 1
     assert budget.scorer_tokens == sum(len(model.tokenizer.encode(p + t)) + 1 for p, row in zip(PROMPTS[:2], texts)
                                        for t in row)
+    assert budget.scorer_flops == 2.0 * config.num_params * budget.scorer_tokens
     np.testing.assert_allclose(meta.sigmoid(np.asarray(got, np.float64)).reshape(-1), 1 / (1 + np.exp(-np.asarray(want))),
                                rtol=1e-5)
     with pytest.raises(ValueError, match="scalar head"):
