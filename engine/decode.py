@@ -114,6 +114,9 @@ def check_prompts(model, prompts, max_new_tokens: int) -> list[list[int]]:
             if model.tokenizer is None:
                 raise ValueError("string prompts need a model with a tokenizer; pass token ids")
             p = model.tokenizer.encode(p)
+        elif not hasattr(p, "__len__") or getattr(p, "ndim", 1) == 0:
+            raise ValueError(f"prompt {i} is a single value ({p!r}); prompts is a list of prompts, each a token-id "
+                             f"list or a string (one prompt of ids: [[2, 3]], not [2, 3])")
         p = token_ids(f"prompt {i}", p)
         if not p:
             raise ValueError(f"prompt {i} is empty")

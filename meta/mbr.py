@@ -78,9 +78,21 @@ def mbr(model, prompts, *, n: int, utility="rouge_l", sampler=None, seed: int = 
         utility = UTILITIES[utility]
     elif not callable(utility):
         raise ValueError("utility must be a name or a function (a, len_a, b, len_b) -> scalar")
+    probe = jnp.zeros((max_new_tokens,), jnp.int32), jnp.int32(1)
+    try:                                                  # before anything is drawn
+        out = jax.eval_shape(utility, *probe, *probe)
+    except Exception as e:  # noqa: BLE001 - a user function may raise anything when traced
+        raise ValueError(f"utility must be a jax function (a[T], len_a, b[T], len_b) -> scalar; tracing it "
+                         f"failed: {type(e).__name__}: {e}") from None
+    shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
+    if shape != () or dtype is None or not (dtype == bool or jnp.issubdtype(dtype, jnp.floating)
+                                            or jnp.issubdtype(dtype, jnp.integer)):
+        raise ValueError(f"utility must return a real scalar, got {dtype or type(out).__name__} of shape {shape}")
     d = draw(model, prompts, n=n, sampler=sampler, seed=seed, max_new_tokens=max_new_tokens, budget=budget,
              stop_tokens=stop_tokens)
-    eu = np.asarray(expected_utility(utility, jnp.asarray(d.tokens), jnp.asarray(d.lengths)))
+    eu = np.asarray(expected_utility(utility, jnp.asarray(d.tokens), jnp.asarray(d.lengths)), np.float64)
+    if not np.isfinite(eu).all():
+        raise ValueError(f"the utility gave non-finite values: mean utilities {eu[~np.isfinite(eu)][:5].tolist()}")
     chosen = [int(np.argmax(row)) for row in eu]
     answers = extract(answer, d.texts)
     return Result("mbr", list(prompts), [a[c] for a, c in zip(answers, chosen)], chosen, d.texts,

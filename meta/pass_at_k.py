@@ -24,7 +24,7 @@ def pass_at_k(n: int, c, k: int) -> np.ndarray:
 
 def coverage(model, prompts, *, n: int, scorer, ks=None, sampler=None, seed: int = 0, max_new_tokens: int = 64,
              references=None, answer=None, budget=None, stop_tokens=None, threshold: float = 1.0) -> Result:
-    """pass@k for ``ks`` (default 1, 2, 4, .. n) from ``n`` rollouts per prompt; ``info[g]["pass@k"]``.
+    """pass@k for ``ks`` (default the powers of two below ``n``, and ``n``) from ``n`` rollouts per prompt; ``info[g]["pass@k"]``.
 
     A rollout is correct when its score is >= ``threshold``. The chosen answer is the first correct
     rollout's (an oracle's choice), ``None`` when none is.
@@ -32,7 +32,7 @@ def coverage(model, prompts, *, n: int, scorer, ks=None, sampler=None, seed: int
     check_int("n", n, 1)
     if ks is not None and not isinstance(ks, (list, tuple)):
         raise ValueError(f"ks must be a list of integers, got {ks!r}")
-    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n] if ks is None else list(ks)
+    ks = sorted({1 << i for i in range(n.bit_length())} | {n}) if ks is None else list(ks)
     for k in ks:                                          # before any rollout is drawn
         check_int("each of ks", k, 1)
         if k > n:

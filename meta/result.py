@@ -10,8 +10,8 @@ from meta.budget import Budget
 def _jsonable(x):
     """``x`` with numpy scalars as Python ones and non-finite floats as ``"inf"`` / ``"-inf"`` (JSON has
     no infinity; Python's ``json`` would write the non-standard ``Infinity``)."""
-    if hasattr(x, "item") and callable(x.item):
-        x = x.item()
+    if hasattr(x, "tolist") and callable(x.tolist):          # numpy / jax arrays and scalars (prompts of ids)
+        x = x.tolist()
     if isinstance(x, float) and not math.isfinite(x):
         return str(x)
     if isinstance(x, (list, tuple)):

@@ -154,6 +154,9 @@ def test_prompt_buckets_limit_compilations(tiny):
     ({"seed": 1.5}, [[1, 2]], "seed must be an integer, got 1.5"),
     ({"first_rollout": -1}, [[1, 2]], "first_rollout must be an integer >= 0"),
     ({}, [[1.5, 2]], "prompt 0 must hold integer token ids"),
+    # one prompt of ids given unwrapped was read as one-token prompts [2] and [3]
+    ({}, [2, 3], "prompt 0 is a single value (2); prompts is a list of prompts"),
+    ({}, [np.array(2)], "prompt 0 is a single value"),
     ({"stop_tokens": [999]}, [[1, 2]], "stop_tokens must be token ids in [0, "),
     ({"stop_tokens": [-2]}, [[1, 2]], "stop_tokens must be token ids in [0, "),
     ({"sampler": Sampler(temperature=[0.5, 0.6, 0.7])}, [[1, 2], [3]], "shape (3,) does not fit rollouts (2, 1)"),

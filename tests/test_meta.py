@@ -113,6 +113,21 @@ def test_mbr_choices(scripted):
     assert r.chosen == [1]
 
 
+@pytest.mark.parametrize("utility, message", [
+    (lambda a, la, b, lb: jnp.where(la == lb, jnp.nan, 1.0), "the utility gave non-finite values"),
+    (lambda a, la, b, lb: a == b, "utility must return a real scalar, got bool of shape (3,)"),
+    (lambda a, la, b, lb: a.missing, "tracing it failed: AttributeError"),
+    (lambda a, la, b, lb: "x", "tracing it failed: TypeError"),
+    (lambda a, la, b, lb: (la, lb), "utility must return a real scalar, got tuple"),
+])
+def test_mbr_refuses_a_utility_that_is_not_a_finite_scalar(utility, message):
+    budget = meta.Budget()
+    with pytest.raises(ValueError) as e:
+        meta.mbr(Uniform(), [[1]], n=4, utility=utility, sampler=Sampler(), max_new_tokens=3, budget=budget)
+    assert message in str(e.value)
+    assert budget.generated == (4 * 3 if "non-finite" in message else 0)    # shape errors: before drawing
+
+
 def test_utilities_by_hand():
     t = lambda *x: jnp.asarray(list(x) + [0] * (6 - len(x)), jnp.int32)
     assert float(mbr.rouge_l(t(1, 2, 3, 4), 4, t(1, 3, 4, 5), 4)) == pytest.approx(2 * 3 / 8)   # LCS 1 3 4
@@ -164,6 +179,8 @@ def test_pass_at_k_meta(scripted):
     assert r.info[0] == pytest.approx({"pass@1": 0.5, "pass@2": 5 / 6, "pass@4": 1.0})
     assert r.info[1] == {"pass@1": 0.0, "pass@2": 0.0, "pass@4": 0.0}
     assert r.chosen == [2, None] and r.answers == [8, None]
+    r = meta.coverage(None, PROMPTS, n=6, scorer=correct, answer=last)      # default ks end at n itself
+    assert list(r.info[0]) == ["pass@1", "pass@2", "pass@4", "pass@6"] and r.info[0]["pass@6"] == 1.0
 
 
 def test_process_aggregations():
@@ -186,6 +203,14 @@ def test_result_to_json(scripted):
     r = meta.best_of_n(None, PROMPTS, n=2, scorer=minus_inf, answer=last)
     out = json.loads(json.dumps(r.to_json(), allow_nan=False))     # strict JSON: no Infinity
     assert [x["score"] for x in out["prompts"][0]["rollouts"]] == ["-inf", 0.5]
+
+
+def test_result_to_json_with_array_prompts():
+    import json
+    prompts = [np.array([2, 3]), jnp.array([0])]           # token-id arrays, as the engine accepts them
+    r = meta.self_consistency(Fake(), prompts, n=1, sampler=Sampler.greedy(), max_new_tokens=2, answer=lambda t: t)
+    out = json.loads(json.dumps(r.to_json()))               # .item() failed on them; [1] became 1
+    assert [p["prompt"] for p in out["prompts"]] == [[2, 3], [0]]
 
 
 # ---- budgets on a fake model through the real engine ----
