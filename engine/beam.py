@@ -35,6 +35,7 @@ import numpy as np
 
 from engine.cache import KVCache, PrefillCache, take_rollouts
 from engine.decode import bucket, check_int, check_prompts, left_pad, memory_bytes, state_bytes, stop_ids
+from models.tokenizer import CONTEXT, continuation
 
 F32 = jnp.float32
 NEG = -1.0e9          # transformers' score for an impossible beam / empty buffer slot
@@ -238,8 +239,9 @@ def beam_search(model, prompts, *, num_beams: int, max_new_tokens: int, length_p
                         scores=np.take_along_axis(scores, order, axis=1), steps=int(state.step))
     if model.tokenizer is not None:
         stop_set = set(np.asarray(stops).tolist())
-        def text(row, n):
+        def text(g, row, n):
             row = row[:n].tolist()
-            return model.tokenizer.decode(row[:-1] if row and row[-1] in stop_set else row)
-        result.text = [[text(r, n) for r, n in zip(rs, ns)] for rs, ns in zip(result.sequences, result.lengths)]
+            return continuation(model.tokenizer, ids[g][-CONTEXT:], row[:-1] if row and row[-1] in stop_set else row)
+        result.text = [[text(g, r, n) for r, n in zip(rs, ns)]
+                       for g, (rs, ns) in enumerate(zip(result.sequences, result.lengths))]
     return result

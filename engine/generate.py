@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 
 import sharding
+from models.tokenizer import CONTEXT, continuation
 from engine.decode import DecodeState, decode, decode_step, place_model, row_sampler, start, stop_ids
 from sampling import Sampler
 
@@ -23,20 +24,29 @@ class Rollouts:
     cache_slots: int = 0         # its token slots: G*P (prefix, once per prompt) + G*N*S (rollouts)
 
 
-def rollouts(state: DecodeState, tokenizer=None, stops=(), shape=None) -> Rollouts:
+def rollouts(state: DecodeState, tokenizer=None, shape=None) -> Rollouts:
     """The rollouts of ``state`` on the host side, each row's real tokens moved to the front.
 
     ``shape`` (G, N) regroups the rows (e.g. for the naive layout, where each group has one).
-    With a ``tokenizer``, ``text`` holds each rollout decoded, without a final stop token.
+    With a ``tokenizer``, ``text`` holds each rollout decoded as it reads after its prompt
+    (:func:`models.continuation`), without the stop token that finished it.
     """
     g, n = shape or state.shape
+    rows = state.done.shape[0]
+    if not (isinstance(g, (int, np.integer)) and isinstance(n, (int, np.integer)) and g >= 1 and n >= 1
+            and g * n == rows):
+        raise ValueError(f"shape must be (G, N) with G * N = {rows} rollouts, got {shape!r}")
     order = np.argsort(~np.asarray(state.cache.valid), axis=1, kind="stable")
     pick = lambda x: np.take_along_axis(np.asarray(x), order, axis=1).reshape(g, n, -1)
     out = Rollouts(tokens=pick(state.tokens), lengths=np.asarray(state.cache.length).reshape(g, n),
                    logprobs=pick(state.logprobs), sample_logprobs=pick(state.sample_logprobs),
                    cache_bytes=state.cache.nbytes(), cache_slots=state.cache.token_slots())
     if tokenizer is not None:
-        out.text = decode_text(tokenizer, out, set(stops))
+        per = state.shape[1]                             # rows per prefix group (1 in the naive layout)
+        prompt, first = np.asarray(state.prompt), np.asarray(state.cache.pstart)
+        contexts = [prompt[i // per, first[i // per]:][-CONTEXT:] for i in range(rows)]
+        out.text = _texts(tokenizer, out, np.asarray(state.done).reshape(g, n),
+                          [contexts[i * n:(i + 1) * n] for i in range(g)])
     return out
 
 
@@ -67,21 +77,28 @@ def generate(model, prompts, *, max_new_tokens: int, sampler: Sampler | None = N
     sampler = (Sampler.greedy() if sampler is None else sampler).broadcast((g, n)).reshape(state.shape)
     state = decode(model, state, max_new_tokens=max_new_tokens, sampler=sampler, stop_tokens=stop_tokens, mesh=mesh)
     if mesh is not None:  # the results (not the KV cache), replicated so that every host can read them
-        tokens, logprobs, sample_logprobs, valid, length = sharding.replicate(
-            (state.tokens, state.logprobs, state.sample_logprobs, state.cache.valid, state.cache.length), mesh)
+        tokens, logprobs, sample_logprobs, valid, length, prompt, pstart, done = sharding.replicate(
+            (state.tokens, state.logprobs, state.sample_logprobs, state.cache.valid, state.cache.length,
+             state.prompt, state.cache.pstart, state.done), mesh)
         state = dataclasses.replace(state, tokens=tokens, logprobs=logprobs, sample_logprobs=sample_logprobs,
-                                    cache=dataclasses.replace(state.cache, valid=valid, length=length))
-    stops = np.asarray(stop_ids(model.config, stop_tokens)).tolist()
-    return rollouts(state, model.tokenizer, stops, shape=(g, n))
+                                    prompt=prompt, done=done,
+                                    cache=dataclasses.replace(state.cache, valid=valid, length=length, pstart=pstart))
+    return rollouts(state, model.tokenizer, shape=(g, n))
 
 
-def decode_text(tokenizer, rollouts: Rollouts, stop_ids=()) -> list[list[str]]:
-    """Decode each rollout's tokens up to its length, dropping a final stop token."""
+def decode_text(tokenizer, rollouts: Rollouts, stop_ids=(), contexts=None) -> list[list[str]]:
+    """Decode each rollout's tokens up to its length, dropping a final stop token; with ``contexts``
+    ([G][N] token ids, e.g. the prompts' last tokens) as the text reads after them."""
     tokens, lengths = np.asarray(rollouts.tokens), np.asarray(rollouts.lengths)
-    def one(row, length):
-        ids = row[:length].tolist()
-        return tokenizer.decode(ids[:-1] if ids and ids[-1] in stop_ids else ids)
-    return [[one(tokens[g, r], lengths[g, r]) for r in range(tokens.shape[1])] for g in range(tokens.shape[0])]
+    last = np.take_along_axis(tokens, np.maximum(lengths - 1, 0)[..., None], axis=-1)[..., 0]
+    return _texts(tokenizer, rollouts, (lengths > 0) & np.isin(last, list(stop_ids)), contexts)
+
+
+def _texts(tokenizer, rollouts: Rollouts, ends, contexts) -> list[list[str]]:
+    """Each rollout's text, its last token left out where ``ends`` [G, N] (a stop token)."""
+    tokens, lengths = np.asarray(rollouts.tokens), np.asarray(rollouts.lengths) - np.asarray(ends, int)
+    return [[continuation(tokenizer, [] if contexts is None else contexts[g][r], tokens[g, r, :lengths[g, r]])
+             for r in range(tokens.shape[1])] for g in range(tokens.shape[0])]
 
 
 def stream(model, prompt, *, max_new_tokens: int, sampler: Sampler | None = None, seed: int = 0,

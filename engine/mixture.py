@@ -16,7 +16,6 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from engine.decode import check_int, row_sampler, start, stop_ids
 from engine.generate import Rollouts, rollouts
@@ -108,5 +107,5 @@ def mix_generate(models, prompts, *, combine, max_new_tokens: int, params: dict 
     states = mix_loop(tuple(m.forward for m in models), tuple(m.config for m in models),
                       tuple(m.params for m in models), states, row_sampler(sampler, states[0], stops=stops), stops, fn, mix,
                       jnp.int32(max_new_tokens))
-    return rollouts(states[0], models[0].tokenizer, np.asarray(stops).tolist(), shape=(g, n))
+    return rollouts(states[0], models[0].tokenizer, shape=(g, n))
 

@@ -56,6 +56,22 @@ class HFTokenizer(Tokenizer):
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
 
+CONTEXT = 8     # prompt tokens decoded before a continuation (a UTF-8 character is at most 4 byte tokens)
+
+
+def continuation(tokenizer, context, ids) -> str:
+    """The text of token ids ``ids`` as it reads after the tokens ``context`` (e.g. a prompt's last
+    :data:`CONTEXT` tokens): ``decode(context + ids)`` minus ``decode(context)``, as ``transformers``'
+    pipelines cut the prompt off. Decoding ``ids`` alone loses what depends on what comes before:
+    sentencepiece (and Metaspace decoders) drop the space of a first "▁word" piece. Falls back to
+    ``decode(ids)`` where the two decodes do not share that prefix."""
+    ids, context = [int(i) for i in ids], [int(i) for i in context]
+    if not context:
+        return tokenizer.decode(ids)
+    head, full = tokenizer.decode(context), tokenizer.decode(context + ids)
+    return full[len(head):] if full.startswith(head) else tokenizer.decode(ids)
+
+
 def load_tokenizer(directory, config) -> Tokenizer | None:
     """The tokenizer in ``directory`` (``tokenizer.json`` preferred, else ``tokenizer.model``), or None."""
     directory = Path(directory)

@@ -9,10 +9,10 @@ generated together (one batch sharing the prompt) and printed one after another.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import engine
 import models
+from models.tokenizer import CONTEXT
 from sampling import Sampler
 
 
@@ -27,39 +27,43 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-n", type=int, default=1, help="rollouts of the prompt")
     args = parser.parse_args(argv)
-    try:
-        model = models.load(args.model)
-        if model.tokenizer is None:
-            raise ValueError(f"{args.model} has no tokenizer (tokenizer.json or tokenizer.model)")
-        sampler = Sampler(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
-        kwargs = dict(max_new_tokens=args.max_new_tokens, sampler=sampler, seed=args.seed)
-        if args.n == 1:
-            stream_text(model, args.prompt, **kwargs)
-        else:
-            out = engine.generate(model, [args.prompt], n=args.n, **kwargs)
-            for i, text in enumerate(out.text[0]):
-                print(f"--- rollout {i} ({int(out.lengths[0, i])} tokens)\n{args.prompt}{text}")
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    model = models.load(args.model)
+    if model.tokenizer is None:
+        raise ValueError(f"{args.model} has no tokenizer (tokenizer.json or tokenizer.model)")
+    sampler = Sampler(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    kwargs = dict(max_new_tokens=args.max_new_tokens, sampler=sampler, seed=args.seed)
+    if args.n == 1:
+        stream_text(model, args.prompt, **kwargs)
+    else:
+        out = engine.generate(model, [args.prompt], n=args.n, **kwargs)
+        for i, text in enumerate(out.text[0]):
+            print(f"--- rollout {i} ({int(out.lengths[0, i])} tokens)\n{args.prompt}{text}")
     return 0
 
 
 def stream_text(model, prompt: str, **kwargs) -> None:
-    """Print ``prompt`` then each new piece of text as soon as its token is sampled."""
+    """Print ``prompt`` then each new piece of text as soon as its token is sampled: the text as it
+    reads after the prompt (``models.continuation``), held back while it ends inside a character
+    that spans several tokens (U+FFFD), so the printed text is ``engine.generate``'s."""
     tok, stops = model.tokenizer, set(model.config.eos_ids)
-    tokens = engine.stream(model, prompt, **kwargs)
+    tokens = engine.stream(model, prompt, **kwargs)        # bad settings raise here, before any output
+    context = tok.encode(prompt)[-CONTEXT:]
     print(prompt, end="", flush=True)
     ids, shown = [], ""
     for token in tokens:
         if token in stops:
             break
         ids.append(token)
-        text = tok.decode(ids)
-        print(text[len(shown):], end="", flush=True)
-        shown = text
+        text = models.continuation(tok, context, ids)
+        if not text.endswith("\ufffd") and text.startswith(shown):
+            print(text[len(shown):], end="", flush=True)
+            shown = text
+    final = models.continuation(tok, context, ids)
+    if final.startswith(shown):
+        print(final[len(shown):], end="")                 # what a cut-off character left (U+FFFD)
     print()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from scripts import cli
+    cli.run(main)

@@ -61,3 +61,23 @@ def hf_checkpoint(request, tmp_path_factory):
     """(case, directory, torch model) for each supported family."""
     path = tmp_path_factory.mktemp(request.param)
     return request.param, path, write_hf(path, request.param)
+
+
+def chain_model(tokenizer, chain, vocab_size: int, hidden: int = 64):
+    """A rollax model whose greedy next token after ``chain[i]`` is ``chain[i + 1]`` (its layers are
+    zero, so the logits depend on the current token alone): a chosen output with a real tokenizer."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    import models
+    config = models.preset("tiny", vocab_size=vocab_size, hidden=hidden, heads=4, kv_heads=2, layers=1,
+                           bos_id=tokenizer.bos_id, eos_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)
+    params = models.init_params(config, jax.random.key(0))
+    params["layers"] = [jax.tree.map(lambda x: jnp.zeros_like(x) if x.ndim > 1 else x, layer)
+                        for layer in params["layers"]]
+    embed = np.random.default_rng(0).normal(size=(vocab_size, hidden)).astype(np.float32)
+    head = np.zeros((hidden, vocab_size), np.float32)
+    for a, b in zip(chain, chain[1:]):
+        head[:, b] += 10 * embed[a] / np.linalg.norm(embed[a])
+    params["embed"], params["lm_head"] = jnp.asarray(embed), jnp.asarray(head)
+    return models.Model(config, params, tokenizer)

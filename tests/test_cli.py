@@ -3,10 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import engine
 import models
 from sampling import Sampler
-from tests.conftest import write_hf
+from tests.conftest import chain_model, write_hf
 from tests.test_checkpoint import _tokenizer_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +28,43 @@ def test_generate_cli_streams_what_the_engine_generates(tmp_path):
               "--temperature", "0.9", "--top-p", "0.9", "--seed", "4")
     assert out.returncode == 0, out.stderr
     assert out.stdout == "the cat" + want + "\n"
+
+
+def _byte_level(path):
+    from tokenizers import Tokenizer, decoders, models as tmodels, pre_tokenizers, trainers
+    tok = Tokenizer(tmodels.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok.train_from_iterator(TEXT, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
+                                                      show_progress=False,
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(path / "tokenizer.json"))
+    return models.HFTokenizer(path / "tokenizer.json", bos_id=1, eos_id=2, pad_id=0)
+
+
+def _sentencepiece(path):
+    import sentencepiece as spm
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(TEXT), model_prefix=str(path / "sp"), vocab_size=40,
+                                   model_type="bpe", pad_id=3, bos_id=1, eos_id=2, unk_id=0, minloglevel=2)
+    return models.SentencePieceTokenizer(path / "sp.model")
+
+
+TEXT = ["the cat sat on the mat", "a dog ran in the park", "12 + 34 = 46", "hello world"] * 50
+
+
+@pytest.mark.parametrize("make, prompt, rest", [
+    (_sentencepiece, "the", " cat"),   # decoded alone, "▁cat" lost its space: "thecat"
+    (_byte_level, "a", "😀b"),          # the emoji is 4 byte tokens: the stream printed U+FFFD, then nothing
+])
+def test_generate_prints_the_text_as_it_reads_after_the_prompt(tmp_path, make, prompt, rest):
+    tokenizer = make(tmp_path)
+    ids = tokenizer.encode(prompt + rest, bos=False)
+    assert ids[:len(tokenizer.encode(prompt, bos=False))] == tokenizer.encode(prompt, bos=False)
+    model = chain_model(tokenizer, ids + [tokenizer.eos_id], tokenizer.vocab_size)
+    assert engine.generate(model, [prompt], max_new_tokens=8).text == [[rest]]
+    model.save(tmp_path / "m")
+    out = run("scripts.generate", "--model", str(tmp_path / "m"), "--prompt", prompt, "--max-new-tokens", "8")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == prompt + rest + "\n"
 
 
 def test_generate_cli_reports_bad_settings(tmp_path):

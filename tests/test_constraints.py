@@ -264,7 +264,7 @@ def test_a_second_constraint_starts_afresh_and_the_same_one_continues(model, tok
     # another constraint matches the text of its own call (it read the first one's states before)
     state = engine.decode(model, start(), max_new_tokens=2, sampler=hot)
     state = engine.decode(model, state, max_new_tokens=8, sampler=Sampler(temperature=1.0, constraint=word))
-    out = engine.rollouts(state, tokenizer, [EOS])
+    out = engine.rollouts(state, tokenizer)
     for g in range(len(PROMPTS)):
         for r in range(4):
             ids = out.tokens[g, r, :out.lengths[g, r]].tolist()

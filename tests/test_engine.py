@@ -238,7 +238,7 @@ def test_preset_variants_re_derive_head_dim():
     (lambda m, s: engine.stream(m, [[1, 2], [3, 4]], max_new_tokens=2), "prompt 0 must be a flat list"),
     (lambda m, s: engine.mix_generate([m, m], None, combine="cfg", max_new_tokens=2), "must be non-empty lists"),
     (lambda m, s: engine.mix_generate([m, m], [[1, 2]], combine="cfg", max_new_tokens=2, params={"scale": [1.0, 2.0]}),
-     "cfg scale must be a finite number, got [1.0, 2.0]"),
+     "mixture parameter scale of shape (2,) does not fit rollouts (1, 1)"),
 ])
 def test_search_primitives_refuse_malformed_arguments(tiny, call, message):
     state = engine.start(tiny, [[1, 2, 3]], capacity=8, n=2)

@@ -64,8 +64,8 @@ EXACT = [
     ("dexperts alpha=0.5", [EXPERT, EXPERT, AMATEUR], "dexperts", {"alpha": 0.5}, None, [2, 3, 4]),
     # one model, prompts [0] and [3]: step 1 scores 3 log E[0] - 2 log E[3] -> 2 (2.84 vs 2.07 for 1); from then on
     # both see the same last token, so the mixture is the conditional model: 2 -> EOS
-    ("cfg scale=3", [EXPERT, EXPERT], "cfg", {"scale": 3.0}, [None, [3]], [2, 4]),
-    ("cfg scale=1 is the conditional model", [EXPERT, EXPERT], "cfg", {"scale": 1.0}, [None, [3]], [1, 4]),
+    ("cfg scale=3", [EXPERT, EXPERT], "cfg", {"scale": 3.0}, [None, [[3]]], [2, 4]),
+    ("cfg scale=1 is the conditional model", [EXPERT, EXPERT], "cfg", {"scale": 1.0}, [None, [[3]]], [1, 4]),
 ]
 
 
