@@ -39,7 +39,7 @@ class DecodeState:
     tokens: jax.Array           # int32 [B, S]  token in each rollout slot (pad where none)
     logprobs: jax.Array         # f32 [B, S]    model log-prob of each sampled token (before filters)
     sample_logprobs: jax.Array  # f32 [B, S]    proposal log-prob (after filters); 0 for greedy/appended
-    keys: jax.Array             # key [B]       per-rollout PRNG keys (step t draws with fold_in(key, t))
+    keys: jax.Array             # key [B]       per-rollout PRNG keys (its t-th token draws with fold_in(key, t))
     counts: jax.Array           # int32 [B, V]  how often each token was generated (penalties)
     mu: jax.Array               # f32 [B]       Mirostat running estimate (NaN until it starts)
     fsm: jax.Array              # int32 [B]     constraint automaton state (0: start)
@@ -75,10 +75,24 @@ def place_model(model, mesh):
     """``model`` with its params on ``mesh`` (``model.shard(mesh)``; a model without it: replicated)."""
     if mesh is None:
         return model
+    if not isinstance(mesh, jax.sharding.Mesh):
+        raise ValueError(f"mesh must be a jax.sharding.Mesh (sharding.make_mesh(...)), got {mesh!r:.60}")
     if hasattr(model, "shard"):
         return model.shard(mesh)
     params = sharding.place(model.params, jax.tree.map(lambda x: (None,) * np.ndim(x), model.params), mesh)
     return SimpleNamespace(config=model.config, params=params, forward=model.forward, tokenizer=model.tokenizer)
+
+
+def check_state(state) -> None:
+    """A ``ValueError`` unless ``state`` is a :class:`DecodeState` whose buffers still exist: ``decode``
+    and ``append`` donate theirs (the KV cache is updated in place), so a state passed to one of them
+    is used up; to continue one state twice, copy it first (``engine.select``)."""
+    if not isinstance(state, DecodeState):
+        raise ValueError(f"expected a DecodeState (from engine.start), got {type(state).__name__}")
+    if any(x.is_deleted() for x in jax.tree.leaves(state) if isinstance(x, jax.Array)):
+        raise ValueError("this DecodeState was used up by an earlier engine.decode / engine.append (they donate "
+                         "its buffers); continue from what that call returned, or copy it first with "
+                         "engine.select(state, indices) to branch")
 
 
 def check_int(name: str, x, low: int | None = None) -> None:
@@ -94,7 +108,7 @@ def token_ids(what: str, x) -> list[int]:
         ids = np.asarray(x)
     except ValueError:                     # ragged nesting
         ids = np.asarray(None)
-    if ids.ndim > 1 or ids.dtype == object:
+    if ids.ndim != 1 or ids.dtype == object:
         raise ValueError(f"{what} must be a flat list of token ids, got {str(x)[:60]}")
     ids = ids.reshape(-1)
     if ids.size and not np.issubdtype(ids.dtype, np.integer):
@@ -102,12 +116,13 @@ def token_ids(what: str, x) -> list[int]:
     return ids.tolist()
 
 
-def check_prompts(model, prompts, max_new_tokens: int) -> list[list[int]]:
-    """Token-id lists of ``prompts`` (strings are encoded), or a ``ValueError`` naming the problem."""
+def check_prompts(model, prompts, max_new_tokens: int, name: str = "max_new_tokens") -> list[list[int]]:
+    """Token-id lists of ``prompts`` (strings are encoded), or a ``ValueError`` naming the problem;
+    ``max_new_tokens`` (the argument ``name``) more tokens must fit in the model's length."""
     config = model.config
     if not isinstance(prompts, (list, tuple)) or not prompts:
         raise ValueError("prompts must be a non-empty list of token-id lists or strings")
-    check_int("max_new_tokens", max_new_tokens, 1)
+    check_int(name, max_new_tokens, 1)
     ids = []
     for i, p in enumerate(prompts):
         if isinstance(p, str):
@@ -124,7 +139,7 @@ def check_prompts(model, prompts, max_new_tokens: int) -> list[list[int]]:
         if bad:
             raise ValueError(f"prompt {i} has token ids outside the vocabulary [0, {config.vocab_size}): {bad[:5]}")
         if len(p) + max_new_tokens > config.max_len:
-            raise ValueError(f"prompt {i} has {len(p)} tokens; with max_new_tokens={max_new_tokens} that "
+            raise ValueError(f"prompt {i} has {len(p)} tokens; with {max_new_tokens} new tokens ({name}) that "
                              f"exceeds the model's maximum length {config.max_len}")
         ids.append(p)
     return ids
@@ -189,7 +204,9 @@ def start(model, prompts, *, capacity: int, n: int = 1, seed: int = 0, share_pre
         raise ValueError(f"seed must fit in 64 bits (signed), got {seed}")
     if first_rollout + n > 2 ** 32:                # rollout numbers are uint32: more would repeat rollout 0..
         raise ValueError(f"rollouts are numbered below 2**32; first_rollout={first_rollout} + n={n} is past that")
-    ids = check_prompts(model, prompts, capacity)
+    if not isinstance(share_prefix, (bool, np.bool_)):
+        raise ValueError(f"share_prefix must be True or False, got {share_prefix!r}")
+    ids = check_prompts(model, prompts, capacity, "capacity")
     if len(ids) * n >= 2 ** 31:
         raise ValueError(f"{len(ids)} prompts x n={n} rollouts is more rows than int32 indexing allows")
     groups, per_group = (ids, n) if share_prefix else ([p for p in ids for _ in range(n)], 1)
@@ -208,7 +225,9 @@ def start(model, prompts, *, capacity: int, n: int = 1, seed: int = 0, share_pre
 
 def _step(forward, config, params, state: DecodeState, sampler: Sampler, stop_ids, mesh=None) -> DecodeState:
     slot = state.cache.index
-    keys = jax.vmap(jax.random.fold_in, (0, None))(state.keys, slot)
+    # step t of a rollout (its t-th token, appended ones included) draws with fold_in(key, t): not the
+    # shared slot, which an append advances by the padded width of every row's text
+    keys = jax.vmap(jax.random.fold_in)(state.keys, state.cache.length)
     draw = sample(state.logits, sampler, keys, state.context(stop_ids))
     tok, lp, slp = draw.tokens, draw.logprobs, draw.sample_logprobs
     live = ~state.done
@@ -252,11 +271,21 @@ def stop_ids(config, stop_tokens=None) -> jax.Array:
     return jnp.asarray(sorted(set(config.eos_ids) | set(extra.tolist())) or [-1], jnp.int32)
 
 
+def check_sampler(sampler) -> Sampler:
+    """``sampler``, greedy for None, or a ``ValueError`` for anything that is not a :class:`Sampler`."""
+    if sampler is None:
+        return Sampler.greedy()
+    if not isinstance(sampler, Sampler):
+        raise ValueError(f"sampler must be a sampling.Sampler (e.g. Sampler(temperature=0.8)), got "
+                         f"{type(sampler).__name__}")
+    return sampler
+
+
 def row_sampler(sampler: Sampler | None, state: DecodeState, mesh=None, stops=None) -> Sampler:
     """``sampler`` (fields [], [G] or [G, N]) as per-row arrays [G*N], placed like the rollouts; its
     token lists and constraint checked against the vocabulary and the stop ids ``stops``
     (:meth:`Sampler.check_vocab`)."""
-    sampler = (Sampler.greedy() if sampler is None else sampler).check_vocab(state.logits.shape[-1], stops)
+    sampler = check_sampler(sampler).check_vocab(state.logits.shape[-1], stops)
     g, n = state.shape
     sampler = sampler.broadcast((g, n)).reshape((g * n,))
     return sharding.place(sampler, sampler.row_axes, mesh)
@@ -268,10 +297,12 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
 
     Nothing already in the cache is recomputed. A rollout stops at an EOS or any of
     ``stop_tokens``; a finished rollout stays finished until :func:`append` gives it more text.
-    The draws of a rollout depend only on its key and slot, so decoding in several calls equals
-    decoding in one. A sampler's constraint continues from where the last call with the same
+    The draws of a rollout depend only on its key and its token count, so decoding in several
+    calls equals decoding in one. ``state`` is used up: its buffers are donated to the result (the
+    KV cache is updated in place); copy it first (:func:`select`) to continue it twice. A sampler's constraint continues from where the last call with the same
     constraint left each row; a different constraint starts afresh, matching the text from here on.
     """
+    check_state(state)
     check_int("max_new_tokens", max_new_tokens, 1)
     used = int(state.cache.index)
     if used + max_new_tokens > state.cache.size:
@@ -301,6 +332,7 @@ def select(state: DecodeState, indices) -> DecodeState:
     selected rollout keeps its key, so continuing it draws what it would have drawn anyway;
     copies therefore continue identically — use :func:`fork` for copies that diverge.
     """
+    check_state(state)
     g, n = state.shape
     try:
         idx = np.asarray(indices)
@@ -341,8 +373,12 @@ def append(model, state: DecodeState, tokens) -> DecodeState:
 
     ``tokens``: one token-id list (or string, with a tokenizer) for every rollout, or a nested
     list ``[G][N]`` of them (an empty list leaves that rollout as it is). A rollout given
-    tokens is no longer done; its next token is sampled after them.
+    tokens is no longer done; its next token is sampled after them. The longest text is padded to
+    a power of two of cache slots (fewer compilations), or to the slots left, whichever is less;
+    every rollout's block advances by that width. ``state`` is used up (donated), as by
+    :func:`decode`.
     """
+    check_state(state)
     g, n = state.shape
 
     def encode(t):
@@ -366,11 +402,11 @@ def append(model, state: DecodeState, tokens) -> DecodeState:
     vocab = model.config.vocab_size
     if any(not 0 <= t < vocab for r in rows for t in r):
         raise ValueError(f"appended token ids must be in [0, {vocab})")
-    width = bucket(longest, 1)
     used = int(state.cache.index)
-    if used + width > state.cache.size:
-        raise ValueError(f"appending {longest} tokens (padded to {width}) needs {used + width} rollout cache slots; "
-                         f"the cache has {state.cache.size}")
+    if used + longest > state.cache.size:
+        raise ValueError(f"appending {longest} tokens needs {used + longest} rollout cache slots; the cache has "
+                         f"{state.cache.size}")
+    width = min(bucket(longest, 1), state.cache.size - used)    # padded (few compilations), within the cache
     total = np.asarray(state.cache.prefix_lengths() + state.cache.length) + np.array([len(r) for r in rows])
     if total.max() > model.config.max_len:
         raise ValueError(f"a rollout would reach {int(total.max())} tokens, over the model's maximum length "

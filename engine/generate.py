@@ -7,7 +7,8 @@ import numpy as np
 
 import sharding
 from models.tokenizer import CONTEXT, continuation
-from engine.decode import DecodeState, decode, decode_step, place_model, row_sampler, start, stop_ids
+from engine.decode import (DecodeState, check_int, check_sampler, check_state, decode, decode_step, place_model,
+                           row_sampler, start, stop_ids)
 from sampling import Sampler
 
 
@@ -31,6 +32,7 @@ def rollouts(state: DecodeState, tokenizer=None, shape=None) -> Rollouts:
     With a ``tokenizer``, ``text`` holds each rollout decoded as it reads after its prompt
     (:func:`models.continuation`), without the stop token that finished it.
     """
+    check_state(state)
     g, n = shape or state.shape
     rows = state.done.shape[0]
     if not (isinstance(g, (int, np.integer)) and isinstance(n, (int, np.integer)) and g >= 1 and n >= 1
@@ -70,11 +72,12 @@ def generate(model, prompts, *, max_new_tokens: int, sampler: Sampler | None = N
     tokens as on one device and come back replicated on every host. On several hosts every
     host calls ``generate`` with the same global prompts (``sharding.gather_prompts``).
     """
+    check_int("max_new_tokens", max_new_tokens, 1)
     model = place_model(model, mesh)
     state = start(model, prompts, capacity=max_new_tokens, n=n, seed=seed, share_prefix=share_prefix, mesh=mesh,
                   first_rollout=first_rollout)
     g = len(prompts)
-    sampler = (Sampler.greedy() if sampler is None else sampler).broadcast((g, n)).reshape(state.shape)
+    sampler = check_sampler(sampler).broadcast((g, n)).reshape(state.shape)
     state = decode(model, state, max_new_tokens=max_new_tokens, sampler=sampler, stop_tokens=stop_tokens, mesh=mesh)
     if mesh is not None:  # the results (not the KV cache), replicated so that every host can read them
         tokens, logprobs, sample_logprobs, valid, length, prompt, pstart, done = sharding.replicate(
@@ -105,6 +108,7 @@ def stream(model, prompt, *, max_new_tokens: int, sampler: Sampler | None = None
            stop_tokens=None):
     """An iterator over the tokens of one rollout of one prompt as they are produced (same draws as
     ``generate``). Bad arguments raise here, before the first token; the prompt is prefilled here too."""
+    check_int("max_new_tokens", max_new_tokens, 1)
     state = start(model, [prompt], capacity=max_new_tokens, seed=seed)
     stops = stop_ids(model.config, stop_tokens)
     sampler = row_sampler(sampler, state, stops=stops)

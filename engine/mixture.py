@@ -17,7 +17,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from engine.decode import check_int, row_sampler, start, stop_ids
+from engine.decode import check_int, check_sampler, row_sampler, start, stop_ids
 from engine.generate import Rollouts, rollouts
 from sampling import Sampler, sample
 from sampling.mixtures import resolve, rows
@@ -26,7 +26,7 @@ from sampling.mixtures import resolve, rows
 def _mix_step(forwards, configs, params, states, sampler: Sampler, stops, combine, mix) -> tuple:
     lead = states[0]
     slot = lead.cache.index
-    keys = jax.vmap(jax.random.fold_in, (0, None))(lead.keys, slot)
+    keys = jax.vmap(jax.random.fold_in)(lead.keys, lead.cache.length)      # as engine.decode's step
     draw = sample(combine([s.logits for s in states], mix), sampler, keys, lead.context(stops))
     live = ~lead.done
     tok = jnp.where(live, draw.tokens, configs[0].pad_id)
@@ -97,12 +97,13 @@ def mix_generate(models, prompts, *, combine, max_new_tokens: int, params: dict 
         raise ValueError(f"each model needs one prompt per rollout group: {[len(p) for p in per_model]} "
                          f"for {len(prompts)} prompts")
     check_int("n", n, 1)
+    check_int("max_new_tokens", max_new_tokens, 1)
     mix = mix if callable(combine) else rows(mix, (len(prompts), n))      # named: one value per row
     mix = {k: jnp.asarray(v, jnp.float32) for k, v in mix.items()}
     states = tuple(start(m, p, capacity=max_new_tokens, n=n, seed=seed, share_prefix=share_prefix)
                    for m, p in zip(models, per_model))
     g = len(prompts)
-    sampler = (Sampler.greedy() if sampler is None else sampler).broadcast((g, n)).reshape(states[0].shape)
+    sampler = check_sampler(sampler).broadcast((g, n)).reshape(states[0].shape)
     stops = stop_ids(models[0].config, stop_tokens)
     states = mix_loop(tuple(m.forward for m in models), tuple(m.config for m in models),
                       tuple(m.params for m in models), states, row_sampler(sampler, states[0], stops=stops), stops, fn, mix,

@@ -95,7 +95,7 @@ class Sampler:
             if name in settings:
                 values[name] = settings.pop(name)
         for name, value in values.items():
-            if not isinstance(value, jax.Array):     # jax arrays (maybe traced) are taken as they are
+            if not isinstance(value, jax.core.Tracer):   # traced values (inside jit) cannot be checked
                 values[name] = _setting(name, value)
         values |= _token_lists(settings)
         least = values.get("min_new_tokens", 0)       # a traced value may be anything: refused too
@@ -467,10 +467,14 @@ def rollout_keys(seed: int, prompts, n: int, first: int = 0) -> jax.Array:
     """Keys [G*N]: ``fold_in(fold_in(key(seed), prompt_id), rollout)`` for rollouts ``first .. first+n-1``.
 
     A rollout's randomness depends only on the seed, its prompt's tokens and its rollout
-    index — never on batch composition, padding or sharding. Step ``t`` uses
-    ``fold_in(key, t)``.
+    index — never on batch composition, padding or sharding. Its ``t``-th token uses
+    ``fold_in(key, t)``. ``key(seed)`` keeps 32 bits: a seed outside ``[0, 2**32)`` (any 64-bit
+    one) is ``fold_in(key(low word), high word)``, so seeds 2**32 apart differ.
     """
-    base = jax.random.key(seed)
+    seed = int(seed) % 2 ** 64
+    base = jax.random.key(seed & 0xFFFFFFFF)
+    if seed >> 32:
+        base = jax.random.fold_in(base, seed >> 32)
     ids = jnp.asarray([prompt_id(p) for p in prompts for _ in range(n)], jnp.uint32)
     rollout = jnp.tile(jnp.arange(first, first + n, dtype=jnp.uint32), len(prompts))
     return jax.vmap(lambda i, r: jax.random.fold_in(jax.random.fold_in(base, i), r))(ids, rollout)

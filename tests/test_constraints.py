@@ -271,3 +271,4 @@ def test_a_second_constraint_starts_afresh_and_the_same_one_continues(model, tok
             first = tokenizer.decode(ids[:2])
             assert re.fullmatch("[0-9]+", first) and digits.walk(ids[:2]) >= 0, first
             assert ids[-1] == EOS and tokenizer.decode(ids[2:-1]) in ("yes", "no"), tokenizer.decode(ids)
+            assert out.text[g][r] == tokenizer.decode(ids[:-1])       # rollouts() kept the "</s>" without stops

@@ -10,6 +10,7 @@ from scipy import stats
 import engine
 import models
 from sampling import Sampler, filters, sample
+from sampling import sampler as sampler_lib
 from sampling.sampler import Context, top_k
 
 EOS = 4
@@ -121,10 +122,14 @@ def test_draws_follow_the_filtered_distribution(name, sampler, reference):
     assert p > 1e-3, (observed, draws * expected)
 
 
-@pytest.fixture(scope="module")
-def tiny():
+def _tiny():
     config = models.preset("tiny", eos_ids=())
     return models.Model(config, models.init_params(config, jax.random.key(0), std=0.2))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _tiny()
 
 
 PROMPTS = [[1, 2, 3], [9, 8, 7, 6, 5]]
@@ -205,6 +210,22 @@ def test_bad_settings_are_value_errors(settings, message):
     with pytest.raises(ValueError) as err:
         Sampler(**settings)
     assert message in str(err.value)
+    jax_array = {k: jnp.asarray(v) for k, v in settings.items()
+                 if k in sampler_lib.SETTINGS and isinstance(v, (int, float)) and abs(v) < 2 ** 31}
+    if len(jax_array) == len(settings):           # as concrete jax arrays: they skipped every check
+        with pytest.raises(ValueError) as err:
+            Sampler(**jax_array)
+        assert message.split(",")[0] in str(err.value)
+
+
+def test_seeds_differ_in_every_bit():
+    # jax.random.key(seed) keeps 32 bits: seeds 2**32 apart gave the same rollouts
+    model = _tiny()
+    draw = lambda seed: engine.generate(model, PROMPTS, max_new_tokens=6, n=2, sampler=Sampler(),
+                                        seed=seed).tokens.tolist()
+    outs = [draw(seed) for seed in (0, 2 ** 32, -2 ** 63, 7, 7 + 3 * 2 ** 32)]
+    assert all(outs[i] != outs[j] for i in range(5) for j in range(i))
+    assert draw(2 ** 32) == outs[1]
 
 
 def test_sampler_of_the_wrong_shape_is_a_value_error(tiny):

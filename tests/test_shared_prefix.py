@@ -111,13 +111,56 @@ def test_bad_search_calls_are_value_errors(tiny):
         (lambda: engine.select(state, np.array([[0, 2]] * 3)), "rollout numbers in [0, 2)"),
         (lambda: engine.select(state, np.array([[0, 1]] * 2)), "indices must have shape [G=3, M>=1]"),
         (lambda: engine.decode(tiny, state, max_new_tokens=9), "do not fit"),
-        (lambda: engine.append(tiny, state, [1] * 9), "needs 16 rollout cache slots"),
+        (lambda: engine.append(tiny, state, [1] * 9), "appending 9 tokens needs 9 rollout cache slots; the cache has 8"),
         (lambda: engine.append(tiny, state, [[[1]]]), "nested list [G=3][N=2]"),
         (lambda: engine.append(tiny, state, [1, 999]), "appended token ids must be in [0, 256)"),
         (lambda: engine.append(tiny, state, [[[2.5], [1]]] * 3), "appended tokens must hold integer token ids"),
         (lambda: engine.fork(state, 0), "k must be an integer >= 1"),
+        # [G][N] of bare ids gave each rollout one token
+        (lambda: engine.append(tiny, state, [[5, 6]] * 3), "appended tokens must be a flat list of token ids"),
+        (lambda: engine.rollouts(state, shape=(2, 2)), "shape must be (G, N) with G * N = 6 rollouts"),
+        (lambda: engine.start(tiny, PROMPTS, capacity=0), "capacity must be an integer >= 1, got 0"),
+        (lambda: engine.start(tiny, PROMPTS, capacity=4, share_prefix="no"), "share_prefix must be True or False"),
+        (lambda: engine.decode(tiny, state, max_new_tokens=2, sampler={"temperature": 1.0}),
+         "sampler must be a sampling.Sampler"),
+        (lambda: engine.generate(tiny, PROMPTS, max_new_tokens=2, mesh="data=2"), "mesh must be a jax.sharding.Mesh"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError) as err:
             call()
         assert message in str(err.value)
+
+
+def test_a_used_up_state_is_a_clear_error_and_select_copies(tiny):
+    state = engine.start(tiny, PROMPTS, capacity=8, n=2, seed=1)
+    copy = engine.select(state, np.tile(np.arange(2), (3, 1)))           # the way to branch
+    first = engine.decode(tiny, state, max_new_tokens=4, sampler=Sampler(temperature=1.0))
+    for call in (lambda: engine.decode(tiny, state, max_new_tokens=4), lambda: engine.append(tiny, state, [1]),
+                 lambda: engine.rollouts(state), lambda: engine.select(state, [[0]] * 3)):
+        with pytest.raises(ValueError, match="used up by an earlier engine.decode / engine.append"):
+            call()                                                    # was "RuntimeError: Array has been deleted"
+    second = engine.decode(tiny, copy, max_new_tokens=4, sampler=Sampler(temperature=1.0))
+    np.testing.assert_array_equal(engine.rollouts(first).tokens, engine.rollouts(second).tokens)
+
+
+def test_a_rollout_draws_the_same_whatever_its_siblings_are_appended(tiny):
+    hot = Sampler(temperature=1.0)
+
+    def run(cues):
+        state = engine.decode(tiny, engine.start(tiny, PROMPTS[:1], capacity=32, n=2, seed=1), max_new_tokens=4,
+                              sampler=hot)
+        if cues is not None:
+            state = engine.append(tiny, state, [cues])
+        return engine.rollouts(engine.decode(tiny, state, max_new_tokens=6, sampler=hot)).tokens[0]
+
+    # the decode keys were folded with the shared slot, which an append moves by the longest cue's padded width
+    short, long_, none = run([[50, 51, 52], []]), run([[50, 51, 52], [60, 61, 62, 63, 64]]), run(None)
+    np.testing.assert_array_equal(short[0], long_[0])                 # the same cue, whatever the sibling got
+    np.testing.assert_array_equal(short[1], none[1])                  # an empty cue leaves a rollout as it is
+    assert not np.array_equal(short[0], none[0])
+
+
+def test_append_pads_its_text_only_within_the_cache(tiny):
+    state = engine.decode(tiny, engine.start(tiny, PROMPTS, capacity=11, n=1), max_new_tokens=4)
+    state = engine.append(tiny, state, [7, 8, 9, 10, 11])             # 4 + 5 <= 11 (padding to 8 was refused)
+    assert engine.rollouts(state).lengths.tolist() == [[9]] * 3 and int(state.cache.index) == 11
