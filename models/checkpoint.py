@@ -53,6 +53,9 @@ class Model:
         with ocp.StandardCheckpointer() as ckpt:
             ckpt.save(path / "params", self.params)
         src = getattr(self.tokenizer, "path", None)
+        if self.tokenizer is not None and src is None:
+            raise ValueError(f"the tokenizer ({type(self.tokenizer).__name__}) has no file to save (no .path to a "
+                             f"tokenizer.json or sentencepiece .model); save the model with tokenizer=None")
         name = None if src is None else TOKENIZER_FILES[isinstance(self.tokenizer, SentencePieceTokenizer)]
         for stale in set(TOKENIZER_FILES) - {name}:  # what load would read instead of this model's tokenizer
             (path / stale).unlink(missing_ok=True)
@@ -168,13 +171,19 @@ def load_rollax(path, dtype=None, mesh=None) -> Model:
     unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(Config)})
     if unknown:
         raise ValueError(f"{path / ROLLAX_META}: unknown config fields {unknown}")
-    config = FAMILIES[family](**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    try:
+        config = FAMILIES[family](**fields)
+    except TypeError as e:                                   # a missing field
+        raise ValueError(f"{path / ROLLAX_META}: bad config: {e}") from None
     target = abstract_params(config, mesh)
     if not (path / "params").is_dir():
         raise ValueError(f"{path} has {ROLLAX_META} but no params/ directory")
     with ocp.StandardCheckpointer() as ckpt:  # checked first: orbax may restore a saved shape the config
         saved = _shapes(ckpt.metadata(path / "params").item_metadata)  # does not give, or fail deep inside
         want = _shapes(target)
+        if not saved:
+            raise ValueError(f"{path}: no readable weight metadata in params/; the checkpoint is damaged or "
+                             f"was not completely written")
         if saved.keys() != want.keys():
             raise ValueError(
                 f"{path}: the saved weights do not match {ROLLAX_META}'s config: missing "
@@ -185,7 +194,11 @@ def load_rollax(path, dtype=None, mesh=None) -> Model:
         wrong = [f"{k}: saved {saved[k][0]} {saved[k][1]}, config {v[0]} {v[1]}" for k, v in want.items() if saved[k] != v]
         if wrong:
             raise ValueError(f"{path}: the saved weights do not match {ROLLAX_META}'s config: {'; '.join(wrong[:4])}")
-        params = ckpt.restore(path / "params", target)
+        try:
+            params = ckpt.restore(path / "params", target)
+        except Exception as e:  # noqa: BLE001 - tensorstore raises a bare Exception for damaged data
+            raise ValueError(f"{path}: cannot read the saved weights, the checkpoint is damaged "
+                             f"({type(e).__name__}: {str(e)[:200]})") from None
     model = Model(config, params, _tokenizer(path, config))
     if dtype is not None and jnp.dtype(dtype) != jnp.dtype(config.dtype):
         model = Model(dataclasses.replace(config, dtype=jnp.dtype(dtype).name),

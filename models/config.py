@@ -54,6 +54,14 @@ class Config:
     family = "llama"
 
     def __post_init__(self):
+        if not isinstance(self.eos_ids, (tuple, list)):
+            raise ValueError(f"eos_ids must be a list of token ids, got {self.eos_ids!r}")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, (tuple, list)):
+            raise ValueError(f"rope_scaling must be None or (factor, low, high, original_max_position), got "
+                             f"{self.rope_scaling!r}")
+        for k in ("tie_embeddings", "qkv_bias", "score_head"):
+            if not isinstance(getattr(self, k), (bool, np.bool_)):
+                raise ValueError(f"{k} must be True or False, got {getattr(self, k)!r}")
         count = lambda x: isinstance(x, (int, np.integer)) and not isinstance(x, bool)
         real = lambda x: isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and math.isfinite(x)
         bad = [f"{k}={getattr(self, k)!r}" for k in ("vocab_size", "hidden", "layers", "heads", "kv_heads",
@@ -87,6 +95,10 @@ class Config:
             if not all(count(t) and 0 <= t < self.vocab_size for t in values):
                 raise ValueError(f"{name} must be token ids in [0, {self.vocab_size}), got "
                                  f"{getattr(self, name)!r}")
+        python = lambda x: x.item() if isinstance(x, np.generic) else x    # numpy scalars: hashable, JSON
+        for f in dataclasses.fields(self):
+            x = getattr(self, f.name)
+            object.__setattr__(self, f.name, tuple(map(python, x)) if isinstance(x, (tuple, list)) else python(x))
 
     @property
     def num_params(self) -> int:
@@ -174,13 +186,32 @@ def preset(name: str, **overrides) -> Config:
     return dataclasses.replace(PRESETS[name], **overrides)
 
 
+# transformers' defaults for keys a config.json may leave out (checked against transformers in the tests)
+HF_DEFAULTS = {
+    "llama": {"max_position_embeddings": 2048, "bos_token_id": 1, "eos_token_id": 2},
+    "mistral": {"max_position_embeddings": 131072, "bos_token_id": 1, "eos_token_id": 2, "sliding_window": 4096,
+                "num_key_value_heads": 8},
+    "qwen2": {"max_position_embeddings": 32768, "sliding_window": 4096, "max_window_layers": 28},
+}
+HF_TYPES = {"rope_scaling": dict, "rope_parameters": dict, "architectures": list, "id2label": dict,
+            "max_window_layers": int, "num_labels": int, "layer_types": list, "use_sliding_window": bool,
+            "tie_word_embeddings": bool, "sliding_window": int, "max_position_embeddings": int,
+            "num_key_value_heads": int, "head_dim": int, "rms_norm_eps": (int, float), "rope_theta": (int, float)}
+
+
 def from_hf(hf: dict) -> Config:
-    """Translate a Hugging Face ``config.json`` dict into a rollax config."""
+    """Translate a Hugging Face ``config.json`` dict into a rollax config (keys it leaves out take
+    ``transformers``' defaults for the family)."""
     if not isinstance(hf, dict):
         raise ValueError(f"config.json must hold a JSON object, got {type(hf).__name__}")
     kind = hf.get("model_type")
     if kind not in FAMILIES:
         raise ValueError(f"unsupported model_type {kind!r}; rollax reads {', '.join(FAMILIES)}")
+    hf = {**HF_DEFAULTS[kind], **hf}
+    for key, types in HF_TYPES.items():
+        value = hf.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool) and types is not bool):
+            raise ValueError(f"config.json: {key} has the wrong type ({type(value).__name__}): {value!r}")
     for flag in ("attention_bias", "mlp_bias"):
         if hf.get(flag) and kind == "llama":
             raise ValueError(f"config.json sets {flag}=true, which rollax does not support")
@@ -230,7 +261,7 @@ def from_hf(hf: dict) -> Config:
         rope_theta=theta, rope_scaling=scaling, norm_eps=hf.get("rms_norm_eps", 1e-6),
         # a reward model has a scalar head and no LM head: its embedding stands in for one
         tie_embeddings=reward or bool(hf.get("tie_word_embeddings", False)), score_head=reward,
-        sliding_window=window, max_len=hf.get("max_position_embeddings") or 2048,
+        sliding_window=window, max_len=hf["max_position_embeddings"] or HF_DEFAULTS[kind]["max_position_embeddings"],
         bos_id=hf.get("bos_token_id"), eos_ids=eos,
         pad_id=pad if isinstance(pad, int) and 0 <= pad < hf["vocab_size"] else (eos[0] if eos else 0),
     )

@@ -36,7 +36,13 @@ def read(path) -> dict[str, np.ndarray]:
     room = size - 8 - n
     data = np.memmap(path, np.uint8, mode="r", offset=8 + n) if room else np.zeros(0, np.uint8)
     out = {}
+    ints = lambda x, n=None: (isinstance(x, list) and (n is None or len(x) == n)
+                              and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in x))
     for name, info in header.items():
+        if not (isinstance(info, dict) and isinstance(info.get("dtype"), str) and ints(info.get("shape"))
+                and ints(info.get("data_offsets"), 2)):
+            raise ValueError(f"{path}: tensor {name}: malformed header entry {str(info)[:100]} (expected dtype, "
+                             f"shape and two data_offsets, as non-negative integers)")
         if info["dtype"] not in DTYPES:
             raise ValueError(f"{path.name}: tensor {name} has unsupported dtype {info['dtype']}")
         (lo, hi), dtype = info["data_offsets"], np.dtype(DTYPES[info["dtype"]])

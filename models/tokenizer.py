@@ -35,7 +35,8 @@ class SentencePieceTokenizer(Tokenizer):
         return self.sp.encode(text)
 
     def decode(self, ids):
-        return self.sp.decode([int(i) for i in ids])
+        # ids past the tokenizer (a model vocabulary padded beyond it) have no text, as in `tokenizers`
+        return self.sp.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size])
 
 
 class HFTokenizer(Tokenizer):
@@ -73,10 +74,23 @@ def continuation(tokenizer, context, ids) -> str:
 
 
 def load_tokenizer(directory, config) -> Tokenizer | None:
-    """The tokenizer in ``directory`` (``tokenizer.json`` preferred, else ``tokenizer.model``), or None."""
+    """The tokenizer in ``directory`` (``tokenizer.json`` preferred, else ``tokenizer.model``), or None.
+
+    A ``tokenizer.json`` prepends the config's BOS unless ``tokenizer_config.json`` says
+    ``add_bos_token: false``, or the BOS is also an EOS id (Qwen2's configs name ``<|endoftext|>``
+    as both, and its tokenizer adds none).
+    """
+    from models.checkpoint import read_json
     directory = Path(directory)
     eos = config.eos_ids[0] if config.eos_ids else None
-    for name, make in (("tokenizer.json", lambda p: HFTokenizer(p, config.bos_id, eos, config.pad_id)),
+    bos = None if config.bos_id in config.eos_ids else config.bos_id
+    settings = directory / "tokenizer_config.json"
+    if settings.exists():
+        meta = read_json(settings)
+        add = meta.get("add_bos_token") if isinstance(meta, dict) else None
+        if isinstance(add, bool):
+            bos = config.bos_id if add else None
+    for name, make in (("tokenizer.json", lambda p: HFTokenizer(p, bos, eos, config.pad_id)),
                        ("tokenizer.model", SentencePieceTokenizer)):
         if (directory / name).exists():
             try:

@@ -299,6 +299,10 @@ def main(argv=None):
     fil.add_argument("--dtype", default=None)
     fil.set_defaults(fn=bench_filters)
     args = parser.parse_args(argv)
+    for name in ("batch", "prompt_len", "new_tokens", "repeats", "n", "prompts", "vocab"):
+        values = getattr(args, name, None)
+        if values is not None and min(values if isinstance(values, list) else [values]) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {values}")
     args.fn(args)
 
 

@@ -1,4 +1,5 @@
 """Checkpoints (HF safetensors, sharded; rollax/orbax) and tokenizers."""
+import dataclasses
 import json
 import shutil
 
@@ -96,6 +97,16 @@ def _damage(path, what):
     elif what == "index naming an absent shard":
         single.rename(path / "part-1.safetensors")
         (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "part-2.safetensors"}}))
+    elif what.startswith("header entry"):           # a header that parses, with one entry malformed
+        n = int.from_bytes(single.read_bytes()[:8], "little")
+        header = json.loads(single.read_bytes()[8:8 + n])
+        entry = header["model.norm.weight"]
+        header["model.norm.weight"] = {"no dtype": {k: v for k, v in entry.items() if k != "dtype"},
+                                       "float offsets": {**entry, "data_offsets": [float(x) for x in
+                                                                                  entry["data_offsets"]]},
+                                       "string shape": {**entry, "shape": "64"}}[what.split(": ")[1]]
+        blob = json.dumps(header).encode().ljust(n)
+        single.write_bytes(len(blob).to_bytes(8, "little") + blob + single.read_bytes()[8 + n:])
     elif what == "garbage tokenizer.model":
         (path / "tokenizer.model").write_bytes(b"garbage")
     elif what == "empty tokenizer.json":
@@ -111,6 +122,10 @@ def _damage(path, what):
     ("index without weight_map", "model.safetensors.index.json has no weight_map"),
     ("index naming an absent shard", "names shard files that are not in"),
     ("garbage tokenizer.model", "cannot read the tokenizer"),
+    # raw KeyError / TypeError / numpy errors before
+    ("header entry: no dtype", "tensor model.norm.weight: malformed header entry"),
+    ("header entry: float offsets", "tensor model.norm.weight: malformed header entry"),
+    ("header entry: string shape", "tensor model.norm.weight: malformed header entry"),
     ("empty tokenizer.json", "cannot read the tokenizer"),
 ])
 def test_damaged_checkpoint_files_are_named(llama_dir, what, message):
@@ -169,6 +184,56 @@ def test_a_rollax_checkpoint_whose_config_disagrees_with_its_weights_is_refused(
     with pytest.raises(ValueError) as err:   # orbax may restore saved shapes whatever the config says
         models.load(tmp_path / "r")
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.pop("vocab_size"), "rollax.json: bad config: LlamaConfig.__init__() missing 1 required"),
+    (lambda c: c.update(eos_ids=2), "eos_ids must be a list of token ids, got 2"),         # raw TypeErrors before
+    (lambda c: c.update(rope_scaling=8.0), "rope_scaling must be None or (factor, low, high"),
+    (lambda c: c.update(tie_embeddings="no"), "tie_embeddings must be True or False"),
+])
+def test_a_damaged_rollax_json_is_refused_by_name(llama_dir, tmp_path, edit, message):
+    models.load(llama_dir).save(tmp_path / "r")
+    meta = json.loads((tmp_path / "r" / "rollax.json").read_text())
+    edit(meta["config"])
+    (tmp_path / "r" / "rollax.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError) as err:
+        models.load(tmp_path / "r")
+    assert message in str(err.value)
+
+
+def test_damaged_saved_weights_are_a_value_error(llama_dir, tmp_path):
+    models.load(llama_dir).save(tmp_path / "r")
+    files = [f for f in (tmp_path / "r" / "params").rglob("*") if f.is_file()]
+    big = max(files, key=lambda f: f.stat().st_size)      # the array data
+    big.write_bytes(big.read_bytes()[: big.stat().st_size // 2])
+    with pytest.raises(ValueError, match="cannot read the saved weights, the checkpoint is damaged"):
+        models.load(tmp_path / "r")                        # a bare tensorstore Exception before
+    shutil.rmtree(tmp_path / "r" / "params")
+    (tmp_path / "r" / "params").mkdir()
+    with pytest.raises(ValueError, match="no readable weight metadata in params/"):
+        models.load(tmp_path / "r")                        # "do not match rollax.json's config ... stack the layers"
+
+
+def test_numpy_numbers_in_a_config_are_saved_as_json(llama_dir, tmp_path):
+    model = models.load(llama_dir)
+    config = dataclasses.replace(model.config, vocab_size=np.int64(97), rope_theta=np.float32(1e4),
+                                 eos_ids=[np.int64(2)])
+    assert type(config.vocab_size) is int and config.eos_ids == (2,) and hash(config)   # a list was unhashable
+    models.Model(config, model.params).save(tmp_path / "r")   # "int64 is not JSON serializable" before
+    assert models.load(tmp_path / "r").config == model.config
+
+
+def test_saving_a_tokenizer_without_a_file_is_refused(llama_dir, tmp_path):
+    class Bytes(models.Tokenizer):
+        bos_id, eos_id, pad_id, vocab_size = 1, 2, 0, 97
+    with pytest.raises(ValueError, match="has no file to save"):   # it was dropped silently
+        models.Model(models.load(llama_dir).config, models.load(llama_dir).params, Bytes()).save(tmp_path / "r")
+
+
+def test_sentencepiece_decodes_ids_past_its_vocabulary_as_nothing(tmp_path):
+    tok = _sentencepiece(tmp_path)                          # 40 pieces; a model vocabulary may be padded past it
+    assert tok.decode([7, 45, 8]) == tok.decode([7, 8])      # a raw IndexError in engine.generate before
 
 
 def test_saving_writes_the_tokenizer_load_reads_back(llama_dir, tmp_path):

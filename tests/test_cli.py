@@ -82,6 +82,7 @@ def test_every_script_reports_a_refused_input_as_one_error_line():
     """One real process (the ``__main__`` path through ``scripts.cli``) per script, each refused at once."""
     for args, message in [
         (("scripts.bench", "decode", "--config", "bogus", "--batch", "1"), "unknown preset 'bogus'"),
+        (("scripts.bench", "decode", "--repeats", "0"), "--repeats must be positive, got 0"),   # printed Infinity
         (("scripts.demo", "--problems", "0"), "--samples and --problems must be positive"),
         (("scripts.meta_table", "--model", "no/such/dir"), "no model directory at no/such/dir"),
     ]:

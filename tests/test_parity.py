@@ -85,6 +85,12 @@ def test_a_tied_config_with_a_different_saved_head_uses_the_head_like_transforme
      "different attention types (['full_attention', 'sliding_attention'])"),
     (dict(eos_token_id=500), "eos_ids must be token ids in [0, 97), got (500,)"),
     (dict(rms_norm_eps=-1), "norm_eps=-1"),
+    # raw TypeErrors, or "1 labels; rollax reads reward models with one", before
+    (dict(rope_scaling=[8.0, 1.0]), "config.json: rope_scaling has the wrong type (list)"),
+    (dict(rope_parameters="llama3"), "config.json: rope_parameters has the wrong type (str)"),
+    (dict(architectures=5), "config.json: architectures has the wrong type (int)"),
+    (dict(num_labels="1"), "config.json: num_labels has the wrong type (str)"),
+    (dict(model_type="qwen2", max_window_layers="1"), "config.json: max_window_layers has the wrong type (str)"),
 ])
 def test_config_json_settings_rollax_cannot_follow_are_refused(extra, message):
     base = dict(model_type="llama", vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -92,6 +98,46 @@ def test_config_json_settings_rollax_cannot_follow_are_refused(extra, message):
     with pytest.raises(ValueError) as err:
         models.from_hf({**base, **extra})
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("kind, cls", [("llama", "LlamaConfig"), ("mistral", "MistralConfig"),
+                                       ("qwen2", "Qwen2Config")])
+def test_keys_a_config_json_leaves_out_take_transformers_defaults(kind, cls):
+    """A Mistral config.json without sliding_window loaded as full attention; transformers uses 4096."""
+    qwen = dict(use_sliding_window=True, max_window_layers=0) if kind == "qwen2" else {}    # every layer slides
+    want = getattr(transformers, cls)(**qwen)
+    defaults = getattr(transformers, cls)(**({"use_sliding_window": True} if kind == "qwen2" else {}))
+    for key, value in models.config.HF_DEFAULTS[kind].items():
+        assert getattr(defaults, key) == value, key
+    base = dict(model_type=kind, vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+                intermediate_size=112, **qwen)
+    config = models.from_hf(base)
+    assert config.max_len == want.max_position_embeddings
+    assert config.sliding_window == (None if kind == "llama" else want.sliding_window)
+    assert (config.bos_id, config.eos_ids) == (want.bos_token_id, () if want.eos_token_id is None
+                                               else (want.eos_token_id,))
+
+
+def test_a_tokenizer_json_adds_no_bos_that_is_also_an_eos(llama_dir_with_tokenizer):
+    """Qwen2's config.json names <|endoftext|> as BOS and EOS; its tokenizer adds no BOS (nor does
+    transformers): rollax prepended it to every string prompt."""
+    path = llama_dir_with_tokenizer
+    config = json.loads((path / "config.json").read_text())
+    plain = models.load(path).tokenizer.encode("the cat", bos=False)
+    assert models.load(path).tokenizer.encode("the cat") == [1] + plain
+    (path / "config.json").write_text(json.dumps({**config, "bos_token_id": 2, "eos_token_id": 2}))
+    assert models.load(path).tokenizer.encode("the cat") == plain
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": False}))
+    assert models.load(path).tokenizer.encode("the cat") == plain
+
+
+@pytest.fixture
+def llama_dir_with_tokenizer(tmp_path):
+    from tests.test_checkpoint import _tokenizer_json
+    write_hf(tmp_path, "llama-gqa", bos_token_id=1, eos_token_id=2)
+    _tokenizer_json(tmp_path)
+    return tmp_path
 
 
 def test_bfloat16_is_as_close_to_fp32_as_transformers_bfloat16(hf_checkpoint):
