@@ -299,8 +299,9 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
     ``stop_tokens``; a finished rollout stays finished until :func:`append` gives it more text.
     The draws of a rollout depend only on its key and its token count, so decoding in several
     calls equals decoding in one. ``state`` is used up: its buffers are donated to the result (the
-    KV cache is updated in place); copy it first (:func:`select`) to continue it twice. A sampler's constraint continues from where the last call with the same
-    constraint left each row; a different constraint starts afresh, matching the text from here on.
+    KV cache is updated in place); copy it first (:func:`select`) to continue it twice. A
+    sampler's constraint continues from where the last call with the same constraint left each
+    row; a different constraint starts afresh, matching the text from here on.
     """
     check_state(state)
     check_int("max_new_tokens", max_new_tokens, 1)

@@ -6,9 +6,9 @@ import dataclasses
 import numpy as np
 
 import sharding
-from models.tokenizer import CONTEXT, continuation
 from engine.decode import (DecodeState, check_int, check_sampler, check_state, decode, decode_step, place_model,
                            row_sampler, start, stop_ids)
+from models.tokenizer import CONTEXT, continuation
 from sampling import Sampler
 
 

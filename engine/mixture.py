@@ -106,7 +106,7 @@ def mix_generate(models, prompts, *, combine, max_new_tokens: int, params: dict 
     sampler = check_sampler(sampler).broadcast((g, n)).reshape(states[0].shape)
     stops = stop_ids(models[0].config, stop_tokens)
     states = mix_loop(tuple(m.forward for m in models), tuple(m.config for m in models),
-                      tuple(m.params for m in models), states, row_sampler(sampler, states[0], stops=stops), stops, fn, mix,
-                      jnp.int32(max_new_tokens))
+                      tuple(m.params for m in models), states, row_sampler(sampler, states[0], stops=stops), stops,
+                      fn, mix, jnp.int32(max_new_tokens))
     return rollouts(states[0], models[0].tokenizer, shape=(g, n))
 

@@ -113,8 +113,8 @@ def draw_rounds(model, prompts, *, n: int, round_size: int, settled, scorer, sam
             break
         sub = [prompts[i] for i in active]
         refs = None if references is None else [references[i] for i in active]
-        d = draw(model, sub, n=k, sampler=sampler.take(active, slice(drawn, drawn + k)), seed=seed, max_new_tokens=max_new_tokens, budget=budget,
-                 first_rollout=drawn, stop_tokens=stop_tokens)
+        d = draw(model, sub, n=k, sampler=sampler.take(active, slice(drawn, drawn + k)), seed=seed,
+                 max_new_tokens=max_new_tokens, budget=budget, first_rollout=drawn, stop_tokens=stop_tokens)
         s = score(scorer, sub, d.texts, refs, budget) if scorer is not None else [[None] * k for _ in sub]
         a = extract(answer, d.texts)
         for j, i in enumerate(active):

@@ -24,7 +24,8 @@ def pass_at_k(n: int, c, k: int) -> np.ndarray:
 
 def coverage(model, prompts, *, n: int, scorer, ks=None, sampler=None, seed: int = 0, max_new_tokens: int = 64,
              references=None, answer=None, budget=None, stop_tokens=None, threshold: float = 1.0) -> Result:
-    """pass@k for ``ks`` (default the powers of two below ``n``, and ``n``) from ``n`` rollouts per prompt; ``info[g]["pass@k"]``.
+    """pass@k for ``ks`` (default 1, 2, 4, .. below ``n``, and ``n``) from ``n`` rollouts per prompt;
+    ``info[g]["pass@k"]``.
 
     A rollout is correct when its score is >= ``threshold``. The chosen answer is the first correct
     rollout's (an oracle's choice), ``None`` when none is.

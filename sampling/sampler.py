@@ -210,9 +210,10 @@ class Sampler:
                              f"full match: a row stopping there would not match; leave them out of stop_tokens")
         ends = closure(np.flatnonzero(stops), moves, forward=False)
         if set(seen.tolist()) - ends:
-            raise ValueError(f"from some state of the constraint no stop token (ids {np.flatnonzero(stop)[:5].tolist()}) "
-                             f"can be drawn, so a row there would never end: compile the constraint with the "
-                             f"model's EOS (eos_id=) and keep the token lists from removing it")
+            raise ValueError(f"from some state of the constraint no stop token (ids "
+                             f"{np.flatnonzero(stop)[:5].tolist()}) can be drawn, so a row there would never end: "
+                             f"compile the constraint with the model's EOS (eos_id=) and keep the token lists "
+                             f"from removing it")
 
     def take(self, prompts, rollouts=slice(None)) -> "Sampler":
         """Settings broadcast to [G, N] (:meth:`broadcast`) restricted to the prompts ``prompts``
