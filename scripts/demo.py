@@ -191,15 +191,16 @@ def table(results: dict[str, list[Point]], ks=PASS_KS) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict[str, list[Point]], path: Path, title: str) -> None:
-    """Accuracy against tokens generated per problem (log x), one series per strategy."""
+def plot(results: dict[str, list[Point]], path: Path, title: str, ks=PASS_KS) -> None:
+    """Accuracy against tokens generated per problem (log x), one series per strategy (pass@k
+    marked for ``ks``)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for n, (name, points) in enumerate(results.items()):
         xs, ys = [p.tokens for p in points], [p.accuracy for p in points]
-        shown = [i for i, p in enumerate(points) if _shown(p.label, PASS_KS)]
+        shown = [i for i, p in enumerate(points) if _shown(p.label, ks)]
         single = len(points) == 1          # single points drawn on top, each its own marker
         ax.plot(xs, ys, marker="osD^vP*X"[n % 8] if single else "o", markersize=8 if single else 5,
                 markevery=shown, zorder=3 if single else 2, label=name)
@@ -238,6 +239,14 @@ def main(argv=None) -> dict[str, list[Point]]:
     args = ap.parse_args(argv)
     if args.samples < 1 or args.problems < 1:
         raise ValueError("--samples and --problems must be positive")
+    if args.samples > 2048:                                   # eval_arith.solve's rows per chunk
+        raise ValueError(f"--samples must be at most 2048, got {args.samples}")
+    Sampler(temperature=args.temperature)                     # refused now, not after the greedy run
+    from matplotlib.backend_bases import FigureCanvasBase
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if args.plot.suffix.lstrip(".").lower() not in kinds:
+        raise ValueError(f"--plot must end in one of .{', .'.join(sorted(kinds))}, got {args.plot}")
+    ks = tuple(sorted({k for k in PASS_KS if k < args.samples} | {args.samples}))   # pass@k rows, up to pass@N
 
     start = time.time()
     model = models.load(args.model)
@@ -247,8 +256,11 @@ def main(argv=None) -> dict[str, list[Point]]:
     results = run(ctx)
     print(f"\n{args.model} on {len(problems)} held-out hard problems "
           f"({problems[0].prompt.strip()} ...), {args.samples} samples each:\n")
-    print(table(results))
-    plot(results, args.plot, f"{args.model}: {len(problems)} hard arithmetic problems")
+    print(table(results, ks))
+    if args.samples < min(META_NS):
+        print(f"(the meta-generators run at N = {', '.join(map(str, META_NS))}: --samples {args.samples} is "
+              f"fewer than {min(META_NS)})")
+    plot(results, args.plot, f"{args.model}: {len(problems)} hard arithmetic problems", ks)
     print(f"\nplot: {args.plot}    ({time.time() - start:.0f} s)")
     return results
 

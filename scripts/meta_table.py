@@ -67,10 +67,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
     model = models.load(args.model)
     problems = arith.held_out(args.split, "hard", args.problems)
+    table = rows(model, problems, args.temperature, args.seed, args.reward_model)   # settings checked here
+    unknown = [w for w in args.rows or () if not any(name.startswith(w) for name, _ in table)]
+    if unknown:
+        raise ValueError(f"--rows {unknown} match no row; the rows: {', '.join(name for name, _ in table)}")
     print("| strategy | accuracy | tokens generated / problem | policy forward calls | wall s |")
     print("|---|---:|---:|---:|---:|")
     start = time.time()
-    for name, run in rows(model, problems, args.temperature, args.seed, args.reward_model):
+    for name, run in table:
         if args.rows and not name.startswith(tuple(args.rows)):
             continue
         r = run()

@@ -32,6 +32,7 @@ from meta import verifiers
 from meta.scoring import RewardModel
 from meta.tasks import arith
 from sampling import Sampler
+from scripts import cli
 from scripts.eval_arith import TEMPERATURE, solve
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "models" / "zoo" / "tiny-arith-rm"
@@ -123,8 +124,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--val-problems", type=int, default=200, help="val hard problems (16 rollouts each)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    if min(args.steps, args.batch, args.problems, args.samples, args.val_problems) < 1:
-        raise ValueError("--steps, --batch, --problems, --samples and --val-problems must be positive")
+    cli.check_training(args, ("steps", "batch", "problems", "samples", "val_problems", "eval_every"),
+                       ("lm_weight", "token_weight"))
+    if args.val_problems > arith.HELD_OUT_SIZE:
+        raise ValueError(f"--val-problems must be at most {arith.HELD_OUT_SIZE}, got {args.val_problems}")
 
     start = time.time()
     policy = models.load(args.policy)
@@ -169,5 +172,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from scripts import cli
     cli.run(main)

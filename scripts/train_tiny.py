@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 import models
 from meta.tasks import arith
+from scripts import cli
 from scripts.eval_arith import METRIC_SAMPLE, greedy_accuracy
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "models" / "zoo" / "tiny-arith"
@@ -138,10 +139,10 @@ def main(argv=None) -> dict:
                     help="stop once greedy accuracy on the validation hard problems reaches this (0: never)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    if args.steps < 1 or args.batch < 1:
-        raise ValueError("--steps and --batch must be positive")
-
-    args.out.mkdir(parents=True, exist_ok=True)
+    cli.check_training(args, ("steps", "batch", "seq_len", "eval_every", "val_problems"), ("stop_at",))
+    if args.val_problems > arith.HELD_OUT_SIZE or args.stop_at > 1:
+        raise ValueError(f"--val-problems must be at most {arith.HELD_OUT_SIZE} and --stop-at at most 1 "
+                         f"(an accuracy), got {args.val_problems} and {args.stop_at}")
     with tempfile.TemporaryDirectory() as tmp:
         tok = train_tokenizer(Path(tmp) / "tokenizer.model", seed=args.seed)
         config = models.preset("tiny", vocab_size=tok.vocab_size, hidden=args.hidden, layers=args.layers,
@@ -193,5 +194,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from scripts import cli
     cli.run(main)

@@ -107,6 +107,11 @@ def test_parse_correct_wrong_and_malformed():
     assert arith.parse("").steps == () and arith.parse("").answer is None
     assert arith.parse("A: 5\n1+1=2").steps == ()          # text after the answer is ignored
     assert arith.parse("A: five").answer is None
+    # other scripts' digits are not the task's format (\d read "A: ٩٩" as 99); a 5,000-digit number
+    # is malformed, not int()'s ValueError for the whole batch
+    assert arith.parse("A: ٩٩").answer is None and arith.parse("A: ９９").answer is None
+    assert arith.parse("٣+٤=٧\nA: 7").steps == (None,)
+    assert arith.parse("A: " + "9" * 5000).answer is None and arith.parse("9" * 5000 + "+1=2").steps == (None,)
 
 
 def test_outcome_verifier():

@@ -43,6 +43,31 @@ def test_demo_runs_on_the_shipped_model_and_writes_the_plot(tmp_path, capsys):
     assert 0 < greedy.tokens < 100 and 0 < sampled.tokens
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--samples", "3000"], "--samples must be at most 2048, got 3000"),     # "n <= rows" after the greedy run
+    (["--temperature", "nan"], "temperature must be >= 0, got nan"),
+    (["--plot", "out.xyz"], "--plot must end in one of"),                    # after the whole run
+])
+def test_bad_demo_flags_are_refused_before_running(monkeypatch, flags, message):
+    monkeypatch.setattr(demo.models, "load", lambda *a: pytest.fail("the model was loaded"))
+    with pytest.raises(ValueError) as err:
+        demo.main(flags)
+    assert message in str(err.value)
+
+
+def test_demo_shows_pass_at_its_sample_count(tmp_path, capsys):
+    demo.main(["--problems", "2", "--samples", "3", "--plot", str(tmp_path / "d.png")])
+    out = capsys.readouterr().out
+    assert "pass@3" in out and "the meta-generators run at N = 4, 16, 64" in out
+
+
+def test_meta_table_refuses_rows_that_match_nothing(capsys):
+    from scripts import meta_table
+    with pytest.raises(ValueError, match=r"--rows \['greedyy'\] match no row"):
+        meta_table.main(["--problems", "2", "--rows", "greedyy"])
+    assert capsys.readouterr().out == ""                                    # no header printed first
+
+
 def test_a_new_strategy_joins_the_table(tmp_path):
     ctx = demo.Context(model=None, problems=[], progress=False)
     extra = [("constant", lambda ctx: [demo.Point("best-of-2", 0.5, 42.0)])]

@@ -51,6 +51,23 @@ def test_a_short_run_is_deterministic_and_loads_back(tmp_path):
     assert ma.tokenizer is not None and ma.tokenizer.vocab_size == ma.config.vocab_size
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--eval-every", "0"], "--eval-every must be positive, got 0"),        # ZeroDivisionError before
+    (["--steps", "1"], "--steps must be at least 2"),                       # optax's decay_steps=0 before
+    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),         # saved NaN weights, exit 0
+    (["--lr", "-1"], "--lr must be a finite number > 0"),
+    (["--stop-at", "2"], "--stop-at at most 1"),
+    (["--val-problems", "1001"], "--val-problems must be at most 1000"),
+    (["--reward", "--lm-weight", "inf"], "--lm-weight must be a finite number >= 0"),
+    (["--reward", "--eval-every", "0"], "--eval-every must be positive"),   # after sampling every rollout
+])
+def test_bad_training_flags_are_refused_before_anything_is_written(tmp_path, flags, message):
+    with pytest.raises(ValueError) as err:
+        train_tiny.main(flags + ["--out", str(tmp_path / "out")])
+    assert message in str(err.value)
+    assert not (tmp_path / "out").exists()                                  # not even an empty directory
+
+
 def test_reward_rollouts_are_labelled_by_the_verifier_and_masked_on_the_solution():
     from meta import verifiers
     import dataclasses

@@ -42,8 +42,9 @@ SPLITS = ("train", "val", "test")
 HELD_OUT_SIZE = 1000          # problems per (held-out split, level)
 _SPLIT_SEED = {"train": 0, "val": 1, "test": 2}
 
-STEP_RE = re.compile(r"^(\d+)([+-])(\d+)=(\d+)$")
-ANSWER_RE = re.compile(r"^A: (\d+)$")
+DIGITS = r"([0-9]{1,100})"      # ASCII only (\d takes any script's digits); bounded (int() refuses > 4300)
+STEP_RE = re.compile(rf"^{DIGITS}([+-]){DIGITS}={DIGITS}$")
+ANSWER_RE = re.compile(rf"^A: {DIGITS}$")
 
 
 @dataclasses.dataclass(frozen=True)
