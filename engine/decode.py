@@ -230,11 +230,11 @@ def _step(forward, config, params, state: DecodeState, sampler: Sampler, stop_id
     keys = jax.vmap(jax.random.fold_in)(state.keys, state.cache.length)
     draw = sample(state.logits, sampler, keys, state.context(stop_ids))
     tok, lp, slp = draw.tokens, draw.logprobs, draw.sample_logprobs
-    live = ~state.done
+    live = ~state.done & ~draw.dead                       # a dead row ends here, without a token
     tok = jnp.where(live, tok, config.pad_id)
     put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, slot))
     logits, cache = forward(config, params, tok[:, None], None, state.cache, last_only=True)
-    state = DecodeState(done=state.done | jnp.isin(tok, stop_ids), logits=logits, tokens=put(state.tokens, tok),
+    state = DecodeState(done=state.done | draw.dead | jnp.isin(tok, stop_ids), logits=logits, tokens=put(state.tokens, tok),
                         logprobs=put(state.logprobs, jnp.where(live, lp, 0.0)),
                         sample_logprobs=put(state.sample_logprobs, jnp.where(live, slp, 0.0)),
                         keys=state.keys, cache=cache.keep(live[:, None]),

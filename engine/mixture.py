@@ -28,7 +28,7 @@ def _mix_step(forwards, configs, params, states, sampler: Sampler, stops, combin
     slot = lead.cache.index
     keys = jax.vmap(jax.random.fold_in)(lead.keys, lead.cache.length)      # as engine.decode's step
     draw = sample(combine([s.logits for s in states], mix), sampler, keys, lead.context(stops))
-    live = ~lead.done
+    live = ~lead.done & ~draw.dead                        # as engine.decode's step
     tok = jnp.where(live, draw.tokens, configs[0].pad_id)
     put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, slot))
     out = []
@@ -36,7 +36,7 @@ def _mix_step(forwards, configs, params, states, sampler: Sampler, stops, combin
         logits, cache = forward(config, p, tok[:, None], None, s.cache, last_only=True)
         out.append(dataclasses.replace(s, logits=logits, cache=cache.keep(live[:, None])))
     out[0] = dataclasses.replace(
-        out[0], done=lead.done | jnp.isin(tok, stops), tokens=put(lead.tokens, tok),
+        out[0], done=lead.done | draw.dead | jnp.isin(tok, stops), tokens=put(lead.tokens, tok),
         logprobs=put(lead.logprobs, jnp.where(live, draw.logprobs, 0.0)),
         sample_logprobs=put(lead.sample_logprobs, jnp.where(live, draw.sample_logprobs, 0.0)),
         counts=lead.counts.at[jnp.arange(tok.shape[0]), tok].add(live.astype(jnp.int32)),

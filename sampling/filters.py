@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 NEG_INF = -jnp.inf
 
@@ -70,16 +71,28 @@ def top_k(logits, k, min_keep=1):
     return jnp.where((k > 0) & ~keep, NEG_INF, logits)
 
 
-def top_p(logits, p, min_keep=1):
+def top_p_budget(p):
+    """``1 - p`` for :func:`top_p`: from a host value in double precision, then rounded to float32,
+    as ``transformers`` compares (0.8 -> 0.2f); ``1 - float32(0.8)`` is one rounding below 0.2f, and
+    a row of ten tied probabilities 0.1 then kept nine tokens where ``transformers`` keeps eight."""
+    if isinstance(p, jax.Array):                       # traced or on device: its own precision
+        return 1 - jnp.asarray(p, jnp.float32)
+    return (1 - np.asarray(p, np.float64)).astype(np.float32)
+
+
+def top_p(logits, p, min_keep=1, budget=None):
     """Nucleus: drop the least likely tokens whose total probability is at most ``1 - p``.
 
     As ``transformers``: tokens sorted ascending (stable), a token is dropped when the
     cumulative probability up to and including it is ``<= 1 - p``; the ``min_keep`` most
     likely always stay. ``p == 1`` is off. Computed without sorting (:func:`_ascending_prefix`).
+    ``budget`` is ``1 - p`` (default :func:`top_p_budget`; the sampler passes it computed from
+    the value it was given).
     """
+    budget = _col(top_p_budget(p) if budget is None else budget, logits)
     p = _col(p, logits)
     probs = jax.nn.softmax(logits, axis=-1)
-    drop = (p < 1) & _ascending_prefix(logits, probs, 1 - p)
+    drop = (p < 1) & _ascending_prefix(logits, probs, budget)
     v = logits.shape[-1]
     if _static_one(min_keep):                           # the last in that order: the max, highest id among ties
         ids = jnp.arange(v)
@@ -101,12 +114,17 @@ def _ascending_prefix(logits, weight, budget):
     key = _order_key(logits)
     ids = jnp.arange(logits.shape[-1])
     total = lambda mask: jnp.sum(jnp.where(mask, weight, 0), axis=-1, keepdims=True)
-    cut = _lowest_key(key, lambda c: total(key <= c) > budget)
+    over = lambda c: total(key <= c) > budget
+    cut = _lowest_key(key, over)
     tie, below = key == cut, total(key < cut)
-    everything = below + total(tie) <= budget           # no cut: the whole row is within the budget
+    everything = ~over(cut)                             # no cut: the whole row is within the budget (the
+                                                        # same sum as the search's: below + total(tie) may round
+                                                        # the other way and drop the whole nucleus)
     ties = jnp.sum(tie, axis=-1, keepdims=True) > 1
-    first_kept = _lowest(jnp.zeros(cut.shape, jnp.int32), jnp.where(ties, logits.shape[-1] - 1, 0),
-                         lambda j: below + total(tie & (ids <= j)) > budget, (logits.shape[-1] - 1).bit_length())
+    each = jnp.max(jnp.where(tie, weight, 0), axis=-1, keepdims=True)    # tied tokens weigh the same: count x
+    first_kept = _lowest(jnp.zeros(cut.shape, jnp.int32), jnp.where(ties, logits.shape[-1] - 1, 0),   # each,
+                         lambda j: below + jnp.sum(tie & (ids <= j), axis=-1, keepdims=True) * each > budget,
+                         (logits.shape[-1] - 1).bit_length())                 # not a sum of rounded copies
     return everything | (key < cut) | (tie & (ids < first_kept))
 
 

@@ -39,11 +39,12 @@ SETTINGS = {
     "mirostat_lr": (F32, 0.1, lambda x: x > 0, "must be > 0"),
     "min_keep": (I32, 1, lambda x: x >= 1, "must be >= 1"),
 }
-PROCESSORS = ("repetition_penalty", "presence_penalty", "frequency_penalty", "no_repeat_ngram", "logit_bias",
-              "allowed_tokens", "banned_tokens", "min_new_tokens", "constraint")
+PROCESSORS = ("logit_bias", "repetition_penalty", "presence_penalty", "frequency_penalty", "no_repeat_ngram",
+              "allowed_tokens", "banned_tokens", "min_new_tokens", "constraint")    # bias first, as transformers
 WARPERS = ("temperature", "top_k", "top_p", "min_p", "typical", "epsilon", "eta", "mirostat")
 ORDER = PROCESSORS + WARPERS
 TOKEN_LISTS = ("logit_bias", "allowed_tokens", "banned_tokens", "constraint")   # shared by all rows of a call
+TOP_P_BUDGET = "top_p_budget"   # 1 - top_p per row, computed from the value given (filters.top_p_budget)
 
 
 @jax.tree_util.register_dataclass
@@ -67,6 +68,7 @@ class Draw:
     sample_logprobs: jax.Array  # f32 [B] the proposal's (after filters); 0 for greedy rows
     mu: jax.Array               # f32 [B] updated Mirostat estimate
     fsm: jax.Array              # int32 [B] constraint automaton state after the token
+    dead: jax.Array             # bool [B] no token could be drawn: the filters left every logit -inf
 
 
 @jax.tree_util.register_pytree_node_class
@@ -94,8 +96,10 @@ class Sampler:
         for name in SETTINGS:
             if name in settings:
                 values[name] = settings.pop(name)
+        if "top_p" in values:                            # 1 - p from the value given (not its float32)
+            values[TOP_P_BUDGET] = filters.top_p_budget(values["top_p"])
         for name, value in values.items():
-            if not isinstance(value, jax.core.Tracer):   # traced values (inside jit) cannot be checked
+            if name in SETTINGS and not isinstance(value, jax.core.Tracer):   # traced values cannot be checked
                 values[name] = _setting(name, value)
         values |= _token_lists(settings)
         least = values.get("min_new_tokens", 0)       # a traced value may be anything: refused too
@@ -108,6 +112,9 @@ class Sampler:
         self.chain = tuple(n for n in ORDER if n in values and (n in TOKEN_LISTS or n == "temperature"
                                                                   or not _all_off(n, values[n])))
         # static bounds for the fast top-k path: the largest k (and min_keep) of any row
+        if any(isinstance(values.get(k), jax.core.Tracer) for k in ("top_k", "min_keep")):
+            raise ValueError("top_k and min_keep cannot be traced (inside jit): they set static shapes; pass "
+                             "concrete values")
         keep = int(np.max(values.get("min_keep", 1)))
         self.caps = (max(int(np.max(values.get("top_k", 0))), keep), keep)
 
@@ -124,7 +131,8 @@ class Sampler:
         raise AttributeError(name)
 
     def __repr__(self):
-        return f"Sampler({', '.join(f'{k}={np.asarray(v).tolist()!r}' for k, v in self.values.items())})"
+        shown = {k: v for k, v in self.values.items() if k != TOP_P_BUDGET}
+        return f"Sampler({', '.join(f'{k}={np.asarray(v).tolist()!r}' for k, v in shown.items())})"
 
     def tree_flatten(self):
         keys = tuple(sorted(self.values))
@@ -294,6 +302,8 @@ class Sampler:
                 start = 2 * v["mirostat"]
                 mu = start if mu is None else jnp.where(jnp.isnan(mu), start, mu)
                 logits = jnp.where((v["mirostat"] > 0)[..., None], filters.mirostat(logits, mu), logits)
+            elif name == "top_p":
+                logits = filters.top_p(logits, v[name], keep, v[TOP_P_BUDGET])
             else:
                 logits = getattr(filters, name)(logits, v[name], keep)
         return logits
@@ -354,6 +364,8 @@ def _setting(name, value) -> np.ndarray:
     """A per-row setting as a checked NumPy array of its dtype (``SETTINGS``)."""
     dtype, _, ok, why = SETTINGS[name]
     arr = _numbers(name, value, dtype)
+    if arr.size == 0:
+        raise ValueError(f"{name} is an empty array; give a number or one per prompt / rollout")
     if not np.all(ok(arr)):
         raise ValueError(f"{name} {why}, got {np.asarray(value).tolist()}")
     return arr
@@ -414,11 +426,13 @@ def sample(logits, sampler: Sampler, keys, ctx: Context) -> Draw:
     """Draw one token per row: logits fp32 [B, V], sampler fields [B], keys [B] typed PRNG keys.
 
     Greedy rows (temperature 0) take the argmax of the processed logits; the others draw from
-    the proposal (processed, then warped). The :class:`Draw` has the model's log-probability of
+    the proposal (processed, then warped). A row whose processed logits are all -inf (its history
+    made the filters ban every token) is ``dead``: the engine ends it there, without a token. The :class:`Draw` has the model's log-probability of
     each token before any filter and the proposal's after them (0 for greedy rows, a point mass).
     """
     greedy = jnp.asarray(sampler.temperature) == 0
     processed = sampler.process(logits, ctx)
+    dead = jnp.max(processed, axis=-1) == filters.NEG_INF   # e.g. no_repeat_ngram used up an allow-list
     proposal = sampler.warp(lambda: sampler.process(logits, ctx), ctx.mu)
     drawn = draw(keys, proposal)
     tokens = jnp.where(greedy, argmax(processed), drawn).astype(jnp.int32)
@@ -433,7 +447,7 @@ def sample(logits, sampler: Sampler, keys, ctx: Context) -> Draw:
         mu = jnp.where((tau > 0) & ~greedy, current - lr * (surprise - tau), mu)
     if "constraint" in sampler.chain:
         fsm = jnp.asarray(sampler.values["constraint"])[fsm, tokens]
-    return Draw(tokens=tokens, logprobs=logprobs, sample_logprobs=sample_logprobs, mu=mu, fsm=fsm)
+    return Draw(tokens=tokens, logprobs=logprobs, sample_logprobs=sample_logprobs, mu=mu, fsm=fsm, dead=dead)
 
 
 def draw(keys, logits, block: int = 256):

@@ -107,6 +107,28 @@ def test_top_p_edge_rows_match_transformers(min_keep, backend, stable_torch, mon
     assert np.isfinite(got[3]).sum() == min_keep             # p ~ 0: the min_keep most likely only
 
 
+def test_top_p_cuts_exactly_at_a_float_sum_like_transformers():
+    """Rows whose cumulative probability lands on 1 - p: ties of uniform rows (1 - float32(0.8) is one
+    rounding below transformers' float32(0.2), and ten rounded 0.1s summed one above: nine kept, not
+    eight), and a row whose nucleus ends on 0.5 where a second, differently rounded sum said "no cut"
+    and dropped all but the top token (in a batch of 5 rows of a flat row, not in a batch of 4)."""
+    ps = np.round(np.arange(0.05, 1.0, 0.05), 2)
+    for v in range(2, 41):
+        got = np.isfinite(np.asarray(filters.top_p(jnp.zeros((len(ps), v)), ps))).sum(-1)
+        want = [np.isfinite(hf_apply(hf.TopPLogitsWarper(float(p)), np.zeros((1, v), np.float32))).sum() for p in ps]
+        np.testing.assert_array_equal(got, want, err_msg=f"uniform row of {v}")
+    row = np.array([[-1.7917594909667969] * 3 + [-2.302584648132324, -3.4011950492858887, -1.7917596101760864,
+                                                 -1.791759729385376, -3.401198387145996]], np.float32)
+    assert_same(np.asarray(filters.top_p(jnp.asarray(row), 0.5)), hf_apply(hf.TopPLogitsWarper(0.5), row))
+    flat = (np.random.default_rng(1).normal(size=(1, 1000)) * 1e-30).astype(np.float32)
+    want = np.isfinite(hf_apply(hf.TopPLogitsWarper(0.05), flat)).sum()
+    for batch in (1, 4, 5, 8):
+        assert (np.isfinite(np.asarray(filters.top_p(jnp.asarray(np.repeat(flat, batch, 0)), 0.05))).sum(-1)
+                == want).all(), batch
+    from sampling import Sampler                             # the sampler passes 1 - p from the value it was given
+    assert np.isfinite(np.asarray(Sampler(top_p=0.8).filter(jnp.zeros((2, 10))))).sum() == 2 * 8
+
+
 @pytest.mark.parametrize("name, cls, arg, value", [("top_k", hf.TopKLogitsWarper, "top_k", 2),
                                                    ("min_p", hf.MinPLogitsWarper, "min_p", 0.5),
                                                    ("typical", hf.TypicalLogitsWarper, "mass", 0.5),

@@ -205,6 +205,8 @@ def test_rows_with_different_settings_share_one_compilation(tiny):
     ({"constraint": np.zeros((1, 4), int), "banned_tokens": [-5]}, "banned_tokens token ids must be >= 0"),
     # where a constraint allows only a stop token, min_new_tokens would leave nothing to draw (NaN, token 0)
     ({"constraint": np.zeros((1, 4), int), "min_new_tokens": 3}, "min_new_tokens cannot be combined with a constraint"),
+    ({"top_k": []}, "top_k is an empty array"),                           # numpy's "zero-size array" before
+    ({"top_p": []}, "top_p is an empty array"),
 ])
 def test_bad_settings_are_value_errors(settings, message):
     with pytest.raises(ValueError) as err:
@@ -216,6 +218,37 @@ def test_bad_settings_are_value_errors(settings, message):
         with pytest.raises(ValueError) as err:
             Sampler(**jax_array)
         assert message.split(",")[0] in str(err.value)
+
+
+def test_traced_top_k_is_a_clear_error():
+    with pytest.raises(ValueError, match="top_k and min_keep cannot be traced"):     # ConcretizationTypeError before
+        jax.jit(lambda k: Sampler(top_k=k).caps)(jnp.int32(3))
+    jax.jit(lambda t: Sampler(temperature=t).values["temperature"])(jnp.float32(0.5))   # other settings may be
+
+
+def test_logit_bias_applies_before_the_repetition_penalty_as_in_transformers():
+    import torch
+    from transformers.generation import logits_process as hf
+    logits = jnp.asarray([[0.5, -1.0, 2.0, 1.0, 0.0]])
+    history = jnp.asarray([[3, 1]])                            # tokens 3 and 1 already seen
+    ctx = Context(counts=jnp.zeros((1, 5), jnp.int32).at[0, history[0]].set(1), history=history,
+                  valid=jnp.ones((1, 2), bool), mu=jnp.full((1,), jnp.nan), stop_ids=jnp.asarray([-1]),
+                  fsm=jnp.zeros((1,), jnp.int32))
+    got = Sampler(repetition_penalty=1.5, logit_bias={3: -2.0, 1: 0.5}).process(logits, ctx)
+    ids, want = torch.tensor(np.asarray(history)), torch.tensor(np.asarray(logits))
+    want = hf.SequenceBiasLogitsProcessor({(3,): -2.0, (1,): 0.5})(ids, want)
+    want = hf.RepetitionPenaltyLogitsProcessor(1.5)(ids, want)
+    np.testing.assert_allclose(np.asarray(got), want.numpy(), rtol=1e-6)   # token 3: (1 - 2) * 1.5, not 1 / 1.5 - 2
+
+
+def test_a_row_whose_filters_ban_every_token_ends_without_a_token(tiny):
+    # allowed 5 and 6, each at most once: after both, nothing is left; the row drew token 0 with NaN log-probs
+    for sampler in (Sampler(allowed_tokens=[5, 6], no_repeat_ngram=1),
+                    Sampler(temperature=0.0, allowed_tokens=[5, 6], no_repeat_ngram=1)):
+        out = engine.generate(tiny, PROMPTS, max_new_tokens=6, n=2, sampler=sampler, seed=1)
+        assert out.lengths.tolist() == [[2, 2], [0, 0]]         # PROMPTS[1] holds 5 and 6: dead at once
+        assert all(sorted(row[:2]) == [5, 6] for row in out.tokens[0].tolist())
+        assert np.isfinite(out.logprobs).all() and np.isfinite(out.sample_logprobs).all()
 
 
 def test_seeds_differ_in_every_bit():
