@@ -96,11 +96,12 @@ class Sampler:
         for name in SETTINGS:
             if name in settings:
                 values[name] = settings.pop(name)
-        if "top_p" in values:                            # 1 - p from the value given (not its float32)
-            values[TOP_P_BUDGET] = filters.top_p_budget(values["top_p"])
+        given = values.get("top_p")
         for name, value in values.items():
-            if name in SETTINGS and not isinstance(value, jax.core.Tracer):   # traced values cannot be checked
+            if not isinstance(value, jax.core.Tracer):   # traced values (inside jit) cannot be checked
                 values[name] = _setting(name, value)
+        if given is not None:                            # 1 - p from the value given (checked), not its float32
+            values[TOP_P_BUDGET] = filters.top_p_budget(given)
         values |= _token_lists(settings)
         least = values.get("min_new_tokens", 0)       # a traced value may be anything: refused too
         if "constraint" in values and (isinstance(least, jax.core.Tracer) or np.any(np.asarray(least))):

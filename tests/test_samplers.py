@@ -207,6 +207,9 @@ def test_rows_with_different_settings_share_one_compilation(tiny):
     ({"constraint": np.zeros((1, 4), int), "min_new_tokens": 3}, "min_new_tokens cannot be combined with a constraint"),
     ({"top_k": []}, "top_k is an empty array"),                           # numpy's "zero-size array" before
     ({"top_p": []}, "top_p is an empty array"),
+    # 1 - p was taken from these before they were checked: numpy's own errors
+    ({"top_p": "abc"}, "top_p must be a number or an array of (real) numbers"),
+    ({"top_p": 1 + 1j}, "top_p must be a number or an array of (real) numbers"),
 ])
 def test_bad_settings_are_value_errors(settings, message):
     with pytest.raises(ValueError) as err:
