@@ -310,9 +310,10 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
         raise ValueError(f"{used} of the rollouts' {state.cache.size} cache slots are used; {max_new_tokens} more "
                          f"do not fit (start with a larger capacity)")
     stops = stop_ids(model.config, stop_tokens)
+    table = check_sampler(sampler).values.get("constraint")     # the host copy, before it is placed
     sampler = row_sampler(sampler, state, mesh, stops)
-    if "constraint" in sampler.values:
-        tag = zlib.crc32(np.asarray(sampler.values["constraint"]).tobytes()) & 0x7FFFFFFF
+    if table is not None:
+        tag = zlib.crc32(np.asarray(table).tobytes()) & 0x7FFFFFFF
         if int(state.constraint) != tag:        # another constraint's states mean nothing in this table
             state = dataclasses.replace(state, fsm=jnp.zeros_like(state.fsm, device=state.fsm.sharding),
                                         constraint=jnp.int32(tag))

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sampling.sampler import fit_rows
+
 IMPLAUSIBLE = 1e4   # contrastive decoding's penalty below the plausibility cut (see `contrastive`)
 
 
@@ -100,9 +102,4 @@ def resolve(combine, count: int, params=None):
 def rows(params: dict, shape) -> dict:
     """Named mixtures' ``params`` (numbers, or arrays per prompt [G] / per rollout [G, N]) as one
     value per row [G*N], or a ``ValueError`` for an array that does not fit ``shape`` (G, N)."""
-    out = {}
-    for name, x in params.items():
-        if x.ndim > len(shape) or any(a not in (1, b) for a, b in zip(x.shape, shape)):
-            raise ValueError(f"mixture parameter {name} of shape {x.shape} does not fit rollouts {tuple(shape)}")
-        out[name] = np.broadcast_to(x.reshape(x.shape + (1,) * (len(shape) - x.ndim)), shape).reshape(-1)
-    return out
+    return {name: fit_rows(x, shape, f"mixture parameter {name}").reshape(-1) for name, x in params.items()}

@@ -156,12 +156,7 @@ class Sampler:
     def broadcast(self, shape) -> "Sampler":
         """Per-row settings broadcast to ``shape`` (e.g. [G, N]); a setting of shape [G] gives each
         prompt's rollouts that prompt's value (trailing axes are added, not leading)."""
-        def one(x):
-            x = jnp.asarray(x)
-            if x.ndim > len(shape) or any(a not in (1, b) for a, b in zip(x.shape, shape)):
-                raise ValueError(f"a sampler setting of shape {x.shape} does not fit rollouts {tuple(shape)}")
-            return jnp.broadcast_to(x.reshape(x.shape + (1,) * (len(shape) - x.ndim)), shape)
-        return self._map_rows(one)
+        return self._map_rows(lambda x: fit_rows(x, shape, "a sampler setting"))
 
     def check_vocab(self, vocab: int, stop_ids=None) -> "Sampler":
         """``self``, or a ``ValueError`` where the settings cannot work with a ``vocab``-token model
@@ -338,6 +333,15 @@ def _kept_top_k(x, k: int):
     when the vocabulary axis was sharded over a tensor axis alone.)"""
     vals, ids = jax.lax.top_k(x, k)
     return jax.lax.optimization_barrier(vals), jax.lax.optimization_barrier(ids)
+
+
+def fit_rows(x, shape, what: str) -> jax.Array:
+    """``x`` ([], [G] or [G, N]) broadcast to ``shape`` (G, N), trailing axes added (a value per prompt
+    goes to each of its rollouts), or a ``ValueError`` naming ``what``."""
+    x = jnp.asarray(x)
+    if x.ndim > len(shape) or any(a not in (1, b) for a, b in zip(x.shape, shape)):
+        raise ValueError(f"{what} of shape {x.shape} does not fit rollouts {tuple(shape)}")
+    return jnp.broadcast_to(x.reshape(x.shape + (1,) * (len(shape) - x.ndim)), shape)
 
 
 def _all_off(name, value) -> bool:
