@@ -126,8 +126,9 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     cli.check_training(args, ("steps", "batch", "problems", "samples", "val_problems", "eval_every"),
                        ("lm_weight", "token_weight"))
-    if args.val_problems > arith.HELD_OUT_SIZE:
-        raise ValueError(f"--val-problems must be at most {arith.HELD_OUT_SIZE}, got {args.val_problems}")
+    most = arith.LEVELS["hard"].held_out
+    if args.val_problems > most:
+        raise ValueError(f"--val-problems must be at most {most}, got {args.val_problems}")
 
     start = time.time()
     policy = models.load(args.policy)

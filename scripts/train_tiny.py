@@ -140,8 +140,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     cli.check_training(args, ("steps", "batch", "seq_len", "eval_every", "val_problems"), ("stop_at",))
-    if args.val_problems > arith.HELD_OUT_SIZE or args.stop_at > 1:
-        raise ValueError(f"--val-problems must be at most {arith.HELD_OUT_SIZE} and --stop-at at most 1 "
+    most = arith.LEVELS["hard"].held_out
+    if args.val_problems > most or args.stop_at > 1:
+        raise ValueError(f"--val-problems must be at most {most} and --stop-at at most 1 "
                          f"(an accuracy), got {args.val_problems} and {args.stop_at}")
     with tempfile.TemporaryDirectory() as tmp:
         tok = train_tokenizer(Path(tmp) / "tokenizer.model", seed=args.seed)

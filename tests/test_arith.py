@@ -1,4 +1,5 @@
 """The arithmetic task: generator, splits, parser and both verifiers."""
+import collections
 import itertools
 import random
 
@@ -77,7 +78,7 @@ def test_held_out_split_is_a_prefix_of_a_longer_one():
 def test_levels_respect_steps_digits_and_range(name):
     lvl = arith.LEVELS[name]
     top = 10 ** lvl.digits - 1
-    problems = arith.held_out("val", name, 300)
+    problems = arith.held_out("val", name)
     assert {len(p.ops) for p in problems} == set(range(lvl.min_steps, lvl.max_steps + 1))
     for p in problems:
         assert p.level == name
@@ -86,13 +87,33 @@ def test_levels_respect_steps_digits_and_range(name):
         assert eval(p.expression) == p.answer  # noqa: S307 - the expression is generated digits and +/-
 
 
+@pytest.mark.parametrize("name", list(arith.LEVELS))
+def test_held_out_lists_are_distinct_and_disjoint(name):
+    val, test = arith.held_out("val", name), arith.held_out("test", name)
+    assert len(val) == len(test) == arith.LEVELS[name].held_out
+    val_q, test_q = {p.expression for p in val}, {p.expression for p in test}
+    assert len(val_q) == len(val) and len(test_q) == len(test) and not val_q & test_q
+    assert val_q | test_q <= arith.held_out_questions()
+
+
 def test_train_stream_never_yields_held_out_questions():
     held = arith.held_out_questions()
     easy = list(itertools.islice(arith.train_stream({"easy": 1}), 3000))
     assert not any(p.expression in held for p in easy)
     # easy problems are few, so many held-out ones would be drawn if they were not filtered
     rng = random.Random(0)
-    assert sum(arith.sample_problem(rng, "easy").expression in held for _ in range(3000)) > 100
+    assert sum(arith.sample_problem(rng, "easy").expression in held for _ in range(3000)) > 300
+
+
+def test_train_stream_keeps_the_mixture_of_levels():
+    # a held-out draw is redrawn at its own level: the easy level, a fifth of whose draws are held
+    # out, keeps its share (redrawing at a new level gave about 0.02 : 0.32 : 0.66 for 1 : 2 : 4)
+    mix = {"easy": 1.0, "medium": 2.0, "hard": 4.0}
+    n = 14000
+    counts = collections.Counter(p.level for p in itertools.islice(arith.train_stream(mix), n))
+    expected = {k: n * w / sum(mix.values()) for k, w in mix.items()}
+    chi2 = sum((counts[k] - expected[k]) ** 2 / expected[k] for k in mix)
+    assert chi2 < 13.8                                  # p = 0.001 for 2 degrees of freedom
 
 
 def test_parse_correct_wrong_and_malformed():
@@ -157,6 +178,8 @@ def test_bad_levels_splits_and_mixes():
     with pytest.raises(ValueError) as err:
         arith.held_out("train", "hard")
     assert "train_stream" in str(err.value)
+    with pytest.raises(ValueError, match=r"n must be in \[1, 100\] for level 'easy', got 101"):
+        arith.held_out("val", "easy", 101)
     with pytest.raises(ValueError) as err:
         next(arith.train_stream({"easy": 0}))
     assert "positive sum" in str(err.value)

@@ -12,12 +12,13 @@ Every operand and every running total of the reference (left-to-right) solution 
 ``[0, 10**digits - 1]``. :meth:`Problem.random_solution` takes the terms in another order
 (``84+18=102``, ``102-61=41``, ...): the policy is trained on those. Difficulty levels set the
 number of steps and digits.
-Splits are fixed-seed: ``val`` and ``test`` are fixed lists; ``train`` is an endless stream
-that never yields a question of the held-out splits.
+Splits are fixed-seed: ``val`` and ``test`` are fixed lists of distinct questions, disjoint from
+each other; ``train`` is an endless stream that never yields a question of the held-out splits.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import re
 import zlib
@@ -26,20 +27,21 @@ from typing import Iterator
 
 @dataclasses.dataclass(frozen=True)
 class Level:
-    """A difficulty level: steps drawn uniformly from [min_steps, max_steps], ``digits``-digit numbers."""
+    """A difficulty level: steps drawn uniformly from [min_steps, max_steps], ``digits``-digit
+    numbers; ``held_out`` distinct problems in each of its ``val`` and ``test`` lists."""
     name: str
     min_steps: int
     max_steps: int
     digits: int
+    held_out: int = 1000
 
 
 LEVELS: dict[str, Level] = {
-    "easy": Level("easy", 1, 2, 1),
+    "easy": Level("easy", 1, 2, 1, held_out=100),     # 900 questions in all (90 of one step)
     "medium": Level("medium", 2, 3, 2),
     "hard": Level("hard", 4, 5, 2),
 }
 SPLITS = ("train", "val", "test")
-HELD_OUT_SIZE = 1000          # problems per (held-out split, level)
 _SPLIT_SEED = {"train": 0, "val": 1, "test": 2}
 
 DIGITS = r"([0-9]{1,100})"      # ASCII only (\d takes any script's digits); bounded (int() refuses > 4300)
@@ -187,29 +189,47 @@ def _check_split(split: str, levels) -> None:
         level(name)
 
 
-def held_out(split: str, lvl: str, n: int = HELD_OUT_SIZE, seed: int = 0) -> list[Problem]:
-    """The first ``n`` problems of the fixed ``val`` or ``test`` split of level ``lvl``.
+def held_out(split: str, lvl: str, n: int | None = None, seed: int = 0) -> list[Problem]:
+    """The first ``n`` (default all: ``LEVELS[lvl].held_out``) problems of the fixed ``val`` or
+    ``test`` list of level ``lvl``.
 
-    Deterministic for a given ``seed``; the first ``n`` are a prefix of any longer request.
+    Each list holds distinct questions, and ``val`` none of ``test``'s: a draw of the split's
+    own seeded generator that repeats one is skipped. Deterministic for a given ``seed``; the
+    first ``n`` are a prefix of any longer request.
     """
     _check_split(split, [lvl])
     if split == "train":
         raise ValueError("the train split is a stream: use train_stream()")
-    if not 0 < n <= HELD_OUT_SIZE:
-        raise ValueError(f"n must be in [1, {HELD_OUT_SIZE}], got {n}")
-    rng = _rng(split, lvl, seed)
-    return [sample_problem(rng, lvl) for _ in range(n)]
+    size = LEVELS[lvl].held_out
+    n = size if n is None else n
+    if not 0 < n <= size:
+        raise ValueError(f"n must be in [1, {size}] for level {lvl!r}, got {n}")
+    return list(_held_out(split, lvl, seed)[:n])
 
 
-def held_out_questions(seed: int = 0) -> set[str]:
+@functools.lru_cache(maxsize=None)
+def _held_out(split: str, lvl: str, seed: int) -> tuple[Problem, ...]:
+    taken = set() if split == "test" else {p.expression for p in _held_out("test", lvl, seed)}
+    rng, out = _rng(split, lvl, seed), []
+    while len(out) < LEVELS[lvl].held_out:
+        p = sample_problem(rng, lvl)
+        if p.expression not in taken:
+            taken.add(p.expression)
+            out.append(p)
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=None)
+def held_out_questions(seed: int = 0) -> frozenset[str]:
     """The expressions of every held-out problem (all levels, val and test)."""
-    return {p.expression for split in ("val", "test") for lvl in LEVELS for p in held_out(split, lvl, seed=seed)}
+    return frozenset(p.expression for split in ("val", "test") for lvl in LEVELS for p in _held_out(split, lvl, seed))
 
 
 def train_stream(mix: dict[str, float], seed: int = 0) -> Iterator[Problem]:
     """Endless training problems, levels drawn with weights ``mix`` (e.g. ``{"easy": 1, "hard": 2}``).
 
-    Deterministic per seed; never yields a problem whose question is in a held-out split.
+    Deterministic per seed; never yields a problem whose question is in a held-out split: such
+    a draw is redrawn at its level, so the levels keep the proportions of ``mix``.
     """
     _check_split("train", mix)
     if not mix or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
@@ -218,9 +238,11 @@ def train_stream(mix: dict[str, float], seed: int = 0) -> Iterator[Problem]:
     banned = held_out_questions()
     rng = _rng("train", ",".join(names), seed)
     while True:
-        p = sample_problem(rng, rng.choices(names, weights)[0])
-        if p.expression not in banned:
-            yield p
+        name = rng.choices(names, weights)[0]
+        p = sample_problem(rng, name)
+        while p.expression in banned:
+            p = sample_problem(rng, name)
+        yield p
 
 
 def parse(text: str) -> Parsed:
