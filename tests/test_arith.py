@@ -106,7 +106,7 @@ def test_train_stream_never_yields_held_out_questions():
 
 
 def test_train_stream_keeps_the_mixture_of_levels():
-    # a held-out draw is redrawn at its own level: the easy level, a fifth of whose draws are held
+    # a held-out draw is redrawn at its own level: the easy level, half of whose draws are held
     # out, keeps its share (redrawing at a new level gave about 0.02 : 0.32 : 0.66 for 1 : 2 : 4)
     mix = {"easy": 1.0, "medium": 2.0, "hard": 4.0}
     n = 14000
@@ -178,8 +178,10 @@ def test_bad_levels_splits_and_mixes():
     with pytest.raises(ValueError) as err:
         arith.held_out("train", "hard")
     assert "train_stream" in str(err.value)
-    with pytest.raises(ValueError, match=r"n must be in \[1, 100\] for level 'easy', got 101"):
+    with pytest.raises(ValueError, match=r"n must be an int in \[1, 100\] for level 'easy', got 101"):
         arith.held_out("val", "easy", 101)
+    with pytest.raises(ValueError, match="got 2.5"):
+        arith.held_out("val", "hard", 2.5)
     with pytest.raises(ValueError) as err:
         next(arith.train_stream({"easy": 0}))
     assert "positive sum" in str(err.value)

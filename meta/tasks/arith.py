@@ -42,7 +42,6 @@ LEVELS: dict[str, Level] = {
     "hard": Level("hard", 4, 5, 2),
 }
 SPLITS = ("train", "val", "test")
-_SPLIT_SEED = {"train": 0, "val": 1, "test": 2}
 
 DIGITS = r"([0-9]{1,100})"      # ASCII only (\d takes any script's digits); bounded (int() refuses > 4300)
 STEP_RE = re.compile(rf"^{DIGITS}([+-]){DIGITS}={DIGITS}$")
@@ -202,8 +201,8 @@ def held_out(split: str, lvl: str, n: int | None = None, seed: int = 0) -> list[
         raise ValueError("the train split is a stream: use train_stream()")
     size = LEVELS[lvl].held_out
     n = size if n is None else n
-    if not 0 < n <= size:
-        raise ValueError(f"n must be in [1, {size}] for level {lvl!r}, got {n}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= size:
+        raise ValueError(f"n must be an int in [1, {size}] for level {lvl!r}, got {n!r}")
     return list(_held_out(split, lvl, seed)[:n])
 
 
