@@ -112,11 +112,14 @@ def test_top_p_cuts_exactly_at_a_float_sum_like_transformers():
     rounding below transformers' float32(0.2), and ten rounded 0.1s summed one above: nine kept, not
     eight), and a row whose nucleus ends on 0.5 where a second, differently rounded sum said "no cut"
     and dropped all but the top token (in a batch of 5 rows of a flat row, not in a batch of 4)."""
-    ps = np.round(np.arange(0.05, 1.0, 0.05), 2)
-    for v in range(2, 41):
-        got = np.isfinite(np.asarray(filters.top_p(jnp.zeros((len(ps), v)), ps))).sum(-1)
-        want = [np.isfinite(hf_apply(hf.TopPLogitsWarper(float(p)), np.zeros((1, v), np.float32))).sum() for p in ps]
-        np.testing.assert_array_equal(got, want, err_msg=f"uniform row of {v}")
+    ps, widths = np.round(np.arange(0.05, 1.0, 0.05), 2), range(2, 41)
+    uniform = np.full((len(widths), len(ps), 40), -np.inf, np.float32)    # v tied tokens, the rest banned:
+    for row, v in zip(uniform, widths):                                   # one call for every (v, p)
+        row[:, :v] = 0
+    got = np.isfinite(np.asarray(filters.top_p(jnp.asarray(uniform.reshape(-1, 40)), np.tile(ps, len(widths)))))
+    want = [[np.isfinite(hf_apply(hf.TopPLogitsWarper(float(p)), np.zeros((1, v), np.float32))).sum() for p in ps]
+            for v in widths]
+    np.testing.assert_array_equal(got.sum(-1).reshape(len(widths), len(ps)), want)
     row = np.array([[-1.7917594909667969] * 3 + [-2.302584648132324, -3.4011950492858887, -1.7917596101760864,
                                                  -1.791759729385376, -3.401198387145996]], np.float32)
     assert_same(np.asarray(filters.top_p(jnp.asarray(row), 0.5)), hf_apply(hf.TopPLogitsWarper(0.5), row))
