@@ -72,6 +72,7 @@ def test_generator_is_deterministic_per_seed_and_differs_across_seeds():
 
 def test_held_out_split_is_a_prefix_of_a_longer_one():
     assert arith.held_out("val", "medium", 30) == arith.held_out("val", "medium", 100)[:30]
+    assert arith.held_out("val", "medium", np.int64(30)) == arith.held_out("val", "medium", 30)
 
 
 @pytest.mark.parametrize("name", list(arith.LEVELS))

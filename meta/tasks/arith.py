@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 import random
 import re
 import zlib
@@ -201,7 +202,7 @@ def held_out(split: str, lvl: str, n: int | None = None, seed: int = 0) -> list[
         raise ValueError("the train split is a stream: use train_stream()")
     size = LEVELS[lvl].held_out
     n = size if n is None else n
-    if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= size:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 0 < n <= size:
         raise ValueError(f"n must be an int in [1, {size}] for level {lvl!r}, got {n!r}")
     return list(_held_out(split, lvl, seed)[:n])
 
