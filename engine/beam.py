@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.cache import KVCache, PrefillCache, take_rollouts
-from engine.decode import bucket, check_int, check_prompts, left_pad, memory_bytes, state_bytes, stop_ids
+from engine.checks import check_int, check_prompts, memory_bytes, state_bytes, stop_ids
+from engine.decode import bucket, left_pad
 from models.tokenizer import CONTEXT, continuation
 
 F32 = jnp.float32

@@ -9,7 +9,6 @@ rollout axis; the prefix block is untouched) and ``append`` (prefill of only the
 from __future__ import annotations
 
 import dataclasses
-import os
 import zlib
 from functools import partial
 from types import SimpleNamespace
@@ -20,8 +19,10 @@ import numpy as np
 
 import sharding
 from engine.cache import KVCache, PrefillCache, take_rollouts
+from engine.checks import (check_int, check_prompts, check_sampler, check_state, memory_bytes, state_bytes, stop_ids,
+                           token_ids)
+from engine.state import DecodeState
 from sampling import Sampler, rollout_keys, sample
-from sampling.sampler import Context
 
 MIN_BUCKET = 16
 
@@ -29,46 +30,6 @@ MIN_BUCKET = 16
 def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
     """Padded length: the next power of two >= n (at least ``minimum``), so compilations are few."""
     return max(minimum, 1 << (n - 1).bit_length())
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class DecodeState:
-    done: jax.Array             # bool [B]      row has emitted a stop token (B = G*N)
-    logits: jax.Array           # f32 [B, V]    next-token logits
-    tokens: jax.Array           # int32 [B, S]  token in each rollout slot (pad where none)
-    logprobs: jax.Array         # f32 [B, S]    model log-prob of each sampled token (before filters)
-    sample_logprobs: jax.Array  # f32 [B, S]    proposal log-prob (after filters); 0 for greedy/appended
-    keys: jax.Array             # key [B]       per-rollout PRNG keys (its t-th token draws with fold_in(key, t))
-    counts: jax.Array           # int32 [B, V]  how often each token was generated (penalties)
-    mu: jax.Array               # f32 [B]       Mirostat running estimate (NaN until it starts)
-    fsm: jax.Array              # int32 [B]     constraint automaton state (0: start)
-    constraint: jax.Array       # int32 []      which constraint ``fsm`` belongs to (crc32 of its table; -1: none)
-    prompt: jax.Array           # int32 [G, P]  the left-padded prompts (history for n-gram / repetition)
-    cache: KVCache
-
-    def axes(self) -> "DecodeState":
-        """Logical axis names of every field (for ``sharding``), shaped like the state."""
-        row, rows = ("rollouts",), ("rollouts", "time")
-        return DecodeState(done=row, logits=("rollouts", "vocab"), tokens=rows, logprobs=rows,
-                           sample_logprobs=rows, keys=row, counts=("rollouts", "vocab"), mu=row,
-                           fsm=row, constraint=(), prompt=("prefix", None), cache=self.cache.axes())
-
-    def context(self, stop_ids) -> Context:
-        """What the sampler's history-dependent filters read: each row's prompt + rollout tokens."""
-        g, n = self.shape
-        prompt = jnp.repeat(self.prompt, n, axis=0, total_repeat_length=g * n)
-        first = jnp.repeat(self.cache.pstart, n, total_repeat_length=g * n)
-        prompt_valid = jnp.arange(self.prompt.shape[1])[None, :] >= first[:, None]
-        return Context(counts=self.counts, history=jnp.concatenate([prompt, self.tokens], axis=1),
-                       valid=jnp.concatenate([prompt_valid, self.cache.valid], axis=1), mu=self.mu,
-                       stop_ids=stop_ids, fsm=self.fsm)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(G prompts, N rollouts per prompt)."""
-        g = self.cache.groups
-        return g, self.done.shape[0] // g
 
 
 def place_model(model, mesh):
@@ -81,83 +42,6 @@ def place_model(model, mesh):
         return model.shard(mesh)
     params = sharding.place(model.params, jax.tree.map(lambda x: (None,) * np.ndim(x), model.params), mesh)
     return SimpleNamespace(config=model.config, params=params, forward=model.forward, tokenizer=model.tokenizer)
-
-
-def check_state(state) -> None:
-    """A ``ValueError`` unless ``state`` is a :class:`DecodeState` whose buffers still exist: ``decode``
-    and ``append`` donate theirs (the KV cache is updated in place), so a state passed to one of them
-    is used up; to continue one state twice, copy it first (``engine.select``)."""
-    if not isinstance(state, DecodeState):
-        raise ValueError(f"expected a DecodeState (from engine.start), got {type(state).__name__}")
-    if any(x.is_deleted() for x in jax.tree.leaves(state) if isinstance(x, jax.Array)):
-        raise ValueError("this DecodeState was used up by an earlier engine.decode / engine.append (they donate "
-                         "its buffers); continue from what that call returned, or copy it first with "
-                         "engine.select(state, indices) to branch")
-
-
-def check_int(name: str, x, low: int | None = None) -> None:
-    """A ``ValueError`` naming ``name`` unless ``x`` is a Python or NumPy integer (not a bool) >= ``low``."""
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or (low is not None and x < low):
-        raise ValueError(f"{name} must be an integer{'' if low is None else f' >= {low}'}, got {x!r}")
-
-
-def token_ids(what: str, x) -> list[int]:
-    """``x`` (a token-id list or array) as a flat list of ints, or a ``ValueError`` naming ``what``
-    when it holds anything but integers (a cast would silently truncate floats)."""
-    try:
-        ids = np.asarray(x)
-    except ValueError:                     # ragged nesting
-        ids = np.asarray(None)
-    if ids.ndim != 1 or ids.dtype == object:
-        raise ValueError(f"{what} must be a flat list of token ids, got {str(x)[:60]}")
-    ids = ids.reshape(-1)
-    if ids.size and not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"{what} must hold integer token ids, got {ids.dtype} values {ids[:5].tolist()}")
-    return ids.tolist()
-
-
-def check_prompts(model, prompts, max_new_tokens: int, name: str = "max_new_tokens") -> list[list[int]]:
-    """Token-id lists of ``prompts`` (strings are encoded), or a ``ValueError`` naming the problem;
-    ``max_new_tokens`` (the argument ``name``) more tokens must fit in the model's length."""
-    config = model.config
-    if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise ValueError("prompts must be a non-empty list of token-id lists or strings")
-    check_int(name, max_new_tokens, 1)
-    ids = []
-    for i, p in enumerate(prompts):
-        if isinstance(p, str):
-            if model.tokenizer is None:
-                raise ValueError("string prompts need a model with a tokenizer; pass token ids")
-            p = model.tokenizer.encode(p)
-        elif not hasattr(p, "__len__") or getattr(p, "ndim", 1) == 0:
-            raise ValueError(f"prompt {i} is a single value ({p!r}); prompts is a list of prompts, each a token-id "
-                             f"list or a string (one prompt of ids: [[2, 3]], not [2, 3])")
-        p = token_ids(f"prompt {i}", p)
-        if not p:
-            raise ValueError(f"prompt {i} is empty")
-        bad = [t for t in p if not 0 <= t < config.vocab_size]
-        if bad:
-            raise ValueError(f"prompt {i} has token ids outside the vocabulary [0, {config.vocab_size}): {bad[:5]}")
-        if len(p) + max_new_tokens > config.max_len:
-            raise ValueError(f"prompt {i} has {len(p)} tokens; with {max_new_tokens} new tokens ({name}) that "
-                             f"exceeds the model's maximum length {config.max_len}")
-        ids.append(p)
-    return ids
-
-
-def state_bytes(config, groups: int, prefix: int, rows: int, capacity: int) -> int:
-    """Bytes of a :class:`DecodeState`: the KV cache (prefix ``groups x prefix`` slots, rollouts
-    ``rows x capacity``), the per-row logits and token counts [rows, V] and the per-slot arrays."""
-    kv = config.layers * 2 * config.kv_heads * config.head_dim * np.dtype(config.dtype).itemsize
-    return kv * (groups * prefix + rows * capacity) + rows * config.vocab_size * 8 + rows * capacity * 13
-
-
-def memory_bytes(mesh=None) -> int:
-    """Memory the state may use: the device's (times the mesh's devices), or on CPU the host's RAM."""
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if "bytes_limit" in stats:
-        return stats["bytes_limit"] * (1 if mesh is None else mesh.devices.size)
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def left_pad(ids: list[list[int]], pad_id: int, length: int):
@@ -257,28 +141,6 @@ def decode_loop(forward, config, params, state: DecodeState, sampler: Sampler, s
     """Decode until every row is done or the rollout block has ``limit`` slots used."""
     cond = lambda s: (s.cache.index < limit) & ~jnp.all(s.done)
     return jax.lax.while_loop(cond, lambda s: _step(forward, config, params, s, sampler, stop_ids, mesh), state)
-
-
-def stop_ids(config, stop_tokens=None) -> jax.Array:
-    """The config's EOS ids and ``stop_tokens`` as one int32 array (``[-1]`` when there are none)."""
-    try:
-        extra = np.asarray([] if stop_tokens is None else stop_tokens).reshape(-1)
-    except ValueError:                                  # ragged nesting
-        extra = np.asarray([None])
-    if extra.size and (not np.issubdtype(extra.dtype, np.integer) or extra.min() < 0
-                       or extra.max() >= config.vocab_size):
-        raise ValueError(f"stop_tokens must be token ids in [0, {config.vocab_size}), got {str(stop_tokens)[:60]}")
-    return jnp.asarray(sorted(set(config.eos_ids) | set(extra.tolist())) or [-1], jnp.int32)
-
-
-def check_sampler(sampler) -> Sampler:
-    """``sampler``, greedy for None, or a ``ValueError`` for anything that is not a :class:`Sampler`."""
-    if sampler is None:
-        return Sampler.greedy()
-    if not isinstance(sampler, Sampler):
-        raise ValueError(f"sampler must be a sampling.Sampler (e.g. Sampler(temperature=0.8)), got "
-                         f"{type(sampler).__name__}")
-    return sampler
 
 
 def row_sampler(sampler: Sampler | None, state: DecodeState, mesh=None, stops=None) -> Sampler:

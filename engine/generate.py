@@ -6,8 +6,8 @@ import dataclasses
 import numpy as np
 
 import sharding
-from engine.decode import (DecodeState, check_int, check_sampler, check_state, decode, decode_step, place_model,
-                           row_sampler, start, stop_ids)
+from engine.checks import check_int, check_sampler, check_state, stop_ids
+from engine.decode import DecodeState, decode, decode_step, place_model, row_sampler, start
 from models.tokenizer import CONTEXT, continuation
 from sampling import Sampler
 

@@ -17,7 +17,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from engine.decode import check_int, check_sampler, row_sampler, start, stop_ids
+from engine.checks import check_int, check_sampler, stop_ids
+from engine.decode import row_sampler, start
 from engine.generate import Rollouts, rollouts
 from sampling import Sampler, sample
 from sampling.mixtures import resolve, rows
