@@ -14,16 +14,30 @@ from engine.state import DecodeState
 from sampling import Sampler
 
 
+def traced(state: DecodeState) -> bool:
+    """Whether ``state`` is being traced (a verb called inside ``jax.jit`` / ``lax.while_loop``): then
+    only its static parts (shapes, settings) can be checked, and values are trusted."""
+    return isinstance(state.done, jax.core.Tracer)
+
+
 def check_state(state) -> None:
-    """A ``ValueError`` unless ``state`` is a :class:`DecodeState` whose buffers still exist: ``decode``
-    and ``append`` donate theirs (the KV cache is updated in place), so a state passed to one of them
-    is used up; to continue one state twice, copy it first (``engine.select``)."""
+    """A ``ValueError`` unless ``state`` is a :class:`DecodeState` whose buffers still exist: ``decode``,
+    ``append`` and ``rewind`` donate theirs (the KV cache is updated in place), so a state passed to one
+    of them is used up; to continue one state twice, copy it first (``engine.select``)."""
     if not isinstance(state, DecodeState):
         raise ValueError(f"expected a DecodeState (from engine.start), got {type(state).__name__}")
+    if traced(state):
+        return
     if any(x.is_deleted() for x in jax.tree.leaves(state) if isinstance(x, jax.Array)):
         raise ValueError("this DecodeState was used up by an earlier engine.decode / engine.append (they donate "
                          "its buffers); continue from what that call returned, or copy it first with "
                          "engine.select(state, indices) to branch")
+
+
+def check_bool(name: str, x) -> None:
+    """A ``ValueError`` naming ``name`` unless ``x`` is True or False."""
+    if not isinstance(x, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {x!r}")
 
 
 def check_int(name: str, x, low: int | None = None) -> None:
@@ -77,10 +91,11 @@ def check_prompts(model, prompts, max_new_tokens: int, name: str = "max_new_toke
 
 
 def state_bytes(config, groups: int, prefix: int, rows: int, capacity: int) -> int:
-    """Bytes of a :class:`DecodeState`: the KV cache (prefix ``groups x prefix`` slots, rollouts
-    ``rows x capacity``), the per-row logits and token counts [rows, V] and the per-slot arrays."""
+    """Bytes of a :class:`DecodeState` (or of one track's part of it): the KV cache (prefix ``groups x
+    prefix`` slots, rollouts ``rows x capacity``), the logits [rows + groups, V] and the per-slot arrays
+    (token, two log-probs, automaton state: 4 bytes each; valid and drawn flags)."""
     kv = config.layers * 2 * config.kv_heads * config.head_dim * np.dtype(config.dtype).itemsize
-    return kv * (groups * prefix + rows * capacity) + rows * config.vocab_size * 8 + rows * capacity * 13
+    return kv * (groups * prefix + rows * capacity) + (rows + groups) * config.vocab_size * 4 + rows * capacity * 18
 
 
 def memory_bytes(mesh=None) -> int:
@@ -111,3 +126,107 @@ def check_sampler(sampler) -> Sampler:
         raise ValueError(f"sampler must be a sampling.Sampler (e.g. Sampler(temperature=0.8)), got "
                          f"{type(sampler).__name__}")
     return sampler
+
+
+def check_models(model, tracks, state: DecodeState) -> dict:
+    """``tracks`` as a dict, or a ``ValueError`` unless ``model`` and ``tracks`` are the models ``state``
+    was started with: the same vocabulary, and one model of the same kind per track name."""
+    vocab = state.logits.shape[-1]
+    if getattr(getattr(model, "config", None), "vocab_size", None) != vocab:
+        raise ValueError(f"this state was started with a {vocab}-token model; got "
+                         f"{getattr(getattr(model, 'config', None), 'vocab_size', type(model).__name__)!r} instead")
+    tracks = {} if tracks is None else tracks
+    if not isinstance(tracks, dict) or set(tracks) != set(state.tracks):
+        raise ValueError(f"this state has tracks {sorted(state.tracks) or 'none'}: pass tracks={{name: model}} with "
+                         f"those models, got {sorted(tracks) if isinstance(tracks, dict) else tracks!r:.60}")
+    for name, track in tracks.items():
+        reward = state.tracks[name].out.ndim == 1
+        if getattr(getattr(track, "config", None), "vocab_size", None) != vocab or track.config.score_head != reward:
+            raise ValueError(f"track {name!r} was started with a {'reward' if reward else 'language'} model of "
+                             f"{vocab} tokens; got {type(track).__name__} with another vocabulary or kind")
+    return tracks
+
+
+def step_ids(model, step_tokens) -> jax.Array:
+    """Step delimiters int32 [D, L], each right-aligned with -1 before a shorter one (``[0, 1]``: none).
+
+    ``step_tokens``: token ids (each a one-token delimiter), a string (one delimiter: its tokens, encoded
+    without BOS), or a list mixing ids, strings and token-id lists (multi-token delimiters).
+    """
+    if step_tokens is None:
+        return jnp.zeros((0, 1), jnp.int32)
+    items = [step_tokens] if isinstance(step_tokens, str) else step_tokens
+    if not isinstance(items, (list, tuple, np.ndarray)) or len(items) == 0:
+        raise ValueError(f"step_tokens must be token ids, a string or a list of them, got {step_tokens!r:.60}")
+    seqs = []
+    for item in items:
+        if isinstance(item, str):
+            if model.tokenizer is None:
+                raise ValueError("string step_tokens need a model with a tokenizer; pass token ids")
+            item = model.tokenizer.encode(item, bos=False)
+        seq = token_ids("a step delimiter", [item] if np.ndim(item) == 0 else item)
+        vocab = model.config.vocab_size
+        if not seq or not all(0 <= t < vocab for t in seq):
+            raise ValueError(f"step_tokens must be non-empty token ids in [0, {vocab}), got {item!r:.60}")
+        seqs.append(seq)
+    width = max(map(len, seqs))
+    return jnp.asarray([[-1] * (width - len(s)) + s for s in seqs], jnp.int32)
+
+
+def check_tracks(model, tracks, track_prompts, n_prompts: int) -> dict:
+    """``{name: model}`` from ``tracks`` (a dict, or None), each sharing the policy's vocabulary, and
+    ``track_prompts`` naming only tracks, each with one prompt per policy prompt; or a ``ValueError``."""
+    tracks = {} if tracks is None else tracks
+    if not isinstance(tracks, dict):
+        raise ValueError(f"tracks must be a dict {{name: model}}, got {type(tracks).__name__}")
+    vocab = model.config.vocab_size
+    for name, track in tracks.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"track names must be non-empty strings, got {name!r}")
+        config = getattr(track, "config", None)
+        if getattr(config, "vocab_size", None) != vocab:
+            raise ValueError(f"track {name!r} has a vocabulary of {getattr(config, 'vocab_size', None)} tokens; the "
+                             f"policy's has {vocab}: a track must share the policy's tokenizer")
+        if config.score_head and not hasattr(track, "score"):
+            raise ValueError(f"track {name!r} has a score head but no .score step (use a models.Model)")
+    track_prompts = {} if track_prompts is None else track_prompts
+    if not isinstance(track_prompts, dict) or set(track_prompts) - set(tracks):
+        raise ValueError(f"track_prompts must be a dict whose keys are track names ({sorted(tracks)}), got "
+                         f"{track_prompts!r:.80}")
+    for name, prompts in track_prompts.items():
+        if not isinstance(prompts, (list, tuple)) or len(prompts) != n_prompts:
+            raise ValueError(f"track_prompts[{name!r}] must hold one prompt per prompt ({n_prompts})")
+    return tracks
+
+
+def check_track(state: DecodeState, name, reward: bool) -> None:
+    """A ``ValueError`` unless ``state`` has a track ``name`` of the kind ``reward`` asks for."""
+    if name not in state.tracks:
+        raise ValueError(f"unknown track {name!r}; this state's tracks: {sorted(state.tracks) or 'none'}")
+    if (state.tracks[name].out.ndim == 1) != reward:
+        raise ValueError(f"track {name!r} is {'a language' if reward else 'a reward'} model; this needs "
+                         f"{'a reward' if reward else 'a language'} model")
+
+
+def check_rows(name: str, x, shape, low: int, high) -> np.ndarray | jax.Array:
+    """``x`` as an int array of ``shape`` [G, M] with values in ``[low, high]`` (``high`` int or array
+    of the shape), or a ``ValueError`` naming ``name``. A traced ``x`` is checked for shape alone."""
+    if isinstance(x, jax.core.Tracer):
+        if x.ndim != 2 or x.shape[0] != shape[0] or (shape[1] is not None and x.shape[1] != shape[1]):
+            raise ValueError(f"{name} must have shape {_shape(shape)}, got {x.shape}")
+        return x.astype(jnp.int32)
+    try:
+        arr = np.asarray(x)
+    except ValueError:                                  # ragged rows
+        arr = np.asarray(None)
+    if arr.ndim != 2 or arr.shape[0] != shape[0] or arr.shape[1] < 1 or shape[1] not in (None, arr.shape[1]):
+        raise ValueError(f"{name} must have shape {_shape(shape)}, got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer) or np.any(arr < low) or np.any(arr > high):
+        lo, hi = (arr.min(), arr.max()) if arr.dtype != object else ("?", "?")
+        raise ValueError(f"{name} must be integers in [{low}, {np.max(high) if np.ndim(high) else high}]"
+                         f"{' (each within its rollout)' if np.ndim(high) else ''}, got values {lo}..{hi}")
+    return arr.astype(np.int32)
+
+
+def _shape(shape) -> str:
+    return f"[G={shape[0]}, {'M>=1' if shape[1] is None else f'N={shape[1]}'}]"

@@ -1,10 +1,13 @@
-"""Decoding state and the operations on it: start (prefill), decode, select, fork, append.
+"""The engine's verbs on a :class:`DecodeState`: start, decode, select, fork, rewind, append, track_scores.
 
-A :class:`DecodeState` holds ``G*N`` rollouts of ``G`` prompts (rollout ``r`` of prompt ``g``
-is row ``g*N + r``) decoding against a two-block :class:`~engine.cache.KVCache`. Every token
-array is slot-aligned with the rollout block. Search algorithms are built from these calls:
-``start`` once, then any sequence of ``decode``, ``select`` / ``fork`` (one gather over the
-rollout axis; the prefix block is untouched) and ``append`` (prefill of only the new tokens).
+A search is ``start`` once, then any sequence of ``decode`` (to the next pause, step delimiter
+or stop), ``track_scores`` (a reward model's score of every rollout so far), ``select`` /
+``fork`` (one gather over the rollout axis; the prefix block is untouched), ``rewind`` (cut
+rollouts back) and ``append`` (prefill of only the new tokens). Each verb checks the values it
+is given (``engine.checks``), then calls one jitted core. ``decode``, ``select``, ``rewind`` and
+``track_scores`` also work on a traced state, inside a user's ``jax.jit`` / ``lax.while_loop``:
+then only shapes and settings are checked, and a ``decode`` that runs out of cache slots
+stops there.
 """
 from __future__ import annotations
 
@@ -19,12 +22,16 @@ import numpy as np
 
 import sharding
 from engine.cache import KVCache, PrefillCache, take_rollouts
-from engine.checks import (check_int, check_prompts, check_sampler, check_state, memory_bytes, state_bytes, stop_ids,
-                           token_ids)
-from engine.state import DecodeState
-from sampling import Sampler, rollout_keys, sample
+from engine.checks import (check_bool, check_int, check_models, check_prompts, check_rows, check_sampler,
+                           check_state, check_track, check_tracks, memory_bytes, state_bytes, step_ids, stop_ids,
+                           token_ids, traced)
+from engine.state import DecodeState, Track
+from engine.step import Decoding, Mixture, decode_loop, feed
+from sampling import Sampler, rollout_keys
+from sampling.mixtures import resolve, rows
 
 MIN_BUCKET = 16
+REKEY = 0x5EED     # salt of select(rekey=True)'s keys, so they differ from fork's fold_in(key, child)
 
 
 def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
@@ -41,7 +48,8 @@ def place_model(model, mesh):
     if hasattr(model, "shard"):
         return model.shard(mesh)
     params = sharding.place(model.params, jax.tree.map(lambda x: (None,) * np.ndim(x), model.params), mesh)
-    return SimpleNamespace(config=model.config, params=params, forward=model.forward, tokenizer=model.tokenizer)
+    return SimpleNamespace(config=model.config, params=params, forward=model.forward, tokenizer=model.tokenizer,
+                           score=getattr(model, "score", None))
 
 
 def left_pad(ids: list[list[int]], pad_id: int, length: int):
@@ -53,33 +61,59 @@ def left_pad(ids: list[list[int]], pad_id: int, length: int):
     return tokens, start
 
 
-@partial(jax.jit, static_argnames=("forward", "config", "n", "size", "mesh"))
-def _start(forward, config, params, tokens, start, keys, *, n: int, size: int, mesh=None) -> DecodeState:
-    g, p = tokens.shape
-    prefix = PrefillCache.create(config, g, p, start)
-    prefix = sharding.constrain(prefix, prefix.axes(), mesh)
-    logits, prefix = forward(config, params, tokens, None, prefix, last_only=True)
+def _stack(model, tracks: dict):
+    """``(stack, params)`` for the jitted cores: the policy's then each track's (by name) ``(name, step
+    function, config)`` — static — and their params. A reward model's step is its scalar head."""
+    models = [("", model)] + sorted(tracks.items())
+    stack = tuple((name, m.score if m.config.score_head and name else m.forward, m.config) for name, m in models)
+    return stack, tuple(m.params for _, m in models)
+
+
+def _prefill(step, config, params, tokens, start, n: int, size: int, mesh):
+    """One model's output after each prompt [G, ...] and its two-block cache (``n`` rollouts of ``size`` slots)."""
+    prefix = PrefillCache.create(config, *tokens.shape, start)
+    out, prefix = step(config, params, tokens, None, sharding.constrain(prefix, prefix.axes(), mesh), last_only=True)
     cache = KVCache.from_prefill(prefix, n, size)
-    cache = sharding.constrain(cache, cache.axes(), mesh)
-    b = g * n
-    zeros = jnp.zeros((b, size), jnp.float32)
-    state = DecodeState(done=jnp.zeros((b,), bool), logits=jnp.repeat(logits, n, axis=0),
-                        tokens=jnp.full((b, size), config.pad_id, jnp.int32), logprobs=zeros,
-                        sample_logprobs=zeros, keys=keys, counts=jnp.zeros((b, config.vocab_size), jnp.int32),
+    return out, sharding.constrain(cache, cache.axes(), mesh)
+
+
+@partial(jax.jit, static_argnames=("stack", "n", "size", "mesh"))
+def _start(stack, params, prompts, keys, *, n: int, size: int, mesh=None) -> DecodeState:
+    """``prompts``: each model's left-padded tokens [G, P] and first real slots [G], in ``stack``'s order."""
+    (_, forward, config), *track_stack = stack
+    tokens = prompts[0][0]
+    logits, cache = _prefill(forward, config, params[0], *prompts[0], n, size, mesh)
+    tracks = {}
+    for (name, step, track_config), p, prompt in zip(track_stack, params[1:], prompts[1:]):
+        out, track_cache = _prefill(step, track_config, p, *prompt, n, size, mesh)
+        tracks[name] = Track(cache=track_cache, out=jnp.repeat(out, n, axis=0), first=out)
+    b = tokens.shape[0] * n
+    zeros, no = jnp.zeros((b, size), jnp.float32), jnp.zeros((b,), bool)
+    state = DecodeState(done=no, paused=no, logits=jnp.repeat(logits, n, axis=0), first=logits,
+                        tokens=jnp.full((b, size), config.pad_id, jnp.int32), drawn=jnp.zeros((b, size), bool),
+                        logprobs=zeros, sample_logprobs=zeros, fsms=jnp.zeros((b, size), jnp.int32), keys=keys,
                         mu=jnp.full((b,), jnp.nan, jnp.float32), fsm=jnp.zeros((b,), jnp.int32),
-                        constraint=jnp.int32(-1), prompt=tokens, cache=cache)
+                        constraint=jnp.int32(-1), prompt=tokens, cache=cache, tracks=tracks)
     return sharding.constrain(state, state.axes(), mesh)
 
 
 def start(model, prompts, *, capacity: int, n: int = 1, seed: int = 0, share_prefix: bool = True,
-          mesh=None, first_rollout: int = 0) -> DecodeState:
+          mesh=None, first_rollout: int = 0, tracks: dict | None = None,
+          track_prompts: dict | None = None) -> DecodeState:
     """Prefill ``prompts`` once and set up ``n`` rollouts of each with ``capacity`` slots of their own.
 
     With ``share_prefix`` (the default) each prompt's KV is computed and stored once, in the
     prefix block; ``share_prefix=False`` is the naive layout (the prompt replicated ``n`` times,
     each copy a group of one), kept as a reference. Prompts are left-padded to a power-of-two
-    bucket. ``model`` must already be on ``mesh`` (:func:`place_model`). The rollouts are numbered
-    ``first_rollout ..`` (their keys), so rounds of ``n`` draw what one call with more rollouts would.
+    bucket. ``model`` must already be on ``mesh`` (:func:`place_model`; tracks are placed here).
+    The rollouts are numbered ``first_rollout ..`` (their keys), so rounds of ``n`` draw what one
+    call with more rollouts would.
+
+    ``tracks`` ``{name: model}``: other models sharing the policy's tokenizer that ride along — a
+    reward model (``config.score_head``: :func:`track_scores` reads its score of each rollout so
+    far) or a language model (for a :class:`~engine.step.Mixture`). Each prefills the prompts
+    (or its own, ``track_prompts[name]``, one per prompt) into its own two-block cache and is fed
+    every token the policy draws or appends; ``select`` / ``fork`` / ``rewind`` move them along.
     """
     check_int("n", n, 1)
     check_int("seed", seed)
@@ -88,59 +122,31 @@ def start(model, prompts, *, capacity: int, n: int = 1, seed: int = 0, share_pre
         raise ValueError(f"seed must fit in 64 bits (signed), got {seed}")
     if first_rollout + n > 2 ** 32:                # rollout numbers are uint32: more would repeat rollout 0..
         raise ValueError(f"rollouts are numbered below 2**32; first_rollout={first_rollout} + n={n} is past that")
-    if not isinstance(share_prefix, (bool, np.bool_)):
-        raise ValueError(f"share_prefix must be True or False, got {share_prefix!r}")
+    check_bool("share_prefix", share_prefix)
     ids = check_prompts(model, prompts, capacity, "capacity")
+    tracks = check_tracks(model, tracks, track_prompts, len(ids))
+    track_ids = {name: check_prompts(track, (track_prompts or {}).get(name, prompts), capacity, "capacity")
+                 for name, track in tracks.items()}
     if len(ids) * n >= 2 ** 31:
         raise ValueError(f"{len(ids)} prompts x n={n} rollouts is more rows than int32 indexing allows")
-    groups, per_group = (ids, n) if share_prefix else ([p for p in ids for _ in range(n)], 1)
-    width = bucket(max(map(len, ids)))
-    need, have = state_bytes(model.config, len(groups), width, len(ids) * n, capacity), memory_bytes(mesh)
+    layout = lambda ids: (ids, n) if share_prefix else ([p for p in ids for _ in range(n)], 1)
+    need = sum(state_bytes(m.config, len(ids) * (1 if share_prefix else n), bucket(max(map(len, p))), len(ids) * n,
+                           capacity) for m, p in [(model, ids)] + [(tracks[k], v) for k, v in track_ids.items()])
+    have = memory_bytes(mesh)
     if need > have:                          # refused here, not swapped to a standstill or an XLA OOM
         raise ValueError(f"{len(ids)} prompts x n={n} rollouts of {capacity} slots need {need / 2**30:.1f} GiB "
                          f"of decoding state (KV cache, logits); the memory is {have / 2**30:.1f} GiB")
     keys = rollout_keys(seed, ids, n, first_rollout)
-    tokens, first = left_pad(groups, model.config.pad_id, width)
-    if mesh is not None:  # prompts and rollouts split over the data axis; every host passes the same values
-        tokens, first, keys = sharding.place((tokens, first, keys), (("prefix", None), ("prefix",), ("rollouts",)), mesh)
-    return _start(model.forward, model.config, model.params, tokens, first, keys, n=per_group, size=capacity,
-                  mesh=mesh)
+    tracks = {name: place_model(m, mesh) for name, m in tracks.items()}
 
+    def padded(m, ids):                      # prompts and rollouts split over the data axis (every host: same values)
+        groups = layout(ids)[0]
+        tokens, first = left_pad(groups, m.config.pad_id, bucket(max(map(len, groups))))
+        return sharding.place((tokens, first), (("prefix", None), ("prefix",)), mesh)
 
-def _step(forward, config, params, state: DecodeState, sampler: Sampler, stop_ids, mesh=None) -> DecodeState:
-    slot = state.cache.index
-    # step t of a rollout (its t-th token, appended ones included) draws with fold_in(key, t): not the
-    # shared slot, which an append advances by the padded width of every row's text
-    keys = jax.vmap(jax.random.fold_in)(state.keys, state.cache.length)
-    draw = sample(state.logits, sampler, keys, state.context(stop_ids))
-    tok, lp, slp = draw.tokens, draw.logprobs, draw.sample_logprobs
-    live = ~state.done & ~draw.dead                       # a dead row ends here, without a token
-    tok = jnp.where(live, tok, config.pad_id)
-    put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, slot))
-    logits, cache = forward(config, params, tok[:, None], None, state.cache, last_only=True)
-    state = DecodeState(done=state.done | draw.dead | jnp.isin(tok, stop_ids), logits=logits, tokens=put(state.tokens, tok),
-                        logprobs=put(state.logprobs, jnp.where(live, lp, 0.0)),
-                        sample_logprobs=put(state.sample_logprobs, jnp.where(live, slp, 0.0)),
-                        keys=state.keys, cache=cache.keep(live[:, None]),
-                        counts=state.counts.at[jnp.arange(tok.shape[0]), tok].add(live.astype(jnp.int32)),
-                        mu=jnp.where(live, draw.mu, state.mu), fsm=jnp.where(live, draw.fsm, state.fsm),
-                        constraint=state.constraint, prompt=state.prompt)
-    return sharding.constrain(state, state.axes(), mesh)
-
-
-decode_step = jax.jit(_step, static_argnums=(0, 1), static_argnames=("mesh",), donate_argnums=(3,))
-decode_step.__doc__ = """One decode step: sample a token per row from ``state.logits``, run it through the model.
-
-``decode_step(forward, config, params, state, sampler, stop_ids) -> state``; ``state`` is donated.
-``sampler`` fields are per row [B]; ``stop_ids`` int32 [n].
-"""
-
-
-@partial(jax.jit, static_argnums=(0, 1), static_argnames=("mesh",), donate_argnums=(3,))
-def decode_loop(forward, config, params, state: DecodeState, sampler: Sampler, stop_ids, limit, mesh=None):
-    """Decode until every row is done or the rollout block has ``limit`` slots used."""
-    cond = lambda s: (s.cache.index < limit) & ~jnp.all(s.done)
-    return jax.lax.while_loop(cond, lambda s: _step(forward, config, params, s, sampler, stop_ids, mesh), state)
+    prompts = [padded(model, ids)] + [padded(tracks[name], track_ids[name]) for name in sorted(tracks)]
+    keys = sharding.place(keys, ("rollouts",), mesh)
+    return _start(*_stack(model, tracks), prompts, keys, n=layout(ids)[1], size=capacity, mesh=mesh)
 
 
 def row_sampler(sampler: Sampler | None, state: DecodeState, mesh=None, stops=None) -> Sampler:
@@ -153,61 +159,99 @@ def row_sampler(sampler: Sampler | None, state: DecodeState, mesh=None, stops=No
     return sharding.place(sampler, sampler.row_axes, mesh)
 
 
+def _mixture(mixture, state: DecodeState, mesh):
+    """``mixture`` with its combine function resolved, its tracks checked and its params per row [B]."""
+    if not isinstance(mixture, Mixture):
+        raise ValueError(f"mixture must be an engine.Mixture(combine, tracks, params), got {type(mixture).__name__}")
+    names = (mixture.tracks,) if isinstance(mixture.tracks, str) else tuple(mixture.tracks)
+    for name in names:
+        check_track(state, name, reward=False)
+    fn, params = resolve(mixture.combine, 1 + len(names), mixture.params)
+    if not callable(mixture.combine):                            # named: one value per row
+        params = {k: v.reshape(-1) for k, v in rows(params, state.shape).items()}
+    params = sharding.place({k: jnp.asarray(v, jnp.float32) for k, v in params.items()},
+                            {k: ("rollouts",)[:np.ndim(v)] for k, v in params.items()}, mesh)
+    return Mixture(fn, names, params)
+
+
 def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler | None = None, stop_tokens=None,
-           mesh=None) -> DecodeState:
+           step_tokens=None, tracks: dict | None = None, mixture: Mixture | None = None, mesh=None) -> DecodeState:
     """Continue every unfinished rollout for up to ``max_new_tokens`` more tokens.
 
-    Nothing already in the cache is recomputed. A rollout stops at an EOS or any of
-    ``stop_tokens``; a finished rollout stays finished until :func:`append` gives it more text.
+    Nothing already in the cache is recomputed. A rollout is *done* after an EOS or any of
+    ``stop_tokens`` (it stays done until :func:`append` or :func:`rewind` gives it more to do);
+    it *pauses* after one of ``step_tokens`` (token ids, a string such as ``"\\n\\n"``, or a list of
+    them: the delimiters that end a reasoning step, kept as the step's last tokens), and the next
+    ``decode`` continues it. The call returns when every row is done or paused, or after
+    ``max_new_tokens`` slots. ``state.done`` / ``state.paused`` say which each row is.
+
     The draws of a rollout depend only on its key and its token count, so decoding in several
     calls equals decoding in one. ``state`` is used up: its buffers are donated to the result (the
     KV cache is updated in place); copy it first (:func:`select`) to continue it twice. A
     sampler's constraint continues from where the last call with the same constraint left each
-    row; a different constraint starts afresh, matching the text from here on.
+    row; a different constraint starts afresh, matching the text from here on. ``tracks``: the
+    models the state was started with (``start(..., tracks=)``), fed every token drawn;
+    ``mixture`` draws from a mixture of the policy's and some language-model tracks' logits.
     """
     check_state(state)
+    stack, params = _stack(model, check_models(model, tracks, state))
     check_int("max_new_tokens", max_new_tokens, 1)
-    used = int(state.cache.index)
-    if used + max_new_tokens > state.cache.size:
-        raise ValueError(f"{used} of the rollouts' {state.cache.size} cache slots are used; {max_new_tokens} more "
+    used, size = state.cache.index, state.cache.size
+    if not traced(state) and int(used) + max_new_tokens > size:
+        raise ValueError(f"{int(used)} of the rollouts' {size} cache slots are used; {max_new_tokens} more "
                          f"do not fit (start with a larger capacity)")
     stops = stop_ids(model.config, stop_tokens)
     table = check_sampler(sampler).values.get("constraint")     # the host copy, before it is placed
-    sampler = row_sampler(sampler, state, mesh, stops)
-    if table is not None:
-        tag = zlib.crc32(np.asarray(table).tobytes()) & 0x7FFFFFFF
-        if int(state.constraint) != tag:        # another constraint's states mean nothing in this table
-            state = dataclasses.replace(state, fsm=jnp.zeros_like(state.fsm, device=state.fsm.sharding),
-                                        constraint=jnp.int32(tag))
-    return decode_loop(model.forward, model.config, model.params, state, sampler, stops,
-                       jnp.int32(used + max_new_tokens), mesh=mesh)
+    how = Decoding(sampler=row_sampler(sampler, state, mesh, stops), stops=stops, steps=step_ids(model, step_tokens),
+                   mixture=None if mixture is None else _mixture(mixture, state, mesh))
+    state = dataclasses.replace(state, paused=jnp.zeros_like(state.paused))
+    if table is not None:                     # another constraint's states mean nothing in this table
+        tag = jnp.int32(zlib.crc32(np.asarray(table).tobytes()) & 0x7FFFFFFF)
+        same = state.constraint == tag
+        state = dataclasses.replace(state, fsm=jnp.where(same, state.fsm, 0), constraint=tag)
+    return decode_loop(stack, params, state, how, jnp.minimum(used + max_new_tokens, size), mesh=mesh)
 
 
-@jax.jit
-def _gather(state: DecodeState, rows) -> DecodeState:
-    """Every rollout-axis field of ``state`` gathered at ``rows``: one gather, prefix block untouched."""
-    return take_rollouts(state, rows)
+@partial(jax.jit, static_argnames=("rekey",))
+def _gather(state: DecodeState, rows, rekey: bool = False) -> DecodeState:
+    """Every rollout-axis field of ``state`` (tracks too) gathered at ``rows``: one gather, prefix block
+    untouched. With ``rekey`` row ``(g, m)`` of the result draws with ``fold_in(fold_in(key, REKEY), m)``."""
+    out = take_rollouts(state, rows)
+    if not rekey:
+        return out
+    m = rows.shape[0] // state.cache.groups
+    position = jnp.arange(rows.shape[0], dtype=jnp.uint32) % m
+    salted = jax.vmap(jax.random.fold_in)(out.keys, jnp.full(position.shape, REKEY, jnp.uint32))
+    return dataclasses.replace(out, keys=jax.vmap(jax.random.fold_in)(salted, position))
 
 
-def select(state: DecodeState, indices) -> DecodeState:
+def select(state: DecodeState, indices, *, rekey: bool = False) -> DecodeState:
     """Keep, reorder or repeat rollouts within each prompt: row ``(g, m)`` becomes rollout ``indices[g, m]``.
 
-    ``indices`` int [G, M] (M may differ from N: prune with M < N, resample with repeats). A
-    selected rollout keeps its key, so continuing it draws what it would have drawn anyway;
-    copies therefore continue identically — use :func:`fork` for copies that diverge.
+    ``indices`` int [G, M] (M may differ from N: prune with M < N, resample with repeats); the
+    tracks move with their rollouts. A selected rollout keeps its key, so continuing it draws what
+    it would have drawn anyway and copies continue identically; with ``rekey=True`` every row
+    gets a fresh key derived from its old one and its place ``m`` in the result, so copies
+    diverge — the same for the same calls and seed, whatever else is in the batch.
     """
     check_state(state)
+    check_bool("rekey", rekey)
     g, n = state.shape
-    try:
-        idx = np.asarray(indices)
-    except ValueError:                                  # ragged rows
-        idx = np.asarray(None)
-    if idx.ndim != 2 or idx.shape[0] != g or idx.shape[1] < 1:
-        raise ValueError(f"indices must have shape [G={g}, M>=1], got {idx.shape}")
-    if not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= n:
-        raise ValueError(f"indices must be rollout numbers in [0, {n}), got values {idx.min()}..{idx.max()}")
-    rows = (np.arange(g)[:, None] * n + idx).reshape(-1).astype(np.int32)
-    return _gather(state, jnp.asarray(rows))
+    if isinstance(indices, jax.core.Tracer):
+        if indices.ndim != 2 or indices.shape[0] != g:
+            raise ValueError(f"indices must have shape [G={g}, M>=1], got {indices.shape}")
+        idx = indices.astype(jnp.int32)
+    else:
+        try:
+            idx = np.asarray(indices)
+        except ValueError:                                  # ragged rows
+            idx = np.asarray(None)
+        if idx.ndim != 2 or idx.shape[0] != g or idx.shape[1] < 1:
+            raise ValueError(f"indices must have shape [G={g}, M>=1], got {idx.shape}")
+        if not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= n:
+            raise ValueError(f"indices must be rollout numbers in [0, {n}), got values {idx.min()}..{idx.max()}")
+    rows = (jnp.arange(g, dtype=jnp.int32)[:, None] * n + idx).reshape(-1)
+    return _gather(state, rows, rekey=bool(rekey))
 
 
 def fork(state: DecodeState, k: int) -> DecodeState:
@@ -219,30 +263,37 @@ def fork(state: DecodeState, k: int) -> DecodeState:
     return dataclasses.replace(out, keys=jax.vmap(jax.random.fold_in)(out.keys, child))
 
 
-@partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
-def _append(forward, config, params, state: DecodeState, tokens, valid) -> DecodeState:
-    slot = state.cache.index
-    logits, cache = forward(config, params, tokens, None, state.cache)
-    count = jnp.sum(valid, axis=1)
-    last = jnp.take_along_axis(logits, jnp.maximum(count - 1, 0)[:, None, None], axis=1)[:, 0]
-    has = count > 0
-    return dataclasses.replace(
-        state, done=state.done & ~has, logits=jnp.where(has[:, None], last, state.logits),
-        tokens=jax.lax.dynamic_update_slice(state.tokens, jnp.where(valid, tokens, config.pad_id), (0, slot)),
-        cache=cache.keep(valid))
+def _write(state: DecodeState, pad_id: int, refeed, **fields) -> DecodeState:
+    """``state`` with the per-slot ``fields`` (``tokens``, ``drawn``, ... each [B, T]) written at slots
+    ``cache.index ..`` where ``refeed`` [B, T] (elsewhere the pad id, 0, False)."""
+    at = (0, state.cache.index)
+    put = lambda k, x: jax.lax.dynamic_update_slice(
+        getattr(state, k), jnp.where(refeed, x, pad_id if k == "tokens" else 0).astype(getattr(state, k).dtype), at)
+    return dataclasses.replace(state, **{k: put(k, x) for k, x in fields.items()})
 
 
-def append(model, state: DecodeState, tokens) -> DecodeState:
-    """Append tokens to rollouts (e.g. a feedback string), prefilling only the new tokens.
+@partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
+def _append(stack, params, state: DecodeState, tokens, valid) -> DecodeState:
+    has = jnp.any(valid, axis=1)
+    state = _write(state, stack[0][2].pad_id, valid, tokens=tokens, drawn=jnp.zeros_like(valid),
+                   logprobs=jnp.zeros(valid.shape), sample_logprobs=jnp.zeros(valid.shape),
+                   fsms=jnp.broadcast_to(state.fsm[:, None], valid.shape))
+    state = dataclasses.replace(state, done=state.done & ~has, paused=state.paused & ~has)
+    return feed(stack, params, state, tokens, valid)
+
+
+def append(model, state: DecodeState, tokens, *, tracks: dict | None = None) -> DecodeState:
+    """Append tokens to rollouts (e.g. a feedback string), prefilling only the new tokens (tracks too).
 
     ``tokens``: one token-id list (or string, with a tokenizer) for every rollout, or a nested
     list ``[G][N]`` of them (an empty list leaves that rollout as it is). A rollout given
-    tokens is no longer done; its next token is sampled after them. The longest text is padded to
-    a power of two of cache slots (fewer compilations), or to the slots left, whichever is less;
-    every rollout's block advances by that width. ``state`` is used up (donated), as by
-    :func:`decode`.
+    tokens is no longer done or paused; its next token is sampled after them. The longest text is
+    padded to a power of two of cache slots (fewer compilations), or to the slots left, whichever
+    is less; every rollout's block advances by that width. ``state`` is used up (donated), as by
+    :func:`decode`; ``tracks`` as there.
     """
     check_state(state)
+    tracks = check_models(model, tracks, state)
     g, n = state.shape
 
     def encode(t):
@@ -272,11 +323,74 @@ def append(model, state: DecodeState, tokens) -> DecodeState:
                          f"{state.cache.size}")
     width = min(bucket(longest, 1), state.cache.size - used)    # padded (few compilations), within the cache
     total = np.asarray(state.cache.prefix_lengths() + state.cache.length) + np.array([len(r) for r in rows])
-    if total.max() > model.config.max_len:
-        raise ValueError(f"a rollout would reach {int(total.max())} tokens, over the model's maximum length "
-                         f"{model.config.max_len}")
+    for name, track in tracks.items():
+        total = np.maximum(total, np.asarray(state.tracks[name].cache.prefix_lengths() + state.cache.length)
+                           + np.array([len(r) for r in rows]))
+    limit = min([model.config.max_len] + [track.config.max_len for track in tracks.values()])
+    if total.max() > limit:
+        raise ValueError(f"a rollout would reach {int(total.max())} tokens, over the model's maximum length {limit}")
     ids = np.full((g * n, width), model.config.pad_id, np.int32)
     valid = np.zeros((g * n, width), bool)
     for i, r in enumerate(rows):
         ids[i, :len(r)], valid[i, :len(r)] = r, True
-    return _append(model.forward, model.config, model.params, state, jnp.asarray(ids), jnp.asarray(valid))
+    return _append(*_stack(model, tracks), state, jnp.asarray(ids), jnp.asarray(valid))
+
+
+@partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
+def _rewind(stack, params, state: DecodeState, lengths) -> DecodeState:
+    valid, b = state.cache.valid, state.done.shape[0]
+    room = state.cache.index < state.cache.size                      # a free slot to feed a token again (traced:
+    cut = (lengths < state.cache.length) & ((lengths <= 0) | room)   # unchecked; a rewind that cannot is skipped)
+    rank = jnp.cumsum(valid, axis=1)                                 # 1.. at each real token
+    keep = valid & ~(cut[:, None] & (rank >= lengths[:, None]))      # a cut row keeps its first lengths - 1
+    refeed = (cut & (lengths > 0))[:, None]                          # its last kept token is fed again
+    at = jnp.argmax(valid & (rank == lengths[:, None]), axis=1)[:, None]
+    last = {k: jnp.take_along_axis(getattr(state, k), at, axis=1)
+            for k in ("tokens", "drawn", "logprobs", "sample_logprobs", "fsms")}
+    clear = {k: jnp.where(keep, getattr(state, k), stack[0][2].pad_id if k == "tokens" else 0).astype(getattr(state, k).dtype)
+             for k in last}
+    to_prompt = cut & ~refeed[:, 0]                                  # cut to 0 tokens: outputs after the prompt
+    restore = lambda now, first: jnp.where(to_prompt.reshape((-1,) + (1,) * (now.ndim - 1)),
+                                           jnp.repeat(first, b // first.shape[0], axis=0), now)
+    cache = lambda c: dataclasses.replace(c, valid=keep, length=jnp.sum(keep, axis=1, dtype=jnp.int32))
+    tracks = {k: dataclasses.replace(t, cache=cache(t.cache), out=restore(t.out, t.first))
+              for k, t in state.tracks.items()}
+    state = dataclasses.replace(state, **clear, done=state.done & ~cut, paused=state.paused & ~cut,
+                                logits=restore(state.logits, state.first), fsm=jnp.where(cut, 0, state.fsm),
+                                cache=cache(state.cache), tracks=tracks)
+    state = _write(state, stack[0][2].pad_id, refeed, **last)
+    state = dataclasses.replace(state, fsm=jnp.where(refeed[:, 0], last["fsms"][:, 0], state.fsm))
+    return feed(stack, params, state, last["tokens"], refeed)
+
+
+def rewind(model, state: DecodeState, lengths, *, tracks: dict | None = None) -> DecodeState:
+    """Cut rollouts back to their first ``lengths`` [G, N] tokens (appended ones count, as in
+    ``state.cache.length``); the later slots stop counting (for the policy and every track).
+
+    A row cut back is live again (neither done nor paused); a row given its own length is left as
+    it is. The outputs after the kept tokens (logits, track scores) are recomputed by feeding the
+    last kept token again (one model step, one more cache slot) or, for 0 tokens, restored from the
+    prompt's. Decoding a rewound rollout then draws exactly the tokens it drew before (keys are per
+    token count), unless it was re-keyed. The sampler's per-row memory follows: token counts for
+    penalties, the n-gram history and a constraint's automaton state are those of the kept tokens;
+    Mirostat's running estimate cannot be rewound and keeps its value. ``state`` is used up (donated);
+    ``tracks`` as in :func:`decode`.
+    """
+    check_state(state)
+    tracks = check_models(model, tracks, state)
+    g, n = state.shape
+    have = state.cache.length.reshape(g, n)
+    lengths = check_rows("lengths", lengths, (g, n), 0, have if not traced(state) else 2 ** 31 - 1)
+    if not traced(state) and int(state.cache.index) >= state.cache.size and np.any((lengths > 0) & (lengths < have)):
+        raise ValueError(f"rewind feeds each cut rollout's last kept token again, which needs one free cache slot; "
+                         f"all {state.cache.size} are used (start with a larger capacity)")
+    return _rewind(*_stack(model, tracks), state, jnp.asarray(lengths).reshape(-1))
+
+
+def track_scores(state: DecodeState, name: str) -> jax.Array:
+    """f32 [G, N]: reward track ``name``'s score of each rollout at its latest token (prompt + every
+    token drawn or appended so far) — what that reward model gives the same text from scratch, to
+    float rounding, computed incrementally (no re-tokenising, no recompute)."""
+    check_state(state)
+    check_track(state, name, reward=True)
+    return state.tracks[name].out.reshape(state.shape)

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
 
 import sharding
 from engine.checks import check_int, check_sampler, check_state, stop_ids
-from engine.decode import DecodeState, decode, decode_step, place_model, row_sampler, start
+from engine.decode import _stack, decode, place_model, row_sampler, start
+from engine.state import DecodeState
+from engine.step import Decoding, decode_step
 from models.tokenizer import CONTEXT, continuation
 from sampling import Sampler
 
@@ -111,11 +114,12 @@ def stream(model, prompt, *, max_new_tokens: int, sampler: Sampler | None = None
     check_int("max_new_tokens", max_new_tokens, 1)
     state = start(model, [prompt], capacity=max_new_tokens, seed=seed)
     stops = stop_ids(model.config, stop_tokens)
-    sampler = row_sampler(sampler, state, stops=stops)
+    how = Decoding(sampler=row_sampler(sampler, state, stops=stops), stops=stops, steps=jnp.zeros((0, 1), jnp.int32),
+                   mixture=None)
 
     def tokens(state):
         for slot in range(max_new_tokens):
-            state = decode_step(model.forward, model.config, model.params, state, sampler, stops)
+            state = decode_step(*_stack(model, {}), state, how)
             yield int(state.tokens[0, slot])
             if bool(state.done[0]):
                 return

@@ -1,4 +1,16 @@
-"""The decoding state: G prompts x N rollouts, their tokens, keys and two-block KV cache."""
+"""The decoding state: G prompts x N rollouts, their tokens, keys, two-block KV cache and tracks.
+
+Rollout ``r`` of prompt ``g`` is row ``g*N + r`` (B = G*N rows). Every per-slot array is
+aligned with the rollout block of the cache: slot ``s`` of a row holds a real token where
+``cache.valid[row, s]``. A row is *live* unless it is ``done`` (finished for good: an EOS or stop
+token, or no token could be drawn) or ``paused`` (it ended a step with a step delimiter; the
+next ``decode`` continues it).
+
+A *track* is another model that rides along (a reward model, a draft, a mixture's amateur):
+its own two-block cache in the same slots, fed every token the policy draws or appends, and
+its output at each row's latest token. The state holds arrays only: the verbs that run models
+(``decode``, ``append``, ``rewind``) are given the policy and its tracks.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -12,36 +24,61 @@ from sampling.sampler import Context
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
+class Track:
+    cache: KVCache     # the track model's own prefix + rollout blocks, slot-aligned with the policy's
+    out: jax.Array     # f32 [B, V] next-token logits (a language model) or [B] score at the latest token (reward)
+    first: jax.Array   # f32 [G, ...] ``out`` after the prompt alone (what a rewind to 0 tokens restores)
+
+    def axes(self) -> "Track":
+        out = ("rollouts", "vocab")[:self.out.ndim]
+        return Track(cache=self.cache.axes(), out=out, first=("prefix", "vocab")[:self.first.ndim])
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class DecodeState:
-    done: jax.Array             # bool [B]      row has emitted a stop token (B = G*N)
+    done: jax.Array             # bool [B]      finished for good: EOS / stop token, or nothing drawable
+    paused: jax.Array           # bool [B]      ended a step with a step delimiter (the next decode continues)
     logits: jax.Array           # f32 [B, V]    next-token logits
+    first: jax.Array            # f32 [G, V]    logits after the prompt alone (what a rewind to 0 restores)
     tokens: jax.Array           # int32 [B, S]  token in each rollout slot (pad where none)
+    drawn: jax.Array            # bool [B, S]   slot holds a token the sampler drew (not appended)
     logprobs: jax.Array         # f32 [B, S]    model log-prob of each sampled token (before filters)
     sample_logprobs: jax.Array  # f32 [B, S]    proposal log-prob (after filters); 0 for greedy/appended
+    fsms: jax.Array             # int32 [B, S]  constraint automaton state after each slot's token
     keys: jax.Array             # key [B]       per-rollout PRNG keys (its t-th token draws with fold_in(key, t))
-    counts: jax.Array           # int32 [B, V]  how often each token was generated (penalties)
     mu: jax.Array               # f32 [B]       Mirostat running estimate (NaN until it starts)
-    fsm: jax.Array              # int32 [B]     constraint automaton state (0: start)
+    fsm: jax.Array              # int32 [B]     constraint automaton state now (0: start)
     constraint: jax.Array       # int32 []      which constraint ``fsm`` belongs to (crc32 of its table; -1: none)
     prompt: jax.Array           # int32 [G, P]  the left-padded prompts (history for n-gram / repetition)
     cache: KVCache
+    tracks: dict                # name -> Track
 
     def axes(self) -> "DecodeState":
         """Logical axis names of every field (for ``sharding``), shaped like the state."""
         row, rows = ("rollouts",), ("rollouts", "time")
-        return DecodeState(done=row, logits=("rollouts", "vocab"), tokens=rows, logprobs=rows,
-                           sample_logprobs=rows, keys=row, counts=("rollouts", "vocab"), mu=row,
-                           fsm=row, constraint=(), prompt=("prefix", None), cache=self.cache.axes())
+        return DecodeState(done=row, paused=row, logits=("rollouts", "vocab"), first=("prefix", "vocab"),
+                           tokens=rows, drawn=rows, logprobs=rows, sample_logprobs=rows, fsms=rows, keys=row,
+                           mu=row, fsm=row, constraint=(), prompt=("prefix", None), cache=self.cache.axes(),
+                           tracks={k: t.axes() for k, t in self.tracks.items()})
 
     def context(self, stop_ids) -> Context:
-        """What the sampler's history-dependent filters read: each row's prompt + rollout tokens."""
+        """What the sampler's history-dependent filters read: each row's prompt + rollout tokens, and
+        how often it drew each token (XLA drops what no filter of the chain reads)."""
         g, n = self.shape
-        prompt = jnp.repeat(self.prompt, n, axis=0, total_repeat_length=g * n)
-        first = jnp.repeat(self.cache.pstart, n, total_repeat_length=g * n)
+        b, v = self.logits.shape
+        prompt = jnp.repeat(self.prompt, n, axis=0, total_repeat_length=b)
+        first = jnp.repeat(self.cache.pstart, n, total_repeat_length=b)
         prompt_valid = jnp.arange(self.prompt.shape[1])[None, :] >= first[:, None]
-        return Context(counts=self.counts, history=jnp.concatenate([prompt, self.tokens], axis=1),
+        counts = jnp.zeros((b, v), jnp.int32).at[jnp.arange(b)[:, None], self.tokens].add(self.drawn.astype(jnp.int32))
+        return Context(counts=counts, history=jnp.concatenate([prompt, self.tokens], axis=1),
                        valid=jnp.concatenate([prompt_valid, self.cache.valid], axis=1), mu=self.mu,
                        stop_ids=stop_ids, fsm=self.fsm)
+
+    @property
+    def live(self) -> jax.Array:
+        """bool [B]: rows the next step draws for."""
+        return ~self.done & ~self.paused
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -36,8 +36,8 @@ def draw(model, prompts, *, n: int, sampler, seed: int, max_new_tokens: int, bud
     only on ``seed``, the prompt, the rollout number and its sampler settings (fields [], [G] or
     [G, n]), never on the chunking.
     """
-    engine.check_int("n", n, 1)
-    ids = engine.check_prompts(model, list(prompts), max_new_tokens)
+    engine.checks.check_int("n", n, 1)
+    ids = engine.checks.check_prompts(model, list(prompts), max_new_tokens)
     if budget.affordable(len(ids) * n, max_new_tokens) < len(ids) * n:
         raise ValueError(f"{len(ids)} prompts x {n} rollouts x {max_new_tokens} tokens do not fit in the "
                          f"budget ({budget.max_generated - budget.generated} tokens left)")

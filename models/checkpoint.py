@@ -14,7 +14,7 @@ from models import safetensors, zoo
 from models.config import FAMILIES, Config, float_dtype, from_hf
 from models.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer
 from models.placement import abstract_params, hf_to_mesh, shard_params
-from models.transformer import forward
+from models.transformer import forward, score
 
 ROLLAX_META = "rollax.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -36,6 +36,7 @@ class Model:
     params: dict
     tokenizer: Tokenizer | None = None
     forward = staticmethod(forward)
+    score = staticmethod(score)         # the scalar head's step (a reward model: config.score_head)
 
     def shard(self, mesh) -> "Model":
         """This model with its params placed on ``mesh`` by their logical axes (``sharding.RULES``)."""

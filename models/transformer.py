@@ -198,6 +198,18 @@ def forward(config: Config, params: dict, tokens, positions=None, cache=None, *,
     return jnp.matmul(x, head, preferred_element_type=F32), cache
 
 
+def score(config: Config, params: dict, tokens, positions=None, cache=None, *, last_only=False):
+    """The scalar head as a model step: ``tokens`` int [B, T] -> (fp32 scores [B, T], cache).
+
+    ``cache``, ``positions`` and ``last_only`` (scores [B]) as in :func:`forward`: what a reward
+    model riding along a decode (an ``engine`` track) runs on each new token.
+    """
+    x, cache = hidden_states(config, params, tokens, positions, cache)
+    if last_only:
+        x = x[:, -1]
+    return jnp.einsum("...d,d->...", x, params["score"], preferred_element_type=F32), cache
+
+
 def rewards(config: Config, params: dict, tokens, positions=None):
     """The scalar head at every position: ``tokens`` int [B, T] -> fp32 [B, T].
 
@@ -207,5 +219,4 @@ def rewards(config: Config, params: dict, tokens, positions=None):
     """
     if not config.score_head:
         raise ValueError("this model has no scalar head (config.score_head is False): it is not a reward model")
-    x, _ = hidden_states(config, params, tokens, positions)
-    return jnp.einsum("btd,d->bt", x, params["score"], preferred_element_type=F32)
+    return score(config, params, tokens, positions)[0]

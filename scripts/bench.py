@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import engine
+from engine.decode import bucket
 import models
 
 CONFIGS = {
@@ -159,7 +160,7 @@ def bench_decode(args):
             run = lambda: np.asarray(engine.generate(model, prompts, max_new_tokens=args.new_tokens).tokens)
             seconds = timed(run, args.repeats)
             tokens = batch * args.new_tokens
-            held = engine.bucket(args.prompt_len) + args.new_tokens / 2     # tokens in the cache, on average
+            held = bucket(args.prompt_len) + args.new_tokens / 2     # tokens in the cache, on average
             kv = 2 * config.layers * batch * held * config.kv_heads * config.head_dim
             step_bytes = (config.num_params + kv) * jnp.dtype(config.dtype).itemsize
             row = {"bench": "decode", "config": name, "params_m": round(config.num_params / 1e6, 2),

@@ -141,7 +141,7 @@ def check_items(args, model, items) -> None:
         raise ValueError(f"{args.method} takes no scorer; leave out --scorer {args.scorer}")
     for it in items:
         try:
-            engine.check_prompts(model, [it["prompt"]], args.max_new_tokens)
+            engine.checks.check_prompts(model, [it["prompt"]], args.max_new_tokens)
             if args.scorer == "verifier":
                 reference_answer(it["answer"])
         except ValueError as e:

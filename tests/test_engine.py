@@ -9,6 +9,9 @@ import pytest
 import engine
 import models
 from engine import KVCache, PrefillCache
+from engine.checks import stop_ids
+from engine.decode import left_pad, row_sampler
+from engine.step import Decoding, decode_loop, decode_step
 import sampling
 from sampling import Sampler
 
@@ -26,7 +29,7 @@ def test_prefill_then_decode_equals_full_forward(tiny):
     extra = 6
     full = [rng.integers(0, config.vocab_size, size=n + extra).tolist() for n in lengths]
     # prefill the prompts (left-padded) then feed the next tokens one at a time
-    tokens, start = engine.left_pad([f[:n] for f, n in zip(full, lengths)], config.pad_id, 16)
+    tokens, start = left_pad([f[:n] for f, n in zip(full, lengths)], config.pad_id, 16)
     prefix = PrefillCache.create(config, len(full), 16, start)
     logits, prefix = models.forward(config, params, jnp.asarray(tokens), None, prefix)
     cache = KVCache.from_prefill(prefix, 1, extra)
@@ -48,7 +51,7 @@ def test_rollout_cache_blocks_equal_full_forward(tiny, monkeypatch, backend, blo
     monkeypatch.setattr(engine.cache.jax, "default_backend", lambda: backend)
     config, params = tiny.config, tiny.params
     full = np.random.default_rng(1).integers(0, config.vocab_size, size=(2, 4 + 60)).tolist()
-    tokens, start = engine.left_pad([f[:4] for f in full], config.pad_id, 4)
+    tokens, start = left_pad([f[:4] for f in full], config.pad_id, 4)
     _, prefix = models.forward(config, params, jnp.asarray(tokens), None, PrefillCache.create(config, 2, 4, start))
     cache = KVCache.from_prefill(prefix, 1, 70)
     assert [x.shape[2] for x in cache.k[0]] == blocks and cache.size == 70
@@ -136,10 +139,10 @@ def test_mixed_settings_rows_are_each_their_own_sampler(tiny):
 
 def test_prompt_buckets_limit_compilations(tiny):
     engine.generate(tiny, [[1, 2, 3]], max_new_tokens=5)
-    before = engine.decode_loop._cache_size()
+    before = decode_loop._cache_size()
     for n in (2, 7, 13, 16):      # all in the 16-token bucket
         engine.generate(tiny, [list(range(1, n + 1))], max_new_tokens=5)
-    assert engine.decode_loop._cache_size() == before
+    assert decode_loop._cache_size() == before
 
 
 @pytest.mark.parametrize("kwargs, prompts, message", [
@@ -218,8 +221,9 @@ def test_bad_sampler_settings_are_value_errors(settings, message):
 def test_cache_is_donated_to_decode_step(tiny):
     state = engine.start(tiny, [[1, 2, 3]], capacity=4)
     old = state.cache.k
-    new = engine.decode_step(tiny.forward, tiny.config, tiny.params, state, engine.row_sampler(None, state),
-                             engine.stop_ids(tiny.config))
+    stops = stop_ids(tiny.config)
+    how = Decoding(sampler=row_sampler(None, state), stops=stops, steps=jnp.zeros((0, 1), jnp.int32), mixture=None)
+    new = decode_step((("", tiny.forward, tiny.config),), (tiny.params,), state, how)
     assert all(x.is_deleted() for x in jax.tree.leaves(old)) and int(new.cache.index) == 1
     assert dataclasses.is_dataclass(new.cache)
 

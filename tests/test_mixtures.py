@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import engine
+from engine.step import decode_loop
 from sampling.sampler import draw
 import models
 from sampling import Sampler, compile_regex, mixtures, rollout_keys
@@ -208,9 +209,9 @@ def test_per_prompt_and_per_rollout_params_equal_separate_calls(trio):
 
 def test_new_mixture_params_reuse_the_compiled_loop(trio):
     engine.mix_generate(trio[:2], [[1, 2]], combine="cfg", params={"scale": 1.5}, max_new_tokens=4)
-    before = engine.mix_loop._cache_size()
+    before = decode_loop._cache_size()
     engine.mix_generate(trio[:2], [[1, 2]], combine="cfg", params={"scale": 3.0}, max_new_tokens=4)
-    assert engine.mix_loop._cache_size() == before
+    assert decode_loop._cache_size() == before
 
 
 @pytest.mark.parametrize("kwargs, message", [

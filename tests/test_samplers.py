@@ -8,6 +8,7 @@ import pytest
 from scipy import stats
 
 import engine
+from engine.step import decode_loop
 import models
 from sampling import Sampler, filters, sample
 from sampling import sampler as sampler_lib
@@ -156,11 +157,11 @@ def test_off_values_change_no_draw(tiny):
 def test_rows_with_different_settings_share_one_compilation(tiny):
     first = Sampler(temperature=[0.0, 0.8], top_p=[0.9, 0.5], min_p=[0.05, 0.0], repetition_penalty=[1.1, 1.3])
     engine.generate(tiny, PROMPTS, max_new_tokens=8, n=2, sampler=first)
-    before = engine.decode_loop._cache_size()
+    before = decode_loop._cache_size()
     for temperature, top_p in [([1.0, 0.3], [0.95, 0.7]), ([0.5, 0.0], [0.2, 0.99])]:
         sampler = Sampler(temperature=temperature, top_p=top_p, min_p=[0.1, 0.02], repetition_penalty=[1.2, 1.0])
         out = engine.generate(tiny, PROMPTS, max_new_tokens=8, n=2, sampler=sampler)
-    assert engine.decode_loop._cache_size() == before
+    assert decode_loop._cache_size() == before
     # and each row really used its own settings: the greedy row equals plain greedy decoding
     alone = engine.generate(tiny, PROMPTS[1:], max_new_tokens=8, n=2, sampler=Sampler(
         temperature=0.0, top_p=0.99, min_p=0.02, repetition_penalty=1.0))

@@ -7,6 +7,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import engine
+from engine.decode import place_model, row_sampler
 import models
 import sharding
 from models.placement import read_block
@@ -203,9 +204,9 @@ def test_sharded_logits_match_one_device(model, data, tensor):
 @pytest.mark.parametrize("data,tensor,kv_spec", [(4, 2, P("data", "tensor")), (2, 4, P("data"))])
 def test_cache_and_state_shardings_follow_the_rules(model, data, tensor, kv_spec):
     mesh = sharding.make_mesh(data, tensor)
-    placed = engine.place_model(model, mesh)
+    placed = place_model(model, mesh)
     state = engine.start(placed, PROMPTS, capacity=8, n=N, mesh=mesh)
-    sampler = engine.row_sampler(None, state, mesh)
+    sampler = row_sampler(None, state, mesh)
     cache_axes = state.cache.axes()
     for got, axes in zip(jax.tree.leaves(state.cache), jax.tree.leaves(cache_axes, is_leaf=lambda x: isinstance(x, tuple))):
         assert got.sharding.spec == sharding.logical_to_spec(axes, mesh, shape=got.shape)
@@ -222,7 +223,7 @@ def test_a_fake_model_without_shard_is_replicated():
     class Fake:                                  # same fields as a models.Model, no .shard
         config, tokenizer, forward = CONFIG, None, staticmethod(models.forward)
         params = models.init_params(CONFIG, jax.random.key(1))
-    placed = engine.place_model(Fake(), sharding.make_mesh(4, 2))
+    placed = place_model(Fake(), sharding.make_mesh(4, 2))
     assert all(x.sharding.is_fully_replicated and len(x.sharding.device_set) == 8 for x in jax.tree.leaves(placed.params))
 
 
