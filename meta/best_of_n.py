@@ -19,5 +19,6 @@ def best_of_n(model, prompts, *, n: int, scorer, sampler=None, seed: int = 0, ma
                                                  seed=seed, max_new_tokens=max_new_tokens, references=references,
                                                  answer=answer, budget=budget, stop_tokens=stop_tokens)
     chosen = [int(np.argmax(s)) for s in scores]                     # argmax: first of the maxima
-    return Result("best_of_n", list(prompts), [a[c] for a, c in zip(answers, chosen)], chosen, d.texts,
-                  d.lengths.tolist(), answers, scores, [[] for _ in prompts], finish(budget, t0))
+    return Result(method="best_of_n", prompts=list(prompts), answers=[a[c] for a, c in zip(answers, chosen)],
+                  chosen=chosen, texts=d.texts, lengths=d.lengths.tolist(), extracted=answers, scores=scores,
+                  votes=[[] for _ in prompts], budget=finish(budget, t0))
