@@ -7,7 +7,7 @@ from meta.mbr import mbr
 from meta.pass_at_k import coverage, pass_at_k
 from meta.rejection import rejection_sample
 from meta.result import Result
-from meta.scoring import FunctionScorer, LMJudge, ProcessScorer, RewardModel, Verifier, arith_process_verifier, sigmoid
+from meta.scoring import FunctionScorer, LMJudge, ProcessScorer, RewardModel, sigmoid
 from meta.self_consistency import self_consistency, weighted_vote
 
 METHODS = {"best_of_n": best_of_n, "self_consistency": self_consistency, "weighted_vote": weighted_vote,
@@ -15,5 +15,5 @@ METHODS = {"best_of_n": best_of_n, "self_consistency": self_consistency, "weight
            "adaptive_self_consistency": adaptive_self_consistency}
 
 __all__ = ["Budget", "Result", "draw", "arith_answer", "best_of_n", "self_consistency", "weighted_vote", "mbr",
-           "rejection_sample", "pass_at_k", "coverage", "adaptive_self_consistency", "Verifier", "ProcessScorer",
-           "FunctionScorer", "LMJudge", "RewardModel", "arith_process_verifier", "sigmoid", "METHODS"]
+           "rejection_sample", "pass_at_k", "coverage", "adaptive_self_consistency", "ProcessScorer",
+           "FunctionScorer", "LMJudge", "RewardModel", "sigmoid", "METHODS"]

@@ -22,6 +22,7 @@ import numpy as np
 import meta
 import models
 from meta.tasks import arith
+from meta.tasks.arith_verifiers import OutcomeVerifier, process_verifier
 from sampling import Sampler
 from scripts.eval_arith import ADAPTIVE, TEMPERATURE, max_new_tokens
 
@@ -35,16 +36,17 @@ def rows(model, problems, temperature: float, seed: int, reward_model: str = "ti
     out += [(f"self-consistency@{n}", lambda n=n: meta.self_consistency(model, prompts, n=n, **common))
             for n in (4, 16, 64)]
     out += [
-        ("best-of-16 (outcome verifier)", lambda: meta.best_of_n(model, prompts, n=16, scorer=meta.Verifier(), **common)),
+        ("best-of-16 (outcome verifier)", lambda: meta.best_of_n(
+            model, prompts, n=16, scorer=OutcomeVerifier(), **common)),
         ("best-of-16 (process verifier, min)", lambda: meta.best_of_n(
-            model, prompts, n=16, scorer=meta.arith_process_verifier("min"), **common)),
+            model, prompts, n=16, scorer=process_verifier("min"), **common)),
         ("weighted vote@16 (process verifier, min)", lambda: meta.weighted_vote(
-            model, prompts, n=16, scorer=meta.arith_process_verifier("min"), **common)),
+            model, prompts, n=16, scorer=process_verifier("min"), **common)),
         ("best-of-16 (learned reward model)", lambda: meta.best_of_n(model, prompts, n=16, scorer=rm(), **common)),
         ("weighted vote@16 (learned reward model)", lambda: meta.weighted_vote(
             model, prompts, n=16, scorer=rm(), weight=meta.sigmoid, **common)),
         ("MBR@16 (ROUGE-L)", lambda: meta.mbr(model, prompts, n=16, utility="rouge_l", **common)),
-        ("rejection (verifier, <=16)", lambda: meta.rejection_sample(model, prompts, n=16, scorer=meta.Verifier(),
+        ("rejection (verifier, <=16)", lambda: meta.rejection_sample(model, prompts, n=16, scorer=OutcomeVerifier(),
                                                                       **common)),
     ]
     for setting in (ADAPTIVE, {**ADAPTIVE, "confidence": 0.8}, dict(round_size=8, rule="unbeatable")):

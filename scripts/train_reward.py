@@ -28,9 +28,8 @@ import optax
 from tqdm import tqdm
 
 import models
-from meta import verifiers
 from meta.scoring import RewardModel
-from meta.tasks import arith
+from meta.tasks import arith, arith_verifiers
 from sampling import Sampler
 from scripts import cli
 from scripts.eval_arith import TEMPERATURE, solve
@@ -54,7 +53,7 @@ def rollouts(policy, problems, samples: int, seed: int, scorer: RewardModel) -> 
     texts, _ = solve(policy, problems, n=samples, sampler=Sampler(temperature=TEMPERATURE), seed=seed)
     seqs, starts, labels = [], [], []
     for p, row in zip(problems, texts):
-        labels += list(verifiers.outcome_scores(list(row), [p] * len(row)))
+        labels += list(arith_verifiers.outcome_scores(list(row), [p] * len(row)))
         prompt = len(policy.tokenizer.encode(p.prompt))
         seqs += [scorer.encode(p.prompt, t) for t in row]
         starts += [prompt - 1] * len(row)
