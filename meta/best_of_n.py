@@ -12,8 +12,9 @@ def best_of_n(model, prompts, *, n: int, scorer, sampler=None, seed: int = 0, ma
     """The highest-scoring of ``n`` rollouts per prompt; ties go to the lowest rollout number.
 
     ``scorer`` is an outcome scorer (see :mod:`meta.scoring`); ``answer(text)`` extracts the
-    answer (default: the built-in task's). ``budget`` (a :class:`meta.Budget`) may carry a limit;
-    a draw that could exceed it raises ``ValueError`` before anything is generated.
+    answer (default: the whole text, stripped; see :func:`meta.common.extract`). ``budget`` (a
+    :class:`meta.Budget`) may carry a limit; a draw that could exceed it raises ``ValueError``
+    before anything is generated.
     """
     d, scores, answers, budget, t0 = scored_draw("best_of_n", model, prompts, n=n, scorer=scorer, sampler=sampler,
                                                  seed=seed, max_new_tokens=max_new_tokens, references=references,

@@ -121,7 +121,7 @@ def _meta_points(ctx: Context, pick) -> list[Point]:
     samples, so they are replayed on them instead of sampling again.
     """
     texts, tokens, _ = ctx.sampled
-    answers = [[meta.arith_answer(t) for t in row] for row in texts]
+    answers = [[arith.answer(t) for t in row] for row in texts]
     out = []
     for n in [k for k in META_NS if k <= ctx.samples]:
         right, spent = [], []

@@ -151,9 +151,10 @@ def check_items(args, model, items) -> None:
 def run_chunk(args, model, items, sampler):
     """The meta-generator's result on one chunk of items."""
     import meta
+    from meta.tasks import arith
     fn = meta.METHODS[args.method]
     kw = dict(n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens, sampler=sampler,
-              answer=None if args.answer == "arith" else (lambda t: t.strip()))
+              answer=arith.answer if args.answer == "arith" else None)           # None: the whole text, stripped
     refs = [it["answer"] for it in items]
     kw["references"] = refs if all(r is not None for r in refs) else None
     scorer = make_scorer(args.scorer)

@@ -30,7 +30,8 @@ from scripts.eval_arith import ADAPTIVE, TEMPERATURE, max_new_tokens
 def rows(model, problems, temperature: float, seed: int, reward_model: str = "tiny-arith-rm"):
     """(name, run) for every measured setting; ``run()`` returns its ``meta.Result``."""
     prompts, T = [p.prompt for p in problems], max_new_tokens(problems)
-    common = dict(sampler=Sampler(temperature=temperature), seed=seed, max_new_tokens=T, references=problems)
+    common = dict(sampler=Sampler(temperature=temperature), seed=seed, max_new_tokens=T, references=problems,
+                  answer=arith.answer)
     rm = functools.cache(lambda: meta.RewardModel(models.load(reward_model)))   # loaded once, if a row needs it
     out = [("greedy", lambda: meta.self_consistency(model, prompts, n=1, **{**common, "sampler": Sampler.greedy()}))]
     out += [(f"self-consistency@{n}", lambda n=n: meta.self_consistency(model, prompts, n=n, **common))

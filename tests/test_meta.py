@@ -68,6 +68,12 @@ def test_self_consistency_majority_and_tie(scripted):
     assert r.answers == [8, 5] and r.chosen == [2, 0]       # p0: 7 x2, 8 x3, 9 x1
 
 
+def test_without_an_extractor_the_answer_is_the_stripped_text(scripted):
+    r = meta.self_consistency(None, ["p1"], n=4)
+    assert r.extracted == [["1 5", "2 6", "3 6", "4 5"]] and r.answers == ["1 5"] and r.chosen == [0]
+    assert meta.common.extract(None, [[" 12\n", "12"]]) == [["12", "12"]]
+
+
 def test_best_of_n_and_tie(scripted):
     r = meta.best_of_n(None, PROMPTS, n=4, scorer=meta.FunctionScorer(first), answer=last)
     assert r.chosen == [3, 3] and r.answers == [8, 5] and r.scores[0] == [1.0, 2.0, 3.0, 4.0]

@@ -13,7 +13,7 @@ from sampling import Sampler
 
 PROBLEMS = arith.held_out("test", "hard", 16)
 PROMPTS = [p.prompt for p in PROBLEMS]
-KW = dict(sampler=Sampler(temperature=1.0), seed=0, max_new_tokens=56, references=PROBLEMS)
+KW = dict(sampler=Sampler(temperature=1.0), seed=0, max_new_tokens=56, references=PROBLEMS, answer=arith.answer)
 
 
 @pytest.fixture(scope="module")
