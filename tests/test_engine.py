@@ -9,7 +9,6 @@ import pytest
 import engine
 import models
 from engine import KVCache, PrefillCache
-import sampling
 from sampling import Sampler
 
 
@@ -248,9 +247,9 @@ def test_search_primitives_refuse_malformed_arguments(tiny, call, message):
 
 
 def test_beam_search_takes_numpy_scalars_like_python_ones(tiny):
-    want = sampling.beam_search(tiny, [[1, 2]], num_beams=2, max_new_tokens=3, length_penalty=1.0, early_stopping=True)
-    got = sampling.beam_search(tiny, [[1, 2]], num_beams=2, max_new_tokens=3, length_penalty=np.float32(1.0),
-                               early_stopping=np.True_)
+    want = engine.beam_search(tiny, [[1, 2]], num_beams=2, max_new_tokens=3, length_penalty=1.0, early_stopping=True)
+    got = engine.beam_search(tiny, [[1, 2]], num_beams=2, max_new_tokens=3, length_penalty=np.float32(1.0),
+                             early_stopping=np.True_)
     np.testing.assert_array_equal(got.sequences, want.sequences)
 
 
