@@ -1,19 +1,24 @@
-"""Meta-generators over shared-prefix rollouts, scorers, compute budgets and one result type."""
+"""Meta-generators over shared-prefix rollouts, scorers, compute budgets and one result type.
+
+Every meta-generator reads a rollout's answer with ``answer(text)`` (``None``: it has none, and
+does not vote); by default the answer is the whole text, stripped. Tasks bring their own
+extractors and verifiers: ``meta.tasks.arith.answer`` and ``meta.tasks.arith_verifiers``.
+"""
 from meta.adaptive import adaptive_self_consistency
 from meta.best_of_n import best_of_n
 from meta.budget import Budget
-from meta.draw import arith_answer, draw
+from meta.draw import draw
 from meta.mbr import mbr
 from meta.pass_at_k import coverage, pass_at_k
 from meta.rejection import rejection_sample
 from meta.result import Result
-from meta.scoring import FunctionScorer, LMJudge, ProcessScorer, RewardModel, Verifier, arith_process_verifier, sigmoid
+from meta.scoring import FunctionScorer, LMJudge, ProcessScorer, RewardModel, sigmoid
 from meta.self_consistency import self_consistency, weighted_vote
 
 METHODS = {"best_of_n": best_of_n, "self_consistency": self_consistency, "weighted_vote": weighted_vote,
            "mbr": mbr, "rejection_sample": rejection_sample, "pass_at_k": coverage,
            "adaptive_self_consistency": adaptive_self_consistency}
 
-__all__ = ["Budget", "Result", "draw", "arith_answer", "best_of_n", "self_consistency", "weighted_vote", "mbr",
-           "rejection_sample", "pass_at_k", "coverage", "adaptive_self_consistency", "Verifier", "ProcessScorer",
-           "FunctionScorer", "LMJudge", "RewardModel", "arith_process_verifier", "sigmoid", "METHODS"]
+__all__ = ["Budget", "Result", "draw", "best_of_n", "self_consistency", "weighted_vote", "mbr",
+           "rejection_sample", "pass_at_k", "coverage", "adaptive_self_consistency", "ProcessScorer",
+           "FunctionScorer", "LMJudge", "RewardModel", "sigmoid", "METHODS"]

@@ -73,5 +73,6 @@ def adaptive_self_consistency(model, prompts, *, n: int, round_size: int = 4, ru
         answer=answer, budget=budget, stop_tokens=stop_tokens)
     picked = [winner(a) for a in answers]
     info = [{"rounds": r, "rollouts": len(t)} for r, t in zip(rounds, texts)]
-    return Result("adaptive_self_consistency", list(prompts), [p[0] for p in picked], [p[1] for p in picked], texts,
-                  lengths, answers, scores, [p[2] for p in picked], finish(budget, t0), info)
+    return Result(method="adaptive_self_consistency", prompts=list(prompts), answers=[p[0] for p in picked],
+                  chosen=[p[1] for p in picked], texts=texts, lengths=lengths, extracted=answers, scores=scores,
+                  votes=[p[2] for p in picked], budget=finish(budget, t0), info=info)

@@ -9,7 +9,7 @@ import numpy as np
 
 from engine import check_int
 from meta.budget import Budget
-from meta.draw import arith_answer, draw
+from meta.draw import draw
 from sampling import Sampler
 
 
@@ -58,8 +58,13 @@ def check_scorer(scorer, prompts, references) -> None:
 
 
 def extract(answer, texts):
-    """Each rollout's answer via ``answer(text)`` (default: the built-in task's ``A: <n>``)."""
-    fn = arith_answer if answer is None else answer
+    """Each rollout's answer, ``answer(text)``: [G][N].
+
+    Without ``answer`` (``None``) it is the whole text, stripped (``str.strip``): votes count
+    identical completions. A task with reasoning before its answer brings its own extractor
+    (e.g. ``meta.tasks.arith.answer``); an extractor returns ``None`` for a rollout without one.
+    """
+    fn = str.strip if answer is None else answer
     out = [[fn(t) for t in row] for row in texts]
     for a in (a for row in out for a in row):
         if not isinstance(a, Hashable):

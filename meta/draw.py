@@ -7,7 +7,6 @@ import numpy as np
 
 import engine
 from meta.budget import Budget, param_count
-from meta.tasks import arith
 
 
 @dataclasses.dataclass
@@ -16,11 +15,6 @@ class Drawn:
     texts: list            # [G][n] decoded text (token ids joined by spaces for a model without tokenizer)
     tokens: np.ndarray     # int32 [G, n, T]
     lengths: np.ndarray    # int [G, n]
-
-
-def arith_answer(text: str):
-    """The built-in task's answer of a solution text: the ``A: <n>`` integer, or ``None``."""
-    return arith.parse(text).answer
 
 
 def _pow2(x: int) -> int:

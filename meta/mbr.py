@@ -95,5 +95,6 @@ def mbr(model, prompts, *, n: int, utility="rouge_l", sampler=None, seed: int = 
         raise ValueError(f"the utility gave non-finite values: mean utilities {eu[~np.isfinite(eu)][:5].tolist()}")
     chosen = [int(np.argmax(row)) for row in eu]
     answers = extract(answer, d.texts)
-    return Result("mbr", list(prompts), [a[c] for a, c in zip(answers, chosen)], chosen, d.texts,
-                  d.lengths.tolist(), answers, eu.tolist(), [[] for _ in prompts], finish(budget, t0))
+    return Result(method="mbr", prompts=list(prompts), answers=[a[c] for a, c in zip(answers, chosen)],
+                  chosen=chosen, texts=d.texts, lengths=d.lengths.tolist(), extracted=answers, scores=eu.tolist(),
+                  votes=[[] for _ in prompts], budget=finish(budget, t0))

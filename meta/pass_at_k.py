@@ -45,6 +45,7 @@ def coverage(model, prompts, *, n: int, scorer, ks=None, sampler=None, seed: int
     correct = [[s >= threshold for s in row] for row in scores]
     chosen = [row.index(True) if any(row) else None for row in correct]
     info = [{f"pass@{k}": float(pass_at_k(n, sum(row), k)) for k in ks} for row in correct]
-    return Result("pass_at_k", list(prompts), [None if c is None else a[c] for a, c in zip(answers, chosen)],
-                  chosen, d.texts, d.lengths.tolist(), answers, scores, [[] for _ in prompts], finish(budget, t0),
-                  info)
+    return Result(method="pass_at_k", prompts=list(prompts),
+                  answers=[None if c is None else a[c] for a, c in zip(answers, chosen)], chosen=chosen,
+                  texts=d.texts, lengths=d.lengths.tolist(), extracted=answers, scores=scores,
+                  votes=[[] for _ in prompts], budget=finish(budget, t0), info=info)

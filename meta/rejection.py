@@ -34,5 +34,7 @@ def rejection_sample(model, prompts, *, n: int, scorer, round_size: int = 4, thr
         max_new_tokens=max_new_tokens, references=references, answer=answer, budget=budget,
         stop_tokens=stop_tokens)
     info = [{"rollouts": len(t), "accepted": c is not None} for t, c in zip(texts, chosen)]
-    return Result("rejection_sample", list(prompts), [None if c is None else a[c] for a, c in zip(answers, chosen)],
-                  chosen, texts, lengths, answers, scores, [[] for _ in prompts], finish(budget, t0), info)
+    return Result(method="rejection_sample", prompts=list(prompts),
+                  answers=[None if c is None else a[c] for a, c in zip(answers, chosen)], chosen=chosen, texts=texts,
+                  lengths=lengths, extracted=answers, scores=scores, votes=[[] for _ in prompts],
+                  budget=finish(budget, t0), info=info)

@@ -21,7 +21,7 @@ def _jsonable(x):
     return x
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)       # built by keyword only: a field reorder cannot swap values
 class Result:
     """The chosen answer per prompt, every rollout with its answer, score and the votes, and the budget.
 

@@ -1,16 +1,18 @@
 """Scorers: map finished rollouts to one score each (outcome) or one score per step (process).
 
 Every scorer is called as ``scorer(prompts, texts, references=None, budget=None) -> float [G, N]``
-with ``texts[g][r]`` the rollouts of prompt ``g`` and ``references[g]`` its reference (an
-``arith.Problem``, an answer, or ``None``); it adds its own cost to ``budget``.
+with ``texts[g][r]`` the rollouts of prompt ``g`` and ``references[g]`` its reference (whatever
+the scorer reads: a task's problem, an answer, or ``None``); it adds its own cost to ``budget``.
+A scorer may also have ``check(prompts, references)``, which meta-generators call before
+drawing anything.
 
-* :class:`Verifier` — the built-in task's outcome verifier (needs references);
-* :class:`ProcessScorer` — per-step scores aggregated by ``last``, ``min``, ``prod`` or ``mean``
-  (:func:`arith_process_verifier` wraps the built-in process verifier);
-* :class:`FunctionScorer` — any Python function on texts;
+* :class:`FunctionScorer` — any Python function on texts (a programmatic verifier);
+* :class:`ProcessScorer` — per-step scores aggregated by ``last``, ``min``, ``prod`` or ``mean``;
 * :class:`LMJudge` — the log-probability a rollax model gives a verdict token after a template,
   one batched forward on the model's device;
 * :class:`RewardModel` — a learned outcome reward model (a rollax model's scalar head).
+
+A task brings its own verifiers, e.g. :mod:`meta.tasks.arith_verifiers`.
 """
 from __future__ import annotations
 
@@ -24,9 +26,7 @@ import numpy as np
 
 import models
 from engine import check_int
-from meta import verifiers
 from meta.budget import Budget, param_count
-from meta.tasks import arith
 
 AGGREGATIONS = ("last", "min", "prod", "mean")
 
@@ -55,50 +55,6 @@ class FunctionScorer:
             budget.scorer_calls += 1
         return _stack(_shape_check(texts, [[self.fn(p, t, ref) for t in row]
                                            for p, row, ref in zip(prompts, texts, refs)]))
-
-
-def reference_answer(reference) -> int:
-    """The integer answer of a reference: an ``arith.Problem``, an int, a whole float or a string of
-    digits (as read from a dataset); otherwise a ``ValueError`` naming it."""
-    if isinstance(reference, arith.Problem):
-        return reference.answer
-    if isinstance(reference, (int, np.integer)) and not isinstance(reference, bool):
-        return int(reference)
-    if isinstance(reference, float) and reference.is_integer():
-        return int(reference)
-    if isinstance(reference, str) and reference.strip().removeprefix("-").isdigit():
-        return int(reference)
-    raise ValueError(f"the outcome verifier needs an integer answer (or arith.Problem) as each reference, "
-                     f"got {reference!r}")
-
-
-class Verifier:
-    """The built-in task's outcome verifier: 1.0 where the rollout's ``A: <n>`` equals the reference's answer.
-
-    References are ``arith.Problem`` instances (scored by :func:`meta.verifiers.outcome_scores`)
-    or answers (integers).
-    """
-
-    def check(self, prompts, references=None) -> None:
-        """A ``ValueError`` unless there is a reference this verifier can read for every prompt."""
-        if references is None:
-            raise ValueError("the outcome verifier needs references (arith.Problem or answers)")
-        for ref in references:
-            if not isinstance(ref, arith.Problem):
-                reference_answer(ref)
-
-    def __call__(self, prompts, texts, references=None, budget: Budget | None = None):
-        self.check(prompts, references)
-        if budget is not None:
-            budget.scorer_calls += 1
-        out = []
-        for row, ref in zip(texts, references):
-            if isinstance(ref, arith.Problem):
-                out.append(verifiers.outcome_scores(list(row), [ref] * len(row)))
-            else:
-                want = reference_answer(ref)
-                out.append(np.array([float(arith.parse(t).answer == want) for t in row]))
-        return _stack(_shape_check(texts, out))
 
 
 def aggregate(steps: np.ndarray, how: str) -> float:
@@ -132,19 +88,6 @@ class ProcessScorer:
     def __call__(self, prompts, texts, references=None, budget: Budget | None = None):
         steps = self.steps(prompts, texts, references, budget)
         return _stack(_shape_check(texts, [[aggregate(s, self.aggregation) for s in row] for row in steps]))
-
-
-def arith_process_verifier(aggregation: str = "min") -> ProcessScorer:
-    """The built-in process verifier (:func:`meta.verifiers.process_scores`) as a process scorer.
-
-    With ``arith.Problem`` references each step must also follow the chain; otherwise only its
-    arithmetic is checked (reference-free).
-    """
-    def steps(prompts, texts, references):
-        refs = references if references is not None else [None] * len(texts)
-        return [verifiers.process_scores(list(row), [ref] * len(row) if isinstance(ref, arith.Problem) else None)
-                for row, ref in zip(texts, refs)]
-    return ProcessScorer(steps, aggregation)
 
 
 def _right_padded(model, seqs: list[list[int]], what: str, rows: int):

@@ -24,8 +24,9 @@ def self_consistency(model, prompts, *, n: int, sampler=None, seed: int = 0, max
     scores = score(scorer, prompts, d.texts, references, budget) if scorer is not None else \
         [[None] * n for _ in prompts]
     picked = [winner(a) for a in answers]
-    return Result("self_consistency", list(prompts), [p[0] for p in picked], [p[1] for p in picked], d.texts,
-                  d.lengths.tolist(), answers, scores, [p[2] for p in picked], finish(budget, t0))
+    return Result(method="self_consistency", prompts=list(prompts), answers=[p[0] for p in picked],
+                  chosen=[p[1] for p in picked], texts=d.texts, lengths=d.lengths.tolist(), extracted=answers,
+                  scores=scores, votes=[p[2] for p in picked], budget=finish(budget, t0))
 
 
 def weighted_vote(model, prompts, *, n: int, scorer, sampler=None, seed: int = 0, max_new_tokens: int = 64,
@@ -46,5 +47,6 @@ def weighted_vote(model, prompts, *, n: int, scorer, sampler=None, seed: int = 0
     if any(w < 0 or not np.isfinite(w) for row in weights for w in row):
         raise ValueError("weighted_vote needs finite non-negative weights; transform the scores with weight=")
     picked = [winner(a, w) for a, w in zip(answers, weights)]
-    return Result("weighted_vote", list(prompts), [p[0] for p in picked], [p[1] for p in picked], d.texts,
-                  d.lengths.tolist(), answers, scores, [p[2] for p in picked], finish(budget, t0))
+    return Result(method="weighted_vote", prompts=list(prompts), answers=[p[0] for p in picked],
+                  chosen=[p[1] for p in picked], texts=d.texts, lengths=d.lengths.tolist(), extracted=answers,
+                  scores=scores, votes=[p[2] for p in picked], budget=finish(budget, t0))

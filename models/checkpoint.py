@@ -12,6 +12,7 @@ import numpy as np
 
 from models import safetensors, zoo
 from models.config import FAMILIES, Config, float_dtype, from_hf
+from models.files import read_json
 from models.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer
 from models.placement import abstract_params, hf_to_mesh, shard_params
 from models.transformer import forward, score
@@ -19,14 +20,6 @@ from models.transformer import forward, score
 ROLLAX_META = "rollax.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
-
-
-def read_json(path: Path):
-    """The JSON in ``path``, or a ``ValueError`` naming the file."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from e
 
 
 @dataclasses.dataclass

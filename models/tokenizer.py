@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from models.files import read_json
+
 
 class Tokenizer:
     """``encode(text) -> ids`` (BOS prepended when the model has one), ``decode(ids) -> text``."""
@@ -80,7 +82,6 @@ def load_tokenizer(directory, config) -> Tokenizer | None:
     ``add_bos_token: false``, or the BOS is also an EOS id (Qwen2's configs name ``<|endoftext|>``
     as both, and its tokenizer adds none).
     """
-    from models.checkpoint import read_json
     directory = Path(directory)
     eos = config.eos_ids[0] if config.eos_ids else None
     bos = None if config.bos_id in config.eos_ids else config.bos_id

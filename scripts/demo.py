@@ -28,11 +28,10 @@ from tqdm import tqdm
 
 import models
 import meta
-from meta import verifiers
 from meta.adaptive import replay
 from meta.pass_at_k import pass_at_k  # noqa: F401  (the estimator; kept here for callers of demo.pass_at_k)
 from meta.vote import winner
-from meta.tasks import arith
+from meta.tasks import arith, arith_verifiers
 from sampling import Sampler
 from scripts.eval_arith import ADAPTIVE, TEMPERATURE, solve
 
@@ -67,7 +66,7 @@ class Context:
         with self._bar("greedy") as bar:
             texts, lengths = solve(self.model, self.problems, progress=bar)
         texts = [t[0] for t in texts]
-        return texts, lengths[:, 0], verifiers.outcome_scores(texts, self.problems) > 0
+        return texts, lengths[:, 0], arith_verifiers.outcome_scores(texts, self.problems) > 0
 
     @functools.cached_property
     def sampled(self) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
@@ -76,7 +75,7 @@ class Context:
             texts, lengths = solve(self.model, self.problems, n=self.samples, seed=self.seed,
                                    sampler=Sampler(temperature=self.temperature), progress=bar)
         flat_problems = [p for p in self.problems for _ in range(self.samples)]
-        correct = verifiers.outcome_scores([t for row in texts for t in row], flat_problems) > 0
+        correct = arith_verifiers.outcome_scores([t for row in texts for t in row], flat_problems) > 0
         return texts, lengths, correct.reshape(len(self.problems), self.samples)
 
     @functools.cached_property
@@ -122,7 +121,7 @@ def _meta_points(ctx: Context, pick) -> list[Point]:
     samples, so they are replayed on them instead of sampling again.
     """
     texts, tokens, _ = ctx.sampled
-    answers = [[meta.arith_answer(t) for t in row] for row in texts]
+    answers = [[arith.answer(t) for t in row] for row in texts]
     out = []
     for n in [k for k in META_NS if k <= ctx.samples]:
         right, spent = [], []
@@ -149,7 +148,7 @@ def weighted_vote(ctx: Context) -> list[Point]:
 def best_of_n_verifier(ctx: Context) -> list[Point]:
     """The best of N samples by the outcome verifier (``meta.best_of_n``; an oracle: it knows the answer)."""
     def pick(a, t, g):
-        s = meta.Verifier()([""], [t], [ctx.problems[g]])[0]
+        s = arith_verifiers.OutcomeVerifier()([""], [t], [ctx.problems[g]])[0]
         return a[int(np.argmax(s))], len(a)
     return _meta_points(ctx, pick)
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine import generate
-from meta import verifiers
-from meta.tasks import arith
+from meta.tasks import arith, arith_verifiers
 from sampling import Sampler
 
 METRIC_SAMPLE = 50            # the recorded greedy accuracy is on the first 50 hard test problems
@@ -60,7 +59,7 @@ def solve(model, problems, *, n: int = 1, sampler: Sampler | None = None, seed: 
 def greedy_accuracy(model, problems) -> float:
     """Fraction of ``problems`` whose greedy solution has the right final answer."""
     texts, _ = solve(model, problems)
-    return float(verifiers.outcome_scores([t[0] for t in texts], problems).mean())
+    return float(arith_verifiers.outcome_scores([t[0] for t in texts], problems).mean())
 
 
 def metric_sample() -> list[arith.Problem]:

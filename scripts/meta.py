@@ -119,12 +119,12 @@ def _write(path: Path, obj: dict, mode: str = "a") -> None:
 
 def make_scorer(name: str):
     """The scorer called ``name`` (see ``SCORERS``), or ``None``."""
-    import meta
+    from meta.tasks import arith_verifiers
     if name == "none":
         return None
     if name == "verifier":
-        return meta.Verifier()
-    return meta.arith_process_verifier(name.split("-", 1)[1])
+        return arith_verifiers.OutcomeVerifier()
+    return arith_verifiers.process_verifier(name.split("-", 1)[1])
 
 
 def check_items(args, model, items) -> None:
@@ -133,7 +133,7 @@ def check_items(args, model, items) -> None:
     verifier cannot read."""
     import engine
     import meta
-    from meta.scoring import reference_answer
+    from meta.tasks.arith_verifiers import reference_answer
     scorer = inspect.signature(meta.METHODS[args.method]).parameters.get("scorer")
     if scorer is not None and scorer.default is inspect.Parameter.empty and args.scorer == "none":
         raise ValueError(f"{args.method} needs a scorer: --scorer {' / '.join(SCORERS[1:])}")
@@ -151,9 +151,10 @@ def check_items(args, model, items) -> None:
 def run_chunk(args, model, items, sampler):
     """The meta-generator's result on one chunk of items."""
     import meta
+    from meta.tasks import arith
     fn = meta.METHODS[args.method]
     kw = dict(n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens, sampler=sampler,
-              answer=None if args.answer == "arith" else (lambda t: t.strip()))
+              answer=arith.answer if args.answer == "arith" else None)           # None: the whole text, stripped
     refs = [it["answer"] for it in items]
     kw["references"] = refs if all(r is not None for r in refs) else None
     scorer = make_scorer(args.scorer)
@@ -170,7 +171,7 @@ def correct(answer, reference, numeric: bool):
     """Whether a chosen answer equals the reference; ``None`` without one. ``numeric`` (``--answer
     arith``) reads the reference as the verifier does (99.0 and "099" are 99); else, and for a
     reference that is not an integer, they are compared as strings."""
-    from meta.scoring import reference_answer
+    from meta.tasks.arith_verifiers import reference_answer
     if reference is None:
         return None
     if answer is None:

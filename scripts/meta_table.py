@@ -22,6 +22,7 @@ import numpy as np
 import meta
 import models
 from meta.tasks import arith
+from meta.tasks.arith_verifiers import OutcomeVerifier, process_verifier
 from sampling import Sampler
 from scripts.eval_arith import ADAPTIVE, TEMPERATURE, max_new_tokens
 
@@ -29,22 +30,24 @@ from scripts.eval_arith import ADAPTIVE, TEMPERATURE, max_new_tokens
 def rows(model, problems, temperature: float, seed: int, reward_model: str = "tiny-arith-rm"):
     """(name, run) for every measured setting; ``run()`` returns its ``meta.Result``."""
     prompts, T = [p.prompt for p in problems], max_new_tokens(problems)
-    common = dict(sampler=Sampler(temperature=temperature), seed=seed, max_new_tokens=T, references=problems)
+    common = dict(sampler=Sampler(temperature=temperature), seed=seed, max_new_tokens=T, references=problems,
+                  answer=arith.answer)
     rm = functools.cache(lambda: meta.RewardModel(models.load(reward_model)))   # loaded once, if a row needs it
     out = [("greedy", lambda: meta.self_consistency(model, prompts, n=1, **{**common, "sampler": Sampler.greedy()}))]
     out += [(f"self-consistency@{n}", lambda n=n: meta.self_consistency(model, prompts, n=n, **common))
             for n in (4, 16, 64)]
     out += [
-        ("best-of-16 (outcome verifier)", lambda: meta.best_of_n(model, prompts, n=16, scorer=meta.Verifier(), **common)),
+        ("best-of-16 (outcome verifier)", lambda: meta.best_of_n(
+            model, prompts, n=16, scorer=OutcomeVerifier(), **common)),
         ("best-of-16 (process verifier, min)", lambda: meta.best_of_n(
-            model, prompts, n=16, scorer=meta.arith_process_verifier("min"), **common)),
+            model, prompts, n=16, scorer=process_verifier("min"), **common)),
         ("weighted vote@16 (process verifier, min)", lambda: meta.weighted_vote(
-            model, prompts, n=16, scorer=meta.arith_process_verifier("min"), **common)),
+            model, prompts, n=16, scorer=process_verifier("min"), **common)),
         ("best-of-16 (learned reward model)", lambda: meta.best_of_n(model, prompts, n=16, scorer=rm(), **common)),
         ("weighted vote@16 (learned reward model)", lambda: meta.weighted_vote(
             model, prompts, n=16, scorer=rm(), weight=meta.sigmoid, **common)),
         ("MBR@16 (ROUGE-L)", lambda: meta.mbr(model, prompts, n=16, utility="rouge_l", **common)),
-        ("rejection (verifier, <=16)", lambda: meta.rejection_sample(model, prompts, n=16, scorer=meta.Verifier(),
+        ("rejection (verifier, <=16)", lambda: meta.rejection_sample(model, prompts, n=16, scorer=OutcomeVerifier(),
                                                                       **common)),
     ]
     for setting in (ADAPTIVE, {**ADAPTIVE, "confidence": 0.8}, dict(round_size=8, rule="unbeatable")):

@@ -28,12 +28,12 @@ import optax
 from tqdm import tqdm
 
 import models
-from meta import verifiers
 from meta.scoring import RewardModel
-from meta.tasks import arith
+from meta.tasks import arith, arith_verifiers
 from sampling import Sampler
 from scripts import cli
 from scripts.eval_arith import TEMPERATURE, solve
+from scripts.training import check_flags, write_metrics
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "models" / "zoo" / "tiny-arith-rm"
 VAL_SAMPLES = 16
@@ -54,7 +54,7 @@ def rollouts(policy, problems, samples: int, seed: int, scorer: RewardModel) -> 
     texts, _ = solve(policy, problems, n=samples, sampler=Sampler(temperature=TEMPERATURE), seed=seed)
     seqs, starts, labels = [], [], []
     for p, row in zip(problems, texts):
-        labels += list(verifiers.outcome_scores(list(row), [p] * len(row)))
+        labels += list(arith_verifiers.outcome_scores(list(row), [p] * len(row)))
         prompt = len(policy.tokenizer.encode(p.prompt))
         seqs += [scorer.encode(p.prompt, t) for t in row]
         starts += [prompt - 1] * len(row)
@@ -124,8 +124,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--val-problems", type=int, default=200, help="val hard problems (16 rollouts each)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    cli.check_training(args, ("steps", "batch", "problems", "samples", "val_problems", "eval_every"),
-                       ("lm_weight", "token_weight"))
+    check_flags(args, ("steps", "batch", "problems", "samples", "val_problems", "eval_every"),
+                ("lm_weight", "token_weight"))
     most = arith.LEVELS["hard"].held_out
     if args.val_problems > most:
         raise ValueError(f"--val-problems must be at most {most}, got {args.val_problems}")
@@ -162,7 +162,6 @@ def main(argv=None) -> dict:
 
     model = models.Model(config, jax.device_get(params), policy.tokenizer)
     model.save(args.out)
-    from scripts.train_tiny import write_metrics
     metrics = write_metrics(args, **history[-1], train_seconds=round(time.time() - t0, 1),
                             total_seconds=round(time.time() - start, 1), parameters=config.num_params,
                             train_rollouts=len(train.label), train_mean_label=float(train.label.mean()),

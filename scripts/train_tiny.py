@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import io
 import itertools
-import json
 import random
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from tqdm import tqdm
 import models
 from meta.tasks import arith
 from scripts import cli
+from scripts.training import check_flags, write_metrics
 from scripts.eval_arith import METRIC_SAMPLE, greedy_accuracy
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "models" / "zoo" / "tiny-arith"
@@ -108,13 +108,6 @@ def make_step(config, optimizer):
     return step, jax.jit(loss_fn)
 
 
-def write_metrics(args, **metrics) -> dict:
-    """``metrics`` plus the run's arguments, written to ``args.out / metrics.json``; returned."""
-    metrics["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"}
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    return metrics
-
-
 def main(argv=None) -> dict:
     """Train, save to ``--out``, write ``metrics.json`` there and return the metrics."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -139,7 +132,7 @@ def main(argv=None) -> dict:
                     help="stop once greedy accuracy on the validation hard problems reaches this (0: never)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    cli.check_training(args, ("steps", "batch", "seq_len", "eval_every", "val_problems"), ("stop_at",))
+    check_flags(args, ("steps", "batch", "seq_len", "eval_every", "val_problems"), ("stop_at",))
     most = arith.LEVELS["hard"].held_out
     if args.val_problems > most or args.stop_at > 1:
         raise ValueError(f"--val-problems must be at most {most} and --stop-at at most 1 "

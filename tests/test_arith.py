@@ -6,8 +6,8 @@ import random
 import numpy as np
 import pytest
 
-from meta import verifiers
 from meta.tasks import arith
+from meta.tasks import arith_verifiers as verifiers
 
 P = arith.Problem((47, 38, 19), ("+", "-"))          # 47+38=85, 85-19=66
 

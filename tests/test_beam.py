@@ -9,7 +9,6 @@ import torch
 
 import engine
 import models
-import sampling
 from engine import beam as beam_module
 from tests.conftest import write_hf
 
@@ -64,7 +63,7 @@ def test_beam_search_finds_what_greedy_misses(markov):
     greedy = engine.generate(markov, PROMPTS, max_new_tokens=4)
     assert greedy.tokens[:, 0].tolist() == [[A, A, A, A]] * 3
     # one beam is greedy search; a hypothesis cut at max_new_tokens counts all its tokens
-    one = sampling.beam_search(markov, PROMPTS, num_beams=1, max_new_tokens=4)
+    one = engine.beam_search(markov, PROMPTS, num_beams=1, max_new_tokens=4)
     check(one, [[A, A, A, A]], [L(A, A, A, A) / 4], [4])
 
 

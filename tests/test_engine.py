@@ -12,7 +12,6 @@ from engine import KVCache, PrefillCache
 from engine.checks import stop_ids
 from engine.decode import left_pad, row_sampler
 from engine.step import Decoding, decode_loop, decode_step
-import sampling
 from sampling import Sampler
 
 
@@ -252,9 +251,9 @@ def test_search_primitives_refuse_malformed_arguments(tiny, call, message):
 
 
 def test_beam_search_takes_numpy_scalars_like_python_ones(tiny):
-    want = sampling.beam_search(tiny, [[1, 2]], num_beams=2, max_new_tokens=3, length_penalty=1.0, early_stopping=True)
-    got = sampling.beam_search(tiny, [[1, 2]], num_beams=2, max_new_tokens=3, length_penalty=np.float32(1.0),
-                               early_stopping=np.True_)
+    want = engine.beam_search(tiny, [[1, 2]], num_beams=2, max_new_tokens=3, length_penalty=1.0, early_stopping=True)
+    got = engine.beam_search(tiny, [[1, 2]], num_beams=2, max_new_tokens=3, length_penalty=np.float32(1.0),
+                             early_stopping=np.True_)
     np.testing.assert_array_equal(got.sequences, want.sequences)
 
 

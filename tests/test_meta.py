@@ -9,6 +9,7 @@ import meta
 import models
 import importlib
 from meta.draw import Drawn
+from meta.tasks.arith_verifiers import OutcomeVerifier, process_verifier
 from sampling import Sampler
 
 MODULES = ("common", "mbr", "self_consistency")   # where `draw` is called
@@ -65,6 +66,12 @@ def test_self_consistency_majority_and_tie(scripted):
     assert r.answers == [7, 5] and r.chosen == [0, 0]
     r = meta.self_consistency(None, PROMPTS, n=6, answer=last)
     assert r.answers == [8, 5] and r.chosen == [2, 0]       # p0: 7 x2, 8 x3, 9 x1
+
+
+def test_without_an_extractor_the_answer_is_the_stripped_text(scripted):
+    r = meta.self_consistency(None, ["p1"], n=4)
+    assert r.extracted == [["1 5", "2 6", "3 6", "4 5"]] and r.answers == ["1 5"] and r.chosen == [0]
+    assert meta.common.extract(None, [[" 12\n", "12"]]) == [["12", "12"]]
 
 
 def test_best_of_n_and_tie(scripted):
@@ -188,7 +195,7 @@ def test_process_aggregations():
     got = {h: meta.scoring.aggregate(steps, h) for h in meta.scoring.AGGREGATIONS}
     assert got == pytest.approx({"last": 0.8, "min": 0.5, "prod": 0.4, "mean": 2.3 / 3})
     assert meta.scoring.aggregate([], "min") == 0.0
-    scorer = meta.arith_process_verifier("mean")
+    scorer = process_verifier("mean")
     s = scorer(["x"], [["1+2=3\n3+4=8\nA: 8"]])
     assert s.tolist() == [[0.5]]
 
@@ -289,7 +296,7 @@ def test_verifier_references_are_checked_before_drawing():
     budget = meta.Budget()
     for call in (meta.best_of_n, meta.rejection_sample):
         with pytest.raises(ValueError, match="needs an integer answer .* got 'three'"):
-            call(Fake(), [[2, 3], [0]], n=2, scorer=meta.Verifier(), references=[3, "three"], max_new_tokens=4,
+            call(Fake(), [[2, 3], [0]], n=2, scorer=OutcomeVerifier(), references=[3, "three"], max_new_tokens=4,
                  budget=budget)
     assert budget.generated == 0
 
@@ -342,10 +349,10 @@ def test_errors(scripted):
         meta.self_consistency(None, PROMPTS, n=2, references=[1])
     assert "2 prompts but 1 references" in str(e.value)
     with pytest.raises(ValueError) as e:
-        meta.Verifier()(["q"], [["A: 1"]])
+        OutcomeVerifier()(["q"], [["A: 1"]])
     assert "needs references" in str(e.value)
     with pytest.raises(ValueError) as e:
-        meta.arith_process_verifier("median")
+        process_verifier("median")
     assert "unknown aggregation 'median'" in str(e.value)
     with pytest.raises(ValueError) as e:
         meta.rejection_sample(None, PROMPTS, n=2, scorer=meta.FunctionScorer(lambda p, t, r: 1.0), threshold=float("nan"))
@@ -380,7 +387,7 @@ ARGUMENT_ERRORS = {
                       "the scorer must return one real number per rollout"),
     "unhashable answers": (lambda: meta.self_consistency(None, PROMPTS, n=2, answer=lambda t: t.split()),
                            "answer() must return hashable values"),
-    "a fractional reference": (lambda: meta.Verifier()(["q"], [["A: 3"]], [3.9]),
+    "a fractional reference": (lambda: OutcomeVerifier()(["q"], [["A: 3"]], [3.9]),
                                "needs an integer answer (or arith.Problem) as each reference, got 3.9"),
 }
 
@@ -398,7 +405,7 @@ def test_bad_arguments_are_named(scripted, case):
 def test_verifier_reads_answers_as_datasets_write_them():
     texts = [["A: 3", "A: 4"]]
     for ref in (3, np.int64(3), 3.0, "3", " 3 "):
-        np.testing.assert_array_equal(meta.Verifier()(["q"], texts, [ref]), [[1.0, 0.0]])
+        np.testing.assert_array_equal(OutcomeVerifier()(["q"], texts, [ref]), [[1.0, 0.0]])
 
 
 @pytest.mark.parametrize("make, message", [

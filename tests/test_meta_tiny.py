@@ -8,11 +8,12 @@ import engine
 import meta
 import models
 from meta.tasks import arith
+from meta.tasks.arith_verifiers import OutcomeVerifier
 from sampling import Sampler
 
 PROBLEMS = arith.held_out("test", "hard", 16)
 PROMPTS = [p.prompt for p in PROBLEMS]
-KW = dict(sampler=Sampler(temperature=1.0), seed=0, max_new_tokens=56, references=PROBLEMS)
+KW = dict(sampler=Sampler(temperature=1.0), seed=0, max_new_tokens=56, references=PROBLEMS, answer=arith.answer)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def test_adaptive_unbeatable_equals_self_consistency_and_verifier_beats_vote(mod
     assert ada.budget.generated == sum(map(sum, ada.lengths))
     from meta.adaptive import replay                               # what the demo uses on shared samples
     assert [replay(a, 8, 2, "unbeatable") for a in sc.extracted] == [len(t) for t in ada.texts]
-    bon = meta.best_of_n(model, PROMPTS, n=8, scorer=meta.Verifier(), **KW)
+    bon = meta.best_of_n(model, PROMPTS, n=8, scorer=OutcomeVerifier(), **KW)
     assert bon.texts == sc.texts                                   # same seed: the same rollouts
     right = lambda r: np.array([a == p.answer for a, p in zip(r.answers, PROBLEMS)])
     assert np.all(right(bon) >= right(sc))                        # an oracle pick is right wherever any is

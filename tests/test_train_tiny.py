@@ -69,7 +69,7 @@ def test_bad_training_flags_are_refused_before_anything_is_written(tmp_path, fla
 
 
 def test_reward_rollouts_are_labelled_by_the_verifier_and_masked_on_the_solution():
-    from meta import verifiers
+    from meta.tasks import arith_verifiers as verifiers
     import dataclasses
     from meta.scoring import RewardModel
     from sampling import Sampler

@@ -267,3 +267,11 @@ def parse(text: str) -> Parsed:
         steps.append(Step(int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))) if m else None)
     return Parsed(tuple(steps), answer)
 
+
+
+def answer(text: str) -> int | None:
+    """The answer of a solution text: the integer of its ``A: <n>`` line, or ``None`` (no such line).
+
+    The task's answer extractor: pass it as a meta-generator's ``answer=``.
+    """
+    return parse(text).answer

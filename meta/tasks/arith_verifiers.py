@@ -1,11 +1,17 @@
-"""Programmatic verifiers on text, shaped as the scorers meta-generators use.
+"""The arithmetic task's verifiers: on text, and as the scorers meta-generators take.
 
-* outcome scorer: ``texts[R], problems[R] -> scores[R]`` — 1.0 where the final answer is right;
-* process scorer: ``texts[R], problems[R] | None -> [scores[steps_r] per text]`` — 1.0 for each
-  step whose arithmetic is right given its inputs (and, given the problem, whose inputs are
-  the previous step's result and a term of the chain not used yet, in any order).
+On lists of texts (the generated solutions, i.e. what follows the prompt):
 
-Texts are the generated solutions, i.e. what follows the prompt.
+* outcome: ``texts[R], problems[R] -> scores[R]`` — 1.0 where the final answer is right
+  (:func:`outcome_scores`);
+* process: ``texts[R], problems[R] | None -> [scores[steps_r] per text]`` — 1.0 for each step
+  whose arithmetic is right given its inputs (and, given the problem, whose inputs are the
+  previous step's result and a term of the chain not used yet, in any order)
+  (:func:`process_scores`, :func:`step_scores`).
+
+As scorers (``scorer(prompts, texts[G][N], references, budget) -> [G, N]``, see
+:mod:`meta.scoring`): :class:`OutcomeVerifier` (references: ``arith.Problem`` or answers) and
+:func:`process_verifier` (references: ``arith.Problem`` or ``None``).
 """
 from __future__ import annotations
 
@@ -14,7 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-from meta.tasks.arith import Problem, parse
+from meta.scoring import FunctionScorer, ProcessScorer
+from meta.tasks.arith import Problem, answer, parse
 
 
 def _check(texts, problems, need_problems: bool):
@@ -79,3 +86,52 @@ def process_scores(texts: Sequence[str], problems: Sequence[Problem] | None = No
     """Process verifier: one float32 array of per-step scores (see :func:`step_scores`) per text."""
     texts, problems = _check(texts, problems, need_problems=False)
     return [step_scores(t, p) for t, p in zip(texts, problems)]
+
+
+def reference_answer(reference) -> int:
+    """The integer answer of a reference: an ``arith.Problem``, an int, a whole float or a string of
+    digits (as read from a dataset); otherwise a ``ValueError`` naming it."""
+    if isinstance(reference, Problem):
+        return reference.answer
+    if isinstance(reference, (int, np.integer)) and not isinstance(reference, bool):
+        return int(reference)
+    if isinstance(reference, float) and reference.is_integer():
+        return int(reference)
+    if isinstance(reference, str) and reference.strip().removeprefix("-").isdigit():
+        return int(reference)
+    raise ValueError(f"the outcome verifier needs an integer answer (or arith.Problem) as each reference, "
+                     f"got {reference!r}")
+
+
+class OutcomeVerifier(FunctionScorer):
+    """The outcome verifier as a scorer: 1.0 where the rollout's ``A: <n>`` equals the reference's answer.
+
+    References are ``arith.Problem`` instances or answers (see :func:`reference_answer`).
+    """
+
+    def __init__(self):
+        super().__init__(lambda prompt, text, reference: float(answer(text) == reference_answer(reference)))
+
+    def check(self, prompts, references=None) -> None:
+        """A ``ValueError`` unless there is a reference this verifier can read for every prompt."""
+        if references is None:
+            raise ValueError("the outcome verifier needs references (arith.Problem or answers)")
+        for ref in references:
+            reference_answer(ref)
+
+    def __call__(self, prompts, texts, references=None, budget=None):
+        self.check(prompts, references)
+        return super().__call__(prompts, texts, references, budget)
+
+
+def process_verifier(aggregation: str = "min") -> ProcessScorer:
+    """The process verifier (:func:`process_scores`) as a process scorer, steps aggregated by ``aggregation``.
+
+    With ``arith.Problem`` references each step must also follow the chain; otherwise only its
+    arithmetic is checked (reference-free).
+    """
+    def steps(prompts, texts, references):
+        refs = references if references is not None else [None] * len(texts)
+        return [process_scores(list(row), [ref] * len(row) if isinstance(ref, Problem) else None)
+                for row, ref in zip(texts, refs)]
+    return ProcessScorer(steps, aggregation)
