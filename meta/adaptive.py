@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from engine import check_int
+from engine.checks import check_int
 from meta.common import draw_rounds, finish, setup
 from meta.result import Result
 from meta.vote import tally, winner

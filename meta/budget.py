@@ -16,7 +16,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from engine import check_int
+from engine.checks import check_int
 
 
 def param_count(params) -> int:

@@ -7,7 +7,7 @@ from collections.abc import Hashable
 
 import numpy as np
 
-from engine import check_int
+from engine.checks import check_int
 from meta.budget import Budget
 from meta.draw import draw
 from sampling import Sampler

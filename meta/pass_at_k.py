@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from engine import check_int
+from engine.checks import check_int
 from meta.common import check_threshold, finish, scored_draw
 from meta.result import Result
 

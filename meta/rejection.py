@@ -1,7 +1,7 @@
 """Rejection sampling: draw rounds of rollouts until a verifier accepts one or the budget ends."""
 from __future__ import annotations
 
-from engine import check_int
+from engine.checks import check_int
 from meta.common import check_threshold, draw_rounds, finish, setup
 from meta.result import Result
 

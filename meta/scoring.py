@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import models
-from engine import check_int
+from engine.checks import check_int
 from meta.budget import Budget, param_count
 
 AGGREGATIONS = ("last", "min", "prod", "mean")
