@@ -115,7 +115,7 @@ def stop_ids(config, stop_tokens=None) -> jax.Array:
     if extra.size and (not np.issubdtype(extra.dtype, np.integer) or extra.min() < 0
                        or extra.max() >= config.vocab_size):
         raise ValueError(f"stop_tokens must be token ids in [0, {config.vocab_size}), got {str(stop_tokens)[:60]}")
-    return jnp.asarray(sorted(set(config.eos_ids) | set(extra.tolist())) or [-1], jnp.int32)
+    return np.asarray(sorted(set(config.eos_ids) | set(extra.tolist())) or [-1], np.int32)
 
 
 def check_sampler(sampler) -> Sampler:
@@ -154,7 +154,7 @@ def step_ids(model, step_tokens) -> jax.Array:
     without BOS), or a list mixing ids, strings and token-id lists (multi-token delimiters).
     """
     if step_tokens is None:
-        return jnp.zeros((0, 1), jnp.int32)
+        return np.zeros((0, 1), np.int32)
     items = [step_tokens] if isinstance(step_tokens, str) else step_tokens
     if not isinstance(items, (list, tuple, np.ndarray)) or len(items) == 0:
         raise ValueError(f"step_tokens must be token ids, a string or a list of them, got {step_tokens!r:.60}")
@@ -170,7 +170,7 @@ def step_ids(model, step_tokens) -> jax.Array:
             raise ValueError(f"step_tokens must be non-empty token ids in [0, {vocab}), got {item!r:.60}")
         seqs.append(seq)
     width = max(map(len, seqs))
-    return jnp.asarray([[-1] * (width - len(s)) + s for s in seqs], jnp.int32)
+    return np.asarray([[-1] * (width - len(s)) + s for s in seqs], np.int32)
 
 
 def check_tracks(model, tracks, track_prompts, n_prompts: int) -> dict:

@@ -156,7 +156,12 @@ def row_sampler(sampler: Sampler | None, state: DecodeState, mesh=None, stops=No
     sampler = check_sampler(sampler).check_vocab(state.logits.shape[-1], stops)
     g, n = state.shape
     sampler = sampler.broadcast((g, n)).reshape((g * n,))
-    return sharding.place(sampler, sampler.row_axes, mesh)
+    return _place(state, sampler, sampler.row_axes, mesh)
+
+
+def _place(state: DecodeState, tree, axes, mesh):
+    """``tree`` on ``mesh`` as ``axes`` say: placed, or constrained where ``state`` is traced."""
+    return (sharding.constrain if traced(state) else sharding.place)(tree, axes, mesh)
 
 
 def _mixture(mixture, state: DecodeState, mesh):
@@ -169,8 +174,8 @@ def _mixture(mixture, state: DecodeState, mesh):
     fn, params = resolve(mixture.combine, 1 + len(names), mixture.params)
     if not callable(mixture.combine):                            # named: one value per row
         params = {k: v.reshape(-1) for k, v in rows(params, state.shape).items()}
-    params = sharding.place({k: jnp.asarray(v, jnp.float32) for k, v in params.items()},
-                            {k: ("rollouts",)[:np.ndim(v)] for k, v in params.items()}, mesh)
+    params = _place(state, {k: jnp.asarray(v, jnp.float32) for k, v in params.items()},
+                    {k: ("rollouts",)[:np.ndim(v)] for k, v in params.items()}, mesh)
     return Mixture(fn, names, params)
 
 
