@@ -39,3 +39,21 @@ def test_meta_example_runs():
     ns = {}
     exec(blocks("docs/meta.md")[0], ns)
     assert len(ns["r"].answers) == 20 and ns["r"].budget.generated > 0
+
+
+def test_architecture_search_example_runs():
+    ns = {}
+    exec(blocks("docs/architecture.md")[0], ns)
+    state, problems = ns["state"], ns["problems"]
+    assert state.shape == (8, 8) and state.done.all()                # 4-5 steps and the answer line: 6 pauses
+    assert all(a is None or isinstance(a, int) for a in ns["answers"])
+    right = sum(a == p.answer for a, p in zip(ns["answers"], problems))
+    assert right >= 2                                                              # a search, not noise
+
+
+def test_readme_step_search_snippet_runs():
+    ns = {}
+    code = "import engine, models\nfrom sampling import Sampler\n" + blocks("README.md")[1] + blocks("README.md")[2]
+    exec(code, ns)
+    assert ns["scores"].shape == (1, 8) and ns["state"].paused.sum() == 0                # rewound rows are live
+    assert ns["state"].cache.length.tolist() == (ns["lengths"] // 2).reshape(-1).tolist()
