@@ -47,7 +47,7 @@ def sampler_values(settings: dict, table: dict, order) -> tuple[dict, np.ndarray
 
     Per-row settings become NumPy arrays of their dtype (traced ones, inside jit, stay as they are:
     only their dtype can be checked); ``logit_bias`` becomes (ids, biases) and the token lists
-    int32 ids.
+    int32 ids; an empty ``logit_bias`` or ``banned_tokens`` is left out (it filters nothing).
     """
     unknown = sorted(set(settings) - set(table) - set(order))
     if unknown:
@@ -97,7 +97,7 @@ def _numbers(name, value, dtype) -> np.ndarray:
 
 def _token_lists(settings) -> dict:
     """``logit_bias`` as (ids, biases), the allowed / banned token ids and the constraint's table, as
-    arrays, checked."""
+    arrays, checked; an empty ``logit_bias`` or ``banned_tokens`` is left out."""
     out = {}
     if "logit_bias" in settings:
         out["logit_bias"] = _bias(settings["logit_bias"])
@@ -106,10 +106,11 @@ def _token_lists(settings) -> dict:
             out[name] = _numbers(name, settings[name], I32).reshape(-1)
     if "allowed_tokens" in out and out["allowed_tokens"].size == 0:
         raise ValueError("allowed_tokens is empty: no token could be drawn")
-    for name, value in out.items():
-        ids = value[0] if name == "logit_bias" else value
-        if np.any(ids < 0):
-            raise ValueError(f"{name} token ids must be >= 0, got {ids.tolist()}")
+    ids = {name: value[0] if name == "logit_bias" else value for name, value in out.items()}
+    for name, value in ids.items():
+        if np.any(value < 0):
+            raise ValueError(f"{name} token ids must be >= 0, got {value.tolist()}")
+    out = {name: value for name, value in out.items() if ids[name].size}    # none: no filter (the filters need one)
     if "constraint" in settings:
         out["constraint"] = _table(getattr(settings["constraint"], "table", settings["constraint"]))
     return out
@@ -156,7 +157,7 @@ def check_vocab(values: dict, accepting, vocab: int, stop_ids=None) -> None:
     for name in ("logit_bias", "allowed_tokens", "banned_tokens"):
         if name in values:
             ids = np.asarray(values[name][0] if name == "logit_bias" else values[name])
-            if ids.size and ids.max() >= vocab:
+            if ids.max() >= vocab:
                 raise ValueError(f"{name} has token ids outside the vocabulary [0, {vocab}): "
                                  f"{ids[ids >= vocab][:5].tolist()}")
     if "constraint" in values and np.shape(values["constraint"])[1] != vocab:

@@ -80,11 +80,11 @@ class Sampler:
     ``mirostat_lr`` [0.1], ``repetition_penalty`` [1], ``presence_penalty`` [0],
     ``frequency_penalty`` [0], ``no_repeat_ngram`` [0], ``min_new_tokens`` [0] — each a number
     or an array per prompt [G] / per rollout [G, N] — and, shared by all rows,
-    ``logit_bias`` ({token: bias}), ``allowed_tokens`` and ``banned_tokens`` (token ids), and
-    ``constraint``: a token automaton — an object with ``table``, int [states, V], the next
-    state after each token from each state, -1 where the token is not allowed; every row
-    starts in state 0 (see ``sampling.constraints``). Out-of-range values are a ``ValueError``
-    (``sampling.checks``).
+    ``logit_bias`` ({token: bias}), ``allowed_tokens`` and ``banned_tokens`` (token ids; an
+    empty ``logit_bias`` or ``banned_tokens`` is none), and ``constraint``: a token automaton —
+    an object with ``table``, int [states, V], the next state after each token from each state,
+    -1 where the token is not allowed; every row starts in state 0 (see ``sampling.constraints``).
+    Out-of-range values are a ``ValueError`` (``sampling.checks``).
     """
 
     def __init__(self, **settings):

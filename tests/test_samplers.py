@@ -229,6 +229,16 @@ def test_traced_top_k_is_a_clear_error():
     jax.jit(lambda t: Sampler(temperature=t).values["temperature"])(jnp.float32(0.5))   # other settings may be
 
 
+@pytest.mark.parametrize("settings", [{"banned_tokens": []}, {"logit_bias": {}},
+                                      {"banned_tokens": np.zeros(0, int), "logit_bias": {}, "top_p": 0.9}])
+def test_empty_logit_bias_and_banned_tokens_filter_nothing(tiny, settings):
+    """They crashed inside JAX (a ZeroDivisionError reshaping the ids to [rows, 0])."""
+    plain = {k: v for k, v in settings.items() if k not in ("banned_tokens", "logit_bias")}
+    assert Sampler(**settings).chain == Sampler(**plain).chain
+    run = lambda s: engine.generate(tiny, PROMPTS, max_new_tokens=5, n=2, sampler=Sampler(**s), seed=2).tokens
+    np.testing.assert_array_equal(run(settings), run(plain))
+
+
 def test_logit_bias_applies_before_the_repetition_penalty_as_in_transformers():
     import torch
     from transformers.generation import logits_process as hf
