@@ -65,8 +65,9 @@ def sampler_values(settings: dict, table: dict, order) -> tuple[dict, np.ndarray
 
 
 def _setting(name, value, dtype):
-    """A per-row setting as a checked NumPy array of ``dtype`` (a traced one as it is)."""
+    """A per-row setting as a checked NumPy array of ``dtype`` (a traced one as it is, if not bools)."""
     if isinstance(value, jax.core.Tracer):
+        _no_bools(name, value)
         return value
     arr = _numbers(name, value, dtype)
     if arr.size == 0:
@@ -78,14 +79,15 @@ def _setting(name, value, dtype):
 
 
 def _numbers(name, value, dtype) -> np.ndarray:
-    """``value`` as a NumPy array of ``dtype``, or a ``ValueError``: not numbers, or numbers a cast
-    would change: outside the range of ``dtype``, or (for an integer ``dtype``) not whole, which a
-    cast would silently truncate."""
+    """``value`` as a NumPy array of ``dtype``, or a ``ValueError``: not numbers, bools (NumPy would
+    read them as 0 and 1), or numbers a cast would change: outside the range of ``dtype``, or (for
+    an integer ``dtype``) not whole, which a cast would silently truncate."""
+    _no_bools(name, value)
     try:
         raw = np.asarray(value)
     except ValueError:                                  # ragged nested lists
         raw = np.asarray(None)
-    if raw.dtype != bool and not np.issubdtype(raw.dtype, np.number) or np.iscomplexobj(raw):
+    if not np.issubdtype(raw.dtype, np.number) or np.iscomplexobj(raw):
         raise ValueError(f"{name} must be a number or an array of (real) numbers, got {value!r}")
     if np.issubdtype(dtype, np.integer) and not np.all(np.isfinite(raw) & (raw == np.round(raw))):
         raise ValueError(f"{name} must be a whole number, got {raw.tolist()}")
@@ -93,6 +95,19 @@ def _numbers(name, value, dtype) -> np.ndarray:
     if np.any(np.isfinite(raw) & ((raw < info.min) | (raw > info.max))):   # a cast would wrap or overflow
         raise ValueError(f"{name} is outside the range of {np.dtype(dtype).name}, got {raw.tolist()}")
     return raw.astype(dtype)
+
+
+def _no_bools(name, value) -> None:
+    """A ``ValueError`` naming ``name`` where ``value`` holds a bool: NumPy would read it as 0 or 1."""
+    if _bools(value):
+        raise ValueError(f"{name} must be a number or an array of numbers, not bools, got {value!r}")
+
+
+def _bools(value) -> bool:
+    """Whether ``value`` is, or holds in nested lists and tuples, a bool."""
+    if isinstance(value, (list, tuple)):
+        return any(_bools(v) for v in value)
+    return isinstance(value, (bool, np.bool_)) or getattr(value, "dtype", None) == bool
 
 
 def _token_lists(settings) -> dict:
@@ -231,7 +246,7 @@ def _mixture_param(combine, name, value) -> np.ndarray:
         arr = np.asarray(value)
     except ValueError:                              # ragged nesting
         arr = np.asarray(None)
-    real = arr.dtype != bool and np.issubdtype(arr.dtype, np.number) and not np.iscomplexobj(arr)
+    real = not _bools(value) and np.issubdtype(arr.dtype, np.number) and not np.iscomplexobj(arr)
     with np.errstate(over="ignore"):
         if not real or arr.size == 0 or not np.all(ok(arr.astype(F32))):
             raise ValueError(f"{combine} {name} must be {why} (or an array of them), got {value!r}")

@@ -238,6 +238,8 @@ def test_vocab_mismatch_is_a_value_error(trio, kwargs, message):
      "cfg scale must be a finite number (or an array of them), got 'big'"),
     (2, dict(combine="contrastive", params={"alpha": [0.1, 0.0]}), "contrastive alpha must be in (0, 1]"),
     (1, dict(combine="cfg"), "a mixture needs at least two models, got 1"),
+    (2, dict(combine="cfg", params={"scale": [[2.0, True]]}, n=2),       # a bool was read as 1
+     "cfg scale must be a finite number (or an array of them), got [[2.0, True]]"),
 ])
 def test_bad_mixtures_are_value_errors(trio, count, kwargs, message):
     with pytest.raises(ValueError) as err:

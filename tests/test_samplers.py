@@ -210,6 +210,11 @@ def test_rows_with_different_settings_share_one_compilation(tiny):
     # 1 - p was taken from these before they were checked: numpy's own errors
     ({"top_p": "abc"}, "top_p must be a number or an array of (real) numbers"),
     ({"top_p": 1 + 1j}, "top_p must be a number or an array of (real) numbers"),
+    # bools were read as 0 and 1: temperature=True sampled at 1, banned_tokens=[True] banned token 1
+    ({"temperature": True}, "temperature must be a number or an array of numbers, not bools, got True"),
+    ({"top_k": [2, True]}, "top_k must be a number or an array of numbers, not bools"),
+    ({"banned_tokens": [True]}, "banned_tokens must be a number or an array of numbers, not bools"),
+    ({"logit_bias": {3: False}}, "logit_bias biases must be a number or an array of numbers, not bools"),
 ])
 def test_bad_settings_are_value_errors(settings, message):
     with pytest.raises(ValueError) as err:
@@ -227,6 +232,12 @@ def test_traced_top_k_is_a_clear_error():
     with pytest.raises(ValueError, match="top_k and min_keep cannot be traced"):     # ConcretizationTypeError before
         jax.jit(lambda k: Sampler(top_k=k).caps)(jnp.int32(3))
     jax.jit(lambda t: Sampler(temperature=t).values["temperature"])(jnp.float32(0.5))   # other settings may be
+
+
+def test_traced_token_lists_and_bools_are_clear_errors():
+    with pytest.raises(ValueError) as err:                  # accepted before: a traced value is not checked
+        jax.jit(lambda t: Sampler(temperature=t).caps)(jnp.asarray(True))
+    assert "temperature must be a number or an array of numbers, not bools" in str(err.value)
 
 
 @pytest.mark.parametrize("settings", [{"banned_tokens": []}, {"logit_bias": {}},
