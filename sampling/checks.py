@@ -14,6 +14,7 @@ from sampling import filters
 from sampling.constraints import closure
 
 F32, I32 = np.float32, np.int32
+LARGEST = 1e30     # no float value may be larger in magnitude: the filters' products with it stay finite in fp32
 # setting: (check, what the check requires); each setting's dtype and off value: sampling.sampler.SETTINGS
 RANGES = {
     # penalties bounded so that penalised logits stay finite in fp32 (1e-39 once made them inf: NaN draws)
@@ -75,18 +76,23 @@ def _setting(name, value, dtype):
     ok, why = RANGES[name]
     if not np.all(ok(arr)):
         raise ValueError(f"{name} {why}, got {np.asarray(value).tolist()}")
+    if np.any(np.abs(arr) > LARGEST):          # mirostat_lr 3e38: its estimate overflowed, inf - inf = NaN
+        raise ValueError(f"{name} must be at most 1e30 in magnitude, got {np.asarray(value).tolist()}")
     return arr
 
 
 def _numbers(name, value, dtype) -> np.ndarray:
     """``value`` as a NumPy array of ``dtype``, or a ``ValueError``: not numbers, bools (NumPy would
-    read them as 0 and 1), or numbers a cast would change: outside the range of ``dtype``, or (for
-    an integer ``dtype``) not whole, which a cast would silently truncate."""
+    read them as 0 and 1), traced (inside jit), or numbers a cast would change: outside the range
+    of ``dtype``, or (for an integer ``dtype``) not whole, which a cast would silently truncate."""
     _no_bools(name, value)
     try:
         raw = np.asarray(value)
     except ValueError:                                  # ragged nested lists
         raw = np.asarray(None)
+    except jax.errors.TracerArrayConversionError:
+        raise ValueError(f"{name} cannot be traced (inside jit): it is checked on the host; pass concrete "
+                         f"values") from None
     if not np.issubdtype(raw.dtype, np.number) or np.iscomplexobj(raw):
         raise ValueError(f"{name} must be a number or an array of (real) numbers, got {value!r}")
     if np.issubdtype(dtype, np.integer) and not np.all(np.isfinite(raw) & (raw == np.round(raw))):
@@ -139,8 +145,13 @@ def _bias(value) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"logit_bias must be a dict {{token id: bias}}, got {value!r}") from None
     ids = _numbers("logit_bias token ids", list(bias), I32)
     biases = _numbers("logit_bias biases", list(bias.values()), F32)
+    if ids.size != len(bias) or biases.size != len(bias):     # a key or a value that is not one number
+        raise ValueError(f"logit_bias must be a dict {{token id: bias}}, got {value!r}")
     if np.any(np.isnan(biases) | (biases == np.inf)):
         raise ValueError(f"logit_bias biases must be finite or -inf (a ban), got {biases.tolist()}")
+    if np.any(biases > 1e8):       # a repetition_penalty (>= 1e-30) divides positive logits: 1e10 became inf
+        raise ValueError(f"logit_bias biases must be at most 1e8 (100 already makes a token certain), "
+                         f"got {biases.tolist()}")
     return ids.reshape(-1), biases.reshape(-1)
 
 

@@ -215,6 +215,14 @@ def test_rows_with_different_settings_share_one_compilation(tiny):
     ({"top_k": [2, True]}, "top_k must be a number or an array of numbers, not bools"),
     ({"banned_tokens": [True]}, "banned_tokens must be a number or an array of numbers, not bools"),
     ({"logit_bias": {3: False}}, "logit_bias biases must be a number or an array of numbers, not bools"),
+    # Mirostat's estimate became inf, then inf - inf = NaN (it silently started again)
+    ({"mirostat": float("inf")}, "mirostat must be at most 1e30 in magnitude, got inf"),
+    ({"mirostat_lr": 3e38}, "mirostat_lr must be at most 1e30 in magnitude"),
+    # repetition_penalty=1e-30 made a seen token's biased logit inf: NaN log-probs, token 0
+    ({"logit_bias": {5: 1e10}, "repetition_penalty": 1e-30}, "logit_bias biases must be at most 1e8"),
+    # a key or a value that is not one number: an IndexError in check_vocab, a shape error inside jit
+    ({"logit_bias": {(1, 2): 1.0, (3, 4): 2.0}}, "logit_bias must be a dict {token id: bias}"),
+    ({"logit_bias": {1: [1.0, 2.0]}}, "logit_bias must be a dict {token id: bias}"),
 ])
 def test_bad_settings_are_value_errors(settings, message):
     with pytest.raises(ValueError) as err:
@@ -235,6 +243,9 @@ def test_traced_top_k_is_a_clear_error():
 
 
 def test_traced_token_lists_and_bools_are_clear_errors():
+    with pytest.raises(ValueError) as err:                  # a TracerArrayConversionError before
+        jax.jit(lambda ids: Sampler(banned_tokens=ids).caps)(jnp.asarray([1, 2]))
+    assert "banned_tokens cannot be traced (inside jit)" in str(err.value)
     with pytest.raises(ValueError) as err:                  # accepted before: a traced value is not checked
         jax.jit(lambda t: Sampler(temperature=t).caps)(jnp.asarray(True))
     assert "temperature must be a number or an array of numbers, not bools" in str(err.value)
