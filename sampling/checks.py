@@ -34,10 +34,16 @@ RANGES = {
     "mirostat_lr": (lambda x: x > 0, "must be > 0"),
     "min_keep": (lambda x: x >= 1, "must be >= 1"),
 }
-# (mixture, parameter): (check, what it requires); every other parameter must be a finite number
+# (mixture, parameter): its checks in order, (check, what it requires); every other parameter must be a
+# finite number; and none may be larger in magnitude than LARGEST (cfg scale 3e38: inf logits, NaN draws)
 MIXTURE_RULES = {
-    ("contrastive", "alpha"): (lambda a: (a > 0) & (a <= 1), "in (0, 1]"),
-    ("contrastive", "amateur_temperature"): (lambda t: np.isfinite(t) & (t > 0), "a finite number > 0"),
+    ("contrastive", "alpha"): ((lambda a: (a > 0) & (a <= 1), "in (0, 1]"),),
+    ("contrastive", "amateur_temperature"): (
+        (lambda t: np.isfinite(t) & (t > 0), "a finite number > 0"),
+        # below, the amateur is a point mass anyway; at 1e-9 its log-probs reached -1e9 and less, where
+        # XLA's two roundings of the division (in two fusions) overflowed the log-softmax: NaN
+        # log-probs and token ids past the vocabulary
+        (lambda t: t >= 1e-3, "at least 0.001")),
 }
 
 
@@ -252,13 +258,14 @@ def mixture_params(combine: str, count: int, params: dict, mixtures: dict) -> di
 
 def _mixture_param(combine, name, value) -> np.ndarray:
     """One parameter of the mixture ``combine`` as a float32 array, checked (:data:`MIXTURE_RULES`)."""
-    ok, why = MIXTURE_RULES.get((combine, name), (np.isfinite, "a finite number"))
+    rules = MIXTURE_RULES.get((combine, name), ((np.isfinite, "a finite number"),))
     try:
         arr = np.asarray(value)
     except ValueError:                              # ragged nesting
         arr = np.asarray(None)
     real = not _bools(value) and np.issubdtype(arr.dtype, np.number) and not np.iscomplexobj(arr)
     with np.errstate(over="ignore"):
-        if not real or arr.size == 0 or not np.all(ok(arr.astype(F32))):
-            raise ValueError(f"{combine} {name} must be {why} (or an array of them), got {value!r}")
+        for ok, why in rules + ((lambda x: np.abs(x) <= LARGEST, "at most 1e30 in magnitude"),):
+            if not real or arr.size == 0 or not np.all(ok(arr.astype(F32))):
+                raise ValueError(f"{combine} {name} must be {why} (or an array of them), got {value!r}")
     return arr.astype(F32)
