@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from sampling import checks
 from sampling.sampler import fit_rows
 
 IMPLAUSIBLE = 1e4   # contrastive decoding's penalty below the plausibility cut (see `contrastive`)
@@ -69,34 +69,12 @@ MIXTURES = {
 
 
 def resolve(combine, count: int, params=None):
-    """``(function, params)`` for a mixture name (checked against ``count`` models) or a callable."""
-    params = dict(params or {})
+    """``(function, params)`` for a mixture name (checked against ``count`` models; its params checked,
+    defaults filled in, each a float32 array) or a callable (its params as given)."""
     if callable(combine):
-        return combine, params
-    if combine not in MIXTURES:
-        raise ValueError(f"unknown mixture {combine!r}; known: {', '.join(MIXTURES)} (or pass a function)")
-    fn, need, defaults, roles = MIXTURES[combine]
-    if count != need:
-        raise ValueError(f"{combine} mixes {need} models ({', '.join(roles)}), got {count}")
-    known = set(defaults) | ({"amateur_temperature"} if combine == "contrastive" else set())
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ValueError(f"unknown {combine} parameters {unknown}; known: {', '.join(sorted(known))}")
-    params = defaults | params
-    rules = {("contrastive", "alpha"): (lambda a: (a > 0) & (a <= 1), "in (0, 1]"),
-             ("contrastive", "amateur_temperature"): (lambda t: np.isfinite(t) & (t > 0), "a finite number > 0")}
-    for name, value in params.items():
-        ok, why = rules.get((combine, name), (np.isfinite, "a finite number"))
-        try:
-            arr = np.asarray(value)
-        except ValueError:                              # ragged nesting
-            arr = np.asarray(None)
-        real = arr.dtype != bool and np.issubdtype(arr.dtype, np.number) and not np.iscomplexobj(arr)
-        with np.errstate(over="ignore"):
-            if not real or arr.size == 0 or not np.all(ok(arr.astype(np.float32))):
-                raise ValueError(f"{combine} {name} must be {why} (or an array of them), got {value!r}")
-        params[name] = arr.astype(np.float32)
-    return fn, params
+        return combine, dict(params or {})
+    params = checks.mixture_params(combine, count, dict(params or {}), MIXTURES)
+    return MIXTURES[combine][0], params
 
 
 def rows(params: dict, shape) -> dict:

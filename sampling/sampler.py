@@ -16,28 +16,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sampling import filters
-from sampling.constraints import closure
+from sampling import checks, filters
 
 F32, I32 = np.float32, np.int32
-# name: (dtype, value that turns it off, check, what the check requires)
+# name: (dtype, value that turns it off); what each may be: sampling.checks.RANGES
 SETTINGS = {
-    # penalties bounded so that penalised logits stay finite in fp32 (1e-39 once made them inf: NaN draws)
-    "repetition_penalty": (F32, 1.0, lambda x: (x >= 1e-30) & (x <= 1e30), "must be in [1e-30, 1e30]"),
-    "presence_penalty": (F32, 0.0, lambda x: np.abs(x) <= 1e30, "must be in [-1e30, 1e30]"),
-    "frequency_penalty": (F32, 0.0, lambda x: np.abs(x) <= 1e30, "must be in [-1e30, 1e30]"),
-    "no_repeat_ngram": (I32, 0, lambda x: (x >= 0) & (x <= filters.MAX_NGRAM), f"must be in [0, {filters.MAX_NGRAM}]"),
-    "min_new_tokens": (I32, 0, lambda x: x >= 0, "must be >= 0"),
-    "temperature": (F32, 1.0, lambda x: (x >= 0) & np.isfinite(x), "must be >= 0"),
-    "top_k": (I32, 0, lambda x: x >= 0, "must be >= 0"),
-    "top_p": (F32, 1.0, lambda x: (x > 0) & (x <= 1), "must be in (0, 1]"),
-    "min_p": (F32, 0.0, lambda x: (x >= 0) & (x <= 1), "must be in [0, 1]"),
-    "typical": (F32, 1.0, lambda x: (x > 0) & (x <= 1), "must be in (0, 1]"),
-    "epsilon": (F32, 0.0, lambda x: (x >= 0) & (x < 1), "must be in [0, 1)"),
-    "eta": (F32, 0.0, lambda x: (x >= 0) & (x < 1), "must be in [0, 1)"),
-    "mirostat": (F32, 0.0, lambda x: x >= 0, "(the target surprise tau) must be >= 0"),
-    "mirostat_lr": (F32, 0.1, lambda x: x > 0, "must be > 0"),
-    "min_keep": (I32, 1, lambda x: x >= 1, "must be >= 1"),
+    "repetition_penalty": (F32, 1.0),
+    "presence_penalty": (F32, 0.0),
+    "frequency_penalty": (F32, 0.0),
+    "no_repeat_ngram": (I32, 0),
+    "min_new_tokens": (I32, 0),
+    "temperature": (F32, 1.0),
+    "top_k": (I32, 0),
+    "top_p": (F32, 1.0),
+    "min_p": (F32, 0.0),
+    "typical": (F32, 1.0),
+    "epsilon": (F32, 0.0),
+    "eta": (F32, 0.0),
+    "mirostat": (F32, 0.0),
+    "mirostat_lr": (F32, 0.1),
+    "min_keep": (I32, 1),
 }
 PROCESSORS = ("logit_bias", "repetition_penalty", "presence_penalty", "frequency_penalty", "no_repeat_ngram",
               "allowed_tokens", "banned_tokens", "min_new_tokens", "constraint")    # bias first, as transformers
@@ -82,40 +80,21 @@ class Sampler:
     ``mirostat_lr`` [0.1], ``repetition_penalty`` [1], ``presence_penalty`` [0],
     ``frequency_penalty`` [0], ``no_repeat_ngram`` [0], ``min_new_tokens`` [0] — each a number
     or an array per prompt [G] / per rollout [G, N] — and, shared by all rows,
-    ``logit_bias`` ({token: bias}), ``allowed_tokens`` and ``banned_tokens`` (token ids), and
-    ``constraint``: a token automaton — an object with ``table``, int [states, V], the next
-    state after each token from each state, -1 where the token is not allowed; every row
-    starts in state 0 (see ``sampling.constraints``). Out-of-range values are a ``ValueError``.
+    ``logit_bias`` ({token: bias}), ``allowed_tokens`` and ``banned_tokens`` (token ids; an
+    empty ``logit_bias`` or ``banned_tokens`` is none), and ``constraint``: a token automaton —
+    an object with ``table``, int [states, V], the next state after each token from each state,
+    -1 where the token is not allowed; every row starts in state 0 (see ``sampling.constraints``).
+    Out-of-range values are a ``ValueError`` (``sampling.checks``).
     """
 
     def __init__(self, **settings):
-        unknown = sorted(set(settings) - set(SETTINGS) - set(TOKEN_LISTS))
-        if unknown:
-            raise ValueError(f"unknown sampler settings {unknown}; known: {', '.join(ORDER)}, mirostat_lr, min_keep")
-        values = {"temperature": settings.pop("temperature", 1.0)}
-        for name in SETTINGS:
-            if name in settings:
-                values[name] = settings.pop(name)
-        given = values.get("top_p")
-        for name, value in values.items():
-            if not isinstance(value, jax.core.Tracer):   # traced values (inside jit) cannot be checked
-                values[name] = _setting(name, value)
-        if given is not None:                            # 1 - p from the value given (checked), not its float32
-            values[TOP_P_BUDGET] = filters.top_p_budget(given)
-        values |= _token_lists(settings)
-        least = values.get("min_new_tokens", 0)       # a traced value may be anything: refused too
-        if "constraint" in values and (isinstance(least, jax.core.Tracer) or np.any(np.asarray(least))):
-            raise ValueError("min_new_tokens cannot be combined with a constraint: where the constraint allows "
-                             "only a stop token, no token could be drawn")
+        values, self.accepting = checks.sampler_values({"temperature": 1.0} | settings, SETTINGS, ORDER)
+        if "top_p" in settings:                          # 1 - p from the value given, not its float32
+            values[TOP_P_BUDGET] = filters.top_p_budget(settings["top_p"])
         self.values = values
-        # host-side, not traced: which constraint states are full matches (None: a bare table says not)
-        self.accepting = _accepting(settings.get("constraint"), values.get("constraint"))
         self.chain = tuple(n for n in ORDER if n in values and (n in TOKEN_LISTS or n == "temperature"
                                                                   or not _all_off(n, values[n])))
         # static bounds for the fast top-k path: the largest k (and min_keep) of any row
-        if any(isinstance(values.get(k), jax.core.Tracer) for k in ("top_k", "min_keep")):
-            raise ValueError("top_k and min_keep cannot be traced (inside jit): they set static shapes; pass "
-                             "concrete values")
         keep = int(np.max(values.get("min_keep", 1)))
         self.caps = (max(int(np.max(values.get("top_k", 0))), keep), keep)
 
@@ -165,59 +144,8 @@ class Sampler:
         ``min_new_tokens``, no token but a stop token); and for a compiled constraint (one that
         knows its matches) a stop token it allows before the text is a full match, or a state
         from which no stop token can ever be drawn (its EOS is not one of the model's stop ids)."""
-        for name in ("logit_bias", "allowed_tokens", "banned_tokens"):
-            if name in self.values:
-                ids = np.asarray(self.values[name][0] if name == "logit_bias" else self.values[name])
-                if ids.size and ids.max() >= vocab:
-                    raise ValueError(f"{name} has token ids outside the vocabulary [0, {vocab}): "
-                                     f"{ids[ids >= vocab][:5].tolist()}")
-        if "constraint" in self.values and np.shape(self.values["constraint"])[1] != vocab:
-            raise ValueError(f"constraint.table has {np.shape(self.values['constraint'])[1]} columns; the model's "
-                             f"vocabulary has {vocab} tokens")
-        can = np.zeros(vocab, bool)        # what the token lists leave drawable
-        can[self.values.get("allowed_tokens", slice(None))] = True
-        can[self.values.get("banned_tokens", [])] = False
-        if "logit_bias" in self.values:
-            ids, bias = self.values["logit_bias"]
-            can[np.asarray(ids)[np.asarray(bias) == -np.inf]] = False
-        if not can.any():
-            raise ValueError("no token could be drawn: allowed_tokens, banned_tokens and -inf logit_bias exclude "
-                             "every token")
-        stop = np.zeros(vocab, bool)
-        if stop_ids is not None:
-            ids = np.asarray(stop_ids).reshape(-1)
-            stop[ids[(ids >= 0) & (ids < vocab)]] = True
-        least = self.values.get("min_new_tokens", 0)
-        if stop.any() and not (can & ~stop).any() and (isinstance(least, jax.core.Tracer) or np.any(np.asarray(least))):
-            raise ValueError("min_new_tokens suppresses the stop tokens, and allowed_tokens, banned_tokens and -inf "
-                             "logit_bias leave no other token: no token could be drawn")
-        if "constraint" in self.values:
-            self._check_constraint(np.asarray(self.values["constraint"]), can, stop)
+        checks.check_vocab(self.values, self.accepting, vocab, stop_ids)
         return self
-
-    def _check_constraint(self, table, can, stop):
-        """The constraint half of :meth:`check_vocab`. Rows are followed from state 0 along drawable
-        tokens other than stop tokens (a row is done after a stop token)."""
-        known = self.accepting is not None and stop.any()          # else stop tokens are not checked
-        moves = np.where((can & ~stop)[None, :] if known else can[None, :], table, -1)
-        seen = np.array(sorted(closure([0], moves, forward=True)))
-        if not (table[seen][:, can] >= 0).any(axis=1).all():
-            raise ValueError("no token could be drawn in a state of the constraint: allowed_tokens, "
-                             "banned_tokens and -inf logit_bias exclude every token it allows there")
-        if not known:
-            return
-        stops = (table[:, can & stop] >= 0).any(axis=1)               # states where a row may stop
-        early = seen[stops[seen] & ~self.accepting[seen]]
-        if early.size:
-            ids = np.flatnonzero(can & stop & (table[early] >= 0).any(axis=0))
-            raise ValueError(f"stop tokens {ids[:5].tolist()} are allowed by the constraint before its text is a "
-                             f"full match: a row stopping there would not match; leave them out of stop_tokens")
-        ends = closure(np.flatnonzero(stops), moves, forward=False)
-        if set(seen.tolist()) - ends:
-            raise ValueError(f"from some state of the constraint no stop token (ids "
-                             f"{np.flatnonzero(stop)[:5].tolist()}) can be drawn, so a row there would never end: "
-                             f"compile the constraint with the model's EOS (eos_id=) and keep the token lists "
-                             f"from removing it")
 
     def take(self, prompts, rollouts=slice(None)) -> "Sampler":
         """Settings broadcast to [G, N] (:meth:`broadcast`) restricted to the prompts ``prompts``
@@ -346,76 +274,6 @@ def fit_rows(x, shape, what: str) -> jax.Array:
 
 def _all_off(name, value) -> bool:
     return isinstance(value, np.ndarray) and bool(np.all(value == SETTINGS[name][1]))
-
-
-def _numbers(name, value, dtype) -> np.ndarray:
-    """``value`` as a NumPy array of ``dtype``, or a ``ValueError``: not numbers, or (for an integer
-    ``dtype``) numbers that are not whole, which a cast would silently truncate."""
-    try:
-        raw = np.asarray(value)
-    except ValueError:                                  # ragged nested lists
-        raw = np.asarray(None)
-    if raw.dtype != bool and not np.issubdtype(raw.dtype, np.number) or np.iscomplexobj(raw):
-        raise ValueError(f"{name} must be a number or an array of (real) numbers, got {value!r}")
-    if np.issubdtype(dtype, np.integer) and not np.all(np.isfinite(raw) & (raw == np.round(raw))):
-        raise ValueError(f"{name} must be a whole number, got {raw.tolist()}")
-    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else np.finfo(dtype)
-    if np.any(np.isfinite(raw) & ((raw < info.min) | (raw > info.max))):   # a cast would wrap or overflow
-        raise ValueError(f"{name} is outside the range of {np.dtype(dtype).name}, got {raw.tolist()}")
-    return raw.astype(dtype)
-
-
-def _setting(name, value) -> np.ndarray:
-    """A per-row setting as a checked NumPy array of its dtype (``SETTINGS``)."""
-    dtype, _, ok, why = SETTINGS[name]
-    arr = _numbers(name, value, dtype)
-    if arr.size == 0:
-        raise ValueError(f"{name} is an empty array; give a number or one per prompt / rollout")
-    if not np.all(ok(arr)):
-        raise ValueError(f"{name} {why}, got {np.asarray(value).tolist()}")
-    return arr
-
-
-def _token_lists(settings) -> dict:
-    """``logit_bias`` as (ids, biases) and the allowed / banned token ids, as arrays, checked."""
-    out = {}
-    if "logit_bias" in settings:
-        try:
-            bias = dict(settings["logit_bias"])
-        except (TypeError, ValueError):
-            raise ValueError(f"logit_bias must be a dict {{token id: bias}}, got {settings['logit_bias']!r}") from None
-        out["logit_bias"] = (_numbers("logit_bias token ids", list(bias), I32).reshape(-1),
-                             _numbers("logit_bias biases", list(bias.values()), F32).reshape(-1))
-        if np.any(np.isnan(out["logit_bias"][1]) | (out["logit_bias"][1] == np.inf)):
-            raise ValueError(f"logit_bias biases must be finite or -inf (a ban), got {out['logit_bias'][1].tolist()}")
-    for name in ("allowed_tokens", "banned_tokens"):
-        if name in settings:
-            out[name] = _numbers(name, settings[name], I32).reshape(-1)
-    if "allowed_tokens" in out and out["allowed_tokens"].size == 0:
-        raise ValueError("allowed_tokens is empty: no token could be drawn")
-    for name, value in out.items():
-        ids = value[0] if name == "logit_bias" else value
-        if np.any(ids < 0):
-            raise ValueError(f"{name} token ids must be >= 0, got {ids.tolist()}")
-    if "constraint" in settings:
-        table = _numbers("constraint.table", getattr(settings["constraint"], "table", settings["constraint"]), I32)
-        if table.ndim != 2 or table.shape[0] < 1 or np.any(table >= table.shape[0]) or np.any(table < -1):
-            raise ValueError("constraint.table must be int [states, vocab] of next states (or -1 for not allowed)")
-        if not np.all(np.any(table >= 0, axis=1)):
-            raise ValueError("constraint.table has a state with no allowed token (a dead end)")
-        out["constraint"] = table
-    return out
-
-
-def _accepting(constraint, table) -> np.ndarray | None:
-    """bool [states]: the constraint's full-match states (``constraint.accepting``), or None for a bare table."""
-    if table is None or not hasattr(constraint, "accepting"):
-        return None
-    accepting = np.asarray(constraint.accepting)
-    if accepting.shape != table.shape[:1] or accepting.dtype != bool:
-        raise ValueError(f"constraint.accepting must be bool [states={table.shape[0]}], got {accepting.dtype} "
-                         f"{accepting.shape}")
-    return accepting
 
 
 def argmax(x, top=None):

@@ -239,6 +239,13 @@ def test_vocab_mismatch_is_a_value_error(trio, kwargs, message):
      "cfg scale must be a finite number (or an array of them), got 'big'"),
     (2, dict(combine="contrastive", params={"alpha": [0.1, 0.0]}), "contrastive alpha must be in (0, 1]"),
     (1, dict(combine="cfg"), "a mixture needs at least two models, got 1"),
+    # NaN log-probs: the scale times a log-prob difference overflowed to inf
+    (2, dict(combine="cfg", params={"scale": 3e38}), "cfg scale must be at most 1e30 in magnitude"),
+    # NaN log-probs and token ids past the vocabulary: the amateur's log-softmax overflowed (sampling.checks)
+    (2, dict(combine="contrastive", params={"amateur_temperature": 1e-10}),
+     "contrastive amateur_temperature must be at least 0.001 (or an array of them), got 1e-10"),
+    (2, dict(combine="cfg", params={"scale": [[2.0, True]]}, n=2),       # a bool was read as 1
+     "cfg scale must be a finite number (or an array of them), got [[2.0, True]]"),
 ])
 def test_bad_mixtures_are_value_errors(trio, count, kwargs, message):
     with pytest.raises(ValueError) as err:

@@ -211,6 +211,19 @@ def test_rows_with_different_settings_share_one_compilation(tiny):
     # 1 - p was taken from these before they were checked: numpy's own errors
     ({"top_p": "abc"}, "top_p must be a number or an array of (real) numbers"),
     ({"top_p": 1 + 1j}, "top_p must be a number or an array of (real) numbers"),
+    # bools were read as 0 and 1: temperature=True sampled at 1, banned_tokens=[True] banned token 1
+    ({"temperature": True}, "temperature must be a number or an array of numbers, not bools, got True"),
+    ({"top_k": [2, True]}, "top_k must be a number or an array of numbers, not bools"),
+    ({"banned_tokens": [True]}, "banned_tokens must be a number or an array of numbers, not bools"),
+    ({"logit_bias": {3: False}}, "logit_bias biases must be a number or an array of numbers, not bools"),
+    # Mirostat's estimate became inf, then inf - inf = NaN (it silently started again)
+    ({"mirostat": float("inf")}, "mirostat must be at most 1e30 in magnitude, got inf"),
+    ({"mirostat_lr": 3e38}, "mirostat_lr must be at most 1e30 in magnitude"),
+    # repetition_penalty=1e-30 made a seen token's biased logit inf: NaN log-probs, token 0
+    ({"logit_bias": {5: 1e10}, "repetition_penalty": 1e-30}, "logit_bias biases must be at most 1e8"),
+    # a key or a value that is not one number: an IndexError in check_vocab, a shape error inside jit
+    ({"logit_bias": {(1, 2): 1.0, (3, 4): 2.0}}, "logit_bias must be a dict {token id: bias}"),
+    ({"logit_bias": {1: [1.0, 2.0]}}, "logit_bias must be a dict {token id: bias}"),
 ])
 def test_bad_settings_are_value_errors(settings, message):
     with pytest.raises(ValueError) as err:
@@ -228,6 +241,25 @@ def test_traced_top_k_is_a_clear_error():
     with pytest.raises(ValueError, match="top_k and min_keep cannot be traced"):     # ConcretizationTypeError before
         jax.jit(lambda k: Sampler(top_k=k).caps)(jnp.int32(3))
     jax.jit(lambda t: Sampler(temperature=t).values["temperature"])(jnp.float32(0.5))   # other settings may be
+
+
+def test_traced_token_lists_and_bools_are_clear_errors():
+    with pytest.raises(ValueError) as err:                  # a TracerArrayConversionError before
+        jax.jit(lambda ids: Sampler(banned_tokens=ids).caps)(jnp.asarray([1, 2]))
+    assert "banned_tokens cannot be traced (inside jit)" in str(err.value)
+    with pytest.raises(ValueError) as err:                  # accepted before: a traced value is not checked
+        jax.jit(lambda t: Sampler(temperature=t).caps)(jnp.asarray(True))
+    assert "temperature must be a number or an array of numbers, not bools" in str(err.value)
+
+
+@pytest.mark.parametrize("settings", [{"banned_tokens": []}, {"logit_bias": {}},
+                                      {"banned_tokens": np.zeros(0, int), "logit_bias": {}, "top_p": 0.9}])
+def test_empty_logit_bias_and_banned_tokens_filter_nothing(tiny, settings):
+    """They crashed inside JAX (a ZeroDivisionError reshaping the ids to [rows, 0])."""
+    plain = {k: v for k, v in settings.items() if k not in ("banned_tokens", "logit_bias")}
+    assert Sampler(**settings).chain == Sampler(**plain).chain
+    run = lambda s: engine.generate(tiny, PROMPTS, max_new_tokens=5, n=2, sampler=Sampler(**s), seed=2).tokens
+    np.testing.assert_array_equal(run(settings), run(plain))
 
 
 def test_logit_bias_applies_before_the_repetition_penalty_as_in_transformers():
