@@ -143,6 +143,9 @@ def load_hf(path, dtype=None, mesh=None) -> Model:
     if missing or unexpected:
         raise ValueError(f"checkpoint {path} does not match its config.json: missing tensors {missing[:8]}, "
                          f"unexpected tensors {unexpected[:8]}")
+    ints = [f"{name} ({tensors[name].dtype})" for name in table if not jnp.issubdtype(tensors[name].dtype, jnp.floating)]
+    if ints:                                   # a float tensor relabelled as I32 would be cast to garbage
+        raise ValueError(f"checkpoint {path}: weights must be floating point, got {', '.join(ints[:4])}")
     if mesh is not None:
         return Model(config, hf_to_mesh(tensors, table, config, mesh), _tokenizer(path, config))
     params = {"layers": [{} for _ in range(config.layers)]}

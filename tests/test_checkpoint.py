@@ -313,3 +313,77 @@ def test_tokenizer_larger_than_model_vocabulary_is_refused(llama_dir):
     with pytest.raises(ValueError) as err:
         models.load(llama_dir)
     assert "tokenizer has" in str(err.value) and "vocab_size 97" in str(err.value)
+
+
+# --- safetensors headers, checked as the safetensors library checks them ----------------------
+
+def _edit_header(path, edit):
+    """Rewrite ``path``'s safetensors header through ``edit(header)``, keeping the data as it is."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    edit(header)
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob + raw[8 + n:])
+
+
+def _swap(a, b):
+    def edit(header):
+        header[a]["data_offsets"], header[b]["data_offsets"] = header[b]["data_offsets"], header[a]["data_offsets"]
+    return edit
+
+
+def _shift(name, by):
+    def edit(header):
+        header[name]["data_offsets"] = [x + by for x in header[name]["data_offsets"]]
+    return edit
+
+
+def _drop_first(header):
+    del header[min((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"])]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_swap("model.norm.weight", "model.embed_tokens.weight"), "model.norm.weight spans 24832 bytes, but F32 [64] "
+                                                              "takes 256; the file is truncated or damaged"),
+    # accepted before: a tensor reading 8 bytes of the one before it (and leaving 8 unread)
+    (_shift("model.norm.weight", -8), "offsets that overlap or leave a gap; the file is damaged"),
+    (lambda h: h["model.norm.weight"].update(data_offsets=h["model.norm.weight"]["data_offsets"][::-1]),
+     "offsets that overlap or leave a gap"),
+    (_drop_first, "offsets that overlap or leave a gap"),                             # unread bytes
+    (lambda h: h.update(__metadata__={"format": 1}), "__metadata__ must map names to strings"),
+])
+def test_safetensors_offsets_are_checked_as_the_library_does(llama_dir, edit, message):
+    from safetensors.numpy import load_file                # the library
+    single = llama_dir / "model.safetensors"
+    _edit_header(single, edit)
+    with pytest.raises(Exception):                          # the library refuses it too
+        load_file(single)
+    with pytest.raises(ValueError) as err:
+        models.load(llama_dir)
+    assert message in str(err.value)
+
+
+def test_a_swap_of_equal_sized_tensors_is_a_valid_file(llama_dir):
+    """The format cannot tell: the library reads it too. (rollax's own checkpoints record each weight's hash.)"""
+    from safetensors.numpy import load_file                # the library
+    a, b = "model.layers.0.mlp.up_proj.weight", "model.layers.1.mlp.up_proj.weight"
+    _edit_header(llama_dir / "model.safetensors", _swap(a, b))
+    tensors = load_file(llama_dir / "model.safetensors")
+    np.testing.assert_array_equal(safetensors.read(llama_dir / "model.safetensors")[a], tensors[a])
+
+
+def test_trailing_bytes_after_the_tensors_are_refused(llama_dir):
+    single = llama_dir / "model.safetensors"
+    single.write_bytes(single.read_bytes() + b"\0" * 8)
+    with pytest.raises(ValueError) as err:
+        models.load(llama_dir)
+    assert "the tensors take" in str(err.value) and "the file is truncated or damaged" in str(err.value)
+
+
+def test_a_float_tensor_relabelled_as_int_is_refused(llama_dir):
+    _edit_header(llama_dir / "model.safetensors", lambda h: h["model.norm.weight"].update(dtype="I32"))
+    with pytest.raises(ValueError) as err:                  # its bits were cast to floats, before
+        models.load(llama_dir)
+    assert "weights must be floating point, got model.norm.weight (int32)" in str(err.value)
