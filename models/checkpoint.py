@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from models import safetensors, zoo
 from models.config import FAMILIES, Config, float_dtype, from_hf
+from models.memory import memory_bytes
 from models.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer
 from models.placement import abstract_params, hf_to_mesh, shard_params
 from models.transformer import forward
@@ -25,8 +27,8 @@ def read_json(path: Path):
     """The JSON in ``path``, or a ``ValueError`` naming the file."""
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:   # recursion: nested too deep
+        raise ValueError(f"cannot read {path}: {e}") from None
 
 
 @dataclasses.dataclass
@@ -132,6 +134,7 @@ def load_hf(path, dtype=None, mesh=None) -> Model:
     config = from_hf(read_json(path / "config.json"))
     if dtype is not None:
         config = dataclasses.replace(config, dtype=jnp.dtype(dtype).name)
+    check_fits(config, mesh, path / "config.json")
     tensors = _hf_tensors(path)
     head, embed = tensors.get("lm_head.weight"), tensors.get("model.embed_tokens.weight")
     if config.tie_embeddings and not config.score_head and head is not None and not np.array_equal(head, embed):
@@ -178,6 +181,7 @@ def load_rollax(path, dtype=None, mesh=None) -> Model:
         config = FAMILIES[family](**fields)
     except TypeError as e:                                   # a missing field
         raise ValueError(f"{path / ROLLAX_META}: bad config: {e}") from None
+    check_fits(config, mesh, path / ROLLAX_META)
     target = abstract_params(config, mesh)
     if not (path / "params").is_dir():
         raise ValueError(f"{path} has {ROLLAX_META} but no params/ directory")
@@ -216,8 +220,13 @@ def load(path, dtype=None, mesh=None) -> Model:
     the dtype it was saved in and a Hugging Face one is read as float32 (whatever its files hold).
     ``mesh`` (``sharding.make_mesh(...)``) places each weight straight onto its shards, reading
     from disk only each device's part. Raises ``ValueError`` naming the problem for a missing
-    directory, pickle-only weights, damaged files, or a missing, unexpected or mis-shaped tensor.
+    directory, pickle-only weights, damaged files, a missing, unexpected or mis-shaped tensor, or a
+    config too large for the memory.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path must be a model directory or a shipped model's name, got {path!r}")
+    if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
+        raise ValueError(f"mesh must be a jax.sharding.Mesh (sharding.make_mesh(...)) or None, got {mesh!r}")
     path = zoo.resolve(path)
     if not path.is_dir():
         raise ValueError(f"no model directory at {path}")
@@ -227,3 +236,13 @@ def load(path, dtype=None, mesh=None) -> Model:
     if (path / "config.json").exists():
         return load_hf(path, dtype if dtype is not None else jnp.float32, mesh)
     raise ValueError(f"{path} is neither a rollax checkpoint ({ROLLAX_META}) nor a Hugging Face one (config.json)")
+
+
+def check_fits(config: Config, mesh, source) -> None:
+    """A ``ValueError`` naming ``source`` when the config's weights alone would not fit in the memory
+    (``models.memory``): a damaged or mistaken config is refused before anything is built for it."""
+    need, have = config.num_params * jnp.dtype(config.dtype).itemsize, memory_bytes(mesh)
+    if need > have:
+        raise ValueError(f"{source}: the config gives {config.num_params:,} parameters ({config.layers} layers, hidden "
+                         f"{config.hidden}, intermediate {config.intermediate}, vocabulary {config.vocab_size}), "
+                         f"{need / 2**30:,.1f} GiB in {config.dtype}; the memory is {have / 2**30:,.1f} GiB")

@@ -315,6 +315,38 @@ def test_tokenizer_larger_than_model_vocabulary_is_refused(llama_dir):
     assert "tokenizer has" in str(err.value) and "vocab_size 97" in str(err.value)
 
 
+# --- what load refuses before building anything ------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(path=None), "path must be a model directory or a shipped model's name, got None"),
+    (dict(path="tiny-arith", mesh="x"), "mesh must be a jax.sharding.Mesh (sharding.make_mesh(...)) or None, got 'x'"),
+])
+def test_load_refuses_arguments_of_the_wrong_type(kwargs, message):
+    with pytest.raises(ValueError) as err:                  # TypeError / AttributeError before
+        models.load(**kwargs)
+    assert message in str(err.value)
+
+
+def test_a_config_too_large_for_the_memory_is_refused_before_anything_is_built(llama_dir):
+    import time
+    config = json.loads((llama_dir / "config.json").read_text())
+    # 1,000,000 layers cost 45 s and 4.8 GiB before their ValueError; 10 times that is refused on any machine
+    (llama_dir / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 10_000_000}))
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError) as err:
+        models.load(llama_dir)
+    assert time.perf_counter() - t0 < 1
+    assert ("config.json: the config gives 339,200,012,480 parameters (10000000 layers, hidden 64, intermediate 112, "
+            "vocabulary 97), 1,263.6 GiB in float32; the memory is") in str(err.value)
+
+
+def test_deeply_nested_json_is_a_value_error(llama_dir):
+    (llama_dir / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError) as err:                  # RecursionError before
+        models.load(llama_dir)
+    assert "cannot read" in str(err.value) and "config.json: maximum recursion depth exceeded" in str(err.value)
+
+
 # --- safetensors headers, checked as the safetensors library checks them ----------------------
 
 def _edit_header(path, edit):
