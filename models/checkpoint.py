@@ -101,6 +101,14 @@ class Model:
                 "sha256": hash_checkpoint(out, self.params)}
         (out / ROLLAX_META).write_text(json.dumps(meta, indent=1))
 
+    def fingerprint(self) -> str:
+        """SHA-256 of what the model computes from: its config, every weight, and its tokenizer file."""
+        h = hashlib.sha256(json.dumps(dataclasses.asdict(self.config), sort_keys=True).encode())
+        h.update(json.dumps(tensor_hashes(self.params), sort_keys=True).encode())
+        if getattr(self.tokenizer, "path", None) is not None:
+            h.update(Path(self.tokenizer.path).read_bytes())
+        return h.hexdigest()
+
 
 def hash_checkpoint(directory: Path, params) -> dict:
     """What ``rollax.json`` records of the checkpoint in ``directory``: the SHA-256 of each of its

@@ -11,12 +11,16 @@ one write + flush + fsync. Prompts go in fixed chunks of ``--batch`` dataset lin
 Killed at any moment (even ``kill -9``) and started again with the same arguments, it keeps
 the complete lines, drops a torn last line, reruns only chunks with missing prompts (the same
 chunks, so the same draws) and writes only the missing ones: the final file has every prompt
-exactly once. It refuses a malformed dataset line (naming its number) and an existing output
-written with different settings. At the end it prints a summary table.
+exactly once. It refuses a malformed dataset line (naming its number), an existing output
+written with different settings or by another model (the header records the model's
+fingerprint), or holding a line it did not write or two results for one prompt, and an output
+another run is writing (the file is locked for the run). At the end it prints a summary table.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import inspect
 import json
@@ -57,32 +61,45 @@ def read_dataset(path: Path) -> list[dict]:
     return items
 
 
-def settings(args, data_path: Path) -> dict:
-    """Everything that determines the output (the dataset by its hash)."""
+def settings(args, data_path: Path, model) -> dict:
+    """Everything that determines the output: the dataset by its hash, the model by its fingerprint
+    (config, weights and tokenizer), the arguments."""
     digest = hashlib.sha256(data_path.read_bytes()).hexdigest()
     keys = ("method", "model", "n", "temperature", "top_p", "seed", "max_new_tokens", "scorer", "round_size",
             "rule", "batch", "answer")
-    return {"data_sha256": digest, **{k: getattr(args, k) for k in keys}}
+    return {"data_sha256": digest, "model_fingerprint": model.fingerprint(), **{k: getattr(args, k) for k in keys}}
 
 
-def load_done(out: Path, header: dict) -> set:
-    """Ids already in ``out`` (creating it with ``header`` if new); drops a torn last line.
+@contextlib.contextmanager
+def locked(out: Path):
+    """Hold an exclusive lock on ``out`` (created if absent) while the block runs, so that two runs
+    never write one output; a ``ValueError`` at once if another run holds it. The lock goes with
+    the process, however it ends."""
+    with open(out, "ab") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{out} is being written by another run (it holds the file's lock); wait for it to "
+                             "finish, or use another --out") from None
+        yield
 
-    ``ValueError`` if ``out`` was written with other settings.
+
+def load_done(out: Path, header: dict, ids: set) -> set:
+    """Ids already in ``out`` (writing ``header`` if it is empty); drops a torn last line.
+
+    ``ValueError`` if ``out`` was written with other settings, or holds a line that is not a result
+    of one of ``ids`` (the dataset's), or two results of one id.
     """
-    if not out.exists() or out.stat().st_size == 0:
-        _write(out, {"header": header}, mode="w")
-        return set()
     raw = out.read_bytes()
     keep = raw.rfind(b"\n") + 1                      # complete lines end with a newline
-    lines = raw[:keep].decode("utf-8").splitlines()
-    if not lines:                                    # even the header was torn
+    lines = raw[:keep].decode("utf-8", errors="replace").splitlines()
+    if not lines:                                    # new, or even the header was torn
         _truncate(out, 0)
-        _write(out, {"header": header}, mode="w")
+        _write(out, {"header": header})
         return set()
     try:
         old = json.loads(lines[0])
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         old = None
     old = old.get("header") if isinstance(old, dict) else None
     if old != header:
@@ -92,14 +109,21 @@ def load_done(out: Path, header: dict) -> set:
                          f"use another --out or delete it")
     if keep < len(raw):
         _truncate(out, keep)
-    done = set()
+    done = {}
     for number, line in enumerate(lines[1:], 2):
         try:
-            done.add(json.loads(line)["id"])
-        except (json.JSONDecodeError, TypeError, KeyError):
-            raise ValueError(f"{out}:{number}: not a result line this script writes; use another --out or "
-                             "delete it") from None
-    return done
+            row = json.loads(line)
+            item_id = row["id"] if {"correct", "tokens"} <= row.keys() else None
+        except (json.JSONDecodeError, RecursionError, TypeError, AttributeError, KeyError):
+            item_id = None
+        if not isinstance(item_id, (str, int)) or item_id not in ids:
+            raise ValueError(f"{out}:{number}: not a result line this script writes (an object with an id of the "
+                             "dataset, correct and tokens); use another --out or delete it")
+        if item_id in done:
+            raise ValueError(f"{out}:{number}: a second result for id {item_id!r} (the first is on line "
+                             f"{done[item_id]}); use another --out or delete it")
+        done[item_id] = number
+    return set(done)
 
 
 def _truncate(path: Path, size: int) -> None:
@@ -109,9 +133,9 @@ def _truncate(path: Path, size: int) -> None:
         os.fsync(f.fileno())
 
 
-def _write(path: Path, obj: dict, mode: str = "a") -> None:
-    """One JSON line, written in one call and forced to disk."""
-    with open(path, mode, encoding="utf-8") as f:
+def _write(path: Path, obj: dict) -> None:
+    """One JSON line, appended in one call and forced to disk."""
+    with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(obj) + "\n")
         f.flush()
         os.fsync(f.fileno())
@@ -245,12 +269,15 @@ def main(argv=None) -> int:
         items = read_dataset(args.data)
         start, model = time.time(), models.load(args.model)
         check_items(args, model, items)
-        done = load_done(args.out, settings(args, args.data))          # writes the header
-        run(args, model, items, sampler, done)
+        header = settings(args, args.data, model)
+        with locked(args.out):
+            done = load_done(args.out, header, {it["id"] for it in items})     # writes the header
+            run(args, model, items, sampler, done)
+            table = summary(args.out)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"\n{args.method} on {args.data} ({time.time() - start:.0f} s this run):\n{summary(args.out)}")
+    print(f"\n{args.method} on {args.data} ({time.time() - start:.0f} s this run):\n{table}")
     return 0
 
 
