@@ -32,6 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 SCORERS = ("none", "verifier", "process-min", "process-mean", "process-prod", "process-last")
+ROUNDS = ("rejection_sample", "adaptive_self_consistency")     # draw --round-size rollouts at a time
 
 
 def read_dataset(path: Path) -> list[dict]:
@@ -151,25 +152,35 @@ def make_scorer(name: str):
     return meta.arith_process_verifier(name.split("-", 1)[1])
 
 
-def check_items(args, model, items) -> None:
+def check_items(args, model, items, sampler) -> None:
     """Refuse, naming the dataset line, what the meta-generator would refuse only partway through the
     run: a method without the scorer it needs, a prompt too long for the model, a reference the
-    verifier cannot read."""
+    verifier cannot read, more rollouts than the memory holds."""
     import engine
     import meta
+    from engine.checks import memory_bytes, state_bytes
+    from meta.common import check_rollouts
     from meta.scoring import reference_answer
     scorer = inspect.signature(meta.METHODS[args.method]).parameters.get("scorer")
     if scorer is not None and scorer.default is inspect.Parameter.empty and args.scorer == "none":
         raise ValueError(f"{args.method} needs a scorer: --scorer {' / '.join(SCORERS[1:])}")
     if scorer is None and args.scorer != "none":
         raise ValueError(f"{args.method} takes no scorer; leave out --scorer {args.scorer}")
+    longest = 0
     for it in items:
         try:
-            engine.check_prompts(model, [it["prompt"]], args.max_new_tokens)
+            longest = max(longest, len(engine.check_prompts(model, [it["prompt"]], args.max_new_tokens)[0]))
             if args.scorer == "verifier":
                 reference_answer(it["answer"])
         except ValueError as e:
             raise ValueError(f"{args.data}:{it['line']}: {e}") from None
+    check_rollouts(min(args.batch, len(items)), args.n, sampler)
+    rows = min(args.n, args.round_size) if args.method in ROUNDS else args.n   # drawn at once for one prompt
+    need = state_bytes(model.config, 1, engine.bucket(longest), rows, args.max_new_tokens)
+    have = memory_bytes()
+    if need > have:
+        raise ValueError(f"--n {args.n}: {rows} rollouts of one prompt need {need / 2**30:,.1f} GiB of decoding state "
+                         f"(KV cache, logits); the memory is {have / 2**30:,.1f} GiB")
 
 
 def run_chunk(args, model, items, sampler):
@@ -183,7 +194,7 @@ def run_chunk(args, model, items, sampler):
     scorer = make_scorer(args.scorer)
     if scorer is not None:
         kw["scorer"] = scorer
-    if args.method in ("rejection_sample", "adaptive_self_consistency"):
+    if args.method in ROUNDS:
         kw["round_size"] = args.round_size
     if args.method == "adaptive_self_consistency":
         kw["rule"] = args.rule
@@ -265,10 +276,12 @@ def main(argv=None) -> int:
     try:                 # what can be refused is refused before the output is touched (check_items)
         if min(args.batch, args.n, args.max_new_tokens, args.round_size) < 1:
             raise ValueError("--batch, --n, --max-new-tokens and --round-size must be positive")
+        if not -2 ** 63 <= args.seed < 2 ** 63:
+            raise ValueError(f"--seed must fit in 64 bits (signed), got {args.seed}")
         sampler = Sampler(temperature=args.temperature, top_p=args.top_p)
         items = read_dataset(args.data)
         start, model = time.time(), models.load(args.model)
-        check_items(args, model, items)
+        check_items(args, model, items, sampler)
         header = settings(args, args.data, model)
         with locked(args.out):
             done = load_done(args.out, header, {it["id"] for it in items})     # writes the header

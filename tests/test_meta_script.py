@@ -223,3 +223,25 @@ def test_resume_refuses_another_model_at_the_same_path(tmp_path, capsys):
     assert meta_script.main(argv(data, out) + ["--model", str(tmp_path / "m")]) == 2   # mixed two models, before
     assert "was written with different settings (model_fingerprint)" in capsys.readouterr().err
     assert out.read_text() == before
+
+
+# --- refused before the header is written --------------------------------------------------------
+
+@pytest.mark.parametrize("extra, message", [
+    (["--n", "1000000000"], "error: n=1000000000 rollouts for each of 2 prompts cannot fit: their sampler settings "
+                            "alone ([2, n] arrays) need"),            # OOM-killed after writing the header, before
+    (["--n", "100000000"], "error: --n 100000000: 100000000 rollouts of one prompt need"),
+    (["--seed", str(2 ** 64)], "error: --seed must fit in 64 bits (signed), got 18446744073709551616"),
+])
+def test_refuses_what_cannot_run_before_writing_the_header(tmp_path, capsys, extra, message):
+    data, out = dataset(tmp_path / "data.jsonl"), tmp_path / "out.jsonl"
+    assert meta_script.main(argv(data, out) + extra) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()                                     # so a rerun with a sane setting is not refused
+
+
+def test_a_huge_n_is_a_value_error_in_the_library():
+    import meta
+    with pytest.raises(ValueError) as err:                      # a JaxRuntimeError (or the OOM killer) before
+        meta.self_consistency(models.load("tiny-arith"), [PROBLEMS[0].prompt], n=2 ** 40)
+    assert "n=1099511627776 rollouts for each of 1 prompts cannot fit" in str(err.value)
