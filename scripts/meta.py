@@ -38,28 +38,45 @@ ROUNDS = ("rejection_sample", "adaptive_self_consistency")     # draw --round-si
 def read_dataset(path: Path) -> list[dict]:
     """The dataset's items ``{"id", "prompt", "answer"}``; ``ValueError`` naming the first bad line."""
     items, seen = [], set()
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+            obj = _json(line, where)
             if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+                raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
             if not isinstance(obj.get("prompt"), str) or not obj["prompt"]:
-                raise ValueError(f"{path}:{number}: \"prompt\" must be a non-empty string")
+                raise ValueError(f"{where}: \"prompt\" must be a non-empty string")
+            try:
+                obj["prompt"].encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"{where}: \"prompt\" is not valid Unicode text ({e.reason} at character "
+                                 f"{e.start + 1}: an escaped lone surrogate such as \\ud800)") from None
             item_id = obj.get("id", number)
             if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
-                raise ValueError(f"{path}:{number}: \"id\" must be a string or an integer")
+                raise ValueError(f"{where}: \"id\" must be a string or an integer")
             if item_id in seen:
-                raise ValueError(f"{path}:{number}: duplicate id {item_id!r}")
+                raise ValueError(f"{where}: duplicate id {item_id!r}")
             seen.add(item_id)
             items.append({"id": item_id, "prompt": obj["prompt"], "answer": obj.get("answer"), "line": number})
     if not items:
         raise ValueError(f"{path}: no prompts")
     return items
+
+
+def _json(line: str, where: str):
+    """The JSON value of one line, or a ``ValueError`` naming ``where`` (file:line)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: not valid JSON (nested too deeply)") from None
 
 
 def settings(args, data_path: Path, model) -> dict:

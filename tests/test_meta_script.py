@@ -245,3 +245,29 @@ def test_a_huge_n_is_a_value_error_in_the_library():
     with pytest.raises(ValueError) as err:                      # a JaxRuntimeError (or the OOM killer) before
         meta.self_consistency(models.load("tiny-arith"), [PROBLEMS[0].prompt], n=2 ** 40)
     assert "n=1099511627776 rollouts for each of 1 prompts cannot fit" in str(err.value)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b'{"prompt": "a"}\n{"prompt": "caf\xe9"}\n', "data.jsonl:2: not UTF-8 text (byte 0xe9 at column 16)"),
+    (b'{"prompt": "a\\ud800b"}\n', "data.jsonl:1: \"prompt\" is not valid Unicode text (surrogates not allowed"),
+    (b"[" * 100_000 + b"]" * 100_000 + b"\n", "data.jsonl:1: not valid JSON (nested too deeply)"),
+])
+def test_refuses_undecodable_dataset_lines_by_file_and_line(tmp_path, capsys, raw, message):
+    data, out = tmp_path / "data.jsonl", tmp_path / "out.jsonl"
+    data.write_bytes(raw)
+    assert meta_script.main(argv(data, out)) == 2              # no file or line, a RuntimeError, a RecursionError
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_non_utf8_path_and_a_lone_surrogate_are_one_error_line(tmp_path):
+    data = os.fsencode(tmp_path) + b"/d\xff.jsonl"             # argv bytes that are not UTF-8
+    with open(data, "wb") as f:
+        f.write(b'{"prompt": "Q: \\udc00?"}\n')
+    out = subprocess.run([sys.executable, "-m", "scripts.meta", "self_consistency", "--data", data, "--out",
+                          os.fsencode(tmp_path) + b"/o\xff.jsonl"], cwd=ROOT, env=subprocess_env(),
+                         capture_output=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.decode().splitlines() == [
+        f"error: {tmp_path}/d\\udcff.jsonl:1: \"prompt\" is not valid Unicode text (surrogates not allowed at "
+        "character 4: an escaped lone surrogate such as \\ud800)"]
