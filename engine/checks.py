@@ -4,13 +4,12 @@ The jitted cores (``_start``, ``_step``, ``decode_loop``, ``_append``, ...) trus
 """
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from engine.state import DecodeState
+from models import memory
 from sampling import Sampler
 
 
@@ -98,12 +97,8 @@ def state_bytes(config, groups: int, prefix: int, rows: int, capacity: int) -> i
     return kv * (groups * prefix + rows * capacity) + (rows + groups) * config.vocab_size * 4 + rows * capacity * 18
 
 
-def memory_bytes(mesh=None) -> int:
-    """Memory the state may use: the device's (times the mesh's devices), or on CPU the host's RAM."""
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if "bytes_limit" in stats:
-        return stats["bytes_limit"] * (1 if mesh is None else mesh.devices.size)
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+# what a state may use: device limits, or on CPU the least of RAM, rlimits and cgroup limits, less what is in use
+memory_bytes = memory.memory_bytes
 
 
 def stop_ids(config, stop_tokens=None) -> jax.Array:

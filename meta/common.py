@@ -5,9 +5,10 @@ import math
 import time
 from collections.abc import Hashable
 
+import jax
 import numpy as np
 
-from engine.checks import check_int
+from engine.checks import check_int, memory_bytes
 from meta.budget import Budget
 from meta.draw import draw
 from sampling import Sampler
@@ -23,8 +24,20 @@ def setup(prompts, n: int, references, budget: Budget | None, sampler):
         raise ValueError(f"references must be a list (one per prompt), got {type(references).__name__}")
     if references is not None and len(references) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(references)} references")
-    sampler = (Sampler(temperature=1.0) if sampler is None else sampler).broadcast((len(prompts), n))
-    return (Budget() if budget is None else budget), sampler, time.perf_counter()
+    sampler = Sampler(temperature=1.0) if sampler is None else sampler
+    check_rollouts(len(prompts), n, sampler)
+    return (Budget() if budget is None else budget), sampler.broadcast((len(prompts), n)), time.perf_counter()
+
+
+def check_rollouts(groups: int, n: int, sampler) -> None:
+    """A ``ValueError`` when ``n`` rollouts of each of ``groups`` prompts cannot fit in the memory
+    (``engine.checks.memory_bytes``) even for their sampler settings, [groups, n] arrays, sized
+    without allocating them."""
+    shapes = jax.eval_shape(lambda s: s.broadcast((groups, n)), sampler)
+    need, have = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes)), memory_bytes()
+    if need > have:
+        raise ValueError(f"n={n} rollouts for each of {groups} prompts cannot fit: their sampler settings alone "
+                         f"([{groups}, n] arrays) need {need / 2**30:,.1f} GiB; the memory is {have / 2**30:,.1f} GiB")
 
 
 def check_threshold(threshold) -> None:

@@ -1,9 +1,14 @@
 """Loading and saving models: Hugging Face directories (safetensors only) and rollax's own (orbax)."""
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import errno
+import hashlib
 import json
+import os
 import shutil
+import uuid
 from pathlib import Path
 
 import jax
@@ -13,6 +18,7 @@ import numpy as np
 from models import safetensors, zoo
 from models.config import FAMILIES, Config, float_dtype, from_hf
 from models.files import read_json
+from models.memory import memory_bytes
 from models.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer
 from models.placement import abstract_params, hf_to_mesh, shard_params
 from models.transformer import forward, score
@@ -36,25 +42,120 @@ class Model:
         return dataclasses.replace(self, params=shard_params(self.config, self.params, mesh))
 
     def save(self, path) -> None:
-        """Write rollax's own checkpoint: params with orbax, the config, the tokenizer files."""
-        import orbax.checkpoint as ocp
+        """Write rollax's own checkpoint to the directory ``path``: the params with orbax, the config,
+        the tokenizer file, and the SHA-256 of every weight and every file (``models.load`` checks them).
+
+        The checkpoint is written beside ``path``, in a hidden ``.NAME.partial-*`` directory, and then
+        takes ``path``'s place in one atomic step: killed at any moment, ``path`` holds the old
+        checkpoint or the new one, never a mix (a killed save leaves only its hidden directory behind).
+        An existing ``path`` must be empty or a rollax checkpoint (files in it that are not the
+        checkpoint's are kept); anything else is refused, not replaced. So are params that do not match
+        the config, and a tokenizer without a file to save.
+        """
         path = Path(path).absolute()
-        path.mkdir(parents=True, exist_ok=True)
-        meta = {"family": self.config.family, "config": dataclasses.asdict(self.config)}
-        (path / ROLLAX_META).write_text(json.dumps(meta, indent=1))
-        if (path / "params").exists():
-            shutil.rmtree(path / "params")
-        with ocp.StandardCheckpointer() as ckpt:
-            ckpt.save(path / "params", self.params)
-        src = getattr(self.tokenizer, "path", None)
-        if self.tokenizer is not None and src is None:
+        self._check_saveable(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:12]}")
+        partial.mkdir()
+        try:
+            self._write(partial, path)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        _swap_in(partial, path)
+
+    def _check_saveable(self, path: Path) -> None:
+        """A ``ValueError`` for what :meth:`save` refuses, before anything is written."""
+        have, want = _shapes(self.params), _shapes(abstract_params(self.config))
+        wrong = [f"{k}: params {have.get(k)}, config {want.get(k)}" for k in sorted(have.keys() | want.keys())
+                 if have.get(k) != want.get(k)]
+        if wrong:
+            raise ValueError(f"the params do not match the config ({len(wrong)} weights, as (shape, dtype); None: "
+                             f"absent): {'; '.join(wrong[:4])}")
+        if self.tokenizer is not None and getattr(self.tokenizer, "path", None) is None:
             raise ValueError(f"the tokenizer ({type(self.tokenizer).__name__}) has no file to save (no .path to a "
                              f"tokenizer.json or sentencepiece .model); save the model with tokenizer=None")
-        name = None if src is None else TOKENIZER_FILES[isinstance(self.tokenizer, SentencePieceTokenizer)]
-        for stale in set(TOKENIZER_FILES) - {name}:  # what load would read instead of this model's tokenizer
-            (path / stale).unlink(missing_ok=True)
-        if name is not None and Path(src).absolute() != path / name:
-            shutil.copy(src, path / name)
+        if path.exists() and not (path.is_dir() and ((path / ROLLAX_META).is_file() or not any(path.iterdir()))):
+            raise ValueError(f"{path} exists and is not a rollax checkpoint (no {ROLLAX_META}); Model.save replaces "
+                             f"only a rollax checkpoint or an empty directory: choose another path")
+
+    def _write(self, out: Path, old: Path) -> None:
+        """Write the checkpoint into the new directory ``out``, keeping the files of ``old`` (the
+        checkpoint it replaces, if any) that are not the checkpoint's own; ``rollax.json`` goes last."""
+        import orbax.checkpoint as ocp
+        with ocp.StandardCheckpointer() as ckpt:
+            ckpt.save(out / "params", self.params)
+        if self.tokenizer is not None:
+            shutil.copy(self.tokenizer.path, out / TOKENIZER_FILES[isinstance(self.tokenizer, SentencePieceTokenizer)])
+        if old.is_dir():
+            for p in old.iterdir():
+                if p.name not in (ROLLAX_META, "params", *TOKENIZER_FILES):
+                    (shutil.copytree if p.is_dir() else shutil.copy2)(p, out / p.name)
+        meta = {"family": self.config.family, "config": dataclasses.asdict(self.config),
+                "sha256": hash_checkpoint(out, self.params)}
+        (out / ROLLAX_META).write_text(json.dumps(meta, indent=1))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what the model computes from: its config, every weight, and its tokenizer file."""
+        h = hashlib.sha256(json.dumps(dataclasses.asdict(self.config), sort_keys=True).encode())
+        h.update(json.dumps(tensor_hashes(self.params), sort_keys=True).encode())
+        if getattr(self.tokenizer, "path", None) is not None:
+            h.update(Path(self.tokenizer.path).read_bytes())
+        return h.hexdigest()
+
+
+def hash_checkpoint(directory: Path, params) -> dict:
+    """What ``rollax.json`` records of the checkpoint in ``directory``: the SHA-256 of each of its
+    files (``params/`` and the tokenizer) and of each weight in ``params``."""
+    files = [f for f in (p.relative_to(directory).as_posix() for p in sorted(directory.rglob("*")) if p.is_file())
+             if f.startswith("params/") or f in TOKENIZER_FILES]
+    return {"files": {f: _file_sha256(directory / f) for f in files}, "tensors": tensor_hashes(params)}
+
+
+def tensor_hashes(params) -> dict[str, str]:
+    """The SHA-256 of each weight's bytes (C order, in its dtype), keyed by its path in the tree."""
+    def digest(x):
+        return hashlib.sha256(np.ascontiguousarray(np.asarray(x)).reshape(-1).view(np.uint8)).hexdigest()
+    return {jax.tree_util.keystr(k): digest(x) for k, x in jax.tree_util.tree_leaves_with_path(params)}
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Put the directory ``new`` at ``path`` in one step: renamed there if ``path`` is absent or
+    empty, else exchanged with the old directory, which is then deleted."""
+    try:
+        os.rename(new, path)
+        return
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    _exchange(new, path)
+    shutil.rmtree(new)
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap the directories ``a`` and ``b`` atomically: Linux's ``renameat2(RENAME_EXCHANGE)``. Where
+    the system or file system lacks it, ``b`` is moved aside and ``a`` renamed to ``b``: a kill
+    between those two renames leaves no directory at ``b`` (the old one is at ``a``'s name + ".old")."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if os.name == "posix" else None
+    if renameat2 is not None:
+        at_fdcwd, rename_exchange = -100, 2
+        if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise OSError(code, os.strerror(code), str(b))
+    aside = a.with_name(a.name + ".old")
+    os.rename(b, aside)
+    os.rename(a, b)
+    os.rename(aside, a)
 
 
 def _hf_layout(config: Config) -> dict[str, tuple[tuple, str, int | None, callable]]:
@@ -126,6 +227,7 @@ def load_hf(path, dtype=None, mesh=None) -> Model:
     config = from_hf(read_json(path / "config.json"))
     if dtype is not None:
         config = dataclasses.replace(config, dtype=jnp.dtype(dtype).name)
+    check_fits(config, mesh, path / "config.json")
     tensors = _hf_tensors(path)
     head, embed = tensors.get("lm_head.weight"), tensors.get("model.embed_tokens.weight")
     if config.tie_embeddings and not config.score_head and head is not None and not np.array_equal(head, embed):
@@ -137,6 +239,9 @@ def load_hf(path, dtype=None, mesh=None) -> Model:
     if missing or unexpected:
         raise ValueError(f"checkpoint {path} does not match its config.json: missing tensors {missing[:8]}, "
                          f"unexpected tensors {unexpected[:8]}")
+    ints = [f"{name} ({tensors[name].dtype})" for name in table if not jnp.issubdtype(tensors[name].dtype, jnp.floating)]
+    if ints:                                   # a float tensor relabelled as I32 would be cast to garbage
+        raise ValueError(f"checkpoint {path}: weights must be floating point, got {', '.join(ints[:4])}")
     if mesh is not None:
         return Model(config, hf_to_mesh(tensors, table, config, mesh), _tokenizer(path, config))
     params = {"layers": [{} for _ in range(config.layers)]}
@@ -154,8 +259,12 @@ def _shapes(tree) -> dict[str, tuple]:
             for k, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def load_rollax(path, dtype=None, mesh=None) -> Model:
-    """Read a checkpoint written by :meth:`Model.save` (bit-exact); on ``mesh``, each host reads its shards."""
+def load_rollax(path, dtype=None, mesh=None, verify: bool = True) -> Model:
+    """Read a checkpoint written by :meth:`Model.save` (bit-exact); on ``mesh``, each host reads its shards.
+
+    Every file the checkpoint records must be there; with ``verify`` each file's SHA-256 is checked
+    before orbax reads anything, and each weight's once it is read.
+    """
     import orbax.checkpoint as ocp
     path = Path(path).absolute()
     meta = read_json(path / ROLLAX_META)
@@ -169,6 +278,8 @@ def load_rollax(path, dtype=None, mesh=None) -> Model:
         config = FAMILIES[family](**fields)
     except TypeError as e:                                   # a missing field
         raise ValueError(f"{path / ROLLAX_META}: bad config: {e}") from None
+    check_fits(config, mesh, path / ROLLAX_META)
+    hashes = _recorded_hashes(path, meta, verify)
     target = abstract_params(config, mesh)
     if not (path / "params").is_dir():
         raise ValueError(f"{path} has {ROLLAX_META} but no params/ directory")
@@ -193,6 +304,12 @@ def load_rollax(path, dtype=None, mesh=None) -> Model:
         except Exception as e:  # noqa: BLE001 - tensorstore raises a bare Exception for damaged data
             raise ValueError(f"{path}: cannot read the saved weights, the checkpoint is damaged "
                              f"({type(e).__name__}: {str(e)[:200]})") from None
+    if hashes and all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(params)):  # else: files checked
+        got = tensor_hashes(params)
+        bad = sorted(k for k in hashes["tensors"].keys() | got.keys() if hashes["tensors"].get(k) != got.get(k))
+        if bad:
+            raise ValueError(f"{path}: {len(bad)} weights differ from their recorded SHA-256 ({', '.join(bad[:4])}); "
+                             "the checkpoint is damaged")
     model = Model(config, params, _tokenizer(path, config))
     if dtype is not None and jnp.dtype(dtype) != jnp.dtype(config.dtype):
         model = Model(dataclasses.replace(config, dtype=jnp.dtype(dtype).name),
@@ -200,21 +317,63 @@ def load_rollax(path, dtype=None, mesh=None) -> Model:
     return model
 
 
-def load(path, dtype=None, mesh=None) -> Model:
+def _recorded_hashes(path: Path, meta: dict, verify: bool) -> dict | None:
+    """The hashes ``rollax.json`` records (``{"files": {name: sha256}, "tensors": {key: sha256}}``), once
+    every recorded file is found there and, with ``verify``, matches its hash; None without ``verify``.
+    A checkpoint that records none (written before rollax recorded them) loads only without ``verify``."""
+    hashes = meta.get("sha256")
+    if hashes is None:
+        if verify:
+            raise ValueError(f"{path / ROLLAX_META} records no SHA-256 of the weights (a checkpoint written by rollax "
+                             "before 2026-12): load it with verify=False, and save it again to record them")
+        return None
+    digests = lambda d: isinstance(d, dict) and all(isinstance(v, str) for v in d.values())
+    if not (isinstance(hashes, dict) and digests(hashes.get("files")) and digests(hashes.get("tensors"))):
+        raise ValueError(f"{path / ROLLAX_META}: sha256 must hold files and tensors, each a map of names to hashes")
+    missing = [f for f in hashes["files"] if not (path / f).is_file()]
+    if missing:
+        raise ValueError(f"{path}: files the checkpoint was saved with are missing: {', '.join(missing[:4])}")
+    if not verify:
+        return None
+    bad = [f for f, h in hashes["files"].items() if _file_sha256(path / f) != h]
+    if bad:
+        raise ValueError(f"{path}: {', '.join(bad[:4])} differ from their recorded SHA-256; the checkpoint is damaged")
+    return hashes
+
+
+def load(path, dtype=None, mesh=None, verify: bool = True) -> Model:
     """Load a model directory: rollax's own checkpoint or a Hugging Face one.
 
     ``dtype`` (e.g. ``jnp.bfloat16``) converts the weights; by default a rollax checkpoint keeps
     the dtype it was saved in and a Hugging Face one is read as float32 (whatever its files hold).
     ``mesh`` (``sharding.make_mesh(...)``) places each weight straight onto its shards, reading
-    from disk only each device's part. Raises ``ValueError`` naming the problem for a missing
-    directory, pickle-only weights, damaged files, or a missing, unexpected or mis-shaped tensor.
+    from disk only each device's part. ``verify`` checks a rollax checkpoint's files and weights
+    against the SHA-256 it recorded (``False`` skips the hashing, e.g. for speed; docs/perf.md).
+    Raises ``ValueError`` naming the problem for a missing directory, pickle-only weights, damaged
+    files, a missing, unexpected or mis-shaped tensor, or a config too large for the memory.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path must be a model directory or a shipped model's name, got {path!r}")
+    if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
+        raise ValueError(f"mesh must be a jax.sharding.Mesh (sharding.make_mesh(...)) or None, got {mesh!r}")
+    if not isinstance(verify, bool):
+        raise ValueError(f"verify must be True or False, got {verify!r}")
     path = zoo.resolve(path)
     if not path.is_dir():
         raise ValueError(f"no model directory at {path}")
     dtype = None if dtype is None else float_dtype(dtype)
     if (path / ROLLAX_META).exists():
-        return load_rollax(path, dtype, mesh)
+        return load_rollax(path, dtype, mesh, verify)
     if (path / "config.json").exists():
         return load_hf(path, dtype if dtype is not None else jnp.float32, mesh)
     raise ValueError(f"{path} is neither a rollax checkpoint ({ROLLAX_META}) nor a Hugging Face one (config.json)")
+
+
+def check_fits(config: Config, mesh, source) -> None:
+    """A ``ValueError`` naming ``source`` when the config's weights alone would not fit in the memory
+    (``models.memory``): a damaged or mistaken config is refused before anything is built for it."""
+    need, have = config.num_params * jnp.dtype(config.dtype).itemsize, memory_bytes(mesh)
+    if need > have:
+        raise ValueError(f"{source}: the config gives {config.num_params:,} parameters ({config.layers} layers, hidden "
+                         f"{config.hidden}, intermediate {config.intermediate}, vocabulary {config.vocab_size}), "
+                         f"{need / 2**30:,.1f} GiB in {config.dtype}; the memory is {have / 2**30:,.1f} GiB")

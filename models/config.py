@@ -217,6 +217,11 @@ def from_hf(hf: dict) -> Config:
             raise ValueError(f"config.json sets {flag}=true, which rollax does not support")
     if hf.get("hidden_act", "silu") != "silu":
         raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r} (rollax implements silu)")
+    missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                           "intermediate_size") if not isinstance(hf.get(k), int) or hf[k] < 1]
+    if missing:
+        raise ValueError(f"config.json needs positive integers {', '.join(missing)}; got "
+                         f"{', '.join(f'{k}={hf.get(k)!r}' for k in missing)}")
     legacy = hf.get("rope_scaling") or {}                   # transformers < 5; wins as there
     rope = {**(hf.get("rope_parameters") or {}), **legacy}   # transformers >= 5
     theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
@@ -235,18 +240,14 @@ def from_hf(hf: dict) -> Config:
     window = None if kind == "llama" else hf.get("sliding_window")  # transformers' Llama has no window
     if kind == "qwen2":                                              # per layer, from max_window_layers
         window = window if hf.get("use_sliding_window", False) else None
-        types = hf.get("layer_types") or ["sliding_attention" if window is not None and
-                                          i >= hf.get("max_window_layers", 28) else "full_attention"
-                                          for i in range(hf.get("num_hidden_layers") or 0)]
-        if len(set(types)) > 1:
-            raise ValueError(f"config.json gives the layers different attention types ({types}); rollax "
+        ends = (0, hf["num_hidden_layers"] - 1)     # layers from max_window_layers on slide: the ends tell all
+        types = set(hf.get("layer_types") or ["sliding_attention" if window is not None and
+                                              i >= hf.get("max_window_layers", 28) else "full_attention"
+                                              for i in ends])
+        if len(types) > 1:
+            raise ValueError(f"config.json gives the layers different attention types ({sorted(types)}); rollax "
                              "applies one sliding window to every layer or to none")
         window = window if "sliding_attention" in types else None
-    missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                           "intermediate_size") if not isinstance(hf.get(k), int) or hf[k] < 1]
-    if missing:
-        raise ValueError(f"config.json needs positive integers {', '.join(missing)}; got "
-                         f"{', '.join(f'{k}={hf.get(k)!r}' for k in missing)}")
     heads, pad = hf["num_attention_heads"], hf.get("pad_token_id")  # pad: a filler; an unusable one is replaced
     reward = any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or ())
     labels = len(hf.get("id2label") or {}) or hf.get("num_labels", 2)

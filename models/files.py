@@ -9,5 +9,5 @@ def read_json(path: Path):
     """The JSON in ``path``, or a ``ValueError`` naming the file."""
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:   # recursion: nested too deep
+        raise ValueError(f"cannot read {path}: {e}") from None

@@ -18,7 +18,8 @@ import models
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", help="a model directory (Hugging Face or rollax) or a shipped name")
-    ap.add_argument("dst", type=Path, help="the directory to write (created; an existing checkpoint is replaced)")
+    ap.add_argument("dst", type=Path, help="the directory to write (created; an existing rollax checkpoint, SRC "
+                                           "itself included, is replaced in one atomic step; anything else is refused)")
     ap.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: as models.load reads it)")
     args = ap.parse_args(argv)
     model = models.load(args.src, dtype=args.dtype)

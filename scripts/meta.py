@@ -11,12 +11,16 @@ one write + flush + fsync. Prompts go in fixed chunks of ``--batch`` dataset lin
 Killed at any moment (even ``kill -9``) and started again with the same arguments, it keeps
 the complete lines, drops a torn last line, reruns only chunks with missing prompts (the same
 chunks, so the same draws) and writes only the missing ones: the final file has every prompt
-exactly once. It refuses a malformed dataset line (naming its number) and an existing output
-written with different settings. At the end it prints a summary table.
+exactly once. It refuses a malformed dataset line (naming its number), an existing output
+written with different settings or by another model (the header records the model's
+fingerprint), or holding a line it did not write or two results for one prompt, and an output
+another run is writing (the file is locked for the run). At the end it prints a summary table.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import inspect
 import json
@@ -28,28 +32,36 @@ from pathlib import Path
 from tqdm import tqdm
 
 SCORERS = ("none", "verifier", "process-min", "process-mean", "process-prod", "process-last")
+ROUNDS = ("rejection_sample", "adaptive_self_consistency")     # draw --round-size rollouts at a time
 
 
 def read_dataset(path: Path) -> list[dict]:
     """The dataset's items ``{"id", "prompt", "answer"}``; ``ValueError`` naming the first bad line."""
     items, seen = [], set()
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+            obj = _json(line, where)
             if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+                raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
             if not isinstance(obj.get("prompt"), str) or not obj["prompt"]:
-                raise ValueError(f"{path}:{number}: \"prompt\" must be a non-empty string")
+                raise ValueError(f"{where}: \"prompt\" must be a non-empty string")
+            try:
+                obj["prompt"].encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"{where}: \"prompt\" is not valid Unicode text ({e.reason} at character "
+                                 f"{e.start + 1}: an escaped lone surrogate such as \\ud800)") from None
             item_id = obj.get("id", number)
             if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
-                raise ValueError(f"{path}:{number}: \"id\" must be a string or an integer")
+                raise ValueError(f"{where}: \"id\" must be a string or an integer")
             if item_id in seen:
-                raise ValueError(f"{path}:{number}: duplicate id {item_id!r}")
+                raise ValueError(f"{where}: duplicate id {item_id!r}")
             seen.add(item_id)
             items.append({"id": item_id, "prompt": obj["prompt"], "answer": obj.get("answer"), "line": number})
     if not items:
@@ -57,32 +69,55 @@ def read_dataset(path: Path) -> list[dict]:
     return items
 
 
-def settings(args, data_path: Path) -> dict:
-    """Everything that determines the output (the dataset by its hash)."""
+def _json(line: str, where: str):
+    """The JSON value of one line, or a ``ValueError`` naming ``where`` (file:line)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: not valid JSON (nested too deeply)") from None
+
+
+def settings(args, data_path: Path, model) -> dict:
+    """Everything that determines the output: the dataset by its hash, the model by its fingerprint
+    (config, weights and tokenizer), the arguments."""
     digest = hashlib.sha256(data_path.read_bytes()).hexdigest()
     keys = ("method", "model", "n", "temperature", "top_p", "seed", "max_new_tokens", "scorer", "round_size",
             "rule", "batch", "answer")
-    return {"data_sha256": digest, **{k: getattr(args, k) for k in keys}}
+    return {"data_sha256": digest, "model_fingerprint": model.fingerprint(), **{k: getattr(args, k) for k in keys}}
 
 
-def load_done(out: Path, header: dict) -> set:
-    """Ids already in ``out`` (creating it with ``header`` if new); drops a torn last line.
+@contextlib.contextmanager
+def locked(out: Path):
+    """Hold an exclusive lock on ``out`` (created if absent) while the block runs, so that two runs
+    never write one output; a ``ValueError`` at once if another run holds it. The lock goes with
+    the process, however it ends."""
+    with open(out, "ab") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{out} is being written by another run (it holds the file's lock); wait for it to "
+                             "finish, or use another --out") from None
+        yield
 
-    ``ValueError`` if ``out`` was written with other settings.
+
+def load_done(out: Path, header: dict, ids: set) -> set:
+    """Ids already in ``out`` (writing ``header`` if it is empty); drops a torn last line.
+
+    ``ValueError`` if ``out`` was written with other settings, or holds a line that is not a result
+    of one of ``ids`` (the dataset's), or two results of one id.
     """
-    if not out.exists() or out.stat().st_size == 0:
-        _write(out, {"header": header}, mode="w")
-        return set()
     raw = out.read_bytes()
     keep = raw.rfind(b"\n") + 1                      # complete lines end with a newline
-    lines = raw[:keep].decode("utf-8").splitlines()
-    if not lines:                                    # even the header was torn
+    lines = raw[:keep].decode("utf-8", errors="replace").splitlines()
+    if not lines:                                    # new, or even the header was torn
         _truncate(out, 0)
-        _write(out, {"header": header}, mode="w")
+        _write(out, {"header": header})
         return set()
     try:
         old = json.loads(lines[0])
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         old = None
     old = old.get("header") if isinstance(old, dict) else None
     if old != header:
@@ -92,14 +127,21 @@ def load_done(out: Path, header: dict) -> set:
                          f"use another --out or delete it")
     if keep < len(raw):
         _truncate(out, keep)
-    done = set()
+    done = {}
     for number, line in enumerate(lines[1:], 2):
         try:
-            done.add(json.loads(line)["id"])
-        except (json.JSONDecodeError, TypeError, KeyError):
-            raise ValueError(f"{out}:{number}: not a result line this script writes; use another --out or "
-                             "delete it") from None
-    return done
+            row = json.loads(line)
+            item_id = row["id"] if {"correct", "tokens"} <= row.keys() else None
+        except (json.JSONDecodeError, RecursionError, TypeError, AttributeError, KeyError):
+            item_id = None
+        if not isinstance(item_id, (str, int)) or item_id not in ids:
+            raise ValueError(f"{out}:{number}: not a result line this script writes (an object with an id of the "
+                             "dataset, correct and tokens); use another --out or delete it")
+        if item_id in done:
+            raise ValueError(f"{out}:{number}: a second result for id {item_id!r} (the first is on line "
+                             f"{done[item_id]}); use another --out or delete it")
+        done[item_id] = number
+    return set(done)
 
 
 def _truncate(path: Path, size: int) -> None:
@@ -109,9 +151,9 @@ def _truncate(path: Path, size: int) -> None:
         os.fsync(f.fileno())
 
 
-def _write(path: Path, obj: dict, mode: str = "a") -> None:
-    """One JSON line, written in one call and forced to disk."""
-    with open(path, mode, encoding="utf-8") as f:
+def _write(path: Path, obj: dict) -> None:
+    """One JSON line, appended in one call and forced to disk."""
+    with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(obj) + "\n")
         f.flush()
         os.fsync(f.fileno())
@@ -127,25 +169,35 @@ def make_scorer(name: str):
     return arith_verifiers.process_verifier(name.split("-", 1)[1])
 
 
-def check_items(args, model, items) -> None:
+def check_items(args, model, items, sampler) -> None:
     """Refuse, naming the dataset line, what the meta-generator would refuse only partway through the
     run: a method without the scorer it needs, a prompt too long for the model, a reference the
-    verifier cannot read."""
+    verifier cannot read, more rollouts than the memory holds."""
     import engine
     import meta
+    from engine.checks import memory_bytes, state_bytes
+    from meta.common import check_rollouts
     from meta.tasks.arith_verifiers import reference_answer
     scorer = inspect.signature(meta.METHODS[args.method]).parameters.get("scorer")
     if scorer is not None and scorer.default is inspect.Parameter.empty and args.scorer == "none":
         raise ValueError(f"{args.method} needs a scorer: --scorer {' / '.join(SCORERS[1:])}")
     if scorer is None and args.scorer != "none":
         raise ValueError(f"{args.method} takes no scorer; leave out --scorer {args.scorer}")
+    longest = 0
     for it in items:
         try:
-            engine.checks.check_prompts(model, [it["prompt"]], args.max_new_tokens)
+            longest = max(longest, len(engine.checks.check_prompts(model, [it["prompt"]], args.max_new_tokens)[0]))
             if args.scorer == "verifier":
                 reference_answer(it["answer"])
         except ValueError as e:
             raise ValueError(f"{args.data}:{it['line']}: {e}") from None
+    check_rollouts(min(args.batch, len(items)), args.n, sampler)
+    rows = min(args.n, args.round_size) if args.method in ROUNDS else args.n   # drawn at once for one prompt
+    need = state_bytes(model.config, 1, engine.bucket(longest), rows, args.max_new_tokens)
+    have = memory_bytes()
+    if need > have:
+        raise ValueError(f"--n {args.n}: {rows} rollouts of one prompt need {need / 2**30:,.1f} GiB of decoding state "
+                         f"(KV cache, logits); the memory is {have / 2**30:,.1f} GiB")
 
 
 def run_chunk(args, model, items, sampler):
@@ -160,7 +212,7 @@ def run_chunk(args, model, items, sampler):
     scorer = make_scorer(args.scorer)
     if scorer is not None:
         kw["scorer"] = scorer
-    if args.method in ("rejection_sample", "adaptive_self_consistency"):
+    if args.method in ROUNDS:
         kw["round_size"] = args.round_size
     if args.method == "adaptive_self_consistency":
         kw["rule"] = args.rule
@@ -242,16 +294,21 @@ def main(argv=None) -> int:
     try:                 # what can be refused is refused before the output is touched (check_items)
         if min(args.batch, args.n, args.max_new_tokens, args.round_size) < 1:
             raise ValueError("--batch, --n, --max-new-tokens and --round-size must be positive")
+        if not -2 ** 63 <= args.seed < 2 ** 63:
+            raise ValueError(f"--seed must fit in 64 bits (signed), got {args.seed}")
         sampler = Sampler(temperature=args.temperature, top_p=args.top_p)
         items = read_dataset(args.data)
         start, model = time.time(), models.load(args.model)
-        check_items(args, model, items)
-        done = load_done(args.out, settings(args, args.data))          # writes the header
-        run(args, model, items, sampler, done)
+        check_items(args, model, items, sampler)
+        header = settings(args, args.data, model)
+        with locked(args.out):
+            done = load_done(args.out, header, {it["id"] for it in items})     # writes the header
+            run(args, model, items, sampler, done)
+            table = summary(args.out)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"\n{args.method} on {args.data} ({time.time() - start:.0f} s this run):\n{summary(args.out)}")
+    print(f"\n{args.method} on {args.data} ({time.time() - start:.0f} s this run):\n{table}")
     return 0
 
 

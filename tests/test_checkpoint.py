@@ -2,7 +2,11 @@
 import dataclasses
 import gc
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +15,9 @@ import pytest
 
 import engine
 import models
-from models import safetensors
+from models import safetensors, zoo
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _copy_checkpoint(hf_checkpoint, tmp_path):
@@ -160,14 +166,33 @@ def test_rollax_checkpoint_round_trip_is_bit_exact(llama_dir, tmp_path, dtype):
         np.testing.assert_array_equal(np.asarray(a.astype(jnp.float32)), np.asarray(b.astype(jnp.float32)))
 
 
+def _save_unhashed(config, params, path):
+    """A checkpoint as rollax wrote them before it recorded hashes (and before save checked the params)."""
+    import orbax.checkpoint as ocp
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(path / "params", params)
+    (path / "rollax.json").write_text(json.dumps({"family": config.family, "config": dataclasses.asdict(config)}))
+
+
 def test_a_rollax_checkpoint_with_stacked_layers_is_refused(llama_dir, tmp_path):
     model = models.load(llama_dir)
     layers = model.params["layers"]
     stacked = {k: jnp.stack([layer[k] for layer in layers]) for k in layers[0]}   # the layout before 2026-11-29
-    models.Model(model.config, {**model.params, "layers": stacked}, None).save(tmp_path / "old")
+    _save_unhashed(model.config, {**model.params, "layers": stacked}, tmp_path / "old")
+    with pytest.raises(ValueError) as err:
+        models.load(tmp_path / "old", verify=False)
+    assert "do not match rollax.json's config" in str(err.value) and "stack the layers" in str(err.value)
+
+
+def test_a_checkpoint_without_hashes_loads_only_without_verify(llama_dir, tmp_path):
+    model = models.load(llama_dir)
+    _save_unhashed(model.config, model.params, tmp_path / "old")
     with pytest.raises(ValueError) as err:
         models.load(tmp_path / "old")
-    assert "do not match rollax.json's config" in str(err.value) and "stack the layers" in str(err.value)
+    assert "records no SHA-256 of the weights" in str(err.value) and "verify=False" in str(err.value)
+    old = models.load(tmp_path / "old", verify=False)
+    old.save(tmp_path / "old")                                  # saved again: hashes recorded
+    jax.tree.map(np.testing.assert_array_equal, models.load(tmp_path / "old").params, model.params)
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -203,19 +228,80 @@ def test_a_damaged_rollax_json_is_refused_by_name(llama_dir, tmp_path, edit, mes
     assert message in str(err.value)
 
 
+def _flip_byte(path, at=0.5):
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * at)] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _biggest_file(directory):
+    return max((f for f in directory.rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")   # orbax's abandoned reads
 def test_damaged_saved_weights_are_a_value_error(llama_dir, tmp_path):
     models.load(llama_dir).save(tmp_path / "r")
-    files = [f for f in (tmp_path / "r" / "params").rglob("*") if f.is_file()]
-    big = max(files, key=lambda f: f.stat().st_size)      # the array data
+    big = _biggest_file(tmp_path / "r" / "params")          # the array data
     big.write_bytes(big.read_bytes()[: big.stat().st_size // 2])
+    with pytest.raises(ValueError) as err:
+        models.load(tmp_path / "r")                         # its hash, before orbax reads it
+    assert f"{big.relative_to(tmp_path / 'r').as_posix()} differ from their recorded SHA-256" in str(err.value)
     with pytest.raises(ValueError, match="cannot read the saved weights, the checkpoint is damaged"):
-        models.load(tmp_path / "r")                        # a bare tensorstore Exception before
+        models.load(tmp_path / "r", verify=False)           # a bare tensorstore Exception before
     shutil.rmtree(tmp_path / "r" / "params")
     (tmp_path / "r" / "params").mkdir()
+    with pytest.raises(ValueError) as err:
+        models.load(tmp_path / "r", verify=False)
+    assert "files the checkpoint was saved with are missing: params/" in str(err.value)
+    meta = json.loads((tmp_path / "r" / "rollax.json").read_text())
+    del meta["sha256"]                                      # as written before rollax recorded hashes
+    (tmp_path / "r" / "rollax.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="no readable weight metadata in params/"):
-        models.load(tmp_path / "r")                        # "do not match rollax.json's config ... stack the layers"
+        models.load(tmp_path / "r", verify=False)          # "do not match rollax.json's config ... stack the layers"
     gc.collect()                                           # orbax's abandoned coroutines go here, not in a later test
+
+
+def test_a_flipped_byte_in_the_saved_weights_is_refused(llama_dir, tmp_path):
+    model = models.load(llama_dir)
+    model.save(tmp_path / "r")
+    big = _biggest_file(tmp_path / "r" / "params")
+    _flip_byte(big)
+    with pytest.raises(ValueError) as err:                  # loaded, with changed weights, before
+        models.load(tmp_path / "r")
+    assert "differ from their recorded SHA-256; the checkpoint is damaged" in str(err.value)
+    changed = models.load(tmp_path / "r", verify=False)     # what verify=False would have given
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(changed.params), jax.tree.leaves(model.params)))
+
+
+def test_each_weight_is_checked_against_its_recorded_hash(llama_dir, tmp_path):
+    models.load(llama_dir).save(tmp_path / "r")
+    meta = json.loads((tmp_path / "r" / "rollax.json").read_text())
+    meta["sha256"]["tensors"]["['layers'][1]['wq']"] = "0" * 64
+    (tmp_path / "r" / "rollax.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError) as err:
+        models.load(tmp_path / "r")
+    assert "1 weights differ from their recorded SHA-256 (['layers'][1]['wq'])" in str(err.value)
+    models.load(tmp_path / "r", verify=False)
+
+
+def test_a_deleted_tokenizer_file_is_refused(tmp_path):
+    shutil.copytree(zoo.ROOT / "tiny-arith", tmp_path / "m")
+    (tmp_path / "m" / "tokenizer.model").unlink()
+    for verify in (True, False):                            # loaded without a tokenizer before
+        with pytest.raises(ValueError) as err:
+            models.load(tmp_path / "m", verify=verify)
+        assert "files the checkpoint was saved with are missing: tokenizer.model" in str(err.value)
+
+
+def test_a_damaged_checkpoint_is_one_error_line_from_a_script(tmp_path):
+    shutil.copytree(zoo.ROOT / "tiny-arith", tmp_path / "m")
+    (damaged,) = (tmp_path / "m" / "params" / "d").iterdir()   # orbax's metadata: two asyncio tracebacks before
+    _flip_byte(damaged)
+    out = subprocess.run([sys.executable, "-m", "scripts.convert", str(tmp_path / "m"), str(tmp_path / "out")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [f"error: {tmp_path / 'm'}: params/d/{damaged.name} differ from their "
+                                       "recorded SHA-256; the checkpoint is damaged"]
 
 
 def test_numpy_numbers_in_a_config_are_saved_as_json(llama_dir, tmp_path):
@@ -313,3 +399,203 @@ def test_tokenizer_larger_than_model_vocabulary_is_refused(llama_dir):
     with pytest.raises(ValueError) as err:
         models.load(llama_dir)
     assert "tokenizer has" in str(err.value) and "vocab_size 97" in str(err.value)
+
+
+# --- atomic saves ----------------------------------------------------------------------------
+
+KILL_POINTS = [("os", "mkdir"), ("os", "rename"), ("os", "unlink"), ("os", "rmdir"), ("shutil", "copyfile"),
+               ("pathlib.Path", "write_text"), ("models.checkpoint", "_exchange"),
+               ("orbax.checkpoint.StandardCheckpointer", "save")]
+SAVE_AND_DIE = """
+import sys
+import models
+from tests.test_checkpoint import _arm
+model = models.load(sys.argv[2])
+_arm(int(sys.argv[1]), setattr)
+model.save(sys.argv[3])
+"""
+
+
+def _arm(kill_at: int, patch) -> list[str]:
+    """Wrap the file-system steps of a save (``KILL_POINTS``, with ``patch(owner, name, fn)``) to record
+    each call's name, and SIGKILL this process at call number ``kill_at`` (1-based; 0: never)."""
+    import pydoc
+    import signal
+    calls = []
+    for owner_name, name in KILL_POINTS:
+        owner = pydoc.locate(owner_name)
+        def wrapped(*args, _fn=getattr(owner, name), _name=f"{owner_name}.{name}", **kwargs):
+            calls.append(_name)
+            if len(calls) == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return _fn(*args, **kwargs)
+        patch(owner, name, wrapped)
+    return calls
+
+
+def test_a_save_killed_at_any_step_leaves_the_old_or_the_new_checkpoint(tmp_path, monkeypatch):
+    old, new = models.load("tiny-arith"), models.load("tiny-arith-rm")
+    shutil.copytree(zoo.ROOT / "tiny-arith", tmp_path / "dry")
+    with monkeypatch.context() as m:                        # the steps of this save, in order
+        calls = _arm(0, m.setattr)
+        new.save(tmp_path / "dry")
+    step = lambda name: calls.index(name) + 1
+    swap = step("models.checkpoint._exchange")
+    # first step, orbax writing, rollax.json, the exchange, the step after it (deleting the old), the last
+    kill_at = sorted({1, step("orbax.checkpoint.StandardCheckpointer.save"), step("pathlib.Path.write_text"), swap,
+                      swap + 1, len(calls)})
+    procs = {}
+    for k in kill_at:                                       # a process saving over a checkpoint, killed at step k
+        shutil.copytree(zoo.ROOT / "tiny-arith", tmp_path / f"k{k}" / "m")
+        procs[k] = subprocess.Popen([sys.executable, "-c", SAVE_AND_DIE, str(k), "tiny-arith-rm",
+                                     str(tmp_path / f"k{k}" / "m")], cwd=ROOT, stderr=subprocess.PIPE)
+    for k, proc in procs.items():
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == -9, (k, calls[k - 1], err.decode()[-2000:])
+        got = models.load(tmp_path / f"k{k}" / "m")        # the whole directory at its name, hashes checked
+        want = old if k <= swap else new                    # before the exchange the old one, after it the new
+        assert got.config == want.config, (k, calls[k - 1])
+        jax.tree.map(np.testing.assert_array_equal, got.params, want.params)
+        assert got.tokenizer is not None and (tmp_path / f"k{k}" / "m" / "metrics.json").exists()
+        assert all(p.name == "m" or p.name.startswith(".m.partial-") for p in (tmp_path / f"k{k}").iterdir())
+
+
+def test_convert_over_its_own_source_keeps_it_whole(tmp_path):
+    shutil.copytree(zoo.ROOT / "tiny-arith", tmp_path / "m")
+    out = subprocess.run([sys.executable, "-m", "scripts.convert", str(tmp_path / "m"), str(tmp_path / "m"),
+                          "--dtype", "bfloat16"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got, want = models.load(tmp_path / "m"), models.load("tiny-arith", dtype="bfloat16")
+    assert got.config == want.config and got.tokenizer.encode("Q: 1+2=?") == want.tokenizer.encode("Q: 1+2=?")
+    jax.tree.map(np.testing.assert_array_equal, got.params, want.params)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"] and (tmp_path / "m" / "metrics.json").exists()
+
+
+def test_save_refuses_to_replace_what_is_not_a_rollax_checkpoint(llama_dir, tmp_path):
+    model = models.load(llama_dir)
+    for target in (llama_dir, llama_dir / "config.json"):   # a Hugging Face checkpoint, a file
+        before = sorted(p.name for p in llama_dir.iterdir())
+        with pytest.raises(ValueError) as err:              # was written into (or over) before
+            model.save(target)
+        assert f"{target} exists and is not a rollax checkpoint" in str(err.value)
+        assert sorted(p.name for p in llama_dir.iterdir()) == before
+    (tmp_path / "empty").mkdir()
+    model.save(tmp_path / "empty")
+    assert models.load(tmp_path / "empty").config == model.config
+
+
+def test_save_refuses_params_that_do_not_match_the_config(llama_dir, tmp_path):
+    model = models.load(llama_dir)
+    wider = dataclasses.replace(model.config, intermediate=128)
+    with pytest.raises(ValueError) as err:                  # saved, then refused at load, before
+        models.Model(wider, model.params).save(tmp_path / "r")
+    assert "the params do not match the config (6 weights" in str(err.value)
+    assert "['layers'][0]['w_down']: params ((112, 64), 'float32'), config ((128, 64), 'float32')" in str(err.value)
+    assert not (tmp_path / "r").exists()
+
+
+# --- what load refuses before building anything ------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(path=None), "path must be a model directory or a shipped model's name, got None"),
+    (dict(path="tiny-arith", mesh="x"), "mesh must be a jax.sharding.Mesh (sharding.make_mesh(...)) or None, got 'x'"),
+    (dict(path="tiny-arith", verify=1), "verify must be True or False, got 1"),
+])
+def test_load_refuses_arguments_of_the_wrong_type(kwargs, message):
+    with pytest.raises(ValueError) as err:                  # TypeError / AttributeError before
+        models.load(**kwargs)
+    assert message in str(err.value)
+
+
+def test_a_config_too_large_for_the_memory_is_refused_before_anything_is_built(llama_dir):
+    import time
+    config = json.loads((llama_dir / "config.json").read_text())
+    # 1,000,000 layers cost 45 s and 4.8 GiB before their ValueError; 10 times that is refused on any machine
+    (llama_dir / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 10_000_000}))
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError) as err:
+        models.load(llama_dir)
+    assert time.perf_counter() - t0 < 1
+    assert ("config.json: the config gives 339,200,012,480 parameters (10000000 layers, hidden 64, intermediate 112, "
+            "vocabulary 97), 1,263.6 GiB in float32; the memory is") in str(err.value)
+
+
+def test_deeply_nested_json_is_a_value_error(llama_dir):
+    (llama_dir / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError) as err:                  # RecursionError before
+        models.load(llama_dir)
+    assert "cannot read" in str(err.value) and "config.json: maximum recursion depth exceeded" in str(err.value)
+
+
+# --- safetensors headers, checked as the safetensors library checks them ----------------------
+
+def _edit_header(path, edit):
+    """Rewrite ``path``'s safetensors header through ``edit(header)``, keeping the data as it is."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    edit(header)
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob + raw[8 + n:])
+
+
+def _swap(a, b):
+    def edit(header):
+        header[a]["data_offsets"], header[b]["data_offsets"] = header[b]["data_offsets"], header[a]["data_offsets"]
+    return edit
+
+
+def _shift(name, by):
+    def edit(header):
+        header[name]["data_offsets"] = [x + by for x in header[name]["data_offsets"]]
+    return edit
+
+
+def _drop_first(header):
+    del header[min((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"])]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_swap("model.norm.weight", "model.embed_tokens.weight"), "model.norm.weight spans 24832 bytes, but F32 [64] "
+                                                              "takes 256; the file is truncated or damaged"),
+    # accepted before: a tensor reading 8 bytes of the one before it (and leaving 8 unread)
+    (_shift("model.norm.weight", -8), "offsets that overlap or leave a gap; the file is damaged"),
+    (lambda h: h["model.norm.weight"].update(data_offsets=h["model.norm.weight"]["data_offsets"][::-1]),
+     "offsets that overlap or leave a gap"),
+    (_drop_first, "offsets that overlap or leave a gap"),                             # unread bytes
+    (lambda h: h.update(__metadata__={"format": 1}), "__metadata__ must map names to strings"),
+])
+def test_safetensors_offsets_are_checked_as_the_library_does(llama_dir, edit, message):
+    from safetensors.numpy import load_file                # the library
+    single = llama_dir / "model.safetensors"
+    _edit_header(single, edit)
+    with pytest.raises(Exception):                          # the library refuses it too
+        load_file(single)
+    with pytest.raises(ValueError) as err:
+        models.load(llama_dir)
+    assert message in str(err.value)
+
+
+def test_a_swap_of_equal_sized_tensors_is_a_valid_file(llama_dir):
+    """The format cannot tell: the library reads it too. (rollax's own checkpoints record each weight's hash.)"""
+    from safetensors.numpy import load_file                # the library
+    a, b = "model.layers.0.mlp.up_proj.weight", "model.layers.1.mlp.up_proj.weight"
+    _edit_header(llama_dir / "model.safetensors", _swap(a, b))
+    tensors = load_file(llama_dir / "model.safetensors")
+    np.testing.assert_array_equal(safetensors.read(llama_dir / "model.safetensors")[a], tensors[a])
+
+
+def test_trailing_bytes_after_the_tensors_are_refused(llama_dir):
+    single = llama_dir / "model.safetensors"
+    single.write_bytes(single.read_bytes() + b"\0" * 8)
+    with pytest.raises(ValueError) as err:
+        models.load(llama_dir)
+    assert "the tensors take" in str(err.value) and "the file is truncated or damaged" in str(err.value)
+
+
+def test_a_float_tensor_relabelled_as_int_is_refused(llama_dir):
+    _edit_header(llama_dir / "model.safetensors", lambda h: h["model.norm.weight"].update(dtype="I32"))
+    with pytest.raises(ValueError) as err:                  # its bits were cast to floats, before
+        models.load(llama_dir)
+    assert "weights must be floating point, got model.norm.weight (int32)" in str(err.value)

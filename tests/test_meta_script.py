@@ -1,6 +1,7 @@
 """scripts/meta.py: resumable after SIGKILL, refuses bad datasets and changed settings."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+import models
 from meta.tasks import arith
+from models import zoo
 from scripts import meta as meta_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +150,124 @@ def test_answers_are_graded_as_the_verifier_reads_the_references():
 def test_refuses_an_output_file_it_did_not_write(tmp_path, capsys, existing, message):
     data = dataset(tmp_path / "data.jsonl")
     out = tmp_path / "out.jsonl"
-    header = json.dumps({"header": meta_script.settings(meta_script.parse_args(argv(data, out)), data)})
+    header = json.dumps({"header": meta_script.settings(meta_script.parse_args(argv(data, out)), data,
+                                                        models.load("tiny-arith"))})
     out.write_text(existing or header + '\n{"id": "q0", "ans\n{"id": "q1"}\n')
     assert meta_script.main(argv(data, out)) == 2
     assert message in capsys.readouterr().err
+
+
+# --- one output, one run; nothing doubled, nothing from another model -------------------------
+
+def fake_results(out: Path, data: Path, extra=(), model="tiny-arith") -> None:
+    """``out`` with the real header and a result line for every dataset prompt (then ``extra`` lines)."""
+    header = meta_script.settings(meta_script.parse_args(argv(data, out) + ["--model", model]), data,
+                                  models.load(model))
+    rows = [{"id": f"q{i}", "correct": True, "tokens": 3} for i in range(len(PROBLEMS))] + list(extra)
+    out.write_text("".join(json.dumps(r) + "\n" for r in [{"header": header}, *rows]))
+
+
+def test_two_concurrent_runs_on_one_output_write_each_prompt_once(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p.prompt, "answer": p.answer}) + "\n"
+                            for i, p in enumerate(PROBLEMS[:4])))
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "scripts.meta", *argv(data, out)[:-2], "--n", "2"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    ids = [r["id"] for r in lines(out)[1:]]
+    assert sorted(ids) == ["q0", "q1", "q2", "q3"]               # 8 lines, each prompt twice, before
+    for proc, err in zip(procs, errs):                          # one refuses (or, had they not overlapped, resumes)
+        assert proc.returncode in (0, 2), err[-2000:]
+        if proc.returncode == 2:
+            assert err.strip().splitlines()[-1] == f"error: {out} is being written by another run (it holds the " \
+                                                   "file's lock); wait for it to finish, or use another --out"
+    assert 0 in [p.returncode for p in procs]
+
+
+def test_an_output_locked_by_another_run_is_refused(tmp_path, capsys):
+    import fcntl
+    data = dataset(tmp_path / "data.jsonl")
+    out = tmp_path / "out.jsonl"
+    with open(out, "ab") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert meta_script.main(argv(data, out)) == 2
+    assert "is being written by another run" in capsys.readouterr().err
+    assert out.read_text() == ""
+
+
+@pytest.mark.parametrize("extra, message", [
+    # accepted: the summary counted 9 prompts
+    ([{"id": "q3", "correct": False, "tokens": 5}], "out.jsonl:10: a second result for id 'q3' (the first is on line 5)"),
+    # accepted, then the summary crashed: KeyError: 'correct'
+    ([{"id": "zzz"}], "out.jsonl:10: not a result line this script writes"),
+    ([{"id": "zzz", "correct": True, "tokens": 1}], "out.jsonl:10: not a result line this script writes"),
+])
+def test_refuses_an_output_with_results_it_could_not_have_written(tmp_path, capsys, extra, message):
+    data, out = dataset(tmp_path / "data.jsonl"), tmp_path / "out.jsonl"
+    fake_results(out, data, extra)
+    assert meta_script.main(argv(data, out)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_resume_refuses_another_model_at_the_same_path(tmp_path, capsys):
+    import jax
+    shutil.copytree(zoo.ROOT / "tiny-arith", tmp_path / "m")
+    data, out = dataset(tmp_path / "data.jsonl"), tmp_path / "out.jsonl"
+    fake_results(out, data, model=str(tmp_path / "m"))
+    assert meta_script.main(argv(data, out) + ["--model", str(tmp_path / "m")]) == 0   # resumed: all there
+    model = models.load(tmp_path / "m")
+    models.Model(model.config, jax.tree.map(lambda x: x * 1.01, model.params), model.tokenizer).save(tmp_path / "m")
+    before = out.read_text()
+    assert meta_script.main(argv(data, out) + ["--model", str(tmp_path / "m")]) == 2   # mixed two models, before
+    assert "was written with different settings (model_fingerprint)" in capsys.readouterr().err
+    assert out.read_text() == before
+
+
+# --- refused before the header is written --------------------------------------------------------
+
+@pytest.mark.parametrize("extra, message", [
+    (["--n", "1000000000"], "error: n=1000000000 rollouts for each of 2 prompts cannot fit: their sampler settings "
+                            "alone ([2, n] arrays) need"),            # OOM-killed after writing the header, before
+    (["--n", "100000000"], "error: --n 100000000: 100000000 rollouts of one prompt need"),
+    (["--seed", str(2 ** 64)], "error: --seed must fit in 64 bits (signed), got 18446744073709551616"),
+])
+def test_refuses_what_cannot_run_before_writing_the_header(tmp_path, capsys, extra, message):
+    data, out = dataset(tmp_path / "data.jsonl"), tmp_path / "out.jsonl"
+    assert meta_script.main(argv(data, out) + extra) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()                                     # so a rerun with a sane setting is not refused
+
+
+def test_a_huge_n_is_a_value_error_in_the_library():
+    import meta
+    with pytest.raises(ValueError) as err:                      # a JaxRuntimeError (or the OOM killer) before
+        meta.self_consistency(models.load("tiny-arith"), [PROBLEMS[0].prompt], n=2 ** 40)
+    assert "n=1099511627776 rollouts for each of 1 prompts cannot fit" in str(err.value)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b'{"prompt": "a"}\n{"prompt": "caf\xe9"}\n', "data.jsonl:2: not UTF-8 text (byte 0xe9 at column 16)"),
+    (b'{"prompt": "a\\ud800b"}\n', "data.jsonl:1: \"prompt\" is not valid Unicode text (surrogates not allowed"),
+    (b"[" * 100_000 + b"]" * 100_000 + b"\n", "data.jsonl:1: not valid JSON (nested too deeply)"),
+])
+def test_refuses_undecodable_dataset_lines_by_file_and_line(tmp_path, capsys, raw, message):
+    data, out = tmp_path / "data.jsonl", tmp_path / "out.jsonl"
+    data.write_bytes(raw)
+    assert meta_script.main(argv(data, out)) == 2              # no file or line, a RuntimeError, a RecursionError
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_non_utf8_path_and_a_lone_surrogate_are_one_error_line(tmp_path):
+    data = os.fsencode(tmp_path) + b"/d\xff.jsonl"             # argv bytes that are not UTF-8
+    with open(data, "wb") as f:
+        f.write(b'{"prompt": "Q: \\udc00?"}\n')
+    out = subprocess.run([sys.executable, "-m", "scripts.meta", "self_consistency", "--data", data, "--out",
+                          os.fsencode(tmp_path) + b"/o\xff.jsonl"], cwd=ROOT, env=subprocess_env(),
+                         capture_output=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.decode().splitlines() == [
+        f"error: {tmp_path}/d\\udcff.jsonl:1: \"prompt\" is not valid Unicode text (surrogates not allowed at "
+        "character 4: an escaped lone surrogate such as \\ud800)"]
