@@ -176,6 +176,7 @@ def check_items(args, model, items, sampler) -> None:
     import engine
     import meta
     from engine.checks import memory_bytes, state_bytes
+    from engine.decode import bucket
     from meta.common import check_rollouts
     from meta.tasks.arith_verifiers import reference_answer
     scorer = inspect.signature(meta.METHODS[args.method]).parameters.get("scorer")
@@ -193,7 +194,7 @@ def check_items(args, model, items, sampler) -> None:
             raise ValueError(f"{args.data}:{it['line']}: {e}") from None
     check_rollouts(min(args.batch, len(items)), args.n, sampler)
     rows = min(args.n, args.round_size) if args.method in ROUNDS else args.n   # drawn at once for one prompt
-    need = state_bytes(model.config, 1, engine.bucket(longest), rows, args.max_new_tokens)
+    need = state_bytes(model.config, 1, bucket(longest), rows, args.max_new_tokens)
     have = memory_bytes()
     if need > have:
         raise ValueError(f"--n {args.n}: {rows} rollouts of one prompt need {need / 2**30:,.1f} GiB of decoding state "
