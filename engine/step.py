@@ -54,8 +54,10 @@ def feed(stack, params, state: DecodeState, tokens, valid) -> DecodeState:
     has, last = jnp.any(valid, axis=1), jnp.maximum(jnp.sum(valid, axis=1) - 1, 0)
 
     def run(step, config, p, cache, old):
-        out, cache = step(config, p, tokens, None, cache)                         # [B, T, ...]
-        out = jnp.take_along_axis(out, last.reshape((-1, 1) + (1,) * (out.ndim - 2)), axis=1)[:, 0]
+        one = tokens.shape[1] == 1                                                 # a decode step: no gather
+        out, cache = step(config, p, tokens, None, cache, last_only=one)          # [B, ...] or [B, T, ...]
+        if not one:
+            out = jnp.take_along_axis(out, last.reshape((-1, 1) + (1,) * (out.ndim - 2)), axis=1)[:, 0]
         return jnp.where(has.reshape((-1,) + (1,) * (old.ndim - 1)), out, old), cache.keep(valid)
 
     (_, forward, config), *tracks = stack
