@@ -33,6 +33,28 @@ def check_state(state) -> None:
                          "engine.select(state, indices) to branch")
 
 
+def check_copies(state: DecodeState, rows: int) -> None:
+    """A ``ValueError`` unless a copy of ``state`` with ``rows`` rollouts (``select`` / ``fork``) fits in
+    the memory the process may still use (every rollout-axis array grows in proportion)."""
+    per_row = sum(x.nbytes for x, axes in zip(jax.tree.leaves(state), jax.tree.leaves(
+        state.axes(), is_leaf=lambda a: isinstance(a, tuple))) if "rollouts" in axes) // state.done.shape[0]
+    need, have = per_row * rows, memory_bytes()
+    if need > have:
+        raise ValueError(f"{rows} rollouts of this state need {need / 2**30:.1f} GiB (KV cache, logits, tokens); "
+                         f"the memory left is {have / 2**30:.1f} GiB")
+
+
+def check_finite(state: DecodeState) -> None:
+    """A ``ValueError`` naming the rollouts whose model logits held NaN or +inf (``state.failed``): they
+    ended there, without a token (a broken checkpoint or a numeric overflow, not a sampling result)."""
+    failed = np.flatnonzero(np.asarray(state.failed))
+    if failed.size:
+        n = state.shape[1]
+        rows = ", ".join(f"(prompt {i // n}, rollout {i % n})" for i in failed[:5])
+        raise ValueError(f"the model gave NaN or infinite logits for {failed.size} of {state.done.shape[0]} rollouts "
+                         f"({rows}{', ...' if failed.size > 5 else ''}); check its weights and dtype")
+
+
 def check_bool(name: str, x) -> None:
     """A ``ValueError`` naming ``name`` unless ``x`` is True or False."""
     if not isinstance(x, (bool, np.bool_)):
@@ -72,6 +94,8 @@ def check_prompts(model, prompts, max_new_tokens: int, name: str = "max_new_toke
         if isinstance(p, str):
             if model.tokenizer is None:
                 raise ValueError("string prompts need a model with a tokenizer; pass token ids")
+            if not p:
+                raise ValueError(f"prompt {i} is empty")
             p = model.tokenizer.encode(p)
         elif not hasattr(p, "__len__") or getattr(p, "ndim", 1) == 0:
             raise ValueError(f"prompt {i} is a single value ({p!r}); prompts is a list of prompts, each a token-id "

@@ -22,9 +22,9 @@ import numpy as np
 
 import sharding
 from engine.cache import KVCache, PrefillCache, take_rollouts
-from engine.checks import (check_bool, check_int, check_models, check_prompts, check_rows, check_sampler,
-                           check_state, check_track, check_tracks, memory_bytes, state_bytes, step_ids, stop_ids,
-                           token_ids, traced)
+from engine.checks import (check_bool, check_copies, check_finite, check_int, check_models, check_prompts, check_rows,
+                           check_sampler, check_state, check_track, check_tracks, memory_bytes, state_bytes, step_ids,
+                           stop_ids, token_ids, traced)
 from engine.state import DecodeState, Track
 from engine.step import Decoding, Mixture, decode_loop, feed
 from sampling import Sampler, rollout_keys
@@ -89,7 +89,7 @@ def _start(stack, params, prompts, keys, *, n: int, size: int, mesh=None) -> Dec
         tracks[name] = Track(cache=track_cache, out=jnp.repeat(out, n, axis=0), first=out)
     b = tokens.shape[0] * n
     zeros, no = jnp.zeros((b, size), jnp.float32), jnp.zeros((b,), bool)
-    state = DecodeState(done=no, paused=no, logits=jnp.repeat(logits, n, axis=0), first=logits,
+    state = DecodeState(done=no, paused=no, failed=no, logits=jnp.repeat(logits, n, axis=0), first=logits,
                         tokens=jnp.full((b, size), config.pad_id, jnp.int32), drawn=jnp.zeros((b, size), bool),
                         logprobs=zeros, sample_logprobs=zeros, fsms=jnp.zeros((b, size), jnp.int32), keys=keys,
                         mu=jnp.full((b,), jnp.nan, jnp.float32), fsm=jnp.zeros((b,), jnp.int32),
@@ -214,7 +214,10 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
         tag = jnp.int32(zlib.crc32(np.asarray(table).tobytes()) & 0x7FFFFFFF)
         same = state.constraint == tag
         state = dataclasses.replace(state, fsm=jnp.where(same, state.fsm, 0), constraint=tag)
-    return decode_loop(stack, params, state, how, jnp.minimum(used + max_new_tokens, size), mesh=mesh)
+    state = decode_loop(stack, params, state, how, jnp.minimum(used + max_new_tokens, size), mesh=mesh)
+    if not traced(state):
+        check_finite(state)
+    return state
 
 
 @partial(jax.jit, static_argnames=("rekey",))
@@ -255,12 +258,14 @@ def select(state: DecodeState, indices, *, rekey: bool = False) -> DecodeState:
             raise ValueError(f"indices must have shape [G={g}, M>=1], got {idx.shape}")
         if not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= n:
             raise ValueError(f"indices must be rollout numbers in [0, {n}), got values {idx.min()}..{idx.max()}")
+        check_copies(state, idx.size)
     rows = (jnp.arange(g, dtype=jnp.int32)[:, None] * n + idx).reshape(-1)
     return _gather(state, rows, rekey=bool(rekey))
 
 
 def fork(state: DecodeState, k: int) -> DecodeState:
     """Give each rollout's state to ``k`` children (N -> N*k); child ``c`` draws with ``fold_in(key, c)``."""
+    check_state(state)
     check_int("k", k, 1)
     g, n = state.shape
     out = select(state, np.tile(np.repeat(np.arange(n), k), (g, 1)))

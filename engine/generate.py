@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import sharding
-from engine.checks import check_int, check_sampler, check_state, stop_ids
+from engine.checks import check_finite, check_int, check_sampler, check_state, stop_ids
 from engine.decode import _stack, decode, place_model, row_sampler, start
 from engine.state import DecodeState
 from engine.step import Decoding, decode_step
@@ -120,6 +120,7 @@ def stream(model, prompt, *, max_new_tokens: int, sampler: Sampler | None = None
     def tokens(state):
         for slot in range(max_new_tokens):
             state = decode_step(*_stack(model, {}), state, how)
+            check_finite(state)
             yield int(state.tokens[0, slot])
             if bool(state.done[0]):
                 return

@@ -39,6 +39,7 @@ class Track:
 class DecodeState:
     done: jax.Array             # bool [B]      finished for good: EOS / stop token, or nothing drawable
     paused: jax.Array           # bool [B]      ended a step with a step delimiter (the next decode continues)
+    failed: jax.Array           # bool [B]      the model's logits held NaN or +inf: done there, without a token
     logits: jax.Array           # f32 [B, V]    next-token logits
     first: jax.Array            # f32 [G, V]    logits after the prompt alone (what a rewind to 0 restores)
     tokens: jax.Array           # int32 [B, S]  token in each rollout slot (pad where none)
@@ -57,7 +58,7 @@ class DecodeState:
     def axes(self) -> "DecodeState":
         """Logical axis names of every field (for ``sharding``), shaped like the state."""
         row, rows = ("rollouts",), ("rollouts", "time")
-        return DecodeState(done=row, paused=row, logits=("rollouts", "vocab"), first=("prefix", "vocab"),
+        return DecodeState(done=row, paused=row, failed=row, logits=("rollouts", "vocab"), first=("prefix", "vocab"),
                            tokens=rows, drawn=rows, logprobs=rows, sample_logprobs=rows, fsms=rows, keys=row,
                            mu=row, fsm=row, constraint=(), prompt=("prefix", None), cache=self.cache.axes(),
                            tracks={k: t.axes() for k, t in self.tracks.items()})

@@ -91,15 +91,17 @@ def _step(stack, params, state: DecodeState, how: Decoding, mesh=None) -> Decode
     if how.mixture is not None:
         mix = how.mixture
         logits = mix.combine([logits] + [state.tracks[t].out for t in mix.tracks], mix.params)
+    broken = state.live & jnp.any(jnp.isnan(logits) | (logits == jnp.inf), axis=-1)   # a broken model or overflow
     draw = sample(logits, how.sampler, keys, state.context(how.stops))
-    live = state.live & ~draw.dead                       # a dead row ends here, without a token
+    live = state.live & ~draw.dead & ~broken             # a dead or broken row ends here, without a token
     tok = jnp.where(live, draw.tokens, stack[0][2].pad_id)
     stop = live & jnp.isin(tok, how.stops)
     pause = live & ~stop & ends_step(state, tok, how.steps) if how.steps.shape[0] else jnp.zeros_like(live)
     put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, slot))
     fsm = jnp.where(live, draw.fsm, state.fsm)
     state = dataclasses.replace(
-        state, done=state.done | (state.live & draw.dead) | stop, paused=state.paused | pause,
+        state, done=state.done | (state.live & draw.dead) | broken | stop, paused=state.paused | pause,
+        failed=state.failed | broken,
         tokens=put(state.tokens, tok), drawn=put(state.drawn, live),
         logprobs=put(state.logprobs, jnp.where(live, draw.logprobs, 0.0)),
         sample_logprobs=put(state.sample_logprobs, jnp.where(live, draw.sample_logprobs, 0.0)),

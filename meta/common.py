@@ -8,7 +8,7 @@ from collections.abc import Hashable
 import jax
 import numpy as np
 
-from engine.checks import check_int, memory_bytes
+from engine.checks import check_int, check_sampler, memory_bytes
 from meta.budget import Budget
 from meta.draw import draw
 from sampling import Sampler
@@ -24,7 +24,7 @@ def setup(prompts, n: int, references, budget: Budget | None, sampler):
         raise ValueError(f"references must be a list (one per prompt), got {type(references).__name__}")
     if references is not None and len(references) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(references)} references")
-    sampler = Sampler(temperature=1.0) if sampler is None else sampler
+    sampler = Sampler(temperature=1.0) if sampler is None else check_sampler(sampler)
     check_rollouts(len(prompts), n, sampler)
     return (Budget() if budget is None else budget), sampler.broadcast((len(prompts), n)), time.perf_counter()
 

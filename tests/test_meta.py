@@ -385,6 +385,8 @@ ARGUMENT_ERRORS = {
                                "references must be a list (one per prompt), got generator"),
     "ragged scores": (lambda: meta.best_of_n(None, PROMPTS, n=2, scorer=lambda p, t, r, b: [[1.0], [1.0, 2.0]]),
                       "the scorer must return one real number per rollout"),
+    "a sampler that is not one": (lambda: meta.self_consistency(None, PROMPTS, n=2, sampler="x"),
+                                  "sampler must be a sampling.Sampler"),
     "unhashable answers": (lambda: meta.self_consistency(None, PROMPTS, n=2, answer=lambda t: t.split()),
                            "answer() must return hashable values"),
     "a fractional reference": (lambda: OutcomeVerifier()(["q"], [["A: 3"]], [3.9]),

@@ -278,3 +278,57 @@ def test_a_track_must_share_the_policy_vocabulary():
     with pytest.raises(ValueError) as err:
         engine.start(POLICY, [[0]], capacity=4, tracks={"big": other})
     assert "track 'big' has a vocabulary of 7 tokens; the policy's has 5" in str(err.value)
+
+
+# --- reliability (issue 25): broken models, oversized copies, wrong objects -------------------------
+
+def test_nan_logits_end_their_rows_and_are_named_after_the_call():
+    table = TABLE.copy()
+    table[3] = np.nan                                                   # after token 3 the model breaks
+    broken = dataclasses.replace(Fake(), reward=False)
+    broken_params = {"table": jnp.asarray(np.log(table), jnp.float32)}
+    model = type("Broken", (), {"config": broken.config, "params": broken_params, "tokenizer": None,
+                                "forward": staticmethod(fake_step)})()
+    with pytest.raises(ValueError) as err:
+        engine.generate(model, [[0], [3]], max_new_tokens=4, n=2)
+    assert "NaN or infinite logits for 2 of 4 rollouts ((prompt 1, rollout 0), (prompt 1, rollout 1))" in str(err.value)
+    # traced (no error can be raised there): the rows are failed and done, with no token drawn
+    state = jax.jit(lambda s: engine.decode(model, s, max_new_tokens=4))(engine.start(model, [[0], [3]], capacity=4))
+    assert state.failed.tolist() == [False, True] and state.done.tolist() == [False, True]
+    assert tokens_of(state) == [[[1, 2, 1, 2]], [[]]]
+
+
+def test_a_nan_poisoned_model_is_an_error_not_out_of_vocabulary_tokens():
+    config = models.preset("tiny", eos_ids=(), bos_id=None)
+    params = models.init_params(config, jax.random.key(0))
+    params["final_norm"] = params["final_norm"].at[3].set(jnp.nan)
+    model = models.Model(config, params)
+    for sampler in (None, Sampler(temperature=1.0)):
+        with pytest.raises(ValueError) as err:
+            engine.generate(model, [[1, 2, 3]], max_new_tokens=4, sampler=sampler)
+        assert "NaN or infinite logits for 1 of 1 rollouts" in str(err.value)
+
+
+def test_copies_that_cannot_fit_are_refused_before_allocating(monkeypatch):
+    state = engine.start(POLICY, [[0]], capacity=64, n=2)
+    per_row = sum(x.nbytes for x in jax.tree.leaves(engine.select(state, [[0]])))
+    monkeypatch.setattr(engine.checks, "memory_bytes", lambda mesh=None: 100 * per_row)
+    assert engine.fork(state, 50).shape == (1, 100)
+    with pytest.raises(ValueError) as err:
+        engine.fork(state, 1000)
+    assert "2000 rollouts of this state need" in str(err.value) and "the memory left is" in str(err.value)
+    with pytest.raises(ValueError) as err:
+        engine.select(state, [[0] * 5000])
+    assert "5000 rollouts of this state need" in str(err.value)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: engine.fork("x", 2), "expected a DecodeState (from engine.start), got str"),
+    (lambda: engine.decode(models.Model(models.preset("tiny"), None), engine.start(POLICY, [[0]], capacity=4),
+                           max_new_tokens=2), "this state was started with a 5-token model; got 256 instead"),
+    (lambda: engine.generate(models.load("tiny-arith"), [""], max_new_tokens=2), "prompt 0 is empty"),
+])
+def test_wrong_objects_are_value_errors(call, message):
+    with pytest.raises(ValueError) as err:
+        call()
+    assert message in str(err.value)
