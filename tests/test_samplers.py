@@ -1,5 +1,4 @@
 """The sampler chain in the decode loop: exact sequences on a fake model, distributions, properties."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -14,30 +13,9 @@ from sampling import Sampler, filters, sample
 from sampling import sampler as sampler_lib
 from sampling.sampler import Context, top_k
 
-EOS = 4
-# next-token probabilities of the fake model, by last token (token 4 is EOS)
-TABLE = np.array([[0.05, 0.50, 0.30, 0.10, 0.05],
-                  [0.10, 0.05, 0.60, 0.20, 0.05],
-                  [0.10, 0.60, 0.05, 0.20, 0.05],
-                  [0.35, 0.10, 0.10, 0.05, 0.40],
-                  [0.20, 0.20, 0.20, 0.20, 0.20]])
+from fakes import Fake
 
-
-def fake_forward(config, params, tokens, positions=None, cache=None, *, last_only=False):
-    """Logits = log TABLE[last token]; the cache is only advanced (the fake needs no memory)."""
-    logits = jnp.log(params["table"])[tokens]
-    return (logits[:, -1] if last_only else logits), cache.advance(tokens.shape[1])
-
-
-@dataclasses.dataclass
-class FakeModel:
-    config = models.preset("tiny", vocab_size=5, layers=1, eos_ids=(EOS,), pad_id=0)
-    params = {"table": jnp.asarray(TABLE, jnp.float32)}
-    tokenizer = None
-    forward = staticmethod(fake_forward)
-
-
-FAKE = FakeModel()
+FAKE = Fake()
 
 
 def run(prompt, sampler, max_new_tokens=6, seed=0):

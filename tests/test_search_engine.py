@@ -1,6 +1,5 @@
 """The search-ready engine: pauses, re-keyed copies, rewind and tracks — exact sequences on a fake
 model, a reward track against a from-scratch reward model, a search loop inside jit and on a mesh."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -14,36 +13,7 @@ import sharding
 from engine.decode import REKEY, place_model
 from sampling import Sampler
 
-EOS = 4
-# next-token probabilities of the fake model, by last token (token 4 is EOS); greedy from 0: 1 2 1 2 ...
-TABLE = np.array([[0.05, 0.50, 0.30, 0.10, 0.05],
-                  [0.10, 0.05, 0.60, 0.20, 0.05],
-                  [0.10, 0.60, 0.05, 0.20, 0.05],
-                  [0.35, 0.10, 0.10, 0.05, 0.40],
-                  [0.20, 0.20, 0.20, 0.20, 0.20]])
-SCORES = np.array([0.0, 10.0, 20.0, 30.0, 40.0])      # the fake reward model: a score per last token
-
-
-def fake_step(config, params, tokens, positions=None, cache=None, *, last_only=False):
-    """Logits = log TABLE[last token] (or the score of the last token); the cache is only advanced."""
-    out = params["table"][tokens]
-    return (out[:, -1] if last_only else out), cache.advance(tokens.shape[1])
-
-
-@dataclasses.dataclass
-class Fake:
-    reward: bool = False
-    tokenizer = None
-    forward = score = staticmethod(fake_step)
-
-    @property
-    def config(self):
-        return models.preset("tiny", vocab_size=5, layers=1, eos_ids=(EOS,), pad_id=0, score_head=self.reward)
-
-    @property
-    def params(self):
-        return {"table": jnp.asarray(SCORES if self.reward else np.log(TABLE), jnp.float32)}
-
+from fakes import EOS, TABLE, Fake
 
 POLICY, RM = Fake(), Fake(reward=True)
 
@@ -285,10 +255,7 @@ def test_a_track_must_share_the_policy_vocabulary():
 def test_nan_logits_end_their_rows_and_are_named_after_the_call():
     table = TABLE.copy()
     table[3] = np.nan                                                   # after token 3 the model breaks
-    broken = dataclasses.replace(Fake(), reward=False)
-    broken_params = {"table": jnp.asarray(np.log(table), jnp.float32)}
-    model = type("Broken", (), {"config": broken.config, "params": broken_params, "tokenizer": None,
-                                "forward": staticmethod(fake_step)})()
+    model = Fake(table=table)
     with pytest.raises(ValueError) as err:
         engine.generate(model, [[0], [3]], max_new_tokens=4, n=2)
     assert "NaN or infinite logits for 2 of 4 rollouts ((prompt 1, rollout 0), (prompt 1, rollout 1))" in str(err.value)
