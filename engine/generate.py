@@ -80,7 +80,8 @@ def generate(model, prompts, *, max_new_tokens: int, sampler: Sampler | None = N
     state = start(model, prompts, capacity=max_new_tokens, n=n, seed=seed, share_prefix=share_prefix, mesh=mesh,
                   first_rollout=first_rollout)
     g = len(prompts)
-    sampler = check_sampler(sampler).broadcast((g, n)).reshape(state.shape)
+    if not share_prefix:                   # settings per prompt [G] must reach each copy of the prompt
+        sampler = check_sampler(sampler).broadcast((g, n)).reshape(state.shape)
     state = decode(model, state, max_new_tokens=max_new_tokens, sampler=sampler, stop_tokens=stop_tokens, mesh=mesh)
     if mesh is not None:  # the results (not the KV cache), replicated so that every host can read them
         tokens, logprobs, sample_logprobs, valid, length, prompt, pstart, done = sharding.replicate(

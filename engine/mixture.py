@@ -61,7 +61,8 @@ def mix_generate(models, prompts, *, combine, max_new_tokens: int, params: dict 
     state = start(models[0], per_model[0], capacity=max_new_tokens, n=n, seed=seed, share_prefix=share_prefix,
                   tracks=tracks, track_prompts=dict(zip(tracks, per_model[1:])))
     g = len(prompts)
-    sampler = check_sampler(sampler).broadcast((g, n)).reshape(state.shape)
+    if not share_prefix:                   # settings per prompt [G] must reach each copy of the prompt
+        sampler = check_sampler(sampler).broadcast((g, n)).reshape(state.shape)
     state = decode(models[0], state, max_new_tokens=max_new_tokens, sampler=sampler, stop_tokens=stop_tokens,
                    tracks=tracks, mixture=Mixture(combine, tuple(tracks), params))
     return rollouts(state, models[0].tokenizer, shape=(g, n))
