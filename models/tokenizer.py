@@ -13,6 +13,12 @@ class Tokenizer:
     pad_id: int
 
     def encode(self, text: str, bos: bool = True) -> list[int]:
+        """Token ids of ``text`` (a BOS first where the tokenizer has one and ``bos``); text that is not
+        valid Unicode (a lone surrogate, e.g. from a badly decoded file) is a ``ValueError``."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"text is not valid Unicode ({e.reason} at character {e.start}): {text[:40]!r}") from None
         ids = self._encode(text)
         return ([self.bos_id] if bos and self.bos_id is not None else []) + ids
 

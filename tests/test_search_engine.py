@@ -299,3 +299,9 @@ def test_wrong_objects_are_value_errors(call, message):
     with pytest.raises(ValueError) as err:
         call()
     assert message in str(err.value)
+
+
+def test_a_lone_surrogate_in_a_prompt_is_a_value_error():
+    with pytest.raises(ValueError) as err:
+        engine.generate(models.load("tiny-arith"), ["Q: 1+\ud800=?"], max_new_tokens=2)
+    assert "text is not valid Unicode (surrogates not allowed at character 5)" in str(err.value)
