@@ -129,9 +129,10 @@ def start(model, prompts, *, capacity: int, n: int = 1, seed: int = 0, share_pre
                  for name, track in tracks.items()}
     if len(ids) * n >= 2 ** 31:
         raise ValueError(f"{len(ids)} prompts x n={n} rollouts is more rows than int32 indexing allows")
-    layout = lambda ids: (ids, n) if share_prefix else ([p for p in ids for _ in range(n)], 1)
-    need = sum(state_bytes(m.config, len(ids) * (1 if share_prefix else n), bucket(max(map(len, p))), len(ids) * n,
-                           capacity) for m, p in [(model, ids)] + [(tracks[k], v) for k, v in track_ids.items()])
+    per_group = n if share_prefix else 1                 # the naive layout: each prompt copied n times, groups of 1
+    groups = lambda ids: ids if share_prefix else [p for p in ids for _ in range(n)]
+    need = sum(state_bytes(m.config, len(ids) * n // per_group, bucket(max(map(len, p))), len(ids) * n, capacity)
+               for m, p in [(model, ids)] + [(tracks[k], v) for k, v in track_ids.items()])
     have = memory_bytes(mesh)
     if need > have:                          # refused here, not swapped to a standstill or an XLA OOM
         raise ValueError(f"{len(ids)} prompts x n={n} rollouts of {capacity} slots need {need / 2**30:.1f} GiB "
@@ -140,13 +141,12 @@ def start(model, prompts, *, capacity: int, n: int = 1, seed: int = 0, share_pre
     tracks = {name: place_model(m, mesh) for name, m in tracks.items()}
 
     def padded(m, ids):                      # prompts and rollouts split over the data axis (every host: same values)
-        groups = layout(ids)[0]
-        tokens, first = left_pad(groups, m.config.pad_id, bucket(max(map(len, groups))))
+        tokens, first = left_pad(groups(ids), m.config.pad_id, bucket(max(map(len, ids))))
         return sharding.place((tokens, first), (("prefix", None), ("prefix",)), mesh)
 
     prompts = [padded(model, ids)] + [padded(tracks[name], track_ids[name]) for name in sorted(tracks)]
     keys = sharding.place(keys, ("rollouts",), mesh)
-    return _start(*_stack(model, tracks), prompts, keys, n=layout(ids)[1], size=capacity, mesh=mesh)
+    return _start(*_stack(model, tracks), prompts, keys, n=per_group, size=capacity, mesh=mesh)
 
 
 def row_sampler(sampler: Sampler | None, state: DecodeState, mesh=None, stops=None) -> Sampler:
