@@ -26,7 +26,7 @@ from engine.checks import (check_bool, check_copies, check_finite, check_int, ch
                            check_sampler, check_state, check_track, check_tracks, memory_bytes, state_bytes, step_ids,
                            stop_ids, token_ids, traced)
 from engine.state import DecodeState, Track
-from engine.step import Decoding, Mixture, decode_loop, feed
+from engine.step import Decoding, Mixture, decode_loop, feed, write
 from sampling import Sampler, rollout_keys
 from sampling.mixtures import resolve, rows
 
@@ -273,19 +273,10 @@ def fork(state: DecodeState, k: int) -> DecodeState:
     return dataclasses.replace(out, keys=jax.vmap(jax.random.fold_in)(out.keys, child))
 
 
-def _write(state: DecodeState, pad_id: int, refeed, **fields) -> DecodeState:
-    """``state`` with the per-slot ``fields`` (``tokens``, ``drawn``, ... each [B, T]) written at slots
-    ``cache.index ..`` where ``refeed`` [B, T] (elsewhere the pad id, 0, False)."""
-    at = (0, state.cache.index)
-    put = lambda k, x: jax.lax.dynamic_update_slice(
-        getattr(state, k), jnp.where(refeed, x, pad_id if k == "tokens" else 0).astype(getattr(state, k).dtype), at)
-    return dataclasses.replace(state, **{k: put(k, x) for k, x in fields.items()})
-
-
 @partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
 def _append(stack, params, state: DecodeState, tokens, valid) -> DecodeState:
     has = jnp.any(valid, axis=1)
-    state = _write(state, stack[0][2].pad_id, valid, tokens=tokens, drawn=jnp.zeros_like(valid),
+    state = write(state, stack[0][2].pad_id, valid, tokens=tokens, drawn=jnp.zeros_like(valid),
                    logprobs=jnp.zeros(valid.shape), sample_logprobs=jnp.zeros(valid.shape),
                    fsms=jnp.broadcast_to(state.fsm[:, None], valid.shape))
     state = dataclasses.replace(state, done=state.done & ~has, paused=state.paused & ~has)
@@ -368,7 +359,7 @@ def _rewind(stack, params, state: DecodeState, lengths) -> DecodeState:
     state = dataclasses.replace(state, **clear, done=state.done & ~cut, paused=state.paused & ~cut,
                                 logits=restore(state.logits, state.first), fsm=jnp.where(cut, 0, state.fsm),
                                 cache=cache(state.cache), tracks=tracks)
-    state = _write(state, stack[0][2].pad_id, refeed, **last)
+    state = write(state, stack[0][2].pad_id, refeed, **last)
     state = dataclasses.replace(state, fsm=jnp.where(refeed[:, 0], last["fsms"][:, 0], state.fsm))
     return feed(stack, params, state, last["tokens"], refeed)
 

@@ -46,6 +46,15 @@ class Decoding:
     mixture: Mixture | None  # resolved: a combine function, track names, params per row [B]
 
 
+def write(state: DecodeState, pad_id: int, valid, **fields) -> DecodeState:
+    """``state`` with the per-slot ``fields`` (``tokens``, ``drawn``, ... each [B, T]) written at slots
+    ``cache.index ..`` where ``valid`` [B, T] (elsewhere the pad id, 0, False)."""
+    at = (0, state.cache.index)
+    put = lambda k, x: jax.lax.dynamic_update_slice(
+        getattr(state, k), jnp.where(valid, x, pad_id if k == "tokens" else 0).astype(getattr(state, k).dtype), at)
+    return dataclasses.replace(state, **{k: put(k, x) for k, x in fields.items()})
+
+
 def feed(stack, params, state: DecodeState, tokens, valid) -> DecodeState:
     """``state`` with ``tokens`` int32 [B, T] (real where ``valid`` [B, T], a prefix of each row) written
     at slots ``cache.index ..`` of the policy's and every track's cache; a row given a token has the
@@ -83,7 +92,6 @@ def ends_step(state: DecodeState, tok, steps):
 
 
 def _step(stack, params, state: DecodeState, how: Decoding, mesh=None) -> DecodeState:
-    slot = state.cache.index
     # step t of a rollout (its t-th token, appended ones included) draws with fold_in(key, t): not the
     # shared slot, which an append advances by the padded width of every row's text
     keys = jax.vmap(jax.random.fold_in)(state.keys, state.cache.length)
@@ -97,15 +105,13 @@ def _step(stack, params, state: DecodeState, how: Decoding, mesh=None) -> Decode
     tok = jnp.where(live, draw.tokens, stack[0][2].pad_id)
     stop = live & jnp.isin(tok, how.stops)
     pause = live & ~stop & ends_step(state, tok, how.steps) if how.steps.shape[0] else jnp.zeros_like(live)
-    put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, slot))
     fsm = jnp.where(live, draw.fsm, state.fsm)
     state = dataclasses.replace(
         state, done=state.done | (state.live & draw.dead) | broken | stop, paused=state.paused | pause,
-        failed=state.failed | broken,
-        tokens=put(state.tokens, tok), drawn=put(state.drawn, live),
-        logprobs=put(state.logprobs, jnp.where(live, draw.logprobs, 0.0)),
-        sample_logprobs=put(state.sample_logprobs, jnp.where(live, draw.sample_logprobs, 0.0)),
-        fsms=put(state.fsms, fsm), mu=jnp.where(live, draw.mu, state.mu), fsm=fsm)
+        failed=state.failed | broken, mu=jnp.where(live, draw.mu, state.mu), fsm=fsm)
+    column = lambda x: x[:, None]
+    state = write(state, stack[0][2].pad_id, column(live), tokens=column(tok), drawn=column(live),
+                  logprobs=column(draw.logprobs), sample_logprobs=column(draw.sample_logprobs), fsms=column(fsm))
     state = feed(stack, params, state, tok[:, None], live[:, None])
     return sharding.constrain(state, state.axes(), mesh)
 
