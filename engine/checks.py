@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import sharding
 from engine.state import DecodeState
 from models import memory
 from sampling import Sampler
@@ -44,10 +45,12 @@ def check_copies(state: DecodeState, rows: int) -> None:
                          f"the memory left is {have / 2**30:.1f} GiB")
 
 
-def check_finite(state: DecodeState) -> None:
+def check_finite(state: DecodeState, mesh=None) -> None:
     """A ``ValueError`` naming the rollouts whose model logits held NaN or +inf (``state.failed``): they
     ended there, without a token (a broken checkpoint or a numeric overflow, not a sampling result)."""
-    failed = np.flatnonzero(np.asarray(state.failed))
+    if not bool(jnp.any(state.failed)):             # one replicated scalar: readable on every host
+        return
+    failed = np.flatnonzero(np.asarray(state.failed if mesh is None else sharding.replicate(state.failed, mesh)))
     if failed.size:
         n = state.shape[1]
         rows = ", ".join(f"(prompt {i // n}, rollout {i % n})" for i in failed[:5])

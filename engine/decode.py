@@ -216,7 +216,7 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
         state = dataclasses.replace(state, fsm=jnp.where(same, state.fsm, 0), constraint=tag)
     state = decode_loop(stack, params, state, how, jnp.minimum(used + max_new_tokens, size), mesh=mesh)
     if not traced(state):
-        check_finite(state)
+        check_finite(state, mesh)
     return state
 
 
