@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
 import numpy as np
 
 import sharding
-from engine.checks import check_finite, check_int, check_sampler, check_state, stop_ids
+from engine.checks import check_finite, check_int, check_sampler, check_state, step_ids, stop_ids
 from engine.decode import _stack, decode, place_model, row_sampler, start
 from engine.state import DecodeState
 from engine.step import Decoding, decode_step
@@ -115,7 +114,7 @@ def stream(model, prompt, *, max_new_tokens: int, sampler: Sampler | None = None
     check_int("max_new_tokens", max_new_tokens, 1)
     state = start(model, [prompt], capacity=max_new_tokens, seed=seed)
     stops = stop_ids(model.config, stop_tokens)
-    how = Decoding(sampler=row_sampler(sampler, state, stops=stops), stops=stops, steps=jnp.zeros((0, 1), jnp.int32),
+    how = Decoding(sampler=row_sampler(sampler, state, stops=stops), stops=stops, steps=step_ids(model, None),
                    mixture=None)
 
     def tokens(state):

@@ -9,7 +9,7 @@ import pytest
 import engine
 import models
 from engine import KVCache, PrefillCache
-from engine.checks import stop_ids
+from engine.checks import step_ids, stop_ids
 from engine.decode import left_pad, row_sampler
 from engine.step import Decoding, decode_loop, decode_step
 from sampling import Sampler
@@ -221,7 +221,7 @@ def test_cache_is_donated_to_decode_step(tiny):
     state = engine.start(tiny, [[1, 2, 3]], capacity=4)
     old = state.cache.k
     stops = stop_ids(tiny.config)
-    how = Decoding(sampler=row_sampler(None, state), stops=stops, steps=jnp.zeros((0, 1), jnp.int32), mixture=None)
+    how = Decoding(sampler=row_sampler(None, state), stops=stops, steps=step_ids(tiny, None), mixture=None)
     new = decode_step((("", tiny.forward, tiny.config),), (tiny.params,), state, how)
     assert all(x.is_deleted() for x in jax.tree.leaves(old)) and int(new.cache.index) == 1
     assert dataclasses.is_dataclass(new.cache)
