@@ -26,8 +26,8 @@ def fake_step(config, params, tokens, positions=None, cache=None, *, last_only=F
 @dataclasses.dataclass
 class Fake:
     """The fake language model (``reward=False``, logits log ``table``) or reward model (scores ``table``)."""
+    table: np.ndarray = None      # next-token probabilities (TABLE) or scores (SCORES) by last token
     reward: bool = False
-    table: np.ndarray = None
     tokenizer = None
     forward = score = staticmethod(fake_step)
 

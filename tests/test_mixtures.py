@@ -1,6 +1,4 @@
 """Logit mixtures inside the loop: exact sequences on hand-computable fakes, a step-by-step reference on real models."""
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +10,8 @@ from sampling.sampler import draw
 import models
 from sampling import Sampler, compile_regex, mixtures, rollout_keys
 
-EOS = 4
+from fakes import EOS, Fake
+
 # next-token probabilities by last token (token 4 is EOS), one table per fake model
 EXPERT = np.array([[0.05, 0.40, 0.35, 0.15, 0.05],
                    [0.10, 0.05, 0.20, 0.15, 0.50],
@@ -25,24 +24,6 @@ AMATEUR = np.array([[0.10, 0.60, 0.10, 0.10, 0.10],
                     [0.02, 0.01, 0.05, 0.02, 0.90],
                     [0.20, 0.20, 0.20, 0.20, 0.20]])
 UNIFORM = np.full((5, 5), 0.2)
-
-
-def fake_forward(config, params, tokens, positions=None, cache=None, *, last_only=False):
-    """Logits = log table[last token]; the cache is only advanced (the fake needs no memory)."""
-    logits = jnp.log(params["table"])[tokens]
-    return (logits[:, -1] if last_only else logits), cache.advance(tokens.shape[1])
-
-
-@dataclasses.dataclass
-class Fake:
-    table: np.ndarray
-    config = models.preset("tiny", vocab_size=5, layers=1, eos_ids=(EOS,), pad_id=0)
-    tokenizer = None
-    forward = staticmethod(fake_forward)
-
-    @property
-    def params(self):
-        return {"table": jnp.asarray(self.table, jnp.float32)}
 
 
 def run(fakes, combine, params, prompt=(0,), model_prompts=None, sampler=None, seed=0):
