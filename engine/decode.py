@@ -179,6 +179,17 @@ def _mixture(mixture, state: DecodeState, mesh):
     return Mixture(fn, names, params)
 
 
+def decoding(model, state: DecodeState, *, sampler: Sampler | None = None, stop_tokens=None, step_tokens=None,
+             mixture: Mixture | None = None, mesh=None) -> Decoding:
+    """How :func:`decode` draws, checked and normalised once (the sampler per row, placed like ``state``'s
+    rollouts): what ``engine.step.decode_loop`` takes, for programs that call it themselves."""
+    stops = stop_ids(model.config, stop_tokens)
+    table = check_sampler(sampler).values.get("constraint")     # the host copy, before it is placed
+    tag = -1 if table is None else zlib.crc32(np.asarray(table).tobytes()) & 0x7FFFFFFF
+    return Decoding(sampler=row_sampler(sampler, state, mesh, stops), stops=stops, steps=step_ids(model, step_tokens),
+                    mixture=None if mixture is None else _mixture(mixture, state, mesh), constraint=jnp.int32(tag))
+
+
 def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler | None = None, stop_tokens=None,
            step_tokens=None, tracks: dict | None = None, mixture: Mixture | None = None, mesh=None) -> DecodeState:
     """Continue every unfinished rollout for up to ``max_new_tokens`` more tokens.
@@ -205,15 +216,8 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
     if not traced(state) and int(used) + max_new_tokens > size:
         raise ValueError(f"{int(used)} of the rollouts' {size} cache slots are used; {max_new_tokens} more "
                          f"do not fit (start with a larger capacity)")
-    stops = stop_ids(model.config, stop_tokens)
-    table = check_sampler(sampler).values.get("constraint")     # the host copy, before it is placed
-    how = Decoding(sampler=row_sampler(sampler, state, mesh, stops), stops=stops, steps=step_ids(model, step_tokens),
-                   mixture=None if mixture is None else _mixture(mixture, state, mesh))
-    state = dataclasses.replace(state, paused=jnp.zeros_like(state.paused))
-    if table is not None:                     # another constraint's states mean nothing in this table
-        tag = jnp.int32(zlib.crc32(np.asarray(table).tobytes()) & 0x7FFFFFFF)
-        same = state.constraint == tag
-        state = dataclasses.replace(state, fsm=jnp.where(same, state.fsm, 0), constraint=tag)
+    how = decoding(model, state, sampler=sampler, stop_tokens=stop_tokens, step_tokens=step_tokens,
+                   mixture=mixture, mesh=mesh)
     state = decode_loop(stack, params, state, how, jnp.minimum(used + max_new_tokens, size), mesh=mesh)
     if not traced(state):
         check_finite(state, mesh)

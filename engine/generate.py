@@ -6,10 +6,10 @@ import dataclasses
 import numpy as np
 
 import sharding
-from engine.checks import check_finite, check_int, check_sampler, check_state, step_ids, stop_ids
-from engine.decode import _stack, decode, place_model, row_sampler, start
+from engine.checks import check_finite, check_int, check_sampler, check_state
+from engine.decode import _stack, decode, decoding, place_model, start
 from engine.state import DecodeState
-from engine.step import Decoding, decode_step
+from engine.step import decode_step
 from models.tokenizer import CONTEXT, continuation
 from sampling import Sampler
 
@@ -113,9 +113,7 @@ def stream(model, prompt, *, max_new_tokens: int, sampler: Sampler | None = None
     ``generate``). Bad arguments raise here, before the first token; the prompt is prefilled here too."""
     check_int("max_new_tokens", max_new_tokens, 1)
     state = start(model, [prompt], capacity=max_new_tokens, seed=seed)
-    stops = stop_ids(model.config, stop_tokens)
-    how = Decoding(sampler=row_sampler(sampler, state, stops=stops), stops=stops, steps=step_ids(model, None),
-                   mixture=None)
+    how = decoding(model, state, sampler=sampler, stop_tokens=stop_tokens)
 
     def tokens(state):
         for slot in range(max_new_tokens):

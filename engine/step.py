@@ -44,6 +44,7 @@ class Decoding:
     stops: jax.Array        # int32 [E]    stop token ids (``[-1]``: none)
     steps: jax.Array        # int32 [D, L] step delimiters, right-aligned, -1 before a shorter one (D may be 0)
     mixture: Mixture | None  # resolved: a combine function, track names, params per row [B]
+    constraint: jax.Array   # int32 []     crc32 tag of the sampler's constraint table (-1: none)
 
 
 def write(state: DecodeState, pad_id: int, valid, **fields) -> DecodeState:
@@ -126,6 +127,12 @@ a :class:`Decoding`); ``state`` is donated.
 
 @partial(jax.jit, static_argnums=(0,), static_argnames=("mesh",), donate_argnums=(2,))
 def decode_loop(stack, params, state: DecodeState, how: Decoding, limit, mesh=None) -> DecodeState:
-    """Decode until every row is done or paused, or the rollout block has ``limit`` slots used."""
+    """Resume every paused row and decode until every row is done or paused again, or the rollout
+    block has ``limit`` slots used. A constraint other than the one ``state.fsm`` follows starts
+    afresh (its automaton state 0), matching the text from here on."""
+    tagged = how.constraint >= 0
+    fresh = tagged & (state.constraint != how.constraint)
+    state = dataclasses.replace(state, paused=jnp.zeros_like(state.paused), fsm=jnp.where(fresh, 0, state.fsm),
+                                constraint=jnp.where(tagged, how.constraint, state.constraint))
     cond = lambda s: (s.cache.index < limit) & jnp.any(s.live)
     return jax.lax.while_loop(cond, lambda s: _step(stack, params, s, how, mesh), state)

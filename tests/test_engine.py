@@ -9,9 +9,8 @@ import pytest
 import engine
 import models
 from engine import KVCache, PrefillCache
-from engine.checks import step_ids, stop_ids
-from engine.decode import left_pad, row_sampler
-from engine.step import Decoding, decode_loop, decode_step
+from engine.decode import decoding, left_pad
+from engine.step import decode_loop, decode_step
 from sampling import Sampler
 
 
@@ -220,8 +219,7 @@ def test_bad_sampler_settings_are_value_errors(settings, message):
 def test_cache_is_donated_to_decode_step(tiny):
     state = engine.start(tiny, [[1, 2, 3]], capacity=4)
     old = state.cache.k
-    stops = stop_ids(tiny.config)
-    how = Decoding(sampler=row_sampler(None, state), stops=stops, steps=step_ids(tiny, None), mixture=None)
+    how = decoding(tiny, state)
     new = decode_step((("", tiny.forward, tiny.config),), (tiny.params,), state, how)
     assert all(x.is_deleted() for x in jax.tree.leaves(old)) and int(new.cache.index) == 1
     assert dataclasses.is_dataclass(new.cache)
