@@ -61,7 +61,7 @@ def left_pad(ids: list[list[int]], pad_id: int, length: int):
     return tokens, start
 
 
-def _stack(model, tracks: dict):
+def model_stack(model, tracks: dict):
     """``(stack, params)`` for the jitted cores: the policy's then each track's (by name) ``(name, step
     function, config)`` — static — and their params. A reward model's step is its scalar head."""
     models = [("", model)] + sorted(tracks.items())
@@ -146,7 +146,7 @@ def start(model, prompts, *, capacity: int, n: int = 1, seed: int = 0, share_pre
 
     prompts = [padded(model, ids)] + [padded(tracks[name], track_ids[name]) for name in sorted(tracks)]
     keys = sharding.place(keys, ("rollouts",), mesh)
-    return _start(*_stack(model, tracks), prompts, keys, n=per_group, size=capacity, mesh=mesh)
+    return _start(*model_stack(model, tracks), prompts, keys, n=per_group, size=capacity, mesh=mesh)
 
 
 def row_sampler(sampler: Sampler | None, state: DecodeState, mesh=None, stops=None) -> Sampler:
@@ -210,7 +210,7 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
     ``mixture`` draws from a mixture of the policy's and some language-model tracks' logits.
     """
     check_state(state)
-    stack, params = _stack(model, check_models(model, tracks, state))
+    stack, params = model_stack(model, check_models(model, tracks, state))
     check_int("max_new_tokens", max_new_tokens, 1)
     used, size = state.cache.index, state.cache.size
     if not traced(state) and int(used) + max_new_tokens > size:
@@ -338,7 +338,7 @@ def append(model, state: DecodeState, tokens, *, tracks: dict | None = None) -> 
     valid = np.zeros((g * n, width), bool)
     for i, r in enumerate(rows):
         ids[i, :len(r)], valid[i, :len(r)] = r, True
-    return _append(*_stack(model, tracks), state, jnp.asarray(ids), jnp.asarray(valid))
+    return _append(*model_stack(model, tracks), state, jnp.asarray(ids), jnp.asarray(valid))
 
 
 @partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
@@ -389,7 +389,7 @@ def rewind(model, state: DecodeState, lengths, *, tracks: dict | None = None) ->
     if not traced(state) and int(state.cache.index) >= state.cache.size and np.any((lengths > 0) & (lengths < have)):
         raise ValueError(f"rewind feeds each cut rollout's last kept token again, which needs one free cache slot; "
                          f"all {state.cache.size} are used (start with a larger capacity)")
-    return _rewind(*_stack(model, tracks), state, jnp.asarray(lengths).reshape(-1))
+    return _rewind(*model_stack(model, tracks), state, jnp.asarray(lengths).reshape(-1))
 
 
 def track_scores(state: DecodeState, name: str) -> jax.Array:

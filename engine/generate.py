@@ -7,7 +7,7 @@ import numpy as np
 
 import sharding
 from engine.checks import check_finite, check_int, check_sampler, check_state
-from engine.decode import _stack, decode, decoding, place_model, start
+from engine.decode import decode, decoding, model_stack, place_model, start
 from engine.state import DecodeState
 from engine.step import decode_step
 from models.tokenizer import CONTEXT, continuation
@@ -117,7 +117,7 @@ def stream(model, prompt, *, max_new_tokens: int, sampler: Sampler | None = None
 
     def tokens(state):
         for slot in range(max_new_tokens):
-            state = decode_step(*_stack(model, {}), state, how)
+            state = decode_step(*model_stack(model, {}), state, how)
             check_finite(state)
             yield int(state.tokens[0, slot])
             if bool(state.done[0]):

@@ -13,12 +13,15 @@ from meta.pass_at_k import coverage, pass_at_k
 from meta.rejection import rejection_sample
 from meta.result import Result
 from meta.scoring import FunctionScorer, LMJudge, ProcessScorer, RewardModel, sigmoid
+from meta.search import dvts, particle_filter, rebase, step_beam_search
 from meta.self_consistency import self_consistency, weighted_vote
 
 METHODS = {"best_of_n": best_of_n, "self_consistency": self_consistency, "weighted_vote": weighted_vote,
            "mbr": mbr, "rejection_sample": rejection_sample, "pass_at_k": coverage,
-           "adaptive_self_consistency": adaptive_self_consistency}
+           "adaptive_self_consistency": adaptive_self_consistency, "step_beam_search": step_beam_search,
+           "dvts": dvts, "rebase": rebase, "particle_filter": particle_filter}
 
 __all__ = ["Budget", "Result", "draw", "best_of_n", "self_consistency", "weighted_vote", "mbr",
-           "rejection_sample", "pass_at_k", "coverage", "adaptive_self_consistency", "ProcessScorer",
+           "rejection_sample", "pass_at_k", "coverage", "adaptive_self_consistency", "step_beam_search",
+           "dvts", "rebase", "particle_filter", "ProcessScorer",
            "FunctionScorer", "LMJudge", "RewardModel", "sigmoid", "METHODS"]
