@@ -1,6 +1,11 @@
 """Run a meta-generator over a JSONL dataset, one JSON line per prompt; resumable.
 
     python -m scripts.meta self_consistency --data problems.jsonl --out out.jsonl --n 16
+    python -m scripts.meta step_beam_search --data problems.jsonl --out out.jsonl --n 16 --scorer model
+
+The step-level searches (``step_beam_search``, ``dvts``, ``rebase``, ``particle_filter``) take a
+process scorer: ``--scorer model`` (the reward model ``--scorer-model``, default ``tiny-arith-prm``,
+riding in the decode step) or ``--scorer process-min`` etc. (the task's process verifier).
 
 Each dataset line is an object with ``"prompt"`` (a string), and optionally ``"id"`` (default:
 the line number) and ``"answer"`` (the reference). The output's first line is a header with
@@ -31,7 +36,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-SCORERS = ("none", "verifier", "process-min", "process-mean", "process-prod", "process-last")
+SCORERS = ("none", "verifier", "process-min", "process-mean", "process-prod", "process-last", "model")
+SEARCHES = ("step_beam_search", "dvts", "rebase", "particle_filter")   # step-level: --max-steps, --final, ...
 ROUNDS = ("rejection_sample", "adaptive_self_consistency")     # draw --round-size rollouts at a time
 
 
@@ -83,8 +89,9 @@ def settings(args, data_path: Path, model) -> dict:
     """Everything that determines the output: the dataset by its hash, the model by its fingerprint
     (config, weights and tokenizer), the arguments."""
     digest = hashlib.sha256(data_path.read_bytes()).hexdigest()
-    keys = ("method", "model", "n", "temperature", "top_p", "seed", "max_new_tokens", "scorer", "round_size",
-            "rule", "batch", "answer")
+    keys = ("method", "model", "n", "temperature", "top_p", "seed", "max_new_tokens", "scorer", "scorer_model",
+            "round_size", "rule", "batch", "answer", "max_steps", "beam_width", "search_temperature", "ess_threshold",
+            "resampling", "final")
     return {"data_sha256": digest, "model_fingerprint": model.fingerprint(), **{k: getattr(args, k) for k in keys}}
 
 
@@ -159,14 +166,21 @@ def _write(path: Path, obj: dict) -> None:
         os.fsync(f.fileno())
 
 
-def make_scorer(name: str):
-    """The scorer called ``name`` (see ``SCORERS``), or ``None``."""
+def make_scorer(args):
+    """The scorer ``--scorer`` names (see ``SCORERS``), or ``None``. ``model`` is the reward model
+    ``--scorer-model``: a step-level search takes it as a track riding in the decode step, the
+    other methods score finished rollouts with it (``meta.RewardModel``)."""
+    import meta
+    import models
     from meta.tasks import arith_verifiers
-    if name == "none":
+    if args.scorer == "none":
         return None
-    if name == "verifier":
+    if args.scorer == "verifier":
         return arith_verifiers.OutcomeVerifier()
-    return arith_verifiers.process_verifier(name.split("-", 1)[1])
+    if args.scorer == "model":
+        model = models.load(args.scorer_model)
+        return model if args.method in SEARCHES else meta.RewardModel(model)
+    return arith_verifiers.process_verifier(args.scorer.split("-", 1)[1])
 
 
 def check_items(args, model, items, sampler) -> None:
@@ -210,9 +224,15 @@ def run_chunk(args, model, items, sampler):
               answer=arith.answer if args.answer == "arith" else None)           # None: the whole text, stripped
     refs = [it["answer"] for it in items]
     kw["references"] = refs if all(r is not None for r in refs) else None
-    scorer = make_scorer(args.scorer)
+    scorer = make_scorer(args)
     if scorer is not None:
         kw["scorer"] = scorer
+    if args.method in SEARCHES:
+        named = inspect.signature(fn).parameters
+        kw.update(max_steps=args.max_steps, final=args.final,
+                  **{k: getattr(args, k) for k in ("beam_width", "ess_threshold", "resampling") if k in named})
+        if "temperature" in named:
+            kw["temperature"] = args.search_temperature
     if args.method in ROUNDS:
         kw["round_size"] = args.round_size
     if args.method == "adaptive_self_consistency":
@@ -259,10 +279,18 @@ def parse_args(argv=None):
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--scorer", choices=SCORERS, default="none")
+    ap.add_argument("--scorer", choices=SCORERS, default="none", help="model: the reward model --scorer-model")
+    ap.add_argument("--scorer-model", default="tiny-arith-prm", help="reward model (checkpoint or zoo name)")
     ap.add_argument("--round-size", type=int, default=8, help="rollouts per round (rejection, adaptive)")
     ap.add_argument("--rule", choices=("beta", "unbeatable"), default="beta", help="adaptive stopping rule")
     ap.add_argument("--batch", type=int, default=16, help="prompts per chunk")
+    ap.add_argument("--max-steps", type=int, default=16, help="step-level searches: most steps")
+    ap.add_argument("--beam-width", type=int, default=4, help="step_beam_search, dvts: children per kept path")
+    ap.add_argument("--search-temperature", type=float, default=0.2, help="rebase: softmax temperature of scores")
+    ap.add_argument("--ess-threshold", type=float, default=0.5, help="particle_filter: resample below this ESS / n")
+    ap.add_argument("--resampling", choices=("systematic", "multinomial"), default="systematic")
+    ap.add_argument("--final", choices=("best", "vote"), default="best",
+                    help="step-level searches: the best-scored answer or a score-weighted vote")
     ap.add_argument("--answer", choices=("arith", "text"), default="arith",
                     help="answer extraction: the built-in task's 'A: <n>' or the whole stripped text")
     return ap.parse_args(argv)

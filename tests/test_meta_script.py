@@ -25,9 +25,9 @@ def dataset(path: Path) -> Path:
     return path
 
 
-def argv(data, out, seed=0):
-    return ["self_consistency", "--data", str(data), "--out", str(out), "--n", "4", "--batch", "2",
-            "--max-new-tokens", "56", "--seed", str(seed)]
+def argv(data, out, seed=0, method="self_consistency", extra=()):
+    return [method, "--data", str(data), "--out", str(out), "--n", "4", "--batch", "2",
+            "--max-new-tokens", "56", "--seed", str(seed), *extra]
 
 
 def lines(out: Path) -> list[dict]:
@@ -38,14 +38,19 @@ def subprocess_env():
     return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
 
 
-def test_resume_after_sigkill(tmp_path):
+SEARCH = ["--scorer", "model", "--scorer-model", "tiny-arith-rm", "--beam-width", "2", "--max-steps", "8"]
+
+
+@pytest.mark.parametrize("method, extra", [("self_consistency", []), ("step_beam_search", SEARCH)])
+def test_resume_after_sigkill(tmp_path, method, extra):
     data = dataset(tmp_path / "data.jsonl")
     ref_out, out = tmp_path / "ref.jsonl", tmp_path / "out.jsonl"
-    assert meta_script.main(argv(data, ref_out)) == 0                 # uninterrupted, same seed
+    run = dict(method=method, extra=extra)
+    assert meta_script.main(argv(data, ref_out, **run)) == 0          # uninterrupted, same seed
     ref = {r["id"]: r for r in lines(ref_out)[1:]}
     assert sorted(ref) == [f"q{i}" for i in range(8)]
 
-    cmd = [sys.executable, "-m", "scripts.meta", *argv(data, out)]
+    cmd = [sys.executable, "-m", "scripts.meta", *argv(data, out, **run)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -73,7 +78,7 @@ def test_resume_after_sigkill(tmp_path):
 
     # the same output with other settings is refused, and left as it was
     before = out.read_text()
-    assert meta_script.main(argv(data, out, seed=1)) == 2
+    assert meta_script.main(argv(data, out, seed=1, **run)) == 2
     assert out.read_text() == before
 
 
