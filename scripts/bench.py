@@ -3,7 +3,7 @@
     python -m scripts.bench decode --config 4m 25m --batch 1 64 [--hf]
     python -m scripts.bench shared-prefix --n 16 64      # one 1,024-token prompt, shared vs naive cache
     python -m scripts.bench filters                     # filter chains vs greedy, batch 64, vocab 32,000
-    python -m scripts.bench search                      # a step-level search in one jit vs plain generate
+    python -m scripts.bench search                      # each step-level search vs plain generate
 
 ``decode``: greedy generation of random-weight models with EOS disabled: tokens/s, ms per
 step, and achieved bytes/s (the weights + the KV of the tokens in the cache, on average, per
@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -122,54 +123,48 @@ def bench_filters(args):
 
 
 def bench_search(args):
-    """A step-level beam search as one jitted program against plain ``generate`` of the same rows.
+    """Each step-level search of ``meta.search`` against plain ``generate`` of the same rows and slots.
 
-    tiny-arith on held-out hard problems, ``--prompts`` x ``--n`` rollouts at temperature 0.8: each
-    step decodes every rollout to its next newline (a pause), scores it, keeps the best ``n / beam``
-    and gives each ``beam`` re-keyed copies (``select``). Scored by the rollouts' summed log-probs
-    (``loop``) or by the tiny-arith-rm reward model riding along as a track (``loop_rm``: a second
-    model's forward on every token). ``generate`` draws the same rows for as many slots as the loop
-    used. Tokens/s counts tokens drawn (a pruned rollout's tokens included; a copy's shared past not).
+    tiny-arith on held-out hard val problems, ``--prompts`` x ``--n`` rollouts at temperature 0.8, up
+    to ``--steps`` steps of at most ``--step-tokens`` slots each, scored by ``--scorer-model`` riding
+    along as a track (a second model's forward on every token). Each search is timed as a user calls
+    it (prefill, the compiled loop, texts and the result); ``generate`` draws the same rows for as many
+    slots as the search used, and ``generate+track`` does the same with the scorer riding along
+    (``start(tracks=)`` + ``decode``): the search's cost over decoding itself. Tokens/s counts tokens
+    drawn (a pruned rollout's tokens included; a copy's shared past not).
     """
-    import jax.numpy as jnp
-
+    import meta
     from meta.tasks import arith
     from sampling import Sampler
-    policy, rm = models.load("tiny-arith"), models.load("tiny-arith-rm")
+    policy, prm = models.load("tiny-arith"), models.load(args.scorer_model)
     prompts = [p.prompt for p in arith.held_out("val", "hard", args.prompts)]
-    n, beam, sampler = args.n, args.beam, Sampler(temperature=0.8)
-    capacity = args.steps * args.step_tokens
-
-    def search(tracks):
-        @jax.jit
-        def run(state):
-            def one_step(_, carry):
-                state, drawn = carry
-                before = jnp.sum(state.cache.length)
-                state = engine.decode(policy, state, max_new_tokens=args.step_tokens, sampler=sampler,
-                                      step_tokens="\n", tracks=tracks)
-                drawn = drawn + jnp.sum(state.cache.length) - before
-                score = (engine.track_scores(state, "rm") if tracks else
-                         jnp.sum(state.logprobs, axis=1).reshape(state.shape))
-                best = jnp.argsort(-score, axis=1)[:, :n // beam]
-                state = engine.select(state, jnp.repeat(best, beam, axis=1), rekey=True)
-                return state, drawn
-            return jax.lax.fori_loop(0, args.steps, one_step, (state, jnp.int32(0)))
-        return lambda: jax.block_until_ready(
-            run(engine.start(policy, prompts, capacity=capacity, n=n, seed=0, tracks=tracks)))
-
-    loops = {"loop": search({}), "loop_rm": search({"rm": rm})}
-    state, drawn = loops["loop"]()
-    slots = int(state.cache.index)
-    gen = lambda: engine.generate(policy, prompts, max_new_tokens=slots, n=n, sampler=sampler, seed=0)
-    tokens = {"loop": int(drawn), "loop_rm": int(loops["loop_rm"]()[1]), "generate": int(gen().lengths.sum())}
-    best = interleaved({**loops, "generate": gen}, args.repeats)
+    n, sampler, tracks = args.n, Sampler(temperature=0.8), {"scorer": prm}
+    common = dict(scorer=prm, n=n, max_steps=args.steps, max_new_tokens=args.steps * args.step_tokens,
+                  sampler=sampler, seed=0, answer=arith.answer)
+    searches = {"step_beam_search": partial(meta.step_beam_search, beam_width=args.beam),
+                "dvts": partial(meta.dvts, beam_width=args.beam), "rebase": meta.rebase,
+                "particle_filter": meta.particle_filter}
+    runs, tokens = {}, {}
+    for name, fn in searches.items():
+        result = fn(policy, prompts, **common)
+        slots = result.budget.policy_calls - 1
+        runs[name] = lambda fn=fn: fn(policy, prompts, **common)
+        runs[f"{name}:generate"] = lambda slots=slots: engine.generate(policy, prompts, max_new_tokens=slots, n=n,
+                                                                        sampler=sampler, seed=0)
+        runs[f"{name}:generate+track"] = lambda slots=slots: jax.block_until_ready(engine.decode(
+            policy, engine.start(policy, prompts, capacity=slots, n=n, tracks=tracks), max_new_tokens=slots,
+            sampler=sampler, tracks=tracks).cache.length)
+        tokens[name] = result.budget.generated
+        tokens[f"{name}:generate"] = int(runs[f"{name}:generate"]().lengths.sum())
+        tokens[f"{name}:generate+track"] = int(np.sum(runs[f"{name}:generate+track"]()))
+    best = interleaved(runs, args.repeats)
     rate = {k: tokens[k] / best[k] for k in best}
-    print(json.dumps({"bench": "search", "prompts": args.prompts, "n": n, "beam": beam, "steps": args.steps,
-                      "slots": slots, "tokens": tokens, "seconds": {k: round(v, 3) for k, v in best.items()},
+    print(json.dumps({"bench": "search", "prompts": args.prompts, "n": n, "beam_width": args.beam,
+                      "steps": args.steps, "scorer": args.scorer_model, "tokens": tokens,
+                      "seconds": {k: round(v, 3) for k, v in best.items()},
                       "tokens_per_s": {k: round(v, 1) for k, v in rate.items()},
-                      "loop_vs_generate": round(rate["loop"] / rate["generate"], 3),
-                      "loop_rm_vs_generate": round(rate["loop_rm"] / rate["generate"], 3),
+                      "vs_generate": {k: round(rate[k] / rate[f"{k}:generate"], 3) for k in searches},
+                      "vs_generate_with_track": {k: round(rate[k] / rate[f"{k}:generate+track"], 3) for k in searches},
                       "device": jax.devices()[0].device_kind}), flush=True)
 
 
@@ -352,12 +347,13 @@ def main(argv=None):
     fil.add_argument("--repeats", type=int, default=3)
     fil.add_argument("--dtype", default=None)
     fil.set_defaults(fn=bench_filters)
-    sea = sub.add_parser("search", help="a step-level beam search in one jitted program vs plain generate")
+    sea = sub.add_parser("search", help="each step-level search (meta.search) vs plain generate of the same rows")
     sea.add_argument("--prompts", type=int, default=16)
     sea.add_argument("--n", type=int, default=16, help="rollouts per prompt")
     sea.add_argument("--beam", type=int, default=4, help="children per kept rollout")
     sea.add_argument("--steps", type=int, default=6)
     sea.add_argument("--step-tokens", type=int, default=12, help="slots a step may take")
+    sea.add_argument("--scorer-model", default="tiny-arith-prm", help="the process reward model riding along")
     sea.add_argument("--repeats", type=int, default=3)
     sea.set_defaults(fn=bench_search)
     args = parser.parse_args(argv)
