@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import subprocess
 import sys
@@ -126,45 +127,51 @@ def bench_search(args):
     """Each step-level search of ``meta.search`` against plain ``generate`` of the same rows and slots.
 
     tiny-arith on held-out hard val problems, ``--prompts`` x ``--n`` rollouts at temperature 0.8, up
-    to ``--steps`` steps of at most ``--step-tokens`` slots each, scored by ``--scorer-model`` riding
-    along as a track (a second model's forward on every token). Each search is timed as a user calls
-    it (prefill, the compiled loop, texts and the result); ``generate`` draws the same rows for as many
-    slots as the search used, and ``generate+track`` does the same with the scorer riding along
-    (``start(tracks=)`` + ``decode``): the search's cost over decoding itself. Tokens/s counts tokens
-    drawn (a pruned rollout's tokens included; a copy's shared past not).
+    to ``--steps`` steps of at most ``--step-tokens`` slots each, scored two ways: by ``--scorer-model``
+    riding along as a track (a second model's forward on every token; the whole search one compiled
+    program) and by the task's exact process verifier, a host callback after every step (the loop
+    leaves the device once per step). Each search is timed as a user calls it (prefill, the loop,
+    texts and the result); ``generate`` draws the same rows for as many slots as the search used, and
+    ``generate+track`` does the same with the scorer riding along (``start(tracks=)`` + ``decode``).
+    Tokens/s counts tokens drawn (a pruned rollout's tokens included; a copy's shared past not).
     """
     import meta
-    from meta.tasks import arith
+    from meta.tasks import arith, arith_verifiers
     from sampling import Sampler
     policy, prm = models.load("tiny-arith"), models.load(args.scorer_model)
-    prompts = [p.prompt for p in arith.held_out("val", "hard", args.prompts)]
+    problems = arith.held_out("val", "hard", args.prompts)
+    prompts = [p.prompt for p in problems]
     n, sampler, tracks = args.n, Sampler(temperature=0.8), {"scorer": prm}
-    common = dict(scorer=prm, n=n, max_steps=args.steps, max_new_tokens=args.steps * args.step_tokens,
-                  sampler=sampler, seed=0, answer=arith.answer)
+    common = dict(n=n, max_steps=args.steps, max_new_tokens=args.steps * args.step_tokens, sampler=sampler, seed=0,
+                  answer=arith.answer, references=problems)
     searches = {"step_beam_search": partial(meta.step_beam_search, beam_width=args.beam),
                 "dvts": partial(meta.dvts, beam_width=args.beam), "rebase": meta.rebase,
                 "particle_filter": meta.particle_filter}
+    scorers = {"prm": prm, "verifier": arith_verifiers.process_verifier("min")}
     runs, tokens = {}, {}
-    for name, fn in searches.items():
-        result = fn(policy, prompts, **common)
+    for (name, fn), (how, scorer) in itertools.product(searches.items(), scorers.items()):
+        key = f"{name}/{how}"
+        runs[key] = lambda fn=fn, scorer=scorer: fn(policy, prompts, scorer=scorer, **common)
+        result = runs[key]()
         slots = result.budget.policy_calls - 1
-        runs[name] = lambda fn=fn: fn(policy, prompts, **common)
-        runs[f"{name}:generate"] = lambda slots=slots: engine.generate(policy, prompts, max_new_tokens=slots, n=n,
-                                                                        sampler=sampler, seed=0)
-        runs[f"{name}:generate+track"] = lambda slots=slots: jax.block_until_ready(engine.decode(
-            policy, engine.start(policy, prompts, capacity=slots, n=n, tracks=tracks), max_new_tokens=slots,
-            sampler=sampler, tracks=tracks).cache.length)
-        tokens[name] = result.budget.generated
-        tokens[f"{name}:generate"] = int(runs[f"{name}:generate"]().lengths.sum())
-        tokens[f"{name}:generate+track"] = int(np.sum(runs[f"{name}:generate+track"]()))
+        runs[f"{key}:generate"] = lambda slots=slots: engine.generate(policy, prompts, max_new_tokens=slots, n=n,
+                                                                       sampler=sampler, seed=0)
+        tokens[key], tokens[f"{key}:generate"] = result.budget.generated, int(runs[f"{key}:generate"]().lengths.sum())
+        if how == "prm":
+            runs[f"{key}:generate+track"] = lambda slots=slots: jax.block_until_ready(engine.decode(
+                policy, engine.start(policy, prompts, capacity=slots, n=n, tracks=tracks), max_new_tokens=slots,
+                sampler=sampler, tracks=tracks).cache.length)
+            tokens[f"{key}:generate+track"] = int(np.sum(runs[f"{key}:generate+track"]()))
     best = interleaved(runs, args.repeats)
     rate = {k: tokens[k] / best[k] for k in best}
+    keys = [k for k in runs if ":" not in k]
     print(json.dumps({"bench": "search", "prompts": args.prompts, "n": n, "beam_width": args.beam,
-                      "steps": args.steps, "scorer": args.scorer_model, "tokens": tokens,
+                      "steps": args.steps, "scorer_model": args.scorer_model, "tokens": tokens,
                       "seconds": {k: round(v, 3) for k, v in best.items()},
                       "tokens_per_s": {k: round(v, 1) for k, v in rate.items()},
-                      "vs_generate": {k: round(rate[k] / rate[f"{k}:generate"], 3) for k in searches},
-                      "vs_generate_with_track": {k: round(rate[k] / rate[f"{k}:generate+track"], 3) for k in searches},
+                      "vs_generate": {k: round(rate[k] / rate[f"{k}:generate"], 3) for k in keys},
+                      "vs_generate_with_track": {k: round(rate[k] / rate[f"{k}:generate+track"], 3)
+                                                 for k in keys if k.endswith("/prm")},
                       "device": jax.devices()[0].device_kind}), flush=True)
 
 

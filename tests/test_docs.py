@@ -57,3 +57,19 @@ def test_readme_step_search_snippet_runs():
     exec(code, ns)
     assert ns["scores"].shape == (1, 8) and ns["state"].paused.sum() == 0                # rewound rows are live
     assert ns["state"].cache.length.tolist() == (ns["lengths"] // 2).reshape(-1).tolist()
+
+
+def test_readme_step_level_search_runs():
+    ns = {}
+    exec(blocks("README.md")[3], ns)
+    r = ns["r"]
+    assert len(r.texts[0]) == 16 and r.budget.scorer_tokens == r.budget.generated + r.budget.prefilled
+    assert r.answers == [66] and r.info[0]["steps"] >= 3                            # 47+38-19: a few steps
+
+
+def test_search_doc_example_runs():
+    ns = {}
+    exec(blocks("docs/search.md")[0], ns)
+    r, problems = ns["r"], ns["problems"]
+    assert len(r.answers) == 8 and all(len(row) == 16 for row in r.texts)
+    assert sum(a == p.answer for a, p in zip(r.answers, problems)) >= 4              # a search, not noise
