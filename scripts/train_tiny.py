@@ -13,8 +13,9 @@ default): the demo needs a model that is often wrong on the hard split, so that 
 more samples has room to help; trained to the end, the model gets most hard problems right.
 Deterministic for a given ``--seed``. At most half an hour on a 2-core CPU.
 
-``--reward`` trains the outcome reward model instead (``scripts/train_reward.py``, its own
-flags): ``python -m scripts.train_tiny --reward --out models/zoo/tiny-arith-rm``.
+``--reward`` trains the outcome reward model instead, and ``--prm`` the process reward model
+(``scripts/train_reward.py``, its own flags): ``python -m scripts.train_tiny --reward --out
+models/zoo/tiny-arith-rm``, ``python -m scripts.train_tiny --prm --out models/zoo/tiny-arith-prm``.
 """
 from __future__ import annotations
 
@@ -111,9 +112,10 @@ def make_step(config, optimizer):
 def main(argv=None) -> dict:
     """Train, save to ``--out``, write ``metrics.json`` there and return the metrics."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "--reward" in argv:
-        from scripts import train_reward
-        return train_reward.main([a for a in argv if a != "--reward"])
+    for flag, mode in (("--reward", []), ("--prm", ["--process"])):
+        if flag in argv:
+            from scripts import train_reward
+            return train_reward.main(mode + [a for a in argv if a != flag])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint directory to write")
     ap.add_argument("--steps", type=int, default=2400)

@@ -60,6 +60,8 @@ def test_a_short_run_is_deterministic_and_loads_back(tmp_path):
     (["--val-problems", "1001"], "--val-problems must be at most 1000"),
     (["--reward", "--lm-weight", "inf"], "--lm-weight must be a finite number >= 0"),
     (["--reward", "--eval-every", "0"], "--eval-every must be positive"),   # after sampling every rollout
+    (["--prm", "--test-problems", "1001"], "--test-problems must be at most 1000, got 200 and 1001"),
+    (["--prm", "--test-problems", "-1"], "--test-problems must be a finite number >= 0"),
 ])
 def test_bad_training_flags_are_refused_before_anything_is_written(tmp_path, flags, message):
     with pytest.raises(ValueError) as err:
@@ -90,7 +92,7 @@ def test_reward_rollouts_are_labelled_by_the_verifier_and_masked_on_the_solution
         assert (data.ids[i, n:] == policy.config.pad_id).all()
         prompt = len(tok.encode(p.prompt))
         assert data.mask[i].tolist() == [float(prompt - 1 <= j < n) for j in range(data.ids.shape[1])]
-        assert data.label[i] == verifiers.outcome_scores([t], [p])[0]
+        assert (data.label[i, :n] == verifiers.outcome_scores([t], [p])[0]).all() and data.first[i] == prompt - 1
 
 
 def test_auc_counts_pairs_and_ties():
@@ -111,6 +113,46 @@ def test_a_short_reward_run_saves_a_reward_model(tmp_path):
     scores = meta.RewardModel(rm)(["Q: 1+2=?\n"], [["1+2=3\nA: 3", "1+2=4\nA: 4"]])
     assert np.isfinite(np.asarray(scores, np.float64)).all()
     assert json.loads((out / "metrics.json").read_text())["train_rollouts"] == 16
+
+
+def test_process_labels_are_the_step_checker_s_prefix_at_each_step_newline_and_the_outcome_at_eos():
+    import dataclasses
+    from meta.scoring import RewardModel
+    from scripts import train_reward
+    policy = models.load("tiny-arith")
+    config = dataclasses.replace(policy.config, score_head=True)
+    prm = RewardModel(models.Model(config, dict(policy.params, score=np.zeros(config.hidden, np.float32)),
+                                   policy.tokenizer))
+    tok, p = policy.tokenizer, arith.Problem((47, 38, 19, 5), ("+", "-", "+"))         # 85, 66, 71
+    newline, = tok.encode("\n", bos=False)
+    for text, steps, outcome in [("47+38=85\n85-19=60\n60+5=65\nA: 65", [1, 0, 0], 0),   # a slip at step 2
+                                 ("47+38=85\n85-19=66\n66+5=71\nA: 71", [1, 1, 1], 1),
+                                 ("47+5=52\n52+38=90\n90-19=71\nA: 71", [1, 1, 1], 1),   # another order
+                                 ("47+38=85\n85+38=123\n123-19=104\nA: 104", [1, 0, 0], 0)]:  # a term twice
+        ids, first, label, mask = train_reward.labelled(prm, p, text, process=True)
+        assert ids == tok.encode(p.prompt + text) + [tok.eos_id] and ids[first] == newline
+        solution_newlines = [j for j in range(first + 1, len(ids)) if ids[j] == newline]
+        assert np.nonzero(mask)[0].tolist() == solution_newlines + [len(ids) - 1]      # not the prompt's own
+        assert label[solution_newlines].tolist() == steps and label[-1] == outcome
+    # blank lines and lines from the answer on are not labelled; a malformed line is a wrong step
+    assert train_reward.step_labels("47+38=85\n\n85-19=66\n66+5=71\nA: 71\n9+9=18\n", p) == \
+        [1.0, None, 1.0, 1.0, None, None]
+    assert train_reward.step_labels("47+38=85\n85-19\n66+5=71\n", p) == [1.0, 0.0, 0.0]
+
+
+def test_a_short_prm_run_is_deterministic_and_loads_back(tmp_path):
+    flags = ["--prm", "--problems", "4", "--samples", "4", "--steps", "2", "--batch", "8", "--eval-every", "1",
+             "--val-problems", "2", "--test-problems", "2"]
+    a = train_tiny.main(flags + ["--out", str(tmp_path / "a")])
+    b = train_tiny.main(flags + ["--out", str(tmp_path / "b")])
+    ma, mb = models.load(tmp_path / "a"), models.load(tmp_path / "b")
+    assert ma.config.score_head and ma.config == mb.config and ma.tokenizer is not None
+    assert jax.tree.all(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), ma.params, mb.params))
+    drop = lambda m: {k: v for k, v in m.items() if "seconds" not in k and k != "history"}
+    assert drop(a) == drop(b) and a["args"]["process"] and a["train_rollouts"] == 16
+    for key in ("val_step_auc", "test_step_auc", "val_auc", "test_auc"):
+        assert np.isnan(a[key]) or 0 <= a[key] <= 1
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["quick_check"]["val_problems"] == 2
 
 
 def test_generation_budget_fits_every_order_of_every_solution(tok):

@@ -1,4 +1,5 @@
-"""The shipped tiny-arith checkpoint: found by name, its tokenizer, and its recorded accuracy."""
+"""The shipped checkpoints: tiny-arith found by name, its tokenizer and recorded accuracy; its reward models'
+recorded AUCs (tiny-arith-rm, tiny-arith-prm), and the PRM riding along as a track."""
 import json
 
 import pytest
@@ -54,3 +55,62 @@ def test_the_shipped_reward_model_reproduces_its_recorded_validation_auc(tiny_ar
     assert got["val_mean_label"] == pytest.approx(recorded["val_mean_label"])
     assert got["val_auc"] == pytest.approx(recorded["val_auc"], abs=0.005)
     assert got["val_auc"] > 0.6                              # better than chance (0.5) at ranking rollouts
+
+
+@pytest.fixture(scope="module")
+def tiny_arith_prm():
+    return models.load("tiny-arith-prm")
+
+
+def test_the_shipped_process_reward_model_reproduces_its_recorded_step_auc(tiny_arith, tiny_arith_prm):
+    """On the recorded quick check (the first val problems' 16 rollouts each, the same draws as in
+    training); the step-level AUC is the score at each step's newline against its exact label."""
+    from meta.scoring import RewardModel
+    from meta.tasks import arith
+    from scripts import train_reward
+    assert tiny_arith_prm.config.score_head and tiny_arith_prm.tokenizer is not None
+    recorded = json.loads((zoo.ROOT / "tiny-arith-prm" / "metrics.json").read_text())
+    want = recorded["quick_check"]
+    assert recorded["args"]["process"] and want["val_problems"] == train_reward.QUICK
+    prm = RewardModel(tiny_arith_prm)
+    val = train_reward.rollouts(tiny_arith, arith.held_out("val", "hard", want["val_problems"]),
+                                train_reward.VAL_SAMPLES, recorded["args"]["seed"], prm, process=True)
+    got = train_reward.evaluate(prm, val, process=True)
+    for key in ("val_mean_label", "val_step_mean_label"):
+        assert got[key] == pytest.approx(want[key])
+    for key in ("val_step_auc", "val_auc"):
+        assert got[key] == pytest.approx(want[key], abs=0.005)
+    assert min(got["val_step_auc"], recorded["val_step_auc"], recorded["test_step_auc"]) > 0.8   # chance: 0.5
+
+
+def test_the_process_reward_model_as_a_track_scores_each_step_where_it_ends(tiny_arith, tiny_arith_prm):
+    """Riding along the policy, paused after each step's newline (and at the end after EOS), the
+    PRM's track score is its scalar head at that token from scratch: the positions it is trained at."""
+    import numpy as np
+    import engine
+    from meta.scoring import RewardModel
+    from meta.tasks import arith
+    from sampling import Sampler
+    from scripts import train_reward
+    policy, prm, tok = tiny_arith, tiny_arith_prm, tiny_arith.tokenizer
+    prompts, tracks, newline = [p.prompt for p in arith.held_out("val", "hard", 2)], {"prm": tiny_arith_prm}, 4
+    assert tok.encode("\n", bos=False) == [newline]
+    state = engine.start(policy, prompts, capacity=128, n=4, seed=0, tracks=tracks)
+    for pause in range(8):
+        state = engine.decode(policy, state, max_new_tokens=16, sampler=Sampler(temperature=0.8),
+                              step_tokens="\n", tracks=tracks)
+        out, scores = engine.rollouts(state, tok), np.asarray(engine.track_scores(state, "prm"))
+        ids = [[tok.encode(prompts[i]) + out.tokens[i, r, :out.lengths[i, r]].tolist() for r in range(4)]
+               for i in range(2)]
+        if pause == 0:                                            # every rollout paused at its first step's end
+            assert np.asarray(state.paused).all() and all(s[-1] == newline for row in ids for s in row)
+        padded = np.zeros((8, 160), np.int32)                      # one shape: one compile of the from-scratch pass
+        for k, s in enumerate(s for row in ids for s in row):
+            padded[k, :len(s)] = s
+        lengths = np.array([len(s) for row in ids for s in row])
+        want = np.asarray(train_reward._rewards(prm.config, prm.params, padded))[np.arange(8), lengths - 1]
+        np.testing.assert_allclose(scores, want.reshape(2, 4), rtol=1e-4, atol=1e-5)
+        if np.asarray(state.done).all():
+            break
+    assert np.asarray(state.done).all() and all(s[-1] == tok.eos_id for row in ids for s in row)
+    np.testing.assert_allclose(scores, RewardModel(prm)(prompts, out.text), rtol=1e-4, atol=1e-5)   # the final score
