@@ -104,6 +104,21 @@ def take_rollouts(tree, rows):
     return jax.tree.map(take, tree, tree.axes())
 
 
+def put_rollouts(tree, rows, sub):
+    """The inverse of :func:`take_rollouts`: ``tree`` with every array that has a ``"rollouts"`` axis set
+    to ``sub``'s at ``rows`` [B'] (``sub`` has B' rollouts; a row out of range, e.g. ``B``, is dropped).
+    Every other array — scalars such as the rollout block's slot counter ``cache.index``, which all
+    rows share, and the prefix block — is ``sub``'s: ``sub`` is the newer state (a copy of some rows,
+    decoded further)."""
+    def put(x, y, axes):
+        if "rollouts" not in axes:
+            return y
+        at = axes.index("rollouts")
+        x, y = jnp.moveaxis(x, at, 0), jnp.moveaxis(y, at, 0)
+        return jnp.moveaxis(x.at[rows].set(y, mode="drop"), 0, at)
+    return jax.tree.map(put, tree, sub, tree.axes())
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PrefillCache:
