@@ -27,6 +27,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from models.config import Config
 from models.transformer import attention, merge_attention
@@ -247,6 +248,17 @@ class KVCache:
         ones = jnp.ones((self.valid.shape[0], t), bool)
         return dataclasses.replace(self, valid=jax.lax.dynamic_update_slice(self.valid, ones, (0, self.index)),
                                    length=self.length + t, index=self.index + t)
+
+    def reorder(self, order) -> "KVCache":
+        """The rollout block with each row's slots permuted: slot ``s`` of row ``b`` takes what slot
+        ``order[b, s]`` held (keys, values, ``valid``; the buffers of a split block are one sequence).
+        The KV moves, nothing is recomputed; the slot counter ``index`` is left as it is."""
+        def move(blocks):
+            whole = jnp.concatenate(blocks, axis=2) if len(blocks) > 1 else blocks[0]
+            whole = jnp.take_along_axis(whole, order[:, None, :, None], axis=2)
+            return jnp.split(whole, np.cumsum([b.shape[2] for b in blocks])[:-1].tolist(), axis=2)
+        return dataclasses.replace(self, k=[move(b) for b in self.k], v=[move(b) for b in self.v],
+                                   valid=jnp.take_along_axis(self.valid, order, axis=1))
 
     def keep(self, mask) -> "KVCache":
         """Mark which of the last ``T`` written slots hold real tokens (mask bool [G*N, T])."""
