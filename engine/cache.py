@@ -27,6 +27,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from models.config import Config
 from models.transformer import attention, merge_attention
@@ -102,6 +103,21 @@ def take_rollouts(tree, rows):
     take = lambda x, axes: (jnp.take(x, rows, axis=axes.index("rollouts"), mode="clip")   # rows are in range
                             if "rollouts" in axes else x)
     return jax.tree.map(take, tree, tree.axes())
+
+
+def put_rollouts(tree, rows, sub):
+    """The inverse of :func:`take_rollouts`: ``tree`` with every array that has a ``"rollouts"`` axis set
+    to ``sub``'s at ``rows`` [B'] (``sub`` has B' rollouts; a row out of range, e.g. ``B``, is dropped).
+    Every other array — scalars such as the rollout block's slot counter ``cache.index``, which all
+    rows share, and the prefix block — is ``sub``'s: ``sub`` is the newer state (a copy of some rows,
+    decoded further)."""
+    def put(x, y, axes):
+        if "rollouts" not in axes:
+            return y
+        at = axes.index("rollouts")
+        x, y = jnp.moveaxis(x, at, 0), jnp.moveaxis(y, at, 0)
+        return jnp.moveaxis(x.at[rows].set(y, mode="drop"), 0, at)
+    return jax.tree.map(put, tree, sub, tree.axes())
 
 
 @jax.tree_util.register_dataclass
@@ -232,6 +248,17 @@ class KVCache:
         ones = jnp.ones((self.valid.shape[0], t), bool)
         return dataclasses.replace(self, valid=jax.lax.dynamic_update_slice(self.valid, ones, (0, self.index)),
                                    length=self.length + t, index=self.index + t)
+
+    def reorder(self, order) -> "KVCache":
+        """The rollout block with each row's slots permuted: slot ``s`` of row ``b`` takes what slot
+        ``order[b, s]`` held (keys, values, ``valid``; the buffers of a split block are one sequence).
+        The KV moves, nothing is recomputed; the slot counter ``index`` is left as it is."""
+        def move(blocks):
+            whole = jnp.concatenate(blocks, axis=2) if len(blocks) > 1 else blocks[0]
+            whole = jnp.take_along_axis(whole, order[:, None, :, None], axis=2)
+            return jnp.split(whole, np.cumsum([b.shape[2] for b in blocks])[:-1].tolist(), axis=2)
+        return dataclasses.replace(self, k=[move(b) for b in self.k], v=[move(b) for b in self.v],
+                                   valid=jnp.take_along_axis(self.valid, order, axis=1))
 
     def keep(self, mask) -> "KVCache":
         """Mark which of the last ``T`` written slots hold real tokens (mask bool [G*N, T])."""

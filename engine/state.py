@@ -76,6 +76,20 @@ class DecodeState:
                        valid=jnp.concatenate([prompt_valid, self.cache.valid], axis=1), mu=self.mu,
                        stop_ids=stop_ids, fsm=self.fsm)
 
+    def packed(self) -> "DecodeState":
+        """The state with each row's real tokens moved to its first slots, in order (``cache.valid``
+        then holds ``length`` leading slots): every per-slot array and the KV of the policy and every
+        track move along, nothing is recomputed (positions count tokens, not slots, so the rows decode
+        on as before). The slot counter ``cache.index`` is left as it is: a caller that packs rows to
+        reuse their free slots sets it."""
+        order = jnp.argsort(~self.cache.valid, axis=1, stable=True)          # real slots first, in order
+        axes = self.axes()
+        slots = {f.name: jnp.take_along_axis(getattr(self, f.name), order, axis=1)
+                 for f in dataclasses.fields(self) if getattr(axes, f.name) == ("rollouts", "time")}
+        return dataclasses.replace(self, **slots, cache=self.cache.reorder(order),
+                                   tracks={k: dataclasses.replace(t, cache=t.cache.reorder(order))
+                                           for k, t in self.tracks.items()})
+
     @property
     def live(self) -> jax.Array:
         """bool [B]: rows the next step draws for."""

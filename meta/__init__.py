@@ -9,6 +9,7 @@ from meta.best_of_n import best_of_n
 from meta.budget import Budget
 from meta.draw import draw
 from meta.mbr import mbr
+from meta.mcts import mcts
 from meta.pass_at_k import coverage, pass_at_k
 from meta.rejection import rejection_sample
 from meta.result import Result
@@ -19,9 +20,9 @@ from meta.self_consistency import self_consistency, weighted_vote
 METHODS = {"best_of_n": best_of_n, "self_consistency": self_consistency, "weighted_vote": weighted_vote,
            "mbr": mbr, "rejection_sample": rejection_sample, "pass_at_k": coverage,
            "adaptive_self_consistency": adaptive_self_consistency, "step_beam_search": step_beam_search,
-           "dvts": dvts, "rebase": rebase, "particle_filter": particle_filter}
+           "dvts": dvts, "rebase": rebase, "particle_filter": particle_filter, "mcts": mcts}
 
 __all__ = ["Budget", "Result", "draw", "best_of_n", "self_consistency", "weighted_vote", "mbr",
            "rejection_sample", "pass_at_k", "coverage", "adaptive_self_consistency", "step_beam_search",
-           "dvts", "rebase", "particle_filter", "ProcessScorer",
+           "dvts", "rebase", "particle_filter", "mcts", "ProcessScorer",
            "FunctionScorer", "LMJudge", "RewardModel", "sigmoid", "METHODS"]

@@ -184,19 +184,17 @@ def _search(stack, params, state, how, keys, log, *, rule: Rule, max_steps: int,
     return jax.lax.while_loop(cond, body, (jnp.int32(0), state, log))
 
 
-def search(model, prompts, *, rule: Rule, scorer, n: int, max_steps: int, max_new_tokens: int, sampler=None,
-           seed: int = 0, budget=None, references=None, answer=None, final: str = "best", step_tokens="\n",
-           stop_tokens=None, mesh=None, method: str = "search") -> Result:
-    """Run the step-level search ``rule`` (see the module docstring; the public functions below name
-    the rules). Returns every prompt's ``n`` final rollouts with their last scores, the one chosen
-    (``final="best"``: the highest-scoring rollout with an answer; ``"vote"``: the answer with the
-    largest total score) and the budget."""
+def checked(model, prompts, *, scorer, n: int, worst: int, max_steps: int, max_new_tokens: int, sampler, references,
+            budget, final: str, step_tokens, stop_tokens):
+    """The checks every step-level search makes before any work (``worst``: the most rollouts of up to
+    ``max_new_tokens`` tokens it could draw per prompt, checked against the budget). Returns ``(budget,
+    sampler broadcast to [G, n], start time, whether the scorer is a reward-model track, token ids)``."""
     budget, sampler, t0 = setup(prompts, n, references, budget, sampler)
     check_int("max_steps", max_steps, 1)
     check_int("max_new_tokens", max_new_tokens, 1)
     if final not in FINAL:
         raise ValueError(f"final must be one of {FINAL}, got {final!r}")
-    track = getattr(getattr(scorer, "config", None), "score_head", False)
+    track = bool(getattr(getattr(scorer, "config", None), "score_head", False))
     if not track and not callable(scorer):
         raise ValueError("scorer must be a reward model (a model with config.score_head, e.g. tiny-arith-prm), "
                          f"which rides along as a track, or a callable process scorer; got {type(scorer).__name__}")
@@ -204,9 +202,23 @@ def search(model, prompts, *, rule: Rule, scorer, n: int, max_steps: int, max_ne
         check_scorer(scorer, prompts, references)
     ids = check_prompts(model, list(prompts), max_new_tokens, "max_new_tokens")
     step_ids(model, step_tokens), stop_ids(model.config, stop_tokens)          # checked before any work
-    if budget.affordable(len(ids) * n, max_new_tokens) < len(ids) * n:
-        raise ValueError(f"{len(ids)} prompts x n={n} rollouts x {max_new_tokens} tokens do not fit in the "
-                         f"budget ({budget.max_generated - budget.generated} tokens left)")
+    if budget.affordable(len(ids) * worst, max_new_tokens) < len(ids) * worst:
+        raise ValueError(f"{len(ids)} prompts x {worst} rollouts x {max_new_tokens} tokens (the most it could draw) "
+                         f"do not fit in the budget ({budget.max_generated - budget.generated} tokens left)")
+    return budget, sampler, t0, track, ids
+
+
+def search(model, prompts, *, rule: Rule, scorer, n: int, max_steps: int, max_new_tokens: int, sampler=None,
+           seed: int = 0, budget=None, references=None, answer=None, final: str = "best", step_tokens="\n",
+           stop_tokens=None, mesh=None, method: str = "search") -> Result:
+    """Run the step-level search ``rule`` (see the module docstring; the public functions below name
+    the rules). Returns every prompt's ``n`` final rollouts with their last scores, the one chosen
+    (``final="best"``: the highest-scoring rollout with an answer; ``"vote"``: the answer with the
+    largest total score) and the budget."""
+    budget, sampler, t0, track, ids = checked(model, prompts, scorer=scorer, n=n, worst=n, max_steps=max_steps,
+                                              max_new_tokens=max_new_tokens, sampler=sampler, references=references,
+                                              budget=budget, final=final, step_tokens=step_tokens,
+                                              stop_tokens=stop_tokens)
     model = place_model(model, mesh)
     tracks = {TRACK: scorer} if track else {}
     state = engine.start(model, ids, capacity=max_new_tokens, n=n, seed=seed, tracks=tracks, mesh=mesh)
@@ -242,38 +254,51 @@ def _texts(model, state) -> list:
     return [[" ".join(map(str, t[:k].tolist())) for t, k in zip(row, lengths)] for row, lengths in zip(r.tokens, r.lengths)]
 
 
+def spend(budget, model, track, ids, generated: int, calls: int):
+    """Count a search's work in ``budget``: ``generated`` tokens drawn, each prompt prefilled once, ``calls``
+    policy forwards (the prefill and every decode step); a reward-model ``track`` (else ``None``) reads
+    every prompt and drawn token in the same calls."""
+    prefilled = sum(map(len, ids))
+    budget.generated += generated
+    budget.prefilled += prefilled
+    budget.policy_calls += calls
+    budget.policy_flops += 2.0 * param_count(model.params) * (generated + prefilled)
+    if track is not None:
+        budget.scorer_calls += calls
+        budget.scorer_tokens += generated + prefilled
+        budget.scorer_flops += 2.0 * param_count(track.params) * (generated + prefilled)
+
+
+def pick(answers, scores, final: str):
+    """Each prompt's ``(answer, chosen rollout, votes)`` from its rollouts' answers and scores (lists per
+    prompt): ``final="best"`` the highest-scoring rollout with an answer (ties: the lower rollout),
+    ``"vote"`` the answer with the largest total score (:func:`meta.vote.winner`)."""
+    out = []
+    for a, s in zip(answers, scores):
+        if final == "vote":
+            answer, first, tally = winner(a, s)
+            out.append((answer, first, tally))
+        else:
+            have = [r for r in range(len(a)) if a[r] is not None]
+            best = max(have, key=lambda r: (s[r], -r)) if have else None
+            out.append((None if best is None else a[best], best, []))
+    return out
+
+
 def _result(method, rule, model, track, prompts, ids, state, steps, log, scores, answer, final, budget, t0) -> Result:
     """The Result of a finished search, its budget counted (see :class:`meta.Budget`)."""
     texts, lengths = _texts(model, state), np.asarray(state.cache.length).reshape(state.shape)
     answers, scores = extract(answer, texts), np.asarray(scores, np.float64)
-    generated, prefilled = int(np.sum(log["generated"])), sum(map(len, ids))
-    budget.generated += generated
-    budget.prefilled += prefilled
-    budget.policy_calls += 1 + int(state.cache.index)
-    budget.policy_flops += 2.0 * param_count(model.params) * (generated + prefilled)
-    if track is not None:                           # the track reads every prompt and drawn token, in the same calls
-        budget.scorer_calls += 1 + int(state.cache.index)
-        budget.scorer_tokens += generated + prefilled
-        budget.scorer_flops += 2.0 * param_count(track.params) * (generated + prefilled)
-    picks, votes = [], []
-    for a, s in zip(answers, scores):
-        if final == "vote":
-            answer_, first, tally = winner(a, s)
-            picks.append((answer_, first))
-            votes.append(tally)
-        else:
-            have = [r for r in range(len(a)) if a[r] is not None]
-            best = max(have, key=lambda r: (s[r], -r)) if have else None
-            picks.append((None if best is None else a[best], best))
-            votes.append([])
+    spend(budget, model, track, ids, int(np.sum(log["generated"])), 1 + int(state.cache.index))
+    picks = pick(answers, scores.tolist(), final)
     tree = {k: np.asarray(log[k])[:steps] for k in ("parents", "scores", "resampled", "ess")}
     info = [{"steps": steps, "tree": {"parents": tree["parents"][:, i].tolist(), "scores": tree["scores"][:, i].tolist(),
                                       **({"resampled": tree["resampled"][:, i].tolist(), "ess": tree["ess"][:, i].tolist()}
                                          if rule.kind == "smc" else {})}}
             for i in range(len(prompts))]
     return Result(method=method, prompts=list(prompts), answers=[p[0] for p in picks], chosen=[p[1] for p in picks],
-                  texts=texts, lengths=lengths.tolist(), extracted=answers, scores=scores.tolist(), votes=votes,
-                  budget=finish(budget, t0), info=info)
+                  texts=texts, lengths=lengths.tolist(), extracted=answers, scores=scores.tolist(),
+                  votes=[p[2] for p in picks], budget=finish(budget, t0), info=info)
 
 
 def _width(n: int, beam_width: int) -> int:
