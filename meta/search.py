@@ -162,7 +162,8 @@ def _select(rule: Rule, state, scores, drawn, ratio, log, t, keys, max_steps: in
                                                   step_keys, go)
     log = dict(log, logw=logw, before=before, generated=log["generated"] + drawn,
                parents=log["parents"].at[t].set(parents), scores=log["scores"].at[t].set(scores),
-               resampled=log["resampled"].at[t].set(again), ess=log["ess"].at[t].set(size))
+               resampled=log["resampled"].at[t].set(again), ess=log["ess"].at[t].set(size),
+               steps=log["steps"] + go)
     return engine.select(state, parents, rekey=True), log
 
 
@@ -228,7 +229,8 @@ def search(model, prompts, *, rule: Rule, scorer, n: int, max_steps: int, max_ne
     keys = jax.vmap(jax.random.fold_in)(state.keys[::n], jnp.full((g,), SALT, jnp.uint32))
     log = {"logw": jnp.zeros((g, n)), "before": jnp.zeros((g, n)), "generated": jnp.zeros((g * n,), jnp.int32),
            "parents": jnp.zeros((max_steps, g, n), jnp.int32), "scores": jnp.zeros((max_steps, g, n)),
-           "resampled": jnp.zeros((max_steps, g), bool), "ess": jnp.zeros((max_steps, g))}
+           "resampled": jnp.zeros((max_steps, g), bool), "ess": jnp.zeros((max_steps, g)),
+           "steps": jnp.ones((g,), jnp.int32)}          # a prompt's own steps: 1 + the steps after which it went on
     if track:
         steps, state, log = _search(stack, params, state, how, keys, log, rule=rule, max_steps=max_steps, mesh=mesh)
         scores = np.asarray(jax.nn.sigmoid(engine.track_scores(state, TRACK)), np.float64)
@@ -291,10 +293,9 @@ def _result(method, rule, model, track, prompts, ids, state, steps, log, scores,
     answers, scores = extract(answer, texts), np.asarray(scores, np.float64)
     spend(budget, model, track, ids, int(np.sum(log["generated"])), 1 + int(state.cache.index))
     picks = pick(answers, scores.tolist(), final)
-    tree = {k: np.asarray(log[k])[:steps] for k in ("parents", "scores", "resampled", "ess")}
-    info = [{"steps": steps, "tree": {"parents": tree["parents"][:, i].tolist(), "scores": tree["scores"][:, i].tolist(),
-                                      **({"resampled": tree["resampled"][:, i].tolist(), "ess": tree["ess"][:, i].tolist()}
-                                         if rule.kind == "smc" else {})}}
+    keys = ("parents", "scores") + (("resampled", "ess") if rule.kind == "smc" else ())
+    own = np.minimum(np.asarray(log["steps"]), steps)        # the steps a prompt took, whatever else is in the batch
+    info = [{"steps": int(own[i]), "tree": {k: np.asarray(log[k])[:own[i], i].tolist() for k in keys}}
             for i in range(len(prompts))]
     return Result(method=method, prompts=list(prompts), answers=[p[0] for p in picks], chosen=[p[1] for p in picks],
                   texts=texts, lengths=lengths.tolist(), extracted=answers, scores=scores.tolist(),

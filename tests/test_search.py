@@ -10,7 +10,7 @@ import engine
 import meta
 import models
 import sharding
-from fakes import EOS, Fake
+from fakes import Fake
 from meta import search as S
 from meta.tasks import arith, arith_verifiers
 from sampling import Sampler
@@ -149,6 +149,18 @@ def test_a_search_expands_the_tree_a_hand_written_loop_expands(method, kind, kwa
     assert r.texts == [[" ".join(map(str, t[:k].tolist())) for t, k in zip(row, ks)]
                        for row, ks in zip(want.tokens, want.lengths)]
     assert len({tuple(p) for _, ps in tree for p in ps}) > 1        # the tree really branches and prunes
+
+
+@pytest.mark.parametrize("method", [S.step_beam_search, S.dvts, S.rebase, S.particle_filter])
+def test_a_prompts_search_is_the_same_whatever_else_is_in_the_batch(method):
+    common = dict(scorer=PRM, n=4, max_steps=5, max_new_tokens=7, seed=5, step_tokens=STEPS,
+                  sampler=Sampler(temperature=1.0))
+    together = method(Fake(), PROMPTS, **common)
+    for g, prompt in enumerate(PROMPTS):
+        alone = method(Fake(), [prompt], **common)
+        assert alone.texts[0] == together.texts[g] and alone.chosen[0] == together.chosen[g]
+        assert alone.info[0]["steps"] == together.info[g]["steps"]
+        assert alone.info[0]["tree"]["parents"] == together.info[g]["tree"]["parents"]
 
 
 def test_a_callable_scorer_searches_as_the_reward_track_does():
