@@ -3,7 +3,7 @@
     python -m scripts.meta self_consistency --data problems.jsonl --out out.jsonl --n 16
     python -m scripts.meta step_beam_search --data problems.jsonl --out out.jsonl --n 16 --scorer model
 
-The step-level searches (``step_beam_search``, ``dvts``, ``rebase``, ``particle_filter``) take a
+The step-level searches (``step_beam_search``, ``dvts``, ``rebase``, ``particle_filter``, ``mcts``) take a
 process scorer: ``--scorer model`` (the reward model ``--scorer-model``, default ``tiny-arith-prm``,
 riding in the decode step) or ``--scorer process-min`` etc. (the task's process verifier).
 
@@ -37,7 +37,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 SCORERS = ("none", "verifier", "process-min", "process-mean", "process-prod", "process-last", "model")
-SEARCHES = ("step_beam_search", "dvts", "rebase", "particle_filter")   # step-level: --max-steps, --final, ...
+SEARCHES = ("step_beam_search", "dvts", "rebase", "particle_filter", "mcts")   # step-level: --max-steps, --final, ...
 ROUNDS = ("rejection_sample", "adaptive_self_consistency")     # draw --round-size rollouts at a time
 
 
@@ -91,7 +91,7 @@ def settings(args, data_path: Path, model) -> dict:
     digest = hashlib.sha256(data_path.read_bytes()).hexdigest()
     keys = ("method", "model", "n", "temperature", "top_p", "seed", "max_new_tokens", "scorer", "scorer_model",
             "round_size", "rule", "batch", "answer", "max_steps", "beam_width", "search_temperature", "ess_threshold",
-            "resampling", "final")
+            "resampling", "simulations", "exploration", "final")
     return {"data_sha256": digest, "model_fingerprint": model.fingerprint(), **{k: getattr(args, k) for k in keys}}
 
 
@@ -230,7 +230,8 @@ def run_chunk(args, model, items, sampler):
     if args.method in SEARCHES:
         named = inspect.signature(fn).parameters
         kw.update(max_steps=args.max_steps, final=args.final,
-                  **{k: getattr(args, k) for k in ("beam_width", "ess_threshold", "resampling") if k in named})
+                  **{k: getattr(args, k) for k in ("beam_width", "ess_threshold", "resampling", "simulations",
+                                                   "exploration") if k in named})
         if "temperature" in named:
             kw["temperature"] = args.search_temperature
     if args.method in ROUNDS:
@@ -289,6 +290,8 @@ def parse_args(argv=None):
     ap.add_argument("--search-temperature", type=float, default=0.2, help="rebase: softmax temperature of scores")
     ap.add_argument("--ess-threshold", type=float, default=0.5, help="particle_filter: resample below this ESS / n")
     ap.add_argument("--resampling", choices=("systematic", "multinomial"), default="systematic")
+    ap.add_argument("--simulations", type=int, default=16, help="mcts: simulations (--n: children per expansion)")
+    ap.add_argument("--exploration", type=float, default=0.3, help="mcts: UCT's exploration constant")
     ap.add_argument("--final", choices=("best", "vote"), default="best",
                     help="step-level searches: the best-scored answer or a score-weighted vote")
     ap.add_argument("--answer", choices=("arith", "text"), default="arith",
@@ -321,8 +324,10 @@ def main(argv=None) -> int:
     import models
     from sampling import Sampler
     try:                 # what can be refused is refused before the output is touched (check_items)
-        if min(args.batch, args.n, args.max_new_tokens, args.round_size) < 1:
-            raise ValueError("--batch, --n, --max-new-tokens and --round-size must be positive")
+        if min(args.batch, args.n, args.max_new_tokens, args.round_size, args.max_steps, args.beam_width,
+               args.simulations) < 1:
+            raise ValueError("--batch, --n, --max-new-tokens, --round-size, --max-steps, --beam-width and "
+                             "--simulations must be positive")
         if not -2 ** 63 <= args.seed < 2 ** 63:
             raise ValueError(f"--seed must fit in 64 bits (signed), got {args.seed}")
         sampler = Sampler(temperature=args.temperature, top_p=args.top_p)

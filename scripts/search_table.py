@@ -35,6 +35,8 @@ GRID = {
     "dvts": [dict(beam_width=w, final=f) for w in (2, 4) for f in FINALS],
     "rebase": [dict(temperature=t, final=f) for t in (0.1, 0.3, 1.0) for f in FINALS],
     "particle_filter": [dict(ess_threshold=e, final=f) for e in (0.5, 1.0) for f in FINALS],
+    # mcts: n is the children per expansion; `simulations = 4 N / children` draws about the tokens of N rollouts
+    "mcts": [dict(children=k, exploration=c) for k in (2, 4) for c in (0.1, 0.3, 1.0)],
 }
 MAX_STEPS = 8            # a hard problem's solution is 4-5 step lines and the answer line
 
@@ -59,9 +61,17 @@ def step_level(prm, settings: dict):
 
 def search(name: str, prm, setting: dict):
     """Step-level search ``name`` with ``setting`` as ``f(model, prompts, n, **common)``: up to ``MAX_STEPS``
-    steps, twice a full solution's slots (every step takes as many slots as its longest rollout's)."""
-    return lambda m, p, n, **kw: meta.METHODS[name](m, p, n=n, scorer=prm, max_steps=MAX_STEPS, **setting,
-                                                    **{**kw, "max_new_tokens": 2 * kw["max_new_tokens"]})
+    steps, twice a full solution's slots (every step takes as many slots as its longest rollout's).
+    MCTS at budget ``n`` expands ``children`` per simulation in ``4 n / children`` simulations: a step is
+    about a quarter of a solution's tokens, so its tokens are about those of ``n`` rollouts."""
+    def run(m, p, n, **kw):
+        kw = {**kw, "max_new_tokens": 2 * kw["max_new_tokens"]}
+        if name == "mcts":
+            sims = max(1, 4 * n // setting["children"])
+            return meta.mcts(m, p, n=setting["children"], simulations=sims, exploration=setting["exploration"],
+                             scorer=prm, max_steps=MAX_STEPS, **kw)
+        return meta.METHODS[name](m, p, n=n, scorer=prm, max_steps=MAX_STEPS, **setting, **kw)
+    return run
 
 
 def describe(setting: dict) -> str:
@@ -81,12 +91,14 @@ def measure(fn, model, problems, n: int, batch: int, seed: int) -> dict:
             "flops": per(budget.flops), "seconds": time.time() - t0}
 
 
-def tune(model, prm, problems, batch: int, seed: int) -> dict:
+def tune(model, prm, problems, batch: int, seed: int, keep) -> dict:
     """Each search's setting with the best val accuracy at ``TUNE_AT`` rollouts; prints the val table."""
     print(f"\n### Settings on val ({len(problems)} hard val problems, N = {TUNE_AT})\n")
     print("| method | setting | accuracy |\n|---|---|---:|")
     chosen = {}
     for name, grid in GRID.items():
+        if not keep(name):
+            continue
         best = None
         for setting in grid:
             acc = measure(search(name, prm, setting), model, problems, TUNE_AT, batch, seed)["accuracy"]
@@ -124,6 +136,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=50, help="problems per call")
     ap.add_argument("--prm", default="tiny-arith-prm")
     ap.add_argument("--orm", default="tiny-arith-rm")
+    ap.add_argument("--methods", nargs="+", help="only these methods (names as in the tables, by prefix)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "search.png")
     args = ap.parse_args(argv)
@@ -131,9 +144,10 @@ def main(argv=None) -> dict:
         raise ValueError("--problems, --val-problems, --batch and --budgets must be positive")
     model, prm, orm = models.load("tiny-arith"), models.load(args.prm), models.load(args.orm)
     start = time.time()
-    settings = tune(model, prm, arith.held_out("val", "hard", args.val_problems), args.batch, args.seed)
+    keep = lambda name: not args.methods or name.startswith(tuple(args.methods))
+    settings = tune(model, prm, arith.held_out("val", "hard", args.val_problems), args.batch, args.seed, keep)
     problems = arith.held_out("test", "hard", args.problems)
-    methods = {**parallel(orm, prm), **step_level(prm, settings)}
+    methods = {k: f for k, f in {**parallel(orm, prm), **step_level(prm, settings)}.items() if keep(k)}
     print(f"\n### Test ({len(problems)} hard test problems)\n")
     print("| method | N | accuracy | tokens / problem | scorer tokens / problem | GFLOPs / problem | wall s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
