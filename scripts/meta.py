@@ -291,7 +291,7 @@ def parse_args(argv=None):
     ap.add_argument("--ess-threshold", type=float, default=0.5, help="particle_filter: resample below this ESS / n")
     ap.add_argument("--resampling", choices=("systematic", "multinomial"), default="systematic")
     ap.add_argument("--simulations", type=int, default=16, help="mcts: simulations (--n: children per expansion)")
-    ap.add_argument("--exploration", type=float, default=0.3, help="mcts: UCT's exploration constant")
+    ap.add_argument("--exploration", type=float, default=0.1, help="mcts: UCT's exploration constant")
     ap.add_argument("--final", choices=("best", "vote"), default="best",
                     help="step-level searches: the best-scored answer or a score-weighted vote")
     ap.add_argument("--answer", choices=("arith", "text"), default="arith",
