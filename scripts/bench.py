@@ -134,6 +134,8 @@ def bench_search(args):
     texts and the result); ``generate`` draws the same rows for as many slots as the search used, and
     ``generate+track`` does the same with the scorer riding along (``start(tracks=)`` + ``decode``).
     Tokens/s counts tokens drawn (a pruned rollout's tokens included; a copy's shared past not).
+    MCTS (``4 n / --beam`` simulations of ``--beam`` children) decodes only ``--beam`` rows of each prompt
+    at a time, so its baselines draw ``--beam`` rollouts of each prompt.
     """
     import meta
     from meta.tasks import arith, arith_verifiers
@@ -162,6 +164,17 @@ def bench_search(args):
                 policy, engine.start(policy, prompts, capacity=slots, n=n, tracks=tracks), max_new_tokens=slots,
                 sampler=sampler, tracks=tracks).cache.length)
             tokens[f"{key}:generate+track"] = int(np.sum(runs[f"{key}:generate+track"]()))
+    # mcts decodes only n = --beam children of each prompt per simulation: its baseline is generate of those rows
+    runs["mcts/prm"] = lambda: meta.mcts(policy, prompts, scorer=prm, simulations=4 * n // args.beam,
+                                         **{**common, "n": args.beam})
+    runs["mcts/prm:generate"] = lambda: engine.generate(policy, prompts, max_new_tokens=args.steps * args.step_tokens,
+                                                        n=args.beam, sampler=sampler, seed=0)
+    runs["mcts/prm:generate+track"] = lambda: jax.block_until_ready(engine.decode(
+        policy, engine.start(policy, prompts, capacity=args.steps * args.step_tokens, n=args.beam, tracks=tracks),
+        max_new_tokens=args.steps * args.step_tokens, sampler=sampler, tracks=tracks).cache.length)
+    tokens["mcts/prm"] = runs["mcts/prm"]().budget.generated
+    tokens["mcts/prm:generate"] = int(runs["mcts/prm:generate"]().lengths.sum())
+    tokens["mcts/prm:generate+track"] = int(np.sum(runs["mcts/prm:generate+track"]()))
     best = interleaved(runs, args.repeats)
     rate = {k: tokens[k] / best[k] for k in best}
     keys = [k for k in runs if ":" not in k]
