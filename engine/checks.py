@@ -140,6 +140,25 @@ def stop_ids(config, stop_tokens=None) -> jax.Array:
     return np.asarray(sorted(set(config.eos_ids) | set(extra.tolist())) or [-1], np.int32)
 
 
+def stop_strings(model, stop=None):
+    """The :class:`~engine.stops.StopStrings` tables of ``stop`` (a list of non-empty strings) over
+    ``model``'s vocabulary, or None for none; a ``ValueError`` for anything else, for a model without a
+    tokenizer, or for a string no token of the vocabulary can end."""
+    if stop is None:
+        return None
+    if not isinstance(stop, (list, tuple)) or not stop or not all(isinstance(s, str) and s for s in stop):
+        raise ValueError(f"stop must be a non-empty list of non-empty strings (stop=[\"</answer>\"]), got {stop!r:.60}")
+    if getattr(model, "tokenizer", None) is None:
+        raise ValueError("stop strings need a model with a tokenizer (to read its tokens' text); use stop_tokens")
+    for s in stop:
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"stop string {s!r:.40} is not valid Unicode ({e.reason})") from None
+    from engine.stops import tables
+    return tables(model.tokenizer, tuple(stop), model.config.vocab_size)
+
+
 def check_sampler(sampler) -> Sampler:
     """``sampler``, greedy for None, or a ``ValueError`` for anything that is not a :class:`Sampler`."""
     if sampler is None:

@@ -24,7 +24,7 @@ import sharding
 from engine.cache import KVCache, PrefillCache, take_rollouts
 from engine.checks import (check_bool, check_copies, check_finite, check_int, check_models, check_prompts, check_rows,
                            check_sampler, check_state, check_track, check_tracks, memory_bytes, state_bytes, step_ids,
-                           stop_ids, token_ids, traced)
+                           stop_ids, stop_strings, token_ids, traced)
 from engine.state import DecodeState, Track
 from engine.step import Decoding, Mixture, decode_loop, feed, write
 from sampling import Sampler, rollout_keys
@@ -180,18 +180,21 @@ def _mixture(mixture, state: DecodeState, mesh):
 
 
 def decoding(model, state: DecodeState, *, sampler: Sampler | None = None, stop_tokens=None, step_tokens=None,
-             mixture: Mixture | None = None, mesh=None) -> Decoding:
+             mixture: Mixture | None = None, mesh=None, stop=None) -> Decoding:
     """How :func:`decode` draws, checked and normalised once (the sampler per row, placed like ``state``'s
     rollouts): what ``engine.step.decode_loop`` takes, for programs that call it themselves."""
     stops = stop_ids(model.config, stop_tokens)
+    strings = stop_strings(model, stop)
     table = check_sampler(sampler).values.get("constraint")     # the host copy, before it is placed
     tag = -1 if table is None else zlib.crc32(np.asarray(table).tobytes()) & 0x7FFFFFFF
     return Decoding(sampler=row_sampler(sampler, state, mesh, stops), stops=stops, steps=step_ids(model, step_tokens),
-                    mixture=None if mixture is None else _mixture(mixture, state, mesh), constraint=jnp.int32(tag))
+                    mixture=None if mixture is None else _mixture(mixture, state, mesh), constraint=jnp.int32(tag),
+                    strings=strings)
 
 
 def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler | None = None, stop_tokens=None,
-           step_tokens=None, tracks: dict | None = None, mixture: Mixture | None = None, mesh=None) -> DecodeState:
+           step_tokens=None, tracks: dict | None = None, mixture: Mixture | None = None, mesh=None,
+           stop=None) -> DecodeState:
     """Continue every unfinished rollout for up to ``max_new_tokens`` more tokens.
 
     Nothing already in the cache is recomputed. A rollout is *done* after an EOS or any of
@@ -200,6 +203,11 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
     them: the delimiters that end a reasoning step, kept as the step's last tokens), and the next
     ``decode`` continues it. The call returns when every row is done or paused, or after
     ``max_new_tokens`` slots. ``state.done`` / ``state.paused`` say which each row is.
+
+    ``stop`` (a list of strings, e.g. ``["\\n\\nQ:", "</answer>"]``; needs a tokenizer) also ends a
+    rollout, when a drawn token completes one of them — across token boundaries, or inside one
+    token, as ``transformers``' ``StopStringCriteria`` (``engine.stops``); the token is kept, and
+    ``rollouts(state, tokenizer, stop=...)`` cuts the text there.
 
     The draws of a rollout depend only on its key and its token count, so decoding in several
     calls equals decoding in one. ``state`` is used up: its buffers are donated to the result (the
@@ -217,7 +225,7 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
         raise ValueError(f"{int(used)} of the rollouts' {size} cache slots are used; {max_new_tokens} more "
                          f"do not fit (start with a larger capacity)")
     how = decoding(model, state, sampler=sampler, stop_tokens=stop_tokens, step_tokens=step_tokens,
-                   mixture=mixture, mesh=mesh)
+                   mixture=mixture, mesh=mesh, stop=stop)
     state = decode_loop(stack, params, state, how, jnp.minimum(used + max_new_tokens, size), mesh=mesh)
     if not traced(state):
         check_finite(state, mesh)

@@ -6,7 +6,8 @@ import dataclasses
 import numpy as np
 
 import sharding
-from engine.checks import check_finite, check_int, check_sampler, check_state
+from engine.checks import check_bool, check_finite, check_int, check_sampler, check_state, stop_strings
+from engine.stops import cut
 from engine.decode import decode, decoding, model_stack, place_model, start
 from engine.state import DecodeState
 from engine.step import decode_step
@@ -27,14 +28,20 @@ class Rollouts:
     cache_slots: int = 0         # its token slots: G*P (prefix, once per prompt) + G*N*S (rollouts)
 
 
-def rollouts(state: DecodeState, tokenizer=None, shape=None) -> Rollouts:
+def rollouts(state: DecodeState, tokenizer=None, shape=None, *, stop=None, keep_stop: bool = False) -> Rollouts:
     """The rollouts of ``state`` on the host side, each row's real tokens moved to the front.
 
     ``shape`` (G, N) regroups the rows (e.g. for the naive layout, where each group has one).
     With a ``tokenizer``, ``text`` holds each rollout decoded as it reads after its prompt
-    (:func:`models.continuation`), without the stop token that finished it.
+    (:func:`models.continuation`), without the stop token that finished it. A finished rollout
+    whose last token completes one of the stop strings ``stop`` (those it was decoded with) keeps
+    that token, and its text is cut just after the string (``keep_stop=True``) or just before it
+    (the default); the tokens stay as drawn (:func:`engine.stops.cut`).
     """
     check_state(state)
+    check_bool("keep_stop", keep_stop)
+    if stop is not None and (not isinstance(stop, (list, tuple)) or not all(isinstance(x, str) and x for x in stop)):
+        raise ValueError(f"stop must be a list of non-empty strings, got {stop!r:.60}")
     g, n = shape or state.shape
     rows = state.done.shape[0]
     if not (isinstance(g, (int, np.integer)) and isinstance(n, (int, np.integer)) and g >= 1 and n >= 1
@@ -49,14 +56,25 @@ def rollouts(state: DecodeState, tokenizer=None, shape=None) -> Rollouts:
         per = state.shape[1]                             # rows per prefix group (1 in the naive layout)
         prompt, first = np.asarray(state.prompt), np.asarray(state.cache.pstart)
         contexts = [prompt[i // per, first[i // per]:][-CONTEXT:] for i in range(rows)]
-        out.text = _texts(tokenizer, out, np.asarray(state.done).reshape(g, n),
-                          [contexts[i * n:(i + 1) * n] for i in range(g)])
+        done = np.asarray(state.done).reshape(g, n)
+        ends = {}
+        if stop:                       # a stop string's search reaches as far into the prompt as it can
+            reach = max(CONTEXT, max(len(x.encode("utf-8")) for x in stop))
+            for i in np.flatnonzero(done.reshape(-1)):
+                row = divmod(int(i), n)
+                ends[row] = cut(tokenizer, prompt[i // per, first[i // per]:][-reach:],
+                                out.tokens[row][:out.lengths[row]], stop)
+        drop = done & ~np.array([[ends.get((a, b)) is not None for b in range(n)] for a in range(g)], bool)
+        out.text = _texts(tokenizer, out, drop, [contexts[i * n:(i + 1) * n] for i in range(g)])
+        for (a, b), at in ends.items():
+            if at is not None:
+                out.text[a][b] = at[0] if keep_stop else at[1]
     return out
 
 
 def generate(model, prompts, *, max_new_tokens: int, sampler: Sampler | None = None, n: int = 1,
              seed: int = 0, stop_tokens=None, mesh=None, share_prefix: bool = True,
-             first_rollout: int = 0) -> Rollouts:
+             first_rollout: int = 0, stop=None, keep_stop: bool = False) -> Rollouts:
     """Generate ``n`` rollouts for each prompt.
 
     ``model`` has ``config``, ``params``, ``forward`` and ``tokenizer`` (a :class:`models.Model`
@@ -69,19 +87,28 @@ def generate(model, prompts, *, max_new_tokens: int, sampler: Sampler | None = N
     else is in the batch. ``sampler`` defaults to greedy; its fields may be per prompt [G] or
     per rollout [G, N]. ``first_rollout`` numbers the rollouts from there (rounds of a larger draw).
 
+    ``stop`` (a list of strings; needs a tokenizer) ends a rollout when its text ends with one, on
+    the device, across token boundaries as ``transformers``' ``StopStringCriteria``
+    (:mod:`engine.stops`). The tokens stay as drawn (the last one completes the string); ``text``
+    is cut before the string, or after it with ``keep_stop=True``. A string that ends inside a
+    token cuts the text there: the rest of that token's text is dropped either way.
+
     ``mesh`` (``sharding.make_mesh(...)``) shards the work: params by their logical axes
     (tensor parallel), rollouts and their cache over the ``data`` axis; results are the same
     tokens as on one device and come back replicated on every host. On several hosts every
     host calls ``generate`` with the same global prompts (``sharding.gather_prompts``).
     """
     check_int("max_new_tokens", max_new_tokens, 1)
+    check_bool("keep_stop", keep_stop)
+    stop_strings(model, stop)                        # checked before any work (the tables are cached)
     model = place_model(model, mesh)
     state = start(model, prompts, capacity=max_new_tokens, n=n, seed=seed, share_prefix=share_prefix, mesh=mesh,
                   first_rollout=first_rollout)
     g = len(prompts)
     if not share_prefix:                   # settings per prompt [G] must reach each copy of the prompt
         sampler = check_sampler(sampler).broadcast((g, n)).reshape(state.shape)
-    state = decode(model, state, max_new_tokens=max_new_tokens, sampler=sampler, stop_tokens=stop_tokens, mesh=mesh)
+    state = decode(model, state, max_new_tokens=max_new_tokens, sampler=sampler, stop_tokens=stop_tokens, mesh=mesh,
+                   stop=stop)
     if mesh is not None:  # the results (not the KV cache), replicated so that every host can read them
         tokens, logprobs, sample_logprobs, valid, length, prompt, pstart, done = sharding.replicate(
             (state.tokens, state.logprobs, state.sample_logprobs, state.cache.valid, state.cache.length,
@@ -89,7 +116,7 @@ def generate(model, prompts, *, max_new_tokens: int, sampler: Sampler | None = N
         state = dataclasses.replace(state, tokens=tokens, logprobs=logprobs, sample_logprobs=sample_logprobs,
                                     prompt=prompt, done=done,
                                     cache=dataclasses.replace(state.cache, valid=valid, length=length, pstart=pstart))
-    return rollouts(state, model.tokenizer, shape=(g, n))
+    return rollouts(state, model.tokenizer, shape=(g, n), stop=stop, keep_stop=keep_stop)
 
 
 def decode_text(tokenizer, rollouts: Rollouts, stop_ids=(), contexts=None) -> list[list[str]]:
@@ -108,12 +135,14 @@ def _texts(tokenizer, rollouts: Rollouts, ends, contexts) -> list[list[str]]:
 
 
 def stream(model, prompt, *, max_new_tokens: int, sampler: Sampler | None = None, seed: int = 0,
-           stop_tokens=None):
+           stop_tokens=None, stop=None):
     """An iterator over the tokens of one rollout of one prompt as they are produced (same draws as
-    ``generate``). Bad arguments raise here, before the first token; the prompt is prefilled here too."""
+    ``generate``; ``stop`` strings end it too, their last token yielded). Bad arguments raise here,
+    before the first token; the prompt is prefilled here too."""
     check_int("max_new_tokens", max_new_tokens, 1)
+    stop_strings(model, stop)
     state = start(model, [prompt], capacity=max_new_tokens, seed=seed)
-    how = decoding(model, state, sampler=sampler, stop_tokens=stop_tokens)
+    how = decoding(model, state, sampler=sampler, stop_tokens=stop_tokens, stop=stop)
 
     def tokens(state):
         for slot in range(max_new_tokens):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 import sharding
 from engine.state import DecodeState
+from engine.stops import StopStrings, last_tokens, matches
 from sampling import Sampler, sample
 
 
@@ -45,6 +46,7 @@ class Decoding:
     steps: jax.Array        # int32 [D, L] step delimiters, right-aligned, -1 before a shorter one (D may be 0)
     mixture: Mixture | None  # resolved: a combine function, track names, params per row [B]
     constraint: jax.Array   # int32 []     crc32 tag of the sampler's constraint table (-1: none)
+    strings: StopStrings | None = None   # stop strings' tables (None: none, and nothing is added to the step)
 
 
 def write(state: DecodeState, pad_id: int, valid, **fields) -> DecodeState:
@@ -105,6 +107,8 @@ def _step(stack, params, state: DecodeState, how: Decoding, mesh=None) -> Decode
     live = state.live & ~draw.dead & ~broken             # a dead or broken row ends here, without a token
     tok = jnp.where(live, draw.tokens, stack[0][2].pad_id)
     stop = live & jnp.isin(tok, how.stops)
+    if how.strings is not None:                          # the row's text now ends with a stop string
+        stop |= live & matches(how.strings, last_tokens(state, tok, how.strings.window))
     pause = live & ~stop & ends_step(state, tok, how.steps) if how.steps.shape[0] else jnp.zeros_like(live)
     fsm = jnp.where(live, draw.fsm, state.fsm)
     state = dataclasses.replace(

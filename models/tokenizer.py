@@ -1,6 +1,7 @@
 """One small tokenizer interface over sentencepiece ``.model`` files and ``tokenizer.json``."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from models.files import read_json
@@ -28,6 +29,21 @@ class Tokenizer:
     def decode(self, ids) -> str:
         raise NotImplementedError
 
+    def token_bytes(self) -> list[bytes]:
+        """The UTF-8 bytes each token id adds to a text (what stop strings are matched against): each
+        token decoded after a fixed text, that text cut off, as ``transformers``' ``StopStringCriteria``
+        reads a vocabulary (a piece's leading space is kept; a control token adds nothing)."""
+        base = self._encode(_BASE)
+        head = self.decode(base)
+        out = []
+        for i in range(self.vocab_size):
+            text = self.decode(base + [i])
+            out.append((text[len(head):] if text.startswith(head) else self.decode([i])).encode("utf-8"))
+        return out
+
+
+_BASE = "abcdef"          # the fixed text tokens are decoded after (``transformers``' static prefix)
+
 
 class SentencePieceTokenizer(Tokenizer):
     def __init__(self, path):
@@ -46,6 +62,11 @@ class SentencePieceTokenizer(Tokenizer):
         # ids past the tokenizer (a model vocabulary padded beyond it) have no text, as in `tokenizers`
         return self.sp.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size])
 
+    def token_bytes(self):
+        """As :meth:`Tokenizer.token_bytes`; a byte-fallback piece (``<0x0A>``) is its one byte."""
+        out = super().token_bytes()
+        return [bytes([int(self.sp.id_to_piece(i)[3:5], 16)]) if self.sp.is_byte(i) else b for i, b in enumerate(out)]
+
 
 class HFTokenizer(Tokenizer):
     """A ``tokenizer.json`` read by the ``tokenizers`` library; special ids come from the config."""
@@ -63,6 +84,38 @@ class HFTokenizer(Tokenizer):
 
     def decode(self, ids):
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def token_bytes(self):
+        """As :meth:`Tokenizer.token_bytes`, but a byte-level vocabulary's tokens (GPT-2's ``Ġ`` for a
+        space) are their bytes, and a byte-fallback one's ``<0xNN>`` tokens their one byte, so a token
+        holding part of a UTF-8 character is matched byte by byte (as ``transformers`` does)."""
+        import json
+        decoder = json.loads(self.tok.to_str()).get("decoder") or {}
+        kinds = set(re.findall(r'"type":\s*"(\w+)"', json.dumps(decoder)))
+        out = super().token_bytes()
+        if "ByteLevel" in kinds:
+            chars = {c: b for b, c in _bytes_to_unicode().items()}
+            pieces = [self.tok.id_to_token(i) for i in range(self.vocab_size)]
+            return [bytes(chars[c] for c in p) if p is not None and all(c in chars for c in p) else b
+                    for p, b in zip(pieces, out)]
+        if "ByteFallback" in kinds:
+            pieces = [self.tok.id_to_token(i) or "" for i in range(self.vocab_size)]
+            return [bytes([int(p[3:5], 16)]) if re.fullmatch(r"<0x[0-9a-fA-F]{2}>", p) else b
+                    for p, b in zip(pieces, out)]
+        return out
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character map of byte-level vocabularies."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
 
 
 CONTEXT = 8     # prompt tokens decoded before a continuation (a UTF-8 character is at most 4 byte tokens)
