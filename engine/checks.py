@@ -143,7 +143,7 @@ def stop_ids(config, stop_tokens=None) -> jax.Array:
 def stop_strings(model, stop=None):
     """The :class:`~engine.stops.StopStrings` tables of ``stop`` (a list of non-empty strings) over
     ``model``'s vocabulary, or None for none; a ``ValueError`` for anything else, for a model without a
-    tokenizer, or for a string no token of the vocabulary can end."""
+    tokenizer, or for strings no token of the vocabulary can end."""
     if stop is None:
         return None
     if not isinstance(stop, (list, tuple)) or not stop or not all(isinstance(s, str) and s for s in stop):

@@ -68,9 +68,9 @@ def _tables(pieces: tuple, strings: tuple) -> tuple:
     for t, row in enumerate(fits):
         for j, (pos, end) in enumerate(row):
             positions[t, j, :len(pos)], ends[t, j, :len(end)] = pos, end
-    for j, s in enumerate(strings):
-        if not np.any(ends[:, j] > 0):
-            raise ValueError(f"no token of the vocabulary can end the stop string {s.decode('utf-8')!r}")
+    if not np.any(ends > 0):           # as transformers: an error only when none of them can ever match
+        raise ValueError(f"no token of the vocabulary can end any of the stop strings "
+                         f"{[s.decode('utf-8') for s in strings]!r:.80}")
     lengths = np.array([len(p) if p is not None else 0 for p in pieces] + [0], np.int32)
     return positions, ends, lengths, np.array([len(s) for s in strings], np.int32)
 
@@ -94,7 +94,7 @@ def token_bytes(tokenizer, vocab_size: int) -> tuple:
 
 def tables(tokenizer, strings, vocab_size: int) -> StopStrings:
     """The :class:`StopStrings` of ``strings`` (checked non-empty ``str``) over the model's vocabulary;
-    a ``ValueError`` if no token can end one of them."""
+    a ``ValueError`` if no token can end any of them (characters outside the vocabulary)."""
     encoded = tuple(s.encode("utf-8") for s in strings)
     positions, ends, lengths, targets = _tables(token_bytes(tokenizer, vocab_size), encoded)
     return StopStrings(positions=positions, ends=ends, lengths=lengths, targets=targets,
