@@ -86,7 +86,8 @@ def token_bytes(tokenizer, vocab_size: int) -> tuple:
         if hasattr(tokenizer, "token_bytes"):
             pieces = list(tokenizer.token_bytes())
         else:
-            pieces = [tokenizer.decode([i]).encode("utf-8") for i in range(getattr(tokenizer, "vocab_size", vocab_size))]
+            size = getattr(tokenizer, "vocab_size", vocab_size)
+            pieces = [tokenizer.decode([i]).encode("utf-8") for i in range(size)]
         hit = _PIECES[id(tokenizer)] = (tokenizer, tuple(pieces))
     pieces = hit[1][:vocab_size]
     return pieces + (None,) * (vocab_size - len(pieces))

@@ -22,16 +22,17 @@ def _pow2(x: int) -> int:
 
 
 def draw(model, prompts, *, n: int, sampler, seed: int, max_new_tokens: int, budget: Budget,
-         first_rollout: int = 0, stop_tokens=None, rows: int = 2048) -> Drawn:
+         first_rollout: int = 0, stop_tokens=None, rows: int = 2048, stop=None, keep_stop: bool = False) -> Drawn:
     """``n`` rollouts of each prompt (numbered from ``first_rollout``), counted in ``budget``.
 
     Prompts go in chunks of at most ``rows`` rollouts, each chunk padded (repeating its last
     prompt) to a power-of-two number of prompts so that few shapes are compiled. Draws depend
     only on ``seed``, the prompt, the rollout number and its sampler settings (fields [], [G] or
-    [G, n]), never on the chunking.
+    [G, n]), never on the chunking. ``stop`` / ``keep_stop``: stop strings, as in ``engine.generate``.
     """
     engine.checks.check_int("n", n, 1)
     ids = engine.checks.check_prompts(model, list(prompts), max_new_tokens)
+    engine.checks.stop_strings(model, stop)          # checked before any work
     if budget.affordable(len(ids) * n, max_new_tokens) < len(ids) * n:
         raise ValueError(f"{len(ids)} prompts x {n} rollouts x {max_new_tokens} tokens do not fit in the "
                          f"budget ({budget.max_generated - budget.generated} tokens left)")
@@ -43,7 +44,8 @@ def draw(model, prompts, *, n: int, sampler, seed: int, max_new_tokens: int, bud
         real = min(size, len(ids) - lo)
         at = list(range(lo, lo + real)) + [lo + real - 1] * (size - real)     # padded with the last prompt
         out = engine.generate(model, [ids[i] for i in at], max_new_tokens=max_new_tokens, sampler=sampler.take(at),
-                              n=n, seed=seed, stop_tokens=stop_tokens, first_rollout=first_rollout)
+                              n=n, seed=seed, stop_tokens=stop_tokens, first_rollout=first_rollout, stop=stop,
+                              keep_stop=keep_stop)
         length = np.asarray(out.lengths)[:real]
         tok = np.asarray(out.tokens)[:real]
         if out.text is not None:

@@ -107,7 +107,7 @@ class HFTokenizer(Tokenizer):
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character map of byte-level vocabularies."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars, extra = {}, 0
     for b in range(256):
         if b in keep:

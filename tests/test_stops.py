@@ -241,3 +241,14 @@ def test_stop_needs_a_tokenizer_and_keep_stop_a_bool(monkeypatch):
         engine.generate(bare, [[PROMPT]], max_new_tokens=4, stop=["a"])
     with pytest.raises(ValueError, match="keep_stop must be True or False"):
         engine.generate(model, [[PROMPT]], max_new_tokens=4, stop=["a"], keep_stop="yes")
+
+
+def test_meta_draw_passes_stop_strings():
+    from meta.budget import Budget
+    from meta.draw import draw
+    model = Scripted(["he", "st", "op", "ped"])
+    d = draw(model, [[PROMPT]], n=2, sampler=Sampler.greedy(), seed=0, max_new_tokens=8, budget=Budget(),
+             stop=["stop"])
+    assert d.texts == [["he", "he"]] and d.lengths.tolist() == [[3, 3]]
+    with pytest.raises(ValueError, match="non-empty list"):
+        draw(model, [[PROMPT]], n=1, sampler=Sampler.greedy(), seed=0, max_new_tokens=8, budget=Budget(), stop="x")
