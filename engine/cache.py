@@ -23,6 +23,7 @@ stacked ``[L, ...]`` cache before the attention matmuls, and transposed a positi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -79,20 +80,22 @@ def write_blocks(ks, vs, index, k, v):
     return [k for k, _ in out], [v for _, v in out]
 
 
-def attend_blocks(q, ks, vs, mask, used):
+def attend_blocks(q, ks, vs, mask, used, **opts):
     """Partial attentions ``[(out, lse), ...]`` of q [B, T, H, Dh] over consecutive key/value buffers.
 
     ``mask`` bool [B, T, S] covers all the buffers' slots; slots from ``used`` on hold nothing
     yet, and a buffer that starts there is skipped by a ``lax.cond``: a step reads only the part
     of the cache already written. (XLA CPU cannot read a dynamic slice of one buffer without
-    copying it first, so the skipping needs separate buffers; docs/perf.md.)
+    copying it first, so the skipping needs separate buffers; docs/perf.md.) ``opts``: the
+    ``scale`` and ``cap`` of :func:`models.transformer.attention`.
     """
+    attend = functools.partial(attention, **opts)
     empty = lambda q, k, v, m: (jnp.zeros_like(q), jnp.full(q.shape[:3], -jnp.inf, jnp.float32))
     parts, start = [], 0
     for k, v in zip(ks, vs):
         n = k.shape[2]
         m = mask[:, :, start:start + n]
-        parts.append(jax.lax.cond(start < used, attention, empty, q, k, v, m) if start else attention(q, k, v, m))
+        parts.append(jax.lax.cond(start < used, attend, empty, q, k, v, m) if start else attend(q, k, v, m))
         start += n
     return parts
 
@@ -148,7 +151,7 @@ class PrefillCache:
         slots = self.index + jnp.arange(t)
         return jnp.maximum(slots[None, :] - self.start[:, None], 0)
 
-    def attend(self, layer, q, k, v, window=None):
+    def attend(self, layer, q, k, v, window=None, **opts):
         ks, vs = list(self.k), list(self.v)
         [ks[layer]], [vs[layer]] = write_blocks([ks[layer]], [vs[layer]], self.index, k, v)
         q_slot = self.index + jnp.arange(q.shape[1])[:, None]               # [T, 1]
@@ -156,7 +159,7 @@ class PrefillCache:
         mask = (k_slot <= q_slot)[None] & (k_slot >= self.start[:, None, None])
         if window is not None:
             mask &= (q_slot - k_slot < window)[None]
-        out, _ = attention(q, ks[layer], vs[layer], mask)
+        out, _ = attention(q, ks[layer], vs[layer], mask, **opts)
         return out, dataclasses.replace(self, k=ks, v=vs)
 
     def advance(self, t: int) -> "PrefillCache":
@@ -217,8 +220,9 @@ class KVCache:
         """Positions [G*N, t] of the next ``t`` tokens of every rollout."""
         return (self.prefix_lengths() + self.length)[:, None] + jnp.arange(t)
 
-    def attend(self, layer, q, k, v, window=None):
-        """Write ``k, v`` [G*N, T, K, Dh] at rollout slots ``index..index+T``; attend ``q`` to prefix + rollout."""
+    def attend(self, layer, q, k, v, window=None, **opts):
+        """Write ``k, v`` [G*N, T, K, Dh] at rollout slots ``index..index+T``; attend ``q`` to prefix + rollout
+        (``opts``: the ``scale`` and ``cap`` of :func:`models.transformer.attention`)."""
         b, t, h, d = q.shape
         g, p = self.groups, self.pk[0].shape[2]
         ks, vs = list(self.k), list(self.v)
@@ -231,7 +235,7 @@ class KVCache:
             k_pos = p_slot - self.pstart[:, None]                            # [G, P]
             p_mask = p_mask & (q_pos.reshape(g, -1)[:, :, None] - k_pos[:, None, :] < window)
         p_mask = jnp.broadcast_to(p_mask, (g, b // g * t, p))
-        out_p, lse_p = attention(q.reshape(g, -1, h, d), self.pk[layer], self.pv[layer], p_mask)
+        out_p, lse_p = attention(q.reshape(g, -1, h, d), self.pk[layer], self.pv[layer], p_mask, **opts)
         # rollout block: each rollout's own (valid) tokens, causally
         slot = jnp.arange(self.size)
         seen = self.valid | ((slot >= self.index) & (slot < self.index + t))[None]   # [B, S]
@@ -239,7 +243,7 @@ class KVCache:
         if window is not None:
             k_pos = self.prefix_lengths()[:, None] + jnp.cumsum(seen, axis=1) - 1     # [B, S]
             r_mask &= q_pos[:, :, None] - k_pos[:, None, :] < window
-        parts = attend_blocks(q, ks[layer], vs[layer], r_mask, self.index + t)
+        parts = attend_blocks(q, ks[layer], vs[layer], r_mask, self.index + t, **opts)
         out, _ = merge_attention([(out_p.reshape(b, t, h, d), lse_p.reshape(b, t, h)), *parts])
         return out, dataclasses.replace(self, k=ks, v=vs)
 

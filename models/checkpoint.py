@@ -174,7 +174,6 @@ def _hf_layout(config: Config) -> dict[str, tuple[tuple, str, int | None, callab
         p = f"model.layers.{i}."
         table |= {
             p + "input_layernorm.weight": ((d,), "attn_norm", i, ident),
-            p + "post_attention_layernorm.weight": ((d,), "mlp_norm", i, ident),
             p + "self_attn.q_proj.weight": ((h * dh, d), "wq", i, proj(h)),
             p + "self_attn.k_proj.weight": ((k * dh, d), "wk", i, proj(k)),
             p + "self_attn.v_proj.weight": ((k * dh, d), "wv", i, proj(k)),
@@ -183,6 +182,15 @@ def _hf_layout(config: Config) -> dict[str, tuple[tuple, str, int | None, callab
             p + "mlp.up_proj.weight": ((f, d), "w_up", i, lambda x: x.T),
             p + "mlp.down_proj.weight": ((d, f), "w_down", i, lambda x: x.T),
         }
+        if config.sandwich_norms:     # Gemma: post_attention_layernorm is the attention output's
+            table |= {p + "post_attention_layernorm.weight": ((d,), "attn_out_norm", i, ident),
+                      p + "pre_feedforward_layernorm.weight": ((d,), "mlp_norm", i, ident),
+                      p + "post_feedforward_layernorm.weight": ((d,), "mlp_out_norm", i, ident)}
+        else:
+            table[p + "post_attention_layernorm.weight"] = ((d,), "mlp_norm", i, ident)
+        if config.qk_norm:
+            table |= {p + "self_attn.q_norm.weight": ((dh,), "q_norm", i, ident),
+                      p + "self_attn.k_norm.weight": ((dh,), "k_norm", i, ident)}
         if config.qkv_bias:
             table |= {p + "self_attn.q_proj.bias": ((h * dh,), "bq", i, lambda x: x.reshape(h, dh)),
                       p + "self_attn.k_proj.bias": ((k * dh,), "bk", i, lambda x: x.reshape(k, dh)),

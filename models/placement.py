@@ -55,7 +55,8 @@ def read_block(key: str, x: np.ndarray, index: tuple, shape: tuple, convert) -> 
     """
     r = [_range(s, n) for s, n in zip(index, shape)]
     sl = [slice(a, b) for a, b in r]
-    if key in ("embed", "final_norm", "attn_norm", "mlp_norm"):            # y = x
+    if key in ("embed", "final_norm", "attn_norm", "mlp_norm", "attn_out_norm", "mlp_out_norm", "q_norm",
+               "k_norm"):                                                   # y = x
         return np.asarray(x[tuple(sl)])
     if key in ("lm_head", "w_gate", "w_up", "w_down"):                      # y = x.T
         return np.asarray(x[sl[1], sl[0]]).T

@@ -1,4 +1,8 @@
-"""The decoder-only transformer (Llama / Mistral / Qwen2) as pure functions.
+"""The decoder-only transformer (Llama / Mistral / Qwen2 / Qwen3 / Gemma 2 / Gemma 3) as pure functions.
+
+The families differ by config switches (``models.config.Config``): q/k norms, Gemma's (1 + w)
+norms around attention and the MLP, GeGLU, scaled embeddings, soft-capped logits, per-layer
+sliding windows and a second RoPE base for the sliding layers.
 
 Parameters are a dict pytree; ``params["layers"]`` is a list with one dict of weights per layer,
 and the forward pass is a Python loop over it (unrolled in the compiled program). Stacking the
@@ -7,6 +11,8 @@ slice of a stacked weight or KV cache before its matmul: a copy of every weight 
 cache per decode step (docs/perf.md). :func:`param_axes` gives every weight its logical axis names.
 """
 from __future__ import annotations
+
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +35,10 @@ def param_axes(config: Config) -> dict:
         "w_up": ("embed", "mlp"),
         "w_down": ("mlp", "embed"),
     }
+    if config.qk_norm:
+        layer |= {"q_norm": ("head_dim",), "k_norm": ("head_dim",)}
+    if config.sandwich_norms:
+        layer |= {"attn_out_norm": ("embed",), "mlp_out_norm": ("embed",)}
     if config.qkv_bias:
         layer |= {"bq": ("heads", "head_dim"), "bk": ("kv_heads", "head_dim"), "bv": ("kv_heads", "head_dim")}
     axes = {"embed": ("vocab", "embed"), "layers": [layer] * config.layers, "final_norm": ("embed",)}
@@ -49,7 +59,8 @@ def param_shapes(config: Config) -> dict:
 
 
 def init_params(config: Config, key: jax.Array, std: float = 0.02) -> dict:
-    """Random parameters (normal(0, std) matrices, unit norm scales, zero biases).
+    """Random parameters (normal(0, std) matrices, unit norm scales, zero biases; Gemma's (1 + w)
+    norm weights zero).
 
     Each weight is drawn for all layers at once (one key per weight name, the layers along a
     leading axis) and then split, so a config's random weights do not depend on the layout.
@@ -62,7 +73,7 @@ def init_params(config: Config, key: jax.Array, std: float = 0.02) -> dict:
     for i, name in enumerate(names):
         shape = stacked.get(name) or shapes[name]
         if "norm" in name:
-            out[name] = jnp.ones(shape, dtype)
+            out[name] = (jnp.zeros if config.norm_plus_one else jnp.ones)(shape, dtype)
         elif name.startswith("b"):
             out[name] = jnp.zeros(shape, dtype)
         else:
@@ -71,10 +82,19 @@ def init_params(config: Config, key: jax.Array, std: float = 0.02) -> dict:
     return {**out, "layers": [{k: w[i] for k, w in stacked.items()} for i in range(config.layers)]}
 
 
-def rms_norm(x, weight, eps):
+def rms_norm(x, weight, eps, plus_one=False):
+    """RMSNorm over the last axis: Llama's ``weight * normed.astype(dtype)``, or with ``plus_one``
+    Gemma's ``(normed * (1 + weight)).astype(dtype)`` in fp32."""
     x32 = x.astype(F32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    if plus_one:
+        return (y * (1.0 + weight.astype(F32))).astype(x.dtype)
     return weight * y.astype(x.dtype)
+
+
+def softcap(x, cap):
+    """``cap * tanh(x / cap)`` (Gemma's soft-capping of logits); x itself for cap None."""
+    return x if cap is None else jnp.tanh(x / cap) * cap
 
 
 def rope_angles(positions, inv_freq, dtype, bound=None):
@@ -107,8 +127,10 @@ def einsum_f32(spec, a, b):
     return jnp.einsum(spec, a, b, preferred_element_type=F32)
 
 
-def attention(q, k, v, mask):
+def attention(q, k, v, mask, scale=None, cap=None):
     """Masked grouped-query attention returning the output and its log-sum-exp.
+
+    The logits are ``q.k * scale`` (default ``Dh ** -0.5``), soft-capped by ``cap`` if given.
 
     q [B, T, H, Dh]; k, v [B, K, S, Dh] (heads before positions: the KV cache's layout, which XLA
     reads without a transpose); mask bool [B, T, S]. Returns out [B, T, H, Dh] (q's dtype) and
@@ -118,7 +140,7 @@ def attention(q, k, v, mask):
     b, t, h, d = q.shape
     kv = k.shape[1]
     qg = q.reshape(b, t, kv, h // kv, d)
-    s = einsum_f32("btkgd,bksd->bkgts", qg, k) * (d ** -0.5)
+    s = softcap(einsum_f32("btkgd,bksd->bkgts", qg, k) * (d ** -0.5 if scale is None else scale), cap)
     s = jnp.where(mask[:, None, None], s, -jnp.inf)
     m = jnp.max(s, axis=-1, keepdims=True)
     m = jnp.where(jnp.isfinite(m), m, 0.0)
@@ -153,7 +175,8 @@ def hidden_states(config: Config, params: dict, tokens, positions=None, cache=No
 
     Without a cache this is a plain causal forward (positions default to 0..T-1). With a cache
     (any object with ``positions(T)``, ``attend(layer, q, k, v, window)`` and ``advance(T)``,
-    e.g. :class:`engine.KVCache`), the new tokens' keys/values are written into it and attend
+    e.g. :class:`engine.KVCache`; ``attend`` also takes the keywords ``scale`` and ``cap`` of
+    :func:`attention`), the new tokens' keys/values are written into it and attend
     to everything it holds. A cache may also give a static ``position_bound`` above every
     position it holds: the rotary angles then come from a table (:func:`rope_angles`).
     """
@@ -163,26 +186,39 @@ def hidden_states(config: Config, params: dict, tokens, positions=None, cache=No
     if positions is None:
         positions = cache.positions(t) if cache is not None else jnp.broadcast_to(jnp.arange(t), tokens.shape)
         bound = getattr(cache, "position_bound", None) if cache is not None else t
-    cos, sin = rope_angles(positions, jnp.asarray(config.inv_freq()), jnp.dtype(config.dtype), bound)
-    mask = causal_mask(t, config.sliding_window) if cache is None else None
+    dtype = jnp.dtype(config.dtype)
+    angles = {local: rope_angles(positions, jnp.asarray(config.inv_freq(local)), dtype, bound)
+              for local in {config.local_rope(i) for i in range(config.layers)}}
+    windows = {config.window(i) for i in range(config.layers)}
+    masks = {w: causal_mask(t, w) for w in windows} if cache is None else None
+    norm = lambda x, w: rms_norm(x, w, config.norm_eps, config.norm_plus_one)
+    act = jax.nn.silu if config.activation == "silu" else partial(jax.nn.gelu, approximate=True)
     x = params["embed"][tokens]
+    if config.embed_scale:
+        x = x * jnp.asarray(config.hidden ** 0.5, dtype)
 
     for i, lp in enumerate(params["layers"]):
-        h = rms_norm(x, lp["attn_norm"], config.norm_eps)
+        h = norm(x, lp["attn_norm"])
         q = jnp.einsum("btd,dhk->bthk", h, lp["wq"])
         k = jnp.einsum("btd,dhk->bthk", h, lp["wk"])
         v = jnp.einsum("btd,dhk->bthk", h, lp["wv"])
         if config.qkv_bias:
             q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
+        if config.qk_norm:
+            q, k = norm(q, lp["q_norm"]), norm(k, lp["k_norm"])
+        cos, sin = angles[config.local_rope(i)]
         q, k = rope(q, cos, sin), rope(k, cos, sin)
+        window, opts = config.window(i), dict(scale=config.attn_scale, cap=config.attn_softcap)
         if cache is None:
-            o, _ = attention(q, k.swapaxes(1, 2), v.swapaxes(1, 2), mask)
+            o, _ = attention(q, k.swapaxes(1, 2), v.swapaxes(1, 2), masks[window], **opts)
         else:
-            o, cache = cache.attend(i, q, k, v, config.sliding_window)
-        x = x + jnp.einsum("bthk,hkd->btd", o, lp["wo"])
-        h = rms_norm(x, lp["mlp_norm"], config.norm_eps)
-        x = x + (jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
-    return rms_norm(x, params["final_norm"], config.norm_eps), (cache.advance(t) if cache is not None else None)
+            o, cache = cache.attend(i, q, k, v, window, **opts)
+        o = jnp.einsum("bthk,hkd->btd", o, lp["wo"])
+        x = x + (norm(o, lp["attn_out_norm"]) if config.sandwich_norms else o)
+        h = norm(x, lp["mlp_norm"])
+        h = (act(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
+        x = x + (norm(h, lp["mlp_out_norm"]) if config.sandwich_norms else h)
+    return norm(x, params["final_norm"]), (cache.advance(t) if cache is not None else None)
 
 
 def forward(config: Config, params: dict, tokens, positions=None, cache=None, *, last_only=False):
@@ -195,7 +231,7 @@ def forward(config: Config, params: dict, tokens, positions=None, cache=None, *,
     if last_only:
         x = x[:, -1]
     head = params["embed"].T if config.tie_embeddings else params["lm_head"]
-    return jnp.matmul(x, head, preferred_element_type=F32), cache
+    return softcap(jnp.matmul(x, head, preferred_element_type=F32), config.final_softcap), cache
 
 
 def score(config: Config, params: dict, tokens, positions=None, cache=None, *, last_only=False):

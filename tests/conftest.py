@@ -31,10 +31,25 @@ HF_CASES = {
                       "high_freq_factor": 4.0, "original_max_position_embeddings": 32})),
     "mistral": ("MistralForCausalLM", "MistralConfig", dict(sliding_window=16)),
     "qwen2": ("Qwen2ForCausalLM", "Qwen2Config", dict(num_key_value_heads=4)),
+    # head_dim unlike hidden / heads; q/k norms
+    "qwen3": ("Qwen3ForCausalLM", "Qwen3Config", dict(head_dim=24)),
+    # sliding and global layers alternate; soft caps small enough to bite on random weights
+    "gemma2": ("Gemma2ForCausalLM", "Gemma2Config", dict(
+        num_hidden_layers=3, head_dim=24, query_pre_attn_scalar=20, sliding_window=8,
+        attn_logit_softcapping=0.05, final_logit_softcapping=0.5)),
+    # layers sliding, global, sliding, each kind with its own RoPE (the global one scaled linearly)
+    "gemma3": ("Gemma3ForCausalLM", "Gemma3TextConfig", dict(
+        num_hidden_layers=3, head_dim=24, query_pre_attn_scalar=20, sliding_window=8, sliding_window_pattern=2,
+        rope_theta=500.0, rope_local_base_freq=50.0, rope_scaling={"rope_type": "linear", "factor": 4.0},
+        final_logit_softcapping=0.5)),
 }
 REWARD_CASES = {  # reward models: a scalar head on the last token (*ForSequenceClassification, one label)
     "llama-reward": ("LlamaForSequenceClassification", "LlamaConfig", dict(num_labels=1)),
     "qwen2-reward": ("Qwen2ForSequenceClassification", "Qwen2Config", dict(num_labels=1)),
+    "qwen3-reward": ("Qwen3ForSequenceClassification", "Qwen3Config", dict(num_labels=1)),
+    "gemma2-reward": ("Gemma2ForSequenceClassification", "Gemma2Config", dict(num_labels=1, sliding_window=8)),
+    "gemma3-reward": ("Gemma3TextForSequenceClassification", "Gemma3TextConfig", dict(
+        num_labels=1, sliding_window=8, sliding_window_pattern=2)),
 }
 
 

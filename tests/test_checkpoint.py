@@ -34,6 +34,20 @@ def llama_dir(tmp_path):
     return tmp_path
 
 
+def test_each_family_saved_by_rollax_loads_back_the_same(hf_checkpoint, tmp_path):
+    """The family switches (per-layer windows, soft caps, RoPE bases, ...) and the extra norms survive
+    rollax's own checkpoint: the same config, weights and logits."""
+    _, path, _ = hf_checkpoint
+    model = models.load(path)
+    model.save(tmp_path / "ckpt")
+    back = models.load(tmp_path / "ckpt")
+    assert back.config == model.config and type(back.config) is type(model.config)
+    assert models.checkpoint.tensor_hashes(back.params) == models.checkpoint.tensor_hashes(model.params)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 97, size=(1, 20)))
+    np.testing.assert_array_equal(models.forward(back.config, back.params, tokens)[0],
+                                  models.forward(model.config, model.params, tokens)[0])
+
+
 def test_sharded_safetensors_load_like_single_file(llama_dir, tmp_path):
     tensors = safetensors.read(llama_dir / "model.safetensors")
     names = sorted(tensors)

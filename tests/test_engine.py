@@ -187,8 +187,8 @@ def test_a_cache_without_position_bound_still_works(tiny):
             self.cache = cache
         def positions(self, t):
             return self.cache.positions(t)
-        def attend(self, layer, q, k, v, window=None):
-            out, cache = self.cache.attend(layer, q, k, v, window)
+        def attend(self, layer, q, k, v, window=None, **opts):
+            out, cache = self.cache.attend(layer, q, k, v, window, **opts)
             return out, Plain(cache)
         def advance(self, t):
             return Plain(self.cache.advance(t))

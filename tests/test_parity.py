@@ -11,6 +11,7 @@ import transformers
 
 import engine
 import models
+from engine.decode import left_pad
 from tests.conftest import REWARD_CASES, write_hf
 
 
@@ -44,6 +45,32 @@ def test_explicit_positions_match_transformers(hf_checkpoint):
     assert rel_err(got, want) < 1e-5
 
 
+def test_prefill_then_decode_matches_transformers(hf_checkpoint):
+    """Left-padded prompts prefilled into the prefix block, then decode steps and a multi-token write
+    into the rollout blocks: each position's logits are transformers' over the unpadded row (the
+    sliding windows, 8 or 16 positions here, reach across both blocks)."""
+    _, path, ref = hf_checkpoint
+    model = models.load(path)
+    config, params = model.config, model.params
+    rng = np.random.default_rng(5)
+    lengths, extra = [13, 4], 24
+    full = [rng.integers(3, 97, size=n + extra).tolist() for n in lengths]
+    tokens, start = left_pad([f[:n] for f, n in zip(full, lengths)], config.pad_id, 16)
+    step = jax.jit(lambda *a: models.forward(config, params, *a))
+    logits, prefix = step(jnp.asarray(tokens), None, engine.PrefillCache.create(config, 2, 16, start))
+    cache = engine.KVCache.from_prefill(prefix, 1, extra)
+    got, at = [logits[:, -1:]], 0
+    for t in [1] * 10 + [6] + [1] * 7:
+        logits, cache = step(jnp.asarray([f[n + at:n + at + t] for f, n in zip(full, lengths)]), None, cache)
+        got.append(logits)
+        at += t
+    got = np.concatenate(got, axis=1)
+    for row, (f, n) in enumerate(zip(full, lengths)):
+        with torch.no_grad():
+            want = ref(torch.tensor([f])).logits[0, n - 1:n + at].numpy()
+        assert rel_err(got[row], want) < 1e-5
+
+
 def _logits_both(path, ref, length=40):
     """(rollax's, transformers') logits of one random batch through the checkpoint in ``path``."""
     model = models.load(path)
@@ -56,6 +83,15 @@ def _logits_both(path, ref, length=40):
 @pytest.mark.parametrize("case, overrides, window", [
     ("qwen2", dict(use_sliding_window=True, sliding_window=8, max_window_layers=0), 8),  # every layer
     ("qwen2", dict(use_sliding_window=True, sliding_window=8, max_window_layers=2), None),  # no layer of 2
+    ("qwen2", dict(use_sliding_window=True, sliding_window=8, max_window_layers=1), 8),  # layer 1 only
+    ("qwen3", dict(use_sliding_window=True, sliding_window=8, max_window_layers=1), 8),
+    ("qwen3", dict(use_sliding_window=True, sliding_window=8, layer_types=["sliding_attention", "full_attention"]),
+     8),
+    ("qwen3", dict(use_sliding_window=False, sliding_window=8, max_window_layers=0), None),  # off: no layer
+    ("gemma2", dict(layer_types=["full_attention", "sliding_attention", "full_attention"]), 8),
+    ("gemma2", dict(layer_types=["full_attention"] * 3), None),
+    ("gemma3", dict(layer_types=["sliding_attention"] * 3), 8),     # every layer local: the local RoPE only
+    ("gemma3", dict(sliding_window_pattern=1), None),                # every layer global
     ("llama-gqa", dict(sliding_window=8), None),  # transformers' Llama has no window, whatever config.json says
 ])
 def test_sliding_window_settings_match_transformers(tmp_path, case, overrides, window):
@@ -78,11 +114,33 @@ def test_a_tied_config_with_a_different_saved_head_uses_the_head_like_transforme
 @pytest.mark.parametrize("extra, message", [
     # transformers < 5's rope_scaling wins over a default rope_parameters, as in transformers
     (dict(rope_parameters={"rope_type": "default", "rope_theta": 1e4}, rope_scaling={"type": "linear", "factor": 2.0}),
-     "unsupported rope type 'linear'"),
+     "unsupported rope type 'linear' (rollax implements default and llama3 here)"),
     (dict(rope_parameters={"rope_type": "llama3", "factor": 8.0}),
      "llama3 rope scaling needs factor, low_freq_factor, high_freq_factor, original_max_position_embeddings"),
-    (dict(model_type="qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=1),
-     "different attention types (['full_attention', 'sliding_attention'])"),
+    (dict(model_type="qwen2", use_sliding_window=True, sliding_window=8, layer_types=["full_attention"]),
+     "layer_types must give each of the 2 layers one of full_attention, sliding_attention"),
+    (dict(model_type="gemma2", layer_types=["full_attention", "local"]), "layer_types must give each of the 2"),
+    (dict(model_type="gemma2", sliding_window=None), "gives sliding_attention layers but no sliding_window"),
+    (dict(model_type="gemma3_text", sliding_window_pattern=0), "sliding_window_pattern must be an integer >= 1"),
+    (dict(model_type="qwen3", attention_bias=True), "attention_bias=true, which rollax does not support"),
+    (dict(model_type="gemma2", attention_bias=True), "attention_bias=true, which rollax does not support"),
+    (dict(model_type="gemma3_text", use_bidirectional_attention=True), "use_bidirectional_attention=true"),
+    (dict(model_type="gemma2", hidden_activation="gelu"), "unsupported hidden_activation 'gelu' (rollax "
+                                                          "implements gelu_pytorch_tanh for gemma2)"),
+    (dict(model_type="qwen3", hidden_act="gelu"), "unsupported hidden_act 'gelu'"),
+    (dict(model_type="gemma3_text", attn_logit_softcapping=50.0), "attn_logit_softcapping for gemma3_text"),
+    (dict(model_type="gemma3_text", rope_parameters={"rope_type": "default", "rope_theta": 1e4}),
+     "gemma3_text rope_parameters must map full_attention and sliding_attention"),
+    (dict(model_type="gemma3_text", rope_parameters={"sliding_attention": {"rope_type": "linear", "factor": 2.0}}),
+     "unsupported rope type 'linear' (rollax implements default here)"),
+    (dict(model_type="gemma3_text", rope_scaling={"rope_type": "yarn", "factor": 2.0}),
+     "unsupported rope type 'yarn' (rollax implements default and linear here)"),
+    (dict(model_type="gemma3_text", rope_scaling={"rope_type": "linear"}), "linear rope scaling needs a number"),
+    (dict(model_type="qwen3", rope_parameters={"rope_type": "linear", "factor": 2.0}),
+     "unsupported rope type 'linear' (rollax implements default and llama3 here)"),
+    (dict(model_type="qwen3", rope_parameters={"rope_type": "default", "partial_rotary_factor": 0.5}),
+     "unsupported partial_rotary_factor 0.5"),
+    (dict(model_type="gemma2", final_logit_softcapping="30"), "final_logit_softcapping has the wrong type (str)"),
     (dict(eos_token_id=500), "eos_ids must be token ids in [0, 97), got (500,)"),
     (dict(rms_norm_eps=-1), "norm_eps=-1"),
     # raw TypeErrors, or "1 labels; rollax reads reward models with one", before
@@ -101,12 +159,13 @@ def test_config_json_settings_rollax_cannot_follow_are_refused(extra, message):
 
 
 @pytest.mark.parametrize("kind, cls", [("llama", "LlamaConfig"), ("mistral", "MistralConfig"),
-                                       ("qwen2", "Qwen2Config")])
+                                       ("qwen2", "Qwen2Config"), ("qwen3", "Qwen3Config"),
+                                       ("gemma2", "Gemma2Config"), ("gemma3_text", "Gemma3TextConfig")])
 def test_keys_a_config_json_leaves_out_take_transformers_defaults(kind, cls):
     """A Mistral config.json without sliding_window loaded as full attention; transformers uses 4096."""
-    qwen = dict(use_sliding_window=True, max_window_layers=0) if kind == "qwen2" else {}    # every layer slides
+    qwen = dict(use_sliding_window=True, max_window_layers=0) if kind in ("qwen2", "qwen3") else {}  # all slide
     want = getattr(transformers, cls)(**qwen)
-    defaults = getattr(transformers, cls)(**({"use_sliding_window": True} if kind == "qwen2" else {}))
+    defaults = getattr(transformers, cls)(**({"use_sliding_window": True} if qwen else {}))
     for key, value in models.config.HF_DEFAULTS[kind].items():
         assert getattr(defaults, key) == value, key
     base = dict(model_type=kind, vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
@@ -116,6 +175,33 @@ def test_keys_a_config_json_leaves_out_take_transformers_defaults(kind, cls):
     assert config.sliding_window == (None if kind == "llama" else want.sliding_window)
     assert (config.bos_id, config.eos_ids) == (want.bos_token_id, () if want.eos_token_id is None
                                                else (want.eos_token_id,))
+    assert (config.head_dim, config.tie_embeddings) == (want.head_dim if kind in ("qwen3", "gemma2", "gemma3_text")
+                                                        else 64 // 8, want.tie_word_embeddings)
+
+
+@pytest.mark.parametrize("hf", [
+    dict(num_hidden_layers=7),     # transformers' defaults: every 6th layer global, RoPE bases 1e6 and 1e4
+    # the keys of Gemma 3 config.json files written before transformers 5
+    dict(num_hidden_layers=5, sliding_window_pattern=3, rope_theta=2e5, rope_local_base_freq=300.0,
+         rope_scaling={"rope_type": "linear", "factor": 8.0}, query_pre_attn_scalar=100, sliding_window=512,
+         final_logit_softcapping=20.0),
+    dict(num_hidden_layers=4, rope_theta=2e5, rope_scaling={"type": "linear", "factor": 2.0}),
+])
+def test_gemma3_layers_and_ropes_are_transformers(hf):
+    """Which layers slide, each layer's RoPE, the scale and the caps, as transformers reads the config."""
+    base = dict(vocab_size=97, hidden_size=64, num_attention_heads=4, intermediate_size=112, **hf)
+    want = transformers.Gemma3TextConfig(**base)
+    config = models.from_hf({"model_type": "gemma3_text", **base})
+    ropes = want.rope_parameters
+    for i, kind in enumerate(want.layer_types):
+        assert config.window(i) == (want.sliding_window if kind == "sliding_attention" else None)
+        assert config.local_rope(i) == (kind == "sliding_attention")
+        rope = ropes[kind]
+        theta = config.rope_local_theta if config.local_rope(i) else config.rope_theta
+        factor = 1.0 if config.local_rope(i) else config.rope_linear
+        assert (theta, factor) == (rope["rope_theta"], rope.get("factor", 1.0))
+    assert config.attn_scale == want.query_pre_attn_scalar ** -0.5
+    assert (config.final_softcap, config.attn_softcap) == (want.final_logit_softcapping, None)
 
 
 def test_a_tokenizer_json_adds_no_bos_that_is_also_an_eos(llama_dir_with_tokenizer):

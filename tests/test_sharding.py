@@ -229,7 +229,7 @@ def test_a_fake_model_without_shard_is_replicated():
 
 # --- loading into shards --------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", ["llama-gqa", "llama31", "qwen2"])
+@pytest.mark.parametrize("case", ["llama-gqa", "llama31", "qwen2", "qwen3", "gemma3"])
 def test_load_hf_places_each_tensor_on_its_shards(tmp_path, case):
     write_hf(tmp_path, case)
     whole = models.load(tmp_path)
