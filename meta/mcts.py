@@ -208,12 +208,11 @@ def mcts(model, prompts, *, scorer, n: int, simulations: int, exploration: float
     if isinstance(exploration, bool) or not isinstance(exploration, (int, float)) or not 0 <= exploration < math.inf:
         raise ValueError(f"exploration must be a finite number >= 0, got {exploration!r}")
     check_bool("rollout", rollout)
-    budget, sampler, t0, track, ids = checked(model, prompts, scorer=scorer, n=n, worst=n, max_steps=max_steps,
-                                              max_new_tokens=max_new_tokens, sampler=sampler, references=references,
-                                              budget=budget, final=final, step_tokens=step_tokens,
-                                              stop_tokens=stop_tokens)
+    budget, sampler, t0, tracks, ids = checked(model, prompts, scorer=scorer, n=n, max_steps=max_steps,
+                                               max_new_tokens=max_new_tokens, sampler=sampler, references=references,
+                                               budget=budget, final=final, step_tokens=step_tokens,
+                                               stop_tokens=stop_tokens)
     model = place_model(model, mesh)
-    tracks = {TRACK: scorer} if track else {}
     g, m = len(ids), 1 + simulations * n
     store = engine.start(model, ids, capacity=max_new_tokens, n=m, seed=seed, tracks=tracks, mesh=mesh)
     template = engine.select(store, np.zeros((g, n), int))          # the working state's shape, for its sampler
@@ -225,7 +224,7 @@ def mcts(model, prompts, *, scorer, n: int, simulations: int, exploration: float
     # a simulation's G x n working rows draw at most max_new_tokens each (a step and its rollout fill at most the block)
     left = 2 ** 31 - 1 if budget.max_generated is None else budget.max_generated - budget.generated
     limit = min(2 ** 31 - 1, left - g * n * max_new_tokens)
-    if track:
+    if tracks:
         store, tree = _mcts(stack, params, store, tree, how, ending, c, limit, n=n, max_steps=max_steps, mesh=mesh)
     else:
         while int(tree["t"]) < simulations and int(jnp.sum(tree["generated"])) <= limit:
@@ -236,7 +235,7 @@ def mcts(model, prompts, *, scorer, n: int, simulations: int, exploration: float
                 raise ValueError("mcts needs finite scores from its scorer (they are summed up the tree)")
             store, tree = _grow_jit(store, tree, leaf, grow, work, jnp.asarray(s, jnp.float32), max_steps=max_steps,
                                     mesh=mesh)
-    return _result(model, scorer if track else None, prompts, ids, store, tree, answer, final, budget, t0)
+    return _result(model, tracks.get(TRACK), prompts, ids, store, tree, answer, final, budget, t0)
 
 
 def _result(model, track, prompts, ids, store, tree, answer, final, budget, t0) -> Result:

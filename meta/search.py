@@ -185,11 +185,11 @@ def _search(stack, params, state, how, keys, log, *, rule: Rule, max_steps: int,
     return jax.lax.while_loop(cond, body, (jnp.int32(0), state, log))
 
 
-def checked(model, prompts, *, scorer, n: int, worst: int, max_steps: int, max_new_tokens: int, sampler, references,
+def checked(model, prompts, *, scorer, n: int, max_steps: int, max_new_tokens: int, sampler, references,
             budget, final: str, step_tokens, stop_tokens):
-    """The checks every step-level search makes before any work (``worst``: the most rollouts of up to
-    ``max_new_tokens`` tokens it could draw per prompt, checked against the budget). Returns ``(budget,
-    sampler broadcast to [G, n], start time, whether the scorer is a reward-model track, token ids)``."""
+    """The checks every step-level search makes before any work (``n`` rollouts of up to ``max_new_tokens``
+    tokens per prompt at a time, checked against the budget). Returns ``(budget, sampler broadcast to
+    [G, n], start time, the tracks: {TRACK: scorer} for a reward model, else {}, token ids)``."""
     budget, sampler, t0 = setup(prompts, n, references, budget, sampler)
     check_int("max_steps", max_steps, 1)
     check_int("max_new_tokens", max_new_tokens, 1)
@@ -203,10 +203,10 @@ def checked(model, prompts, *, scorer, n: int, worst: int, max_steps: int, max_n
         check_scorer(scorer, prompts, references)
     ids = check_prompts(model, list(prompts), max_new_tokens, "max_new_tokens")
     step_ids(model, step_tokens), stop_ids(model.config, stop_tokens)          # checked before any work
-    if budget.affordable(len(ids) * worst, max_new_tokens) < len(ids) * worst:
-        raise ValueError(f"{len(ids)} prompts x {worst} rollouts x {max_new_tokens} tokens (the most it could draw) "
+    if budget.affordable(len(ids) * n, max_new_tokens) < len(ids) * n:
+        raise ValueError(f"{len(ids)} prompts x {n} rollouts x {max_new_tokens} tokens (the most it could draw) "
                          f"do not fit in the budget ({budget.max_generated - budget.generated} tokens left)")
-    return budget, sampler, t0, track, ids
+    return budget, sampler, t0, {TRACK: scorer} if track else {}, ids
 
 
 def search(model, prompts, *, rule: Rule, scorer, n: int, max_steps: int, max_new_tokens: int, sampler=None,
@@ -216,12 +216,11 @@ def search(model, prompts, *, rule: Rule, scorer, n: int, max_steps: int, max_ne
     the rules). Returns every prompt's ``n`` final rollouts with their last scores, the one chosen
     (``final="best"``: the highest-scoring rollout with an answer; ``"vote"``: the answer with the
     largest total score) and the budget."""
-    budget, sampler, t0, track, ids = checked(model, prompts, scorer=scorer, n=n, worst=n, max_steps=max_steps,
-                                              max_new_tokens=max_new_tokens, sampler=sampler, references=references,
-                                              budget=budget, final=final, step_tokens=step_tokens,
-                                              stop_tokens=stop_tokens)
+    budget, sampler, t0, tracks, ids = checked(model, prompts, scorer=scorer, n=n, max_steps=max_steps,
+                                               max_new_tokens=max_new_tokens, sampler=sampler, references=references,
+                                               budget=budget, final=final, step_tokens=step_tokens,
+                                               stop_tokens=stop_tokens)
     model = place_model(model, mesh)
-    tracks = {TRACK: scorer} if track else {}
     state = engine.start(model, ids, capacity=max_new_tokens, n=n, seed=seed, tracks=tracks, mesh=mesh)
     how = decoding(model, state, sampler=sampler, stop_tokens=stop_tokens, step_tokens=step_tokens, mesh=mesh)
     stack, params = model_stack(model, tracks)
@@ -231,7 +230,7 @@ def search(model, prompts, *, rule: Rule, scorer, n: int, max_steps: int, max_ne
            "parents": jnp.zeros((max_steps, g, n), jnp.int32), "scores": jnp.zeros((max_steps, g, n)),
            "resampled": jnp.zeros((max_steps, g), bool), "ess": jnp.zeros((max_steps, g)),
            "steps": jnp.ones((g,), jnp.int32)}          # a prompt's own steps: 1 + the steps after which it went on
-    if track:
+    if tracks:
         steps, state, log = _search(stack, params, state, how, keys, log, rule=rule, max_steps=max_steps, mesh=mesh)
         scores = np.asarray(jax.nn.sigmoid(engine.track_scores(state, TRACK)), np.float64)
     else:
@@ -244,7 +243,7 @@ def search(model, prompts, *, rule: Rule, scorer, n: int, max_steps: int, max_ne
             state, log = _select_jit(rule, state, jnp.asarray(scores, jnp.float32), drawn, ratio, log, steps, keys,
                                      max_steps)
             steps += 1
-    return _result(method, rule, model, scorer if track else None, prompts, ids, state, int(steps), log, scores,
+    return _result(method, rule, model, tracks.get(TRACK), prompts, ids, state, int(steps), log, scores,
                    answer, final, budget, t0)
 
 
