@@ -17,6 +17,13 @@ class Drawn:
     lengths: np.ndarray    # int [G, n]
 
 
+def rollout_texts(r: engine.Rollouts) -> list:
+    """Each rollout's text [G][N]: ``r.text``, or its token ids joined by spaces (a model without a tokenizer)."""
+    if r.text is not None:
+        return [list(row) for row in r.text]
+    return [[" ".join(map(str, t[:k].tolist())) for t, k in zip(row, ks)] for row, ks in zip(r.tokens, r.lengths)]
+
+
 def _pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
@@ -48,10 +55,7 @@ def draw(model, prompts, *, n: int, sampler, seed: int, max_new_tokens: int, bud
                               keep_stop=keep_stop)
         length = np.asarray(out.lengths)[:real]
         tok = np.asarray(out.tokens)[:real]
-        if out.text is not None:
-            texts += [list(t) for t in out.text[:real]]
-        else:
-            texts += [[" ".join(map(str, tok[g, r, :length[g, r]].tolist())) for r in range(n)] for g in range(real)]
+        texts += rollout_texts(out)[:real]
         tokens.append(tok)
         lengths.append(length)
         prefilled = sum(len(ids[i]) for i in at[:real])

@@ -39,6 +39,7 @@ from engine.decode import decoding, model_stack, place_model
 from engine.step import decode_loop
 from meta.budget import param_count
 from meta.common import check_scorer, extract, finish, score, setup
+from meta.draw import rollout_texts
 from meta.result import Result
 from meta.vote import winner
 
@@ -249,10 +250,7 @@ def search(model, prompts, *, rule: Rule, scorer, n: int, max_steps: int, max_ne
 
 def _texts(model, state) -> list:
     """Each rollout's text so far [G][N] (token ids joined by spaces for a model without a tokenizer)."""
-    r = engine.rollouts(state, model.tokenizer)
-    if r.text is not None:
-        return r.text
-    return [[" ".join(map(str, t[:k].tolist())) for t, k in zip(row, lengths)] for row, lengths in zip(r.tokens, r.lengths)]
+    return rollout_texts(engine.rollouts(state, model.tokenizer))
 
 
 def spend(budget, model, track, ids, generated: int, calls: int):
