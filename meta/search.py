@@ -102,8 +102,9 @@ def resample(keys, logw, how: str):
     def one(key, lw):
         if how == "multinomial":
             return jnp.sort(jax.random.categorical(key, lw, shape=(n,)))
-        points = (jax.random.uniform(key) + jnp.arange(n)) / n
-        return jnp.minimum(jnp.searchsorted(jnp.cumsum(jax.nn.softmax(lw)), points, side="right"), n - 1)
+        points = (jax.random.uniform(key) + jnp.arange(n)) / n                  # in [0, 1)
+        edges = jnp.cumsum(jax.nn.softmax(lw))
+        return jnp.searchsorted(edges / edges[-1], points, side="right")   # the last edge exactly 1: never n
 
     return jax.vmap(one)(keys, logw).astype(jnp.int32)
 
