@@ -183,7 +183,7 @@ def make_scorer(args):
     return arith_verifiers.process_verifier(args.scorer.split("-", 1)[1])
 
 
-def check_items(args, model, items, sampler) -> None:
+def check_items(args, model, items, sampler, scorer) -> None:
     """Refuse, naming the dataset line, what the meta-generator would refuse only partway through the
     run: a method without the scorer it needs, a prompt too long for the model, a reference the
     verifier cannot read, more rollouts than the memory holds."""
@@ -193,10 +193,10 @@ def check_items(args, model, items, sampler) -> None:
     from engine.decode import bucket
     from meta.common import check_rollouts
     from meta.tasks.arith_verifiers import reference_answer
-    scorer = inspect.signature(meta.METHODS[args.method]).parameters.get("scorer")
-    if scorer is not None and scorer.default is inspect.Parameter.empty and args.scorer == "none":
+    takes = inspect.signature(meta.METHODS[args.method]).parameters.get("scorer")
+    if takes is not None and takes.default is inspect.Parameter.empty and args.scorer == "none":
         raise ValueError(f"{args.method} needs a scorer: --scorer {' / '.join(SCORERS[1:])}")
-    if scorer is None and args.scorer != "none":
+    if takes is None and args.scorer != "none":
         raise ValueError(f"{args.method} takes no scorer; leave out --scorer {args.scorer}")
     longest = 0
     for it in items:
@@ -208,14 +208,17 @@ def check_items(args, model, items, sampler) -> None:
             raise ValueError(f"{args.data}:{it['line']}: {e}") from None
     check_rollouts(min(args.batch, len(items)), args.n, sampler)
     rows = min(args.n, args.round_size) if args.method in ROUNDS else args.n   # drawn at once for one prompt
-    need = state_bytes(model.config, 1, bucket(longest), rows, args.max_new_tokens)
+    if args.method == "mcts":                                                  # every node of the tree is a row
+        rows = 1 + args.simulations * args.n
+    need = sum(state_bytes(m.config, 1, bucket(longest), rows, args.max_new_tokens)
+               for m in [model] + ([scorer] if args.method in SEARCHES and args.scorer == "model" else []))
     have = memory_bytes()
     if need > have:
         raise ValueError(f"--n {args.n}: {rows} rollouts of one prompt need {need / 2**30:,.1f} GiB of decoding state "
                          f"(KV cache, logits); the memory is {have / 2**30:,.1f} GiB")
 
 
-def run_chunk(args, model, items, sampler):
+def run_chunk(args, model, items, sampler, scorer):
     """The meta-generator's result on one chunk of items."""
     import meta
     from meta.tasks import arith
@@ -224,7 +227,6 @@ def run_chunk(args, model, items, sampler):
               answer=arith.answer if args.answer == "arith" else None)           # None: the whole text, stripped
     refs = [it["answer"] for it in items]
     kw["references"] = refs if all(r is not None for r in refs) else None
-    scorer = make_scorer(args)
     if scorer is not None:
         kw["scorer"] = scorer
     if args.method in SEARCHES:
@@ -299,7 +301,7 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def run(args, model, items, sampler, done: set) -> None:
+def run(args, model, items, sampler, scorer, done: set) -> None:
     """Run the chunks with prompts not yet in ``done``, appending one line per prompt to the output."""
     with tqdm(total=len(items), initial=sum(it["id"] in done for it in items), unit="prompt",
               desc=args.method) as bar:
@@ -307,7 +309,7 @@ def run(args, model, items, sampler, done: set) -> None:
             chunk = items[lo:lo + args.batch]
             if all(it["id"] in done for it in chunk):
                 continue
-            result = run_chunk(args, model, chunk, sampler)
+            result = run_chunk(args, model, chunk, sampler, scorer)
             for g, it in enumerate(chunk):
                 if it["id"] in done:
                     continue
@@ -333,11 +335,12 @@ def main(argv=None) -> int:
         sampler = Sampler(temperature=args.temperature, top_p=args.top_p)
         items = read_dataset(args.data)
         start, model = time.time(), models.load(args.model)
-        check_items(args, model, items, sampler)
+        scorer = make_scorer(args)                                       # loaded once, for every chunk
+        check_items(args, model, items, sampler, scorer)
         header = settings(args, args.data, model)
         with locked(args.out):
             done = load_done(args.out, header, {it["id"] for it in items})     # writes the header
-            run(args, model, items, sampler, done)
+            run(args, model, items, sampler, scorer, done)
             table = summary(args.out)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
