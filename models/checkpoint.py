@@ -85,11 +85,16 @@ class Model:
         import orbax.checkpoint as ocp
         with ocp.StandardCheckpointer() as ckpt:
             ckpt.save(out / "params", self.params)
+        written = ()
         if self.tokenizer is not None:
-            shutil.copy(self.tokenizer.path, out / TOKENIZER_FILES[isinstance(self.tokenizer, SentencePieceTokenizer)])
+            name = out / TOKENIZER_FILES[isinstance(self.tokenizer, SentencePieceTokenizer)]
+            if hasattr(self.tokenizer, "save"):
+                written = tuple(self.tokenizer.save(name))
+            else:
+                shutil.copy(self.tokenizer.path, name)
         if old.is_dir():
             for p in old.iterdir():
-                if p.name not in (ROLLAX_META, "params", *TOKENIZER_FILES):
+                if p.name not in (ROLLAX_META, "params", *TOKENIZER_FILES, *written):
                     (shutil.copytree if p.is_dir() else shutil.copy2)(p, out / p.name)
         meta = {"family": self.config.family, "config": dataclasses.asdict(self.config),
                 "sha256": hash_checkpoint(out, self.params)}

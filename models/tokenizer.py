@@ -8,25 +8,32 @@ from models.files import read_json
 
 
 class Tokenizer:
-    """``encode(text) -> ids`` (BOS prepended when the model has one), ``decode(ids) -> text``."""
+    """``encode(text) -> ids`` and ``decode(ids) -> text``, as ``transformers``' tokenizer of the same
+    files gives them: ``encode(text)`` adds the special tokens the checkpoint's tokenizer adds (a BOS
+    where it has one, none for Qwen), ``encode(text, bos=False)`` none. ``bos_id`` is the BOS that
+    ``encode`` adds (None where it adds none)."""
     bos_id: int | None
     eos_id: int | None
     pad_id: int
 
     def encode(self, text: str, bos: bool = True) -> list[int]:
-        """Token ids of ``text`` (a BOS first where the tokenizer has one and ``bos``); text that is not
-        valid Unicode (a lone surrogate, e.g. from a badly decoded file) is a ``ValueError``."""
+        """Token ids of ``text``: with ``bos``, the special tokens the tokenizer adds (as
+        ``transformers``' ``tokenizer(text).input_ids``), else none (as ``add_special_tokens=False``);
+        text that is not valid Unicode (a lone surrogate, e.g. from a badly decoded file) is a
+        ``ValueError``."""
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as e:
             raise ValueError(f"text is not valid Unicode ({e.reason} at character {e.start}): {text[:40]!r}") from None
-        ids = self._encode(text)
-        return ([self.bos_id] if bos and self.bos_id is not None else []) + ids
+        return self._encode_special(text) if bos else self._encode(text)
 
     def _encode(self, text: str) -> list[int]:
         raise NotImplementedError
 
-    def decode(self, ids) -> str:
+    def _encode_special(self, text: str) -> list[int]:
+        return ([self.bos_id] if self.bos_id is not None else []) + self._encode(text)
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
         raise NotImplementedError
 
     def token_bytes(self) -> list[bytes]:
@@ -46,44 +53,142 @@ _BASE = "abcdef"          # the fixed text tokens are decoded after (``transform
 
 
 class SentencePieceTokenizer(Tokenizer):
-    def __init__(self, path):
+    """A sentencepiece ``.model``; ``encode`` adds its BOS unless ``add_bos`` is False and its EOS
+    where ``add_eos`` (``tokenizer_config.json``'s ``add_bos_token`` / ``add_eos_token``, which
+    ``transformers`` follows; its default for Llama-style models is BOS on, EOS off). Unless ``legacy``,
+    a text that starts with a space gets no extra dummy-prefix space, as ``transformers``' Llama
+    tokenizer (``legacy: false``, its default) reads it: `` hi`` is ``▁hi``, not ``▁▁hi``."""
+
+    def __init__(self, path, add_bos: bool = True, add_eos: bool = False, legacy: bool = False):
         import sentencepiece as spm
         self.path = Path(path)
         self.sp = spm.SentencePieceProcessor(model_file=str(path))
         self.vocab_size = self.sp.get_piece_size()
         none = lambda i: None if i < 0 else i
-        self.bos_id, self.eos_id = none(self.sp.bos_id()), none(self.sp.eos_id())
+        self.add_bos, self.add_eos = bool(add_bos), bool(add_eos)
+        self.bos_id, self.eos_id = none(self.sp.bos_id()) if add_bos else None, none(self.sp.eos_id())
         self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else (self.eos_id or 0)
+        self.dummy_prefix = _dummy_prefix(self.sp)
+        self.strip_space = not legacy and self.dummy_prefix
 
     def _encode(self, text):
-        return self.sp.encode(text)
+        return self.sp.encode(text[1:] if self.strip_space and text.startswith(" ") else text)
 
-    def decode(self, ids):
+    def save(self, path) -> list[str]:
+        """Copy the model to ``path``, with a ``tokenizer_config.json`` beside it where BOS / EOS are not
+        the default; the names of the files written besides ``path``."""
+        import json
+        import shutil
+        shutil.copy(self.path, path)
+        if (self.add_bos, self.add_eos) == (True, False):
+            return []
+        config = Path(path).parent / "tokenizer_config.json"
+        config.write_text(json.dumps({"add_bos_token": self.add_bos, "add_eos_token": self.add_eos}))
+        return [config.name]
+
+    def _encode_special(self, text):
+        ids = super()._encode_special(text)
+        return ids + [self.eos_id] if self.add_eos and self.eos_id is not None else ids
+
+    def decode(self, ids, skip_special_tokens: bool = False):
+        """The text of ``ids``; a control token (BOS, EOS) reads as its piece (``<s>``) unless
+        ``skip_special_tokens``, as in ``transformers``."""
         # ids past the tokenizer (a model vocabulary padded beyond it) have no text, as in `tokenizers`
-        return self.sp.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size])
+        ids = [int(i) for i in ids if 0 <= int(i) < self.vocab_size]
+        if skip_special_tokens or not any(self.sp.is_control(i) for i in ids):
+            return self.sp.decode(ids)
+        out, run = [], []
+        for i in ids + [None]:
+            if i is None or self.sp.is_control(i):
+                text = self.sp.decode(run)
+                if out and run and self.dummy_prefix and self.sp.id_to_piece(run[0]).startswith("▁"):
+                    text = " " + text     # only the text's first piece loses its dummy-prefix space
+                out += [text] + ([self.sp.id_to_piece(i)] if i is not None else [])
+                run = []
+            else:
+                run.append(i)
+        return "".join(out)
 
     def token_bytes(self):
-        """As :meth:`Tokenizer.token_bytes`; a byte-fallback piece (``<0x0A>``) is its one byte."""
+        """As :meth:`Tokenizer.token_bytes`; a byte-fallback piece (``<0x0A>``) is its one byte, a
+        control token nothing."""
         out = super().token_bytes()
+        out = [b"" if self.sp.is_control(i) else b for i, b in enumerate(out)]
         return [bytes([int(self.sp.id_to_piece(i)[3:5], 16)]) if self.sp.is_byte(i) else b for i, b in enumerate(out)]
 
 
-class HFTokenizer(Tokenizer):
-    """A ``tokenizer.json`` read by the ``tokenizers`` library; special ids come from the config."""
+def _dummy_prefix(sp) -> bool:
+    """Whether a sentencepiece model puts a space before each text (its ``add_dummy_prefix``)."""
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(sp.serialized_model_proto())
+        return bool(proto.normalizer_spec.add_dummy_prefix)
+    except Exception:  # no protobuf: read it from how a space-less text is cut
+        return sp.encode("a", out_type=str)[:1] in (["▁a"], ["▁"])
 
-    def __init__(self, path, bos_id=None, eos_id=None, pad_id=None):
-        from tokenizers import Tokenizer as _Tok
+
+class HFTokenizer(Tokenizer):
+    """A ``tokenizer.json`` read by the ``tokenizers`` library. Its post-processor decides the special
+    tokens ``encode`` adds (Llama 3's ``<|begin_of_text|>`` template, Qwen's none), as in
+    ``transformers``' fast tokenizer; where the file has no post-processor, or ``add_bos`` /
+    ``add_eos`` is given (``tokenizer_config.json``'s ``add_bos_token`` / ``add_eos_token``),
+    ``transformers`` replaces it by a template of ``bos_id`` (when ``add_bos``, default: a
+    ``bos_id`` is given) and ``eos_id`` (when ``add_eos``), and so does this."""
+
+    def __init__(self, path, bos_id=None, eos_id=None, pad_id=None, add_bos: bool | None = None,
+                 add_eos: bool | None = None):
+        from tokenizers import Tokenizer as _Tok, processors
         self.path = Path(path)
         self.tok = _Tok.from_file(str(path))
         self.vocab_size = self.tok.get_vocab_size()
-        self.bos_id, self.eos_id = bos_id, eos_id
+        self.eos_id = eos_id
         self.pad_id = pad_id if pad_id is not None else (eos_id or 0)
+        if add_bos is not None or add_eos is not None or self.tok.post_processor is None:
+            add_bos = bos_id is not None if add_bos is None else add_bos
+            special = [(name, i) for i, name, add in ((bos_id, "bos", add_bos), (eos_id, "eos", add_eos))
+                       if add and i is not None and self.tok.id_to_token(i) is not None]
+            names = {k: self.tok.id_to_token(i) for k, i in special}
+            one = " ".join([*([f"{names['bos']}:0"] if "bos" in names else []), "$A:0",
+                            *([f"{names['eos']}:0"] if "eos" in names else [])])
+            two = " ".join([one, *([f"{names['bos']}:1"] if "bos" in names else []), "$B:1",
+                            *([f"{names['eos']}:1"] if "eos" in names else [])])
+            self.tok.post_processor = processors.TemplateProcessing(
+                single=one, pair=two, special_tokens=[(names[k], i) for k, i in special])
+            self.rewritten = True
+        else:
+            self.rewritten = False
+        self.bos_id = self._added_bos()
+
+    def _added_bos(self):
+        """The id the post-processor puts before a text, where it puts one."""
+        for text in ("a", " ", ""):
+            plain = self.tok.encode(text, add_special_tokens=False).ids
+            full = self.tok.encode(text, add_special_tokens=True).ids
+            for k in range(len(full) - len(plain) + 1):
+                if full[k:k + len(plain)] == plain:
+                    return full[0] if k else None
+        return None
 
     def _encode(self, text):
         return self.tok.encode(text, add_special_tokens=False).ids
 
-    def decode(self, ids):
-        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+    def _encode_special(self, text):
+        return self.tok.encode(text, add_special_tokens=True).ids
+
+    def save(self, path) -> list[str]:
+        """Write the tokenizer to ``path`` with the post-processor it uses (so a reload adds the same
+        special tokens without a ``tokenizer_config.json``); no other files."""
+        if self.rewritten:
+            Path(path).write_text(self.tok.to_str())
+        else:
+            import shutil
+            shutil.copy(self.path, path)
+        return []
+
+    def decode(self, ids, skip_special_tokens: bool = False):
+        """The text of ``ids`` (special tokens as their text unless ``skip_special_tokens``)."""
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     def token_bytes(self):
         """As :meth:`Tokenizer.token_bytes`, but a byte-level vocabulary's tokens (GPT-2's ``Ġ`` for a
@@ -135,26 +240,47 @@ def continuation(tokenizer, context, ids) -> str:
 
 
 def load_tokenizer(directory, config) -> Tokenizer | None:
-    """The tokenizer in ``directory`` (``tokenizer.json`` preferred, else ``tokenizer.model``), or None.
+    """The tokenizer in ``directory`` (``tokenizer.json`` preferred, else ``tokenizer.model``), or None,
+    adding the special tokens ``transformers``' ``AutoTokenizer`` of the directory adds.
 
-    A ``tokenizer.json`` prepends the config's BOS unless ``tokenizer_config.json`` says
-    ``add_bos_token: false``, or the BOS is also an EOS id (Qwen2's configs name ``<|endoftext|>``
-    as both, and its tokenizer adds none).
+    A ``tokenizer.json``'s post-processor decides them; where it has none, or ``tokenizer_config.json``
+    sets ``add_bos_token`` / ``add_eos_token``, those (default: the BOS, unless it is also an EOS as in
+    Qwen2's configs, where no BOS is added) decide, with the ``bos_token`` / ``eos_token`` named
+    there (else the config's ids). A sentencepiece ``tokenizer.model`` adds its BOS unless
+    ``add_bos_token: false`` and its EOS where ``add_eos_token: true``.
     """
     directory = Path(directory)
-    eos = config.eos_ids[0] if config.eos_ids else None
-    bos = None if config.bos_id in config.eos_ids else config.bos_id
     settings = directory / "tokenizer_config.json"
-    if settings.exists():
-        meta = read_json(settings)
-        add = meta.get("add_bos_token") if isinstance(meta, dict) else None
-        if isinstance(add, bool):
-            bos = config.bos_id if add else None
-    for name, make in (("tokenizer.json", lambda p: HFTokenizer(p, bos, eos, config.pad_id)),
-                       ("tokenizer.model", SentencePieceTokenizer)):
+    meta = read_json(settings) if settings.exists() else {}
+    meta = meta if isinstance(meta, dict) else {}
+    flag = lambda key: meta[key] if isinstance(meta.get(key), bool) else None
+    add_bos, add_eos = flag("add_bos_token"), flag("add_eos_token")
+    eos = config.eos_ids[0] if config.eos_ids else None
+    bos = config.bos_id
+    if add_bos is None and add_eos is None and bos in config.eos_ids:
+        bos = None
+    sp_kwargs = {k: v for k, v in (("add_bos", add_bos), ("add_eos", add_eos), ("legacy", flag("legacy")))
+                 if v is not None}
+
+    def hf(path):
+        from tokenizers import Tokenizer as _Tok
+        vocab = _Tok.from_file(str(path))
+        text = _content(meta.get("bos_token"))        # transformers' BOS is the one named here
+        named = vocab.token_to_id(text) if text else None
+        return HFTokenizer(path, bos if named is None else named, eos, config.pad_id, add_bos, add_eos)
+
+    for name, make in (("tokenizer.json", hf),
+                       ("tokenizer.model", lambda p: SentencePieceTokenizer(p, **sp_kwargs))):
         if (directory / name).exists():
             try:
                 return make(directory / name)
             except Exception as e:  # the libraries raise RuntimeError, OSError or a bare Exception
                 raise ValueError(f"cannot read the tokenizer {directory / name}: {e}") from e
     return None
+
+
+def _content(token) -> str | None:
+    """A ``tokenizer_config.json`` special token's text (a string or an ``AddedToken`` dict)."""
+    if isinstance(token, dict):
+        token = token.get("content")
+    return token if isinstance(token, str) and token else None
