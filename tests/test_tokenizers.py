@@ -57,7 +57,8 @@ def llama3(directory):
     tok = _byte_bpe(directory, ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"], "<|begin_of_text|>")
     (directory / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}))
-    return dict(bos_id=0, eos_ids=(2,), pad_id=2), 0
+    bos, eot = tok.token_to_id("<|begin_of_text|>"), tok.token_to_id("<|eot_id|>")
+    return dict(bos_id=bos, eos_ids=(eot,), pad_id=eot), bos
 
 
 def _sentencepiece(directory, **kw):
