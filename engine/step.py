@@ -83,15 +83,11 @@ def feed(stack, params, state: DecodeState, tokens, valid) -> DecodeState:
 
 
 def ends_step(state: DecodeState, tok, steps):
-    """bool [B]: ``tok`` [B] completes one of the delimiters ``steps`` [D, L] after each row's last tokens."""
-    hit = steps[None, :, -1] == tok[:, None]                                     # [B, D]
-    valid = state.cache.valid
-    rank = state.cache.length[:, None] - jnp.cumsum(valid, axis=1)               # 0 at a row's last real token
-    for j in range(1, steps.shape[1]):
-        before = jnp.max(jnp.where(valid & (rank == j - 1), state.tokens, -1), axis=1)    # j-th last token
-        want = steps[None, :, -1 - j]
-        hit &= (want == -1) | (want == before[:, None])
-    return jnp.any(hit, axis=1)
+    """bool [B]: ``tok`` [B] completes one of the delimiters ``steps`` [D, L] after each row's last tokens
+    (its own tokens only: a delimiter does not reach into the prompt)."""
+    last = last_tokens(state, tok, steps.shape[1], prompt=False)[:, None, :]       # [B, 1, L] latest first
+    want = steps[None, :, ::-1]                                                    # [1, D, L] likewise
+    return jnp.any(jnp.all((want == -1) | (want == last), axis=2), axis=1)
 
 
 def _step(stack, params, state: DecodeState, how: Decoding, mesh=None) -> DecodeState:
