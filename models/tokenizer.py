@@ -51,6 +51,22 @@ class Tokenizer:
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         raise NotImplementedError
 
+    def _save_chat(self, path, settings: dict) -> list[str]:
+        """Beside the tokenizer file ``path``: ``settings`` (and, with a chat template, the special
+        tokens it sees) in ``tokenizer_config.json``, the template in ``chat_template.jinja``, each
+        where there is something to write, so that :func:`load_tokenizer` reads them back; the names
+        of the files written."""
+        import json
+        directory, written = Path(path).parent, []
+        settings = {**settings, **(self.special_tokens if self.chat_template is not None else {})}
+        if settings:
+            (directory / "tokenizer_config.json").write_text(json.dumps(settings))
+            written.append("tokenizer_config.json")
+        if self.chat_template is not None:
+            (directory / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
+            written.append("chat_template.jinja")
+        return written
+
     def token_bytes(self) -> list[bytes]:
         """The UTF-8 bytes each token id adds to a text (what stop strings are matched against): each
         token decoded after a fixed text, that text cut off, as ``transformers``' ``StopStringCriteria``
@@ -115,15 +131,13 @@ class SentencePieceTokenizer(Tokenizer):
 
     def save(self, path) -> list[str]:
         """Copy the model to ``path``, with a ``tokenizer_config.json`` beside it where BOS / EOS are not
-        the default; the names of the files written besides ``path``."""
-        import json
+        the default or ``legacy`` is set, and the chat template (:meth:`Tokenizer._save_chat`); the
+        names of the files written besides ``path``."""
         import shutil
         shutil.copy(self.path, path)
-        if (self.add_bos, self.add_eos) == (True, False):
-            return []
-        config = Path(path).parent / "tokenizer_config.json"
-        config.write_text(json.dumps({"add_bos_token": self.add_bos, "add_eos_token": self.add_eos}))
-        return [config.name]
+        flags = {} if (self.add_bos, self.add_eos) == (True, False) else {"add_bos_token": self.add_bos,
+                                                                          "add_eos_token": self.add_eos}
+        return self._save_chat(path, {**flags, **({"legacy": True} if self.legacy else {})})
 
     def _encode_special(self, text):
         ids = super()._encode_special(text)
@@ -220,13 +234,14 @@ class HFTokenizer(Tokenizer):
 
     def save(self, path) -> list[str]:
         """Write the tokenizer to ``path`` with the post-processor it uses (so a reload adds the same
-        special tokens without a ``tokenizer_config.json``); no other files."""
+        special tokens without a ``tokenizer_config.json``), and the chat template
+        (:meth:`Tokenizer._save_chat`); the names of the files written besides ``path``."""
         if self.rewritten:
             Path(path).write_text(self.tok.to_str())
         else:
             import shutil
             shutil.copy(self.path, path)
-        return []
+        return self._save_chat(path, {})
 
     def decode(self, ids, skip_special_tokens: bool = False):
         """The text of ``ids`` (special tokens as their text unless ``skip_special_tokens``)."""
