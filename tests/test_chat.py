@@ -187,20 +187,28 @@ def test_bad_chats_and_templates_are_value_errors(gemma_tok, chat, template, mes
 REPLY = "the cat"
 
 
+def chat_checkpoint(directory, build, chat, reply: str):
+    """A model in ``directory`` whose tokenizer is ``build``'s (with its template) and whose greedy
+    reply to ``chat`` is ``reply`` then the EOS; its tokenizer."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config, _ = build(directory)
+    tok = load_tokenizer(directory, types.SimpleNamespace(**config))
+    prompt, ids = tok.apply_chat_template(chat, add_generation_prompt=True), tok.encode(reply, bos=False)
+    assert len(set(ids)) == len(ids) and prompt[-1] not in ids                 # an unambiguous chain
+    chain_model(tok, [prompt[-1]] + ids + [tok.eos_id], tok.vocab_size).save(directory / "m")
+    return tok
+
+
 @pytest.fixture(scope="module")
-def chat_model(gemma_tok, tmp_path_factory):
-    """A model whose greedy reply to a chat is REPLY, saved (its template with it) and loaded back."""
-    prompt = gemma_tok.apply_chat_template(CHATS[0], add_generation_prompt=True)
-    reply = gemma_tok.encode(REPLY, bos=False)
-    assert len(set(reply)) == len(reply) and prompt[-1] not in reply         # an unambiguous chain
-    model = chain_model(gemma_tok, [prompt[-1]] + reply + [gemma_tok.eos_id], gemma_tok.vocab_size)
-    directory = tmp_path_factory.mktemp("chat_model") / "m"
-    model.save(directory)
-    return directory, models.load(directory)
+def chat_model(tmp_path_factory):
+    """A Gemma-like chat model whose greedy reply to CHATS[0] is REPLY, saved and loaded back."""
+    directory = tmp_path_factory.mktemp("chat_model")
+    tok = chat_checkpoint(directory, gemma, CHATS[0], REPLY)
+    return directory / "m", models.load(directory / "m"), tok
 
 
-def test_generate_takes_chats(chat_model, gemma_tok):
-    _, model = chat_model
+def test_generate_takes_chats(chat_model):
+    _, model, gemma_tok = chat_model
     assert model.tokenizer.chat_template == GEMMA and model.tokenizer.special_tokens == gemma_tok.special_tokens
     ids = gemma_tok.apply_chat_template(CHATS[0], add_generation_prompt=True)
     out = engine.generate(model, [CHATS[0], ids], max_new_tokens=6)
@@ -215,7 +223,7 @@ def test_generate_takes_chats(chat_model, gemma_tok):
 
 def test_generate_script_chat(chat_model, capsys):
     from scripts import generate
-    directory, model = chat_model
+    directory, model, _ = chat_model
     shown = model.tokenizer.apply_chat_template(CHATS[0], add_generation_prompt=True, tokenize=False)
     assert generate.main(["--model", str(directory), "--prompt", CHATS[0][0]["content"], "--chat",
                           "--max-new-tokens", "6"]) == 0
@@ -224,7 +232,7 @@ def test_generate_script_chat(chat_model, capsys):
 
 def test_meta_script_chat(chat_model, tmp_path, capsys):
     from scripts import meta as meta_script
-    directory, _ = chat_model
+    directory, _, _ = chat_model
     data, out = tmp_path / "data.jsonl", tmp_path / "out.jsonl"
     data.write_text(json.dumps({"prompt": CHATS[0][0]["content"], "answer": REPLY}) + "\n")
     argv = ["self_consistency", "--data", str(data), "--out", str(out), "--n", "2", "--max-new-tokens", "6",
