@@ -111,9 +111,9 @@ def _plain(value):
     only sees plain data, as in ``transformers``."""
     if value is None or type(value) in (str, int, float, bool):
         return value
-    for kind in (str, int, float):
+    for kind in (str, int, float):        # a subclass (an enum, np.float64) as its base value, not its repr
         if isinstance(value, kind):
-            return kind(value)
+            return {str: str.__str__, int: int.__int__, float: float.__float__}[kind](value)
     if isinstance(value, Mapping):
         return {_plain(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list):
