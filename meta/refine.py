@@ -18,31 +18,10 @@ import engine
 from engine.checks import check_int, check_prompts, stop_ids
 from engine.decode import bucket
 from meta.budget import param_count
+from meta.chain import segment_texts
 from meta.common import extract, finish, setup
 from meta.result import Result
 from meta.vote import winner
-from models.tokenizer import CONTEXT, continuation
-
-
-def _attempts(model, state, start, stops) -> list:
-    """Each rollout's text from its slot ``start`` [G, N] on (its latest attempt) [G][N], a final stop
-    token left out; token ids joined by spaces for a model without a tokenizer."""
-    r = engine.rollouts(state)
-    g, n = state.shape
-    prompt, first = np.asarray(state.prompt), np.asarray(state.cache.pstart)
-    out = [[None] * n for _ in range(g)]
-    for i in range(g):
-        for m in range(n):
-            a, b = int(start[i, m]), int(r.lengths[i, m])
-            ids = r.tokens[i, m, a:b].tolist()
-            if ids and ids[-1] in stops:
-                ids = ids[:-1]
-            if model.tokenizer is None:
-                out[i][m] = " ".join(map(str, ids))
-                continue
-            context = r.tokens[i, m, max(0, a - CONTEXT):a].tolist() or prompt[i, first[i]:][-CONTEXT:].tolist()
-            out[i][m] = continuation(model.tokenizer, context, ids)
-    return out
 
 
 def _ids(model, what: str, x) -> list[int]:
@@ -89,7 +68,7 @@ def refine(model, prompts, *, feedback, rounds: int, cue=None, n: int = 1, sampl
     check_int("max_new_tokens", max_new_tokens, 1)
     check_int("max_feedback_tokens", max_feedback_tokens, 1)
     cue = [] if cue is None else _ids(model, "cue", cue)
-    stops = set(np.asarray(stop_ids(model.config, stop_tokens)).tolist())
+    stop_ids(model.config, stop_tokens)                      # checked before any work
     ids = check_prompts(model, list(prompts), max_new_tokens)
     capacity = (rounds + 1) * max_new_tokens + rounds * bucket(max_feedback_tokens, 1)
     g = len(ids)
@@ -100,7 +79,7 @@ def refine(model, prompts, *, feedback, rounds: int, cue=None, n: int = 1, sampl
     appended, appends, slots = 0, 0, 0
     attempts = [[None] * n for _ in ids]                 # each rollout's latest attempt
     for r in range(rounds + 1):
-        now = _attempts(model, state, start, stops)
+        now = segment_texts(model, state, start, stop_tokens)
         add = [[[] for _ in range(n)] for _ in ids]
         for i, m in zip(*np.nonzero(going)):
             attempts[i][m] = now[i][m]

@@ -1,6 +1,9 @@
 """The sequential meta-generators: refine, backtrack, cascade. Exact transcripts on a fake model whose
 greedy path is hand-made, the cache reused across rounds (forward calls counted), properties of
 sampled runs, batch independence, and bad input."""
+import re
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -20,6 +23,7 @@ STEPWISE = np.full((5, 5), 0.1)
 for a, b in [(0, 1), (1, 3), (3, 2), (2, 3), (4, 0)]:
     STEPWISE[a, b] = 0.6
 GREEDY = Sampler.greedy()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_refine_appends_feedback_and_stops_the_rows_it_accepts():
@@ -123,16 +127,35 @@ def test_backtrack_keeps_only_accepted_steps_while_retries_last_and_is_batch_ind
     assert other.texts[1] == r.texts[0] and other.info[1] == r.info[0]
 
 
-def test_backtrack_with_the_prm_track_on_tiny_arith():
-    policy, prm = models.load("tiny-arith"), models.load("tiny-arith-prm")
-    problems = arith.held_out("test", "hard", 4)
-    r = meta.backtrack(policy, [p.prompt for p in problems], scorer=prm, threshold=0.5, max_backtracks=3,
-                       max_steps=16, max_new_tokens=96, n=2, sampler=Sampler(temperature=0.8), answer=arith.answer)
-    events = [e for i in r.info for e in i["events"]]
-    assert events and all(score < 0.5 for _, _, score in events)
-    assert all(0 <= b <= 3 for i in r.info for b in i["backtracks"])
-    assert r.budget.generated >= sum(map(sum, r.lengths)) and r.budget.scorer_tokens > 0
-    assert sum(arith_verifiers.outcome_scores([r.texts[g][r.chosen[g]] for g in range(4)], problems)) >= 1
+def test_arith_feedback_names_the_first_wrong_step_or_the_answer():
+    p = arith.Problem((50, 27, 10), ("+", "-"), "easy")              # 50+27-10 = 67
+    fb = arith_verifiers.feedback([p])
+    assert fb(p.prompt, "50+27=77\n77-10=67\nA: 67") is None
+    assert fb(p.prompt, "50+27=78\n78-10=68\nA: 68") == "? 50+27=78\n"      # the slip, not what follows
+    assert fb(p.prompt, "50+27=77\n77-10=67\nA: 66") == "? A: 66\n"
+    assert fb(p.prompt, "50+27=77\n") == "? A: \n"
+    assert fb(p.prompt, "garbage") == "? garbage\n"
+    with pytest.raises(ValueError) as e:
+        fb("Q: 1+1=?\n", "A: 2")
+    assert "no problem has the prompt" in str(e.value)
+
+
+def test_the_refinement_page_runs():
+    ns = {}
+    for block in re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "refinement.md").read_text(), re.S):
+        exec(block, ns)
+        if "meta.refine(" in block:
+            r = ns["r"]
+            fb = arith_verifiers.feedback(ns["problems"])
+            for g, p in enumerate(ns["problems"]):                 # accepted exactly where the answer is right
+                assert r.scores[g] == [float(fb(p.prompt, t) is None) for t in r.texts[g]]
+                assert all(f.startswith("? ") for f in sum(r.info[g]["feedback"], []))
+        if "meta.backtrack(" in block:
+            events = [e for i in ns["r"].info for e in i["events"]]
+            assert all(score < 0.5 for _, _, score in events)
+        if "meta.cascade(" in block:
+            assert {i["stage"] for i in ns["r"].info} <= {0, 1, 2} and len(ns["r"].parts) >= 1
+    assert all(a.lstrip("-").isdigit() for a in ns["answers"][0])          # the constrained last call
 
 
 def test_cascade_escalates_only_the_prompts_a_stage_does_not_accept():
