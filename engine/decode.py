@@ -232,30 +232,30 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
     return state
 
 
-@partial(jax.jit, static_argnames=("rekey",))
-def _gather(state: DecodeState, rows, rekey: bool = False) -> DecodeState:
+@jax.jit
+def _gather(state: DecodeState, rows, rekey) -> DecodeState:
     """Every rollout-axis field of ``state`` (tracks too) gathered at ``rows``: one gather, prefix block
-    untouched. With ``rekey`` row ``(g, m)`` of the result draws with ``fold_in(fold_in(key, REKEY), m)``."""
+    untouched. Row ``(g, m)`` of the result where ``rekey`` (bool [G*M]) draws with
+    ``fold_in(fold_in(key, REKEY), m)``."""
     out = take_rollouts(state, rows)
-    if not rekey:
-        return out
     m = rows.shape[0] // state.cache.groups
     position = jnp.arange(rows.shape[0], dtype=jnp.uint32) % m
     salted = jax.vmap(jax.random.fold_in)(out.keys, jnp.full(position.shape, REKEY, jnp.uint32))
-    return dataclasses.replace(out, keys=jax.vmap(jax.random.fold_in)(salted, position))
+    fresh = jax.vmap(jax.random.fold_in)(salted, position)
+    return dataclasses.replace(out, keys=jnp.where(rekey, fresh, out.keys))
 
 
-def select(state: DecodeState, indices, *, rekey: bool = False) -> DecodeState:
+def select(state: DecodeState, indices, *, rekey=False) -> DecodeState:
     """Keep, reorder or repeat rollouts within each prompt: row ``(g, m)`` becomes rollout ``indices[g, m]``.
 
     ``indices`` int [G, M] (M may differ from N: prune with M < N, resample with repeats); the
     tracks move with their rollouts. A selected rollout keeps its key, so continuing it draws what
     it would have drawn anyway and copies continue identically; with ``rekey=True`` every row
     gets a fresh key derived from its old one and its place ``m`` in the result, so copies
-    diverge — the same for the same calls and seed, whatever else is in the batch.
+    diverge — the same for the same calls and seed, whatever else is in the batch. ``rekey`` may
+    also be bool [G, M]: only those rows get fresh keys (a rollout that resamples a step it rejected).
     """
     check_state(state)
-    check_bool("rekey", rekey)
     g, n = state.shape
     if isinstance(indices, jax.core.Tracer):
         if indices.ndim != 2 or indices.shape[0] != g:
@@ -272,7 +272,10 @@ def select(state: DecodeState, indices, *, rekey: bool = False) -> DecodeState:
             raise ValueError(f"indices must be rollout numbers in [0, {n}), got values {idx.min()}..{idx.max()}")
         check_copies(state, idx.size)
     rows = (jnp.arange(g, dtype=jnp.int32)[:, None] * n + idx).reshape(-1)
-    return _gather(state, rows, rekey=bool(rekey))
+    if not isinstance(rekey, (bool, jax.core.Tracer)) and (np.shape(rekey) != idx.shape or
+                                                          np.asarray(rekey).dtype != bool):
+        raise ValueError(f"rekey must be True, False or bool [G, M] like indices {idx.shape}, got {rekey!r}")
+    return _gather(state, rows, jnp.broadcast_to(jnp.asarray(rekey, bool), idx.shape).reshape(-1))
 
 
 def fork(state: DecodeState, k: int) -> DecodeState:
@@ -283,6 +286,35 @@ def fork(state: DecodeState, k: int) -> DecodeState:
     out = select(state, np.tile(np.repeat(np.arange(n), k), (g, 1)))
     child = jnp.asarray(np.tile(np.arange(k, dtype=np.uint32), g * n))
     return dataclasses.replace(out, keys=jax.vmap(jax.random.fold_in)(out.keys, child))
+
+
+@jax.jit
+def _compact(state: DecodeState) -> DecodeState:
+    state = state.packed()
+    move = lambda c: dataclasses.replace(c, index=jnp.max(state.cache.length))
+    return dataclasses.replace(state, cache=move(state.cache),
+                               tracks={k: dataclasses.replace(t, cache=move(t.cache)) for k, t in state.tracks.items()})
+
+
+def compact(state: DecodeState) -> DecodeState:
+    """Free the slots that cut-back tokens left: every row's tokens (and the KV of the policy and its
+    tracks) move to its first slots, in order, and the next write goes after the longest row.
+    Nothing is recomputed and nothing decodes differently (positions count tokens, not slots); a
+    search that rewinds rows often keeps its cache this small (:func:`meta.backtrack`)."""
+    check_state(state)
+    return _compact(state)
+
+
+def finish(state: DecodeState, rows) -> DecodeState:
+    """Mark the rollouts where ``rows`` (bool [G, N]) done, as a stop token would, without a token:
+    ``decode`` leaves them as they are until :func:`append` or :func:`rewind` gives them more to do
+    (e.g. an answer a verifier accepted before the rollout ended it)."""
+    check_state(state)
+    g, n = state.shape
+    if np.shape(rows) != (g, n) or np.asarray(rows).dtype != bool:
+        raise ValueError(f"rows must be bool [G={g}, N={n}], got {rows!r}")
+    return dataclasses.replace(state, done=state.done | jnp.asarray(rows).reshape(-1),
+                               paused=state.paused & ~jnp.asarray(rows).reshape(-1))
 
 
 @partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))

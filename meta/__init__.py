@@ -5,12 +5,15 @@ does not vote); by default the answer is the whole text, stripped. Tasks bring t
 extractors and verifiers: ``meta.tasks.arith.answer`` and ``meta.tasks.arith_verifiers``.
 """
 from meta.adaptive import adaptive_self_consistency
+from meta.backtrack import backtrack
 from meta.best_of_n import best_of_n
 from meta.budget import Budget
+from meta.cascade import agreement, cascade, score_at_least
 from meta.draw import draw
 from meta.mbr import mbr
 from meta.mcts import mcts
 from meta.pass_at_k import coverage, pass_at_k
+from meta.refine import refine, reward_feedback, self_feedback
 from meta.rejection import rejection_sample
 from meta.result import Result
 from meta.scoring import FunctionScorer, LMJudge, ProcessScorer, RewardModel, sigmoid
@@ -24,5 +27,6 @@ METHODS = {"best_of_n": best_of_n, "self_consistency": self_consistency, "weight
 
 __all__ = ["Budget", "Result", "draw", "best_of_n", "self_consistency", "weighted_vote", "mbr",
            "rejection_sample", "pass_at_k", "coverage", "adaptive_self_consistency", "step_beam_search",
-           "dvts", "rebase", "particle_filter", "mcts", "ProcessScorer",
+           "dvts", "rebase", "particle_filter", "mcts", "backtrack", "refine", "reward_feedback", "self_feedback",
+           "cascade", "agreement", "score_at_least", "ProcessScorer",
            "FunctionScorer", "LMJudge", "RewardModel", "sigmoid", "METHODS"]

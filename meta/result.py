@@ -42,6 +42,7 @@ class Result:
     votes: list
     budget: Budget
     info: list = None
+    parts: list = None        # a composite method's parts (a cascade: each stage's Budget)
 
     def __post_init__(self):
         if self.info is None:
@@ -58,5 +59,8 @@ class Result:
 
     def to_json(self) -> dict:
         """The whole result as a JSON-ready dict."""
-        return {"method": self.method, "budget": self.budget.to_json(),
-                "prompts": [self.prompt_json(g) for g in range(len(self.prompts))]}
+        out = {"method": self.method, "budget": self.budget.to_json(),
+               "prompts": [self.prompt_json(g) for g in range(len(self.prompts))]}
+        if self.parts is not None:
+            out["parts"] = [b.to_json() for b in self.parts]
+        return out

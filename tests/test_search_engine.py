@@ -88,6 +88,9 @@ def test_rekeyed_copies_diverge_reproducibly_and_keep_their_keys_otherwise():
     want = [jax.random.key_data(fold(fold(jax.random.wrap_key_data(plain[0]), REKEY), m)) for m in range(3)]
     np.testing.assert_array_equal(rekeyed, np.stack(want))
     assert copies(True, others=[[3, 3], [1]])[0] == fresh
+    some, masked = copies(np.array([[False, True, False]]))                # only the rows a mask names
+    np.testing.assert_array_equal(masked, np.stack([plain[0], want[1], plain[2]]))
+    assert some == [same[0], fresh[1], same[2]]
 
 
 def test_rekeyed_copies_draw_from_the_model_distribution():
@@ -232,7 +235,7 @@ def test_a_search_loop_in_one_jitted_program_equals_the_same_calls_one_by_one_an
      "step_tokens must be non-empty token ids in [0, 5)"),
     (lambda s: engine.decode(POLICY, s, max_new_tokens=2, step_tokens="\n", tracks={"rm": RM}),
      "string step_tokens need a model with a tokenizer"),
-    (lambda s: engine.select(s, [[0, 1]], rekey=1), "rekey must be True or False, got 1"),
+    (lambda s: engine.select(s, [[0, 1]], rekey=1), "rekey must be True, False or bool [G, M] like indices (1, 2), got 1"),
     (lambda s: engine.decode(POLICY, s, max_new_tokens=2, tracks={"rm": RM},
                              mixture=engine.Mixture("cfg", ("rm",))), "track 'rm' is a reward model"),
 ])

@@ -88,6 +88,25 @@ def process_scores(texts: Sequence[str], problems: Sequence[Problem] | None = No
     return [step_scores(t, p) for t, p in zip(texts, problems)]
 
 
+def feedback(problems: Sequence[Problem]):
+    """External feedback for ``meta.refine`` on these problems: ``fb(prompt, attempt)`` is ``None``
+    when the attempt's answer is right, else one line in the task's own symbols (its tokenizer has no
+    letters): ``"? <line>\n"`` for the first step :func:`step_scores` finds wrong, or
+    ``"? A: <answer>\n"`` (the wrong or missing answer line) when every step is right."""
+    by_prompt = {p.prompt: p for p in problems}
+
+    def fb(prompt, attempt):
+        if prompt not in by_prompt:
+            raise ValueError(f"no problem has the prompt {prompt!r:.60}")
+        p, parsed = by_prompt[prompt], parse(attempt)
+        if parsed.answer == p.answer:
+            return None
+        lines = [line for line in attempt.split("\n") if line and not line.startswith("A:")]
+        wrong = [i for i, ok in enumerate(step_scores(attempt, p)) if not ok]
+        return f"? {lines[wrong[0]]}\n" if wrong else f"? A: {'' if parsed.answer is None else parsed.answer}\n"
+    return fb
+
+
 def reference_answer(reference) -> int:
     """The integer answer of a reference: an ``arith.Problem``, an int, a whole float or a string of
     digits (as read from a dataset); otherwise a ``ValueError`` naming it."""
