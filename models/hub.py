@@ -29,4 +29,4 @@ def snapshot(repo_id: str, revision: str | None = None) -> Path:
                  if constants.HF_HUB_OFFLINE else f"not cached in {constants.HF_HUB_CACHE} and not downloadable")
         at = "" if revision is None else f" at revision {revision!r}"
         raise ValueError(f"no local model directory {repo_id!r}, and the Hugging Face hub id {repo_id!r}{at} is "
-                         f"{where} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+                         f"{where} ({type(e).__name__}: {str(e).splitlines()[0].split(". ")[0][:200]})") from None
