@@ -28,5 +28,6 @@ def snapshot(repo_id: str, revision: str | None = None) -> Path:
         where = (f"not in the hub cache {constants.HF_HUB_CACHE} and HF_HUB_OFFLINE is set"
                  if constants.HF_HUB_OFFLINE else f"not cached in {constants.HF_HUB_CACHE} and not downloadable")
         at = "" if revision is None else f" at revision {revision!r}"
+        reason = str(e).splitlines()[0].split(". ")[0][:200]         # its first sentence
         raise ValueError(f"no local model directory {repo_id!r}, and the Hugging Face hub id {repo_id!r}{at} is "
-                         f"{where} ({type(e).__name__}: {str(e).splitlines()[0].split(". ")[0][:200]})") from None
+                         f"{where} ({type(e).__name__}: {reason})") from None

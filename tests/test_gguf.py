@@ -217,3 +217,20 @@ def test_rope_scaling_factors_are_refused(files, tmp_path):
     with pytest.raises(ValueError) as e:
         models.load(tmp_path / "m.gguf")
     assert "rope_freqs.weight" in str(e.value) and "Hugging Face directory" in str(e.value)
+
+
+def test_readme_example_runs(files, tmp_path, monkeypatch):
+    """The README's hub and GGUF example, as written: its hub id cached (offline) with a tiny Qwen2, its
+    GGUF file name that model's GGUF file."""
+    from tests.test_docs import blocks
+    from tests.test_hub import _cache
+    hub = pytest.importorskip("huggingface_hub")
+    monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
+    _cache(tmp_path / "hub", "Qwen/Qwen2.5-0.5B-Instruct", files["qwen2-q8"].parent / "qwen2-q8-hf")
+    (tmp_path / "qwen2.5-0.5b-instruct-q8_0.gguf").symlink_to(files["qwen2-q8"] / "model.gguf")
+    monkeypatch.chdir(tmp_path)
+    ns = {}
+    exec(next(b for b in blocks("README.md") if ".gguf" in b), ns)
+    assert ns["model"].config.family == ns["gguf_model"].config.family == "qwen2"
+    assert ns["ids"] == ns["gguf_model"].tokenizer.encode("Hello") and len(ns["ids"]) >= 1
