@@ -17,7 +17,7 @@ import numpy as np
 from models.tokenizer import HFTokenizer, _bytes_to_unicode
 
 # llama.cpp architecture -> HF model_type; GGUF metadata key (after "<arch>.") -> config.json key
-ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3_text"}
 CONFIG_KEYS = {"context_length": "max_position_embeddings", "block_count": "num_hidden_layers",
                "feed_forward_length": "intermediate_size", "embedding_length": "hidden_size",
                "rope.freq_base": "rope_theta", "attention.head_count": "num_attention_heads",
@@ -25,7 +25,8 @@ CONFIG_KEYS = {"context_length": "max_position_embeddings", "block_count": "num_
                "attention.layer_norm_rms_epsilon": "rms_norm_eps", "vocab_size": "vocab_size"}
 # qwen2: hidden // heads. qwen3: transformers reads no head_dim (its default, 128, that of every Qwen3), llama.cpp
 # writes it as the key length
-HEAD_DIM_KEY = {"llama": "rope.dimension_count", "qwen3": "attention.key_length"}
+HEAD_DIM_KEY = {"llama": "rope.dimension_count", "qwen3": "attention.key_length", "gemma2": "attention.key_length",
+                "gemma3": "attention.key_length"}
 CONTROL, USER_DEFINED = 3, 4               # llama.cpp's token types
 
 
@@ -62,6 +63,8 @@ def read(path) -> tuple[dict, dict[str, np.ndarray], HFTokenizer | None]:
         if arch == "llama" and t.name.endswith((".attn_q.weight", ".attn_k.weight")):
             heads = config["num_attention_heads" if ".attn_q." in t.name else "num_key_value_heads"]
             x = _unpermute(x, heads)
+        if arch.startswith("gemma") and t.name.endswith("norm.weight"):
+            x = x - 1                                # llama.cpp stores Gemma's (1 + w) norms as 1 + w
         base, _, suffix = t.name.rpartition(".")       # a name with no HF counterpart is kept: the model
         tensors[f"{hf_names[base]}.{suffix}" if base in hf_names else t.name] = np.asarray(x, np.float32)  # builder names it
     return config, tensors, _tokenizer(meta)
@@ -71,6 +74,9 @@ def _config(meta: dict, arch: str, tensor_names: set[str]) -> dict:
     """The ``config.json`` dict ``transformers`` builds from the metadata; BOS / EOS from the tokenizer's."""
     config = {"model_type": ARCHITECTURES[arch], "tie_word_embeddings": "output.weight" not in tensor_names}
     keys = {**CONFIG_KEYS, **({HEAD_DIM_KEY[arch]: "head_dim"} if arch in HEAD_DIM_KEY else {})}
+    if arch.startswith("gemma"):      # llama.cpp's soft caps, which transformers leaves at its defaults (the same)
+        keys |= {"attention.sliding_window": "sliding_window", "attn_logit_softcapping": "attn_logit_softcapping",
+                 "final_logit_softcapping": "final_logit_softcapping"}
     config |= {hf: meta[f"{arch}.{key}"] for key, hf in keys.items() if f"{arch}.{key}" in meta}
     config.setdefault("vocab_size", len(meta.get("tokenizer.ggml.tokens", ())))
     for key, hf in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
@@ -94,8 +100,13 @@ def _gguf_to_hf(arch: str, layers: int) -> dict[str, str]:
     parts = ["model.embed_tokens", "model.norm", "lm_head"] + [
         f"model.layers.{i}.{p}" for i in range(layers) for p in (
             "input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-            "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
-    return {g: hf for hf in parts if (g := layout.get_name(hf)) is not None}
+            "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+            "pre_feedforward_layernorm", "post_feedforward_layernorm")]
+    out = {}
+    for hf in parts:                                  # the first HF name of a GGUF name: Llama's ffn_norm is
+        if (g := layout.get_name(hf)) is not None:    # post_attention_layernorm
+            out.setdefault(g, hf)
+    return out
 
 
 def _tokenizer(meta: dict) -> HFTokenizer | None:
@@ -106,7 +117,11 @@ def _tokenizer(meta: dict) -> HFTokenizer | None:
     kind, tokens = meta.get("tokenizer.ggml.model"), meta.get("tokenizer.ggml.tokens")
     if tokens is None:
         return None
-    if kind == "llama":
+    normalizer = None
+    if kind == "llama" and meta["general.architecture"].startswith("gemma"):
+        model, pre, decoder = _gemma(meta, tokens)
+        normalizer = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+    elif kind == "llama":
         model, pre, decoder = _sentencepiece(meta, tokens)
     elif kind == "gpt2":
         model, pre, decoder = _byte_level(meta, tokens)
@@ -119,7 +134,7 @@ def _tokenizer(meta: dict) -> HFTokenizer | None:
     added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
               "special": i in named or ttype == CONTROL} for i, (t, ttype) in enumerate(zip(tokens, types))
              if i in named or ttype in (CONTROL, USER_DEFINED) and whole(t)]
-    spec = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+    spec = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": normalizer,
             "pre_tokenizer": pre, "post_processor": None, "decoder": decoder, "model": model}
     from tokenizers import Tokenizer
     flags = {k: meta.get(f"tokenizer.ggml.add_{k}_token") for k in ("bos", "eos")}
@@ -134,8 +149,7 @@ def _tokenizer(meta: dict) -> HFTokenizer | None:
 def _sentencepiece(meta: dict, tokens: list[str]) -> tuple[dict, dict, dict]:
     """BPE model, pre-tokenizer and decoder of transformers' ``LlamaTokenizer`` for a sentencepiece vocabulary."""
     vocab = {t: i for i, t in enumerate(tokens)}
-    merges = meta.get("tokenizer.ggml.merges")
-    merges = [m.split(" ") for m in merges] if merges else _merges(vocab, dict(zip(tokens, meta["tokenizer.ggml.scores"])))
+    merges = _listed_merges(meta) or _merges(vocab, dict(zip(tokens, meta["tokenizer.ggml.scores"])))
     model = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
              "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
              "vocab": vocab, "merges": merges}
@@ -146,6 +160,11 @@ def _sentencepiece(meta: dict, tokens: list[str]) -> tuple[dict, dict, dict]:
     return model, pre, decoder
 
 
+def _listed_merges(meta: dict) -> list[list[str]]:
+    """The merges the file lists (none: an empty list)."""
+    return [m.split(" ") for m in meta.get("tokenizer.ggml.merges") or ()]
+
+
 def _merges(vocab: dict[str, int], scores: dict[str, float]) -> list[list[str]]:
     """The merges a vocabulary implies, best score first (transformers' ``generate_merges``)."""
     merges = []
@@ -154,6 +173,22 @@ def _merges(vocab: dict[str, int], scores: dict[str, float]) -> list[list[str]]:
         merges += sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]]))
     merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
     return [[a, b] for a, b, _ in merges]
+
+
+def _gemma(meta: dict, tokens: list[str]) -> tuple[dict, dict, dict]:
+    """BPE model, pre-tokenizer and decoder of transformers' ``GemmaTokenizer`` for Gemma's sentencepiece
+    vocabulary: tokens of spaces respelled with "▁", the merges rebuilt in the order of the tokens."""
+    tokens = ["▁" * len(t) if " " in t and not t.strip() else t for t in tokens]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    unk = meta.get("tokenizer.ggml.unknown_token_id")
+    model = {"type": "BPE", "dropout": None, "unk_token": tokens[unk] if unk is not None else "<unk>",
+             "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True,
+             "ignore_merges": False, "vocab": vocab,
+             "merges": _listed_merges(meta) or _merges(vocab, {t: -i for i, t in enumerate(tokens)})}
+    pre = {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": False}
+    decoder = {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                                                {"type": "ByteFallback"}, {"type": "Fuse"}]}
+    return model, pre, decoder
 
 
 # the pre-tokenizer splits of byte-level vocabularies, by tokenizer.ggml.pre (transformers' GGUF_PRE_TOKENIZER_SPLITS)
@@ -171,7 +206,7 @@ def _byte_level(meta: dict, tokens: list[str]) -> tuple[dict, dict, dict]:
     alphabet = set(spelling.values())
     vocab = {t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8")): i
              for i, t in enumerate(tokens)}
-    merges = [m.split(" ") for m in meta.get("tokenizer.ggml.merges") or ()]
+    merges = _listed_merges(meta)
     model = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
              "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
              "vocab": vocab, "merges": merges}

@@ -19,11 +19,14 @@ pytest.importorskip("accelerate")          # transformers loads GGUF files only 
 Q = gguf.GGMLQuantizationType
 
 VOCAB = 384                    # the models' (the tokenizers have fewer): one compiled forward for both Llamas
-TEXTS = ["hello world", " leading space", "Héllo wörld, café\n\nQ: 12+7=?", "日本語 🙂", "<|im_end|> after", "</s>after <s> x", ""]
+TEXTS = ["hello world", "the cat sat on the mat, a dog ran in the park", " leading space", "Héllo wörld, café\n\nQ: 12+7=?", "日本語 🙂", "<|im_end|> after", "</s>after <s> x", ""]
 TYPES = {  # which type each kind of weight is written in, per file (norms, biases: F32)
     "llama-f32": {},
     "llama-mixed": {"embed": Q.F16, "q": Q.BF16, "k": Q.Q8_0, "v": Q.Q4_0, "o": Q.Q4_1, "gate": Q.Q8_0,
                     "up": Q.Q4_0, "down": Q.Q6_K, "output": Q.Q4_K},
+    "gemma2-f32": {},
+    "gemma3-q8": {"embed": Q.Q8_0, "q": Q.Q8_0, "k": Q.Q8_0, "v": Q.Q8_0, "o": Q.Q8_0, "gate": Q.Q8_0,
+                  "up": Q.Q8_0, "down": Q.Q8_0},
     "qwen2-q8": {"embed": Q.Q8_0, "q": Q.Q8_0, "k": Q.Q8_0, "v": Q.Q8_0, "o": Q.Q8_0, "gate": Q.Q8_0, "up": Q.Q8_0,
                  "down": Q.Q8_0},
 }
@@ -67,10 +70,15 @@ def write_gguf(path, arch, model, tokenizer: dict, types: dict, seed=0):
     w.add_feed_forward_length(cfg.intermediate_size)
     w.add_head_count(cfg.num_attention_heads)
     w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    rope = cfg.rope_parameters
+    w.add_rope_freq_base((rope.get("full_attention") or rope)["rope_theta"])     # Gemma 3: one per layer type
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_vocab_size(cfg.vocab_size)
     w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    if arch.startswith("gemma"):
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+        w.add_sliding_window(cfg.sliding_window)
     for key, value in tokenizer.items():
         getattr(w, "add_" + key)(value)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], cfg.num_hidden_layers)
@@ -80,6 +88,8 @@ def write_gguf(path, arch, model, tokenizer: dict, types: dict, seed=0):
         base, suffix = name.rsplit(".", 1)
         g = names.get_name(base)
         x = t.numpy().astype(np.float32)
+        if arch.startswith("gemma") and name.endswith("norm.weight"):
+            x = x + 1                                 # llama.cpp stores Gemma's (1 + w) norms so
         if arch == "llama" and g.endswith(("attn_q", "attn_k")):
             x = _permute(x, cfg.num_attention_heads if g.endswith("q") else cfg.num_key_value_heads)
         qtype = types.get(KINDS.get(g.rsplit(".", 1)[-1]), Q.F32) if suffix == "weight" and x.ndim == 2 else Q.F32
@@ -105,16 +115,21 @@ def _byte_level_metadata(directory, pre):
                 bos_token_id=vocab["<|im_start|>"], add_bos_token=pre == "llama-bpe")
 
 
-def _sentencepiece_metadata(directory):
+def _sentencepiece_metadata(directory, gemma=False):
     import sentencepiece as spm
-    _sentencepiece(directory, unk_id=0, bos_id=1, eos_id=2, pad_id=-1)
+    if gemma:
+        _sentencepiece(directory, pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
+                       bos_piece="<bos>", unk_piece="<unk>", add_dummy_prefix=False)
+    else:
+        _sentencepiece(directory, unk_id=0, bos_id=1, eos_id=2, pad_id=-1)
     sp = spm.SentencePieceProcessor(model_file=str(directory / "tokenizer.model"))
     (directory / "tokenizer.model").unlink()
     n = sp.get_piece_size()
     kind = lambda i: 3 if sp.is_control(i) else 2 if sp.is_unknown(i) else 6 if sp.is_byte(i) else 1
+    ids = dict(bos_token_id=2, eos_token_id=1, unk_token_id=3, pad_token_id=0) if gemma else \
+        dict(bos_token_id=1, eos_token_id=2, unk_token_id=0)
     return dict(tokenizer_model="llama", token_list=[sp.id_to_piece(i) for i in range(n)],
-                token_scores=[sp.get_score(i) for i in range(n)], token_types=[kind(i) for i in range(n)],
-                bos_token_id=1, eos_token_id=2, unk_token_id=0)
+                token_scores=[sp.get_score(i) for i in range(n)], token_types=[kind(i) for i in range(n)], **ids)
 
 
 @pytest.fixture(scope="module")
@@ -125,14 +140,15 @@ def files(tmp_path_factory):
     made = {}
     for name, arch, tokenizer in (("llama-f32", "llama", lambda d: _byte_level_metadata(d, "llama-bpe")),
                                   ("llama-mixed", "llama", _sentencepiece_metadata),
+                                  ("gemma2-f32", "gemma2", lambda d: _sentencepiece_metadata(d, gemma=True)),
+                                  ("gemma3-q8", "gemma3", lambda d: _sentencepiece_metadata(d, gemma=True)),
                                   ("qwen2-q8", "qwen2", lambda d: _byte_level_metadata(d, "qwen2"))):
         directory = root / name
         directory.mkdir()
         meta = tokenizer(directory)
-        case = "llama-gqa" if arch == "llama" else "qwen2"
-        model = write_hf(root / f"{name}-hf", case, vocab_size=VOCAB, hidden_size=256,
-                         intermediate_size=256,
-                         tie_word_embeddings=name == "qwen2-q8")
+        case = "llama-gqa" if arch == "llama" else arch
+        model = write_hf(root / f"{name}-hf", case, vocab_size=VOCAB, hidden_size=256, intermediate_size=256,
+                         head_dim=64, tie_word_embeddings=arch != "llama")
         write_gguf(directory / "model.gguf", arch, model, meta, TYPES[name])
         made[name] = directory
     return made
@@ -151,7 +167,8 @@ def test_gguf_matches_transformers(files, name):
     (so rollax's greedy decode is the same sequence), checked in the one forward pass of the logits."""
     ref, ref_tok = _reference(files[name])
     model = models.load(files[name] / "model.gguf")
-    assert model.config.family == name.split("-")[0] and model.config.tie_embeddings == (name == "qwen2-q8")
+    assert model.config.family == name.split("-")[0].replace("gemma3", "gemma3_text")
+    assert model.config.tie_embeddings == (not name.startswith("llama"))
     for text in TEXTS:
         ids = ref_tok(text).input_ids
         assert model.tokenizer.encode(text) == ids, text
