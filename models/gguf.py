@@ -33,8 +33,9 @@ CONTROL, USER_DEFINED = 3, 4               # llama.cpp's token types
 def read(path) -> tuple[dict, dict[str, np.ndarray], HFTokenizer | None]:
     """(``config.json`` dict, {HF tensor name: float32 array}, tokenizer or None) of the GGUF file ``path``.
 
-    Raises ``ValueError`` for a file ``gguf`` cannot read, an architecture rollax does not read, a
-    tensor type ``gguf`` cannot dequantize (naming the tensor and its type), or RoPE scaling."""
+    Raises ``ValueError`` for a file ``gguf`` cannot read, an architecture rollax does not read
+    (:data:`ARCHITECTURES`), metadata without the model's shape, a tensor type ``gguf`` cannot
+    dequantize (naming the tensor and its type), or RoPE scaling."""
     import gguf
     path = Path(path)
     try:
@@ -51,6 +52,10 @@ def read(path) -> tuple[dict, dict[str, np.ndarray], HFTokenizer | None]:
         raise ValueError(f"{path}: RoPE scaling ({'rope_freqs.weight' if scaling == 'none' else scaling}) in a GGUF "
                          "file is not read by rollax (transformers ignores it and so computes another RoPE than "
                          "llama.cpp); load the model's Hugging Face directory instead")
+    needed = [f"{arch}.{k}" for k in ("block_count", "embedding_length", "feed_forward_length", "attention.head_count")
+              if not isinstance(meta.get(f"{arch}.{k}"), int)]
+    if needed:
+        raise ValueError(f"{path}: the GGUF metadata lacks {', '.join(needed)} (integers), which give the model's shape")
     config = _config(meta, arch, names)
     tensors, hf_names = {}, _gguf_to_hf(arch, config["num_hidden_layers"])
     for t in reader.tensors:
@@ -61,7 +66,8 @@ def read(path) -> tuple[dict, dict[str, np.ndarray], HFTokenizer | None]:
                              f"dequantize (rollax reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the "
                              f"K-quants)") from None
         if arch == "llama" and t.name.endswith((".attn_q.weight", ".attn_k.weight")):
-            heads = config["num_attention_heads" if ".attn_q." in t.name else "num_key_value_heads"]
+            heads = config["num_attention_heads"] if ".attn_q." in t.name else config.get(
+                "num_key_value_heads", config["num_attention_heads"])
             x = _unpermute(x, heads)
         if arch.startswith("gemma") and t.name.endswith("norm.weight"):
             x = x - 1                                # llama.cpp stores Gemma's (1 + w) norms as 1 + w

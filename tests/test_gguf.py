@@ -207,13 +207,19 @@ def test_a_tensor_type_that_cannot_be_dequantized_is_named(files, tmp_path):
     assert "blk.1.ffn_up.weight" in str(e.value) and "Q8_1" in str(e.value) and "dequantize" in str(e.value)
 
 
-def test_an_unread_architecture_is_refused(tmp_path):
-    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "mamba")
+@pytest.mark.parametrize("arch, keys, message", [
+    ("mamba", {}, "GGUF architecture 'mamba' is not one rollax reads (llama, qwen2"),
+    ("llama", {"block_count": 2}, "lacks llama.embedding_length, llama.feed_forward_length, llama.attention.head_count"),
+])
+def test_a_file_rollax_cannot_follow_is_refused(tmp_path, arch, keys, message):
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), arch)
+    for key, value in keys.items():
+        w.add_uint32(f"{arch}.{key}", value)
     w.add_tensor("token_embd.weight", np.zeros((4, 4), np.float32))
     _close(w)
     with pytest.raises(ValueError) as e:
         models.load(tmp_path / "m.gguf")
-    assert "'mamba'" in str(e.value) and "llama" in str(e.value)
+    assert message in str(e.value)
 
 
 def test_a_file_that_is_not_gguf_is_refused(tmp_path):
