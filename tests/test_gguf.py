@@ -257,3 +257,15 @@ def test_readme_example_runs(files, tmp_path, monkeypatch):
     exec(next(b for b in blocks("README.md") if ".gguf" in b), ns)
     assert ns["model"].config.family == ns["gguf_model"].config.family == "qwen2"
     assert ns["ids"] == ns["gguf_model"].tokenizer.encode("Hello") and len(ns["ids"]) >= 1
+
+
+def test_a_gguf_file_loads_onto_a_mesh(files):
+    """With a mesh, each weight is placed on its shards, equal to the unsharded load."""
+    import jax
+    import sharding
+    path = files["llama-mixed"] / "model.gguf"
+    mesh = sharding.make_mesh(data=2, tensor=2, devices=jax.devices()[:4])
+    placed, plain = models.load(path, mesh=mesh), models.load(path)
+    assert placed.params["layers"][0]["wq"].sharding.mesh == mesh
+    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
+                                            placed.params, plain.params)))
