@@ -4,6 +4,8 @@ The jitted cores (``_start``, ``_step``, ``decode_loop``, ``_append``, ...) trus
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,20 +88,30 @@ def token_ids(what: str, x) -> list[int]:
 
 
 def check_prompts(model, prompts, max_new_tokens: int, name: str = "max_new_tokens") -> list[list[int]]:
-    """Token-id lists of ``prompts`` (strings are encoded), or a ``ValueError`` naming the problem;
+    """Token-id lists of ``prompts`` (strings are encoded; a chat, a list of ``{"role", "content"}``
+    messages, is formatted by the tokenizer's chat template with the cue for the assistant's turn,
+    ``apply_chat_template(chat, add_generation_prompt=True)``), or a ``ValueError`` naming the problem;
     ``max_new_tokens`` (the argument ``name``) more tokens must fit in the model's length."""
     config = model.config
     if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise ValueError("prompts must be a non-empty list of token-id lists or strings")
+        raise ValueError("prompts must be a non-empty list of token-id lists, strings or chats")
     check_int(name, max_new_tokens, 1)
     ids = []
     for i, p in enumerate(prompts):
+        if isinstance(p, Mapping):
+            raise ValueError(f"prompt {i} is one chat message; a chat prompt is a list of messages: [{str(p)[:40]}]")
+        chat = isinstance(p, (list, tuple)) and p and isinstance(p[0], Mapping)
+        if (isinstance(p, str) or chat) and model.tokenizer is None:
+            raise ValueError("string and chat prompts need a model with a tokenizer; pass token ids")
         if isinstance(p, str):
-            if model.tokenizer is None:
-                raise ValueError("string prompts need a model with a tokenizer; pass token ids")
             if not p:
                 raise ValueError(f"prompt {i} is empty")
             p = model.tokenizer.encode(p)
+        elif chat:                                     # ends with the cue for the assistant's turn
+            try:
+                p = model.tokenizer.apply_chat_template(p, add_generation_prompt=True)
+            except ValueError as e:
+                raise ValueError(f"prompt {i}: {e}") from None
         elif not hasattr(p, "__len__") or getattr(p, "ndim", 1) == 0:
             raise ValueError(f"prompt {i} is a single value ({p!r}); prompts is a list of prompts, each a token-id "
                              f"list or a string (one prompt of ids: [[2, 3]], not [2, 3])")

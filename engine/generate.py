@@ -78,8 +78,9 @@ def generate(model, prompts, *, max_new_tokens: int, sampler: Sampler | None = N
     """Generate ``n`` rollouts for each prompt.
 
     ``model`` has ``config``, ``params``, ``forward`` and ``tokenizer`` (a :class:`models.Model`
-    or a fake with the same fields). ``prompts`` is a list of token-id lists (any lengths) or
-    of strings when the model has a tokenizer. Each prompt is prefilled once and its ``n``
+    or a fake with the same fields). ``prompts`` is a list of token-id lists (any lengths) or,
+    when the model has a tokenizer, of strings and chats (``[{"role": "user", "content": "..."}]``,
+    formatted by its chat template with the cue for the assistant's turn). Each prompt is prefilled once and its ``n``
     rollouts decode against that one copy of its KV (``share_prefix=False``: the naive layout,
     prompt replicated). Rows stop after an EOS or any of ``stop_tokens`` (kept as the row's last
     token). Rollout ``r`` of a prompt draws from

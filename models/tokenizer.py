@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from models import chat
 from models.files import read_json
 
 
@@ -15,6 +16,8 @@ class Tokenizer:
     bos_id: int | None
     eos_id: int | None
     pad_id: int
+    chat_template: str | None = None       # the checkpoint's Jinja chat template (load_tokenizer reads it)
+    special_tokens: dict = {}              # {"bos_token": "<s>", ...}: the text a chat template sees (not mutated)
 
     def encode(self, text: str, bos: bool = True) -> list[int]:
         """Token ids of ``text``: with ``bos``, the special tokens the tokenizer adds (as
@@ -30,11 +33,39 @@ class Tokenizer:
     def _encode(self, text: str) -> list[int]:
         raise NotImplementedError
 
+    def apply_chat_template(self, messages, add_generation_prompt: bool = False, tokenize: bool = True,
+                            **extra) -> list[int] | str:
+        """``messages`` (``[{"role": "user", "content": "..."}, ...]``) formatted by the checkpoint's chat
+        template, as ``transformers``' ``tokenizer.apply_chat_template`` formats them: the same text
+        (``tokenize=False``) or the same ids, the text encoded without adding special tokens (the
+        template writes them). ``add_generation_prompt`` ends it with the cue for the assistant's
+        turn; ``extra`` keyword arguments reach the template (e.g. ``enable_thinking=False``).
+        A ``ValueError`` for a tokenizer without a template, a bad message (no role or content), or
+        a template that does not parse or refuses the messages (its message included)."""
+        text = chat.render(self.chat_template, messages, add_generation_prompt, {**self.special_tokens, **extra})
+        return self.encode(text, bos=False) if tokenize else text
+
     def _encode_special(self, text: str) -> list[int]:
         return ([self.bos_id] if self.bos_id is not None else []) + self._encode(text)
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         raise NotImplementedError
+
+    def _save_chat(self, path, settings: dict) -> list[str]:
+        """Beside the tokenizer file ``path``: ``settings`` (and, with a chat template, the special
+        tokens it sees) in ``tokenizer_config.json``, the template in ``chat_template.jinja``, each
+        where there is something to write, so that :func:`load_tokenizer` reads them back; the names
+        of the files written."""
+        import json
+        directory, written = Path(path).parent, []
+        settings = {**settings, **(self.special_tokens if self.chat_template is not None else {})}
+        if settings:
+            (directory / "tokenizer_config.json").write_text(json.dumps(settings))
+            written.append("tokenizer_config.json")
+        if self.chat_template is not None:
+            (directory / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
+            written.append("chat_template.jinja")
+        return written
 
     def token_bytes(self) -> list[bytes]:
         """The UTF-8 bytes each token id adds to a text (what stop strings are matched against): each
@@ -57,7 +88,10 @@ class SentencePieceTokenizer(Tokenizer):
     where ``add_eos`` (``tokenizer_config.json``'s ``add_bos_token`` / ``add_eos_token``, which
     ``transformers`` follows; its default for Llama-style models is BOS on, EOS off). Unless ``legacy``,
     a text that starts with a space gets no extra dummy-prefix space, as ``transformers``' Llama
-    tokenizer (``legacy: false``, its default) reads it: `` hi`` is ``▁hi``, not ``▁▁hi``."""
+    tokenizer (``legacy: false``, its default) reads it: `` hi`` is ``▁hi``, not ``▁▁hi``. As in
+    ``transformers``, the control, unknown and user-defined pieces (``<s>``, ``<start_of_turn>``) are
+    tokens wherever their text appears (a chat template writes them), and unless ``legacy`` only the
+    text at the very start gets the dummy prefix, not the text after such a token."""
 
     def __init__(self, path, add_bos: bool = True, add_eos: bool = False, legacy: bool = False):
         import sentencepiece as spm
@@ -68,38 +102,58 @@ class SentencePieceTokenizer(Tokenizer):
         self.add_bos, self.add_eos = bool(add_bos), bool(add_eos)
         self.bos_id, self.eos_id = none(self.sp.bos_id()) if add_bos else None, none(self.sp.eos_id())
         self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else (self.eos_id or 0)
-        self.dummy_prefix = _dummy_prefix(self.sp)
-        self.strip_space = not legacy and self.dummy_prefix
+        proto = _proto(self.sp)
+        self.dummy_prefix = (bool(proto.normalizer_spec.add_dummy_prefix) if proto is not None
+                             else self.sp.encode("a", out_type=str)[:1] in (["▁a"], ["▁"]))
+        self.legacy = legacy
+        self.plain = self.sp                      # encodes a text without a dummy prefix
+        if self.dummy_prefix and not legacy and proto is not None:
+            proto.normalizer_spec.add_dummy_prefix = False
+            self.plain = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+        # pieces of types 2, 3, 4: unknown, control, user-defined (what transformers makes added tokens)
+        added = [p.piece for p in proto.pieces if p.type in (2, 3, 4)] if proto is not None else \
+            [self.sp.id_to_piece(i) for i in range(self.vocab_size) if self.sp.is_control(i) or self.sp.is_unknown(i)]
+        added = sorted(added, key=len, reverse=True)
+        self.added = re.compile("|".join(map(re.escape, added))) if added else None
 
     def _encode(self, text):
-        return self.sp.encode(text[1:] if self.strip_space and text.startswith(" ") else text)
+        ids, at = [], 0
+        for m in self.added.finditer(text) if self.added is not None else ():
+            ids += self._encode_plain(text[at:m.start()], at == 0) + [self.sp.piece_to_id(m.group())]
+            at = m.end()
+        return ids + self._encode_plain(text[at:], at == 0)
+
+    def _encode_plain(self, text, first: bool) -> list[int]:
+        """Ids of a text holding no added token; ``first``: it starts the whole text."""
+        if self.legacy or (first and not text.startswith(" ")):
+            return self.sp.encode(text)
+        return self.plain.encode(text)             # `` hi`` is ``▁hi``, not ``▁▁hi``
 
     def save(self, path) -> list[str]:
         """Copy the model to ``path``, with a ``tokenizer_config.json`` beside it where BOS / EOS are not
-        the default; the names of the files written besides ``path``."""
-        import json
+        the default or ``legacy`` is set, and the chat template (:meth:`Tokenizer._save_chat`); the
+        names of the files written besides ``path``."""
         import shutil
         shutil.copy(self.path, path)
-        if (self.add_bos, self.add_eos) == (True, False):
-            return []
-        config = Path(path).parent / "tokenizer_config.json"
-        config.write_text(json.dumps({"add_bos_token": self.add_bos, "add_eos_token": self.add_eos}))
-        return [config.name]
+        flags = {} if (self.add_bos, self.add_eos) == (True, False) else {"add_bos_token": self.add_bos,
+                                                                          "add_eos_token": self.add_eos}
+        return self._save_chat(path, {**flags, **({"legacy": True} if self.legacy else {})})
 
     def _encode_special(self, text):
         ids = super()._encode_special(text)
         return ids + [self.eos_id] if self.add_eos and self.eos_id is not None else ids
 
     def decode(self, ids, skip_special_tokens: bool = False):
-        """The text of ``ids``; a control token (BOS, EOS) reads as its piece (``<s>``) unless
-        ``skip_special_tokens``, as in ``transformers``."""
+        """The text of ``ids``; a control or unknown token (BOS, EOS, ``<unk>``) reads as its piece
+        (``<s>``) unless ``skip_special_tokens`` (then as nothing), as in ``transformers``."""
         # ids past the tokenizer (a model vocabulary padded beyond it) have no text, as in `tokenizers`
         ids = [int(i) for i in ids if 0 <= int(i) < self.vocab_size]
-        if skip_special_tokens or not any(self.sp.is_control(i) for i in ids):
-            return self.sp.decode(ids)
+        special = lambda i: self.sp.is_control(i) or self.sp.is_unknown(i)
+        if skip_special_tokens or not any(map(special, ids)):
+            return self.sp.decode([i for i in ids if not special(i)])
         out, run = [], []
         for i in ids + [None]:
-            if i is None or self.sp.is_control(i):
+            if i is None or special(i):
                 text = self.sp.decode(run)
                 if out and run and self.dummy_prefix and self.sp.id_to_piece(run[0]).startswith("▁"):
                     text = " " + text     # only the text's first piece loses its dummy-prefix space
@@ -117,15 +171,17 @@ class SentencePieceTokenizer(Tokenizer):
         return [bytes([int(self.sp.id_to_piece(i)[3:5], 16)]) if self.sp.is_byte(i) else b for i, b in enumerate(out)]
 
 
-def _dummy_prefix(sp) -> bool:
-    """Whether a sentencepiece model puts a space before each text (its ``add_dummy_prefix``)."""
+def _proto(sp):
+    """The model's ``ModelProto`` (its pieces' types, its normalizer), or None without ``protobuf``
+    (then the dummy prefix is read from how a space-less text is cut, user-defined pieces are not
+    split off, and text after a control token gets a dummy prefix)."""
     try:
         from sentencepiece import sentencepiece_model_pb2
         proto = sentencepiece_model_pb2.ModelProto()
         proto.ParseFromString(sp.serialized_model_proto())
-        return bool(proto.normalizer_spec.add_dummy_prefix)
-    except Exception:  # no protobuf: read it from how a space-less text is cut
-        return sp.encode("a", out_type=str)[:1] in (["▁a"], ["▁"])
+        return proto
+    except Exception:  # no protobuf
+        return None
 
 
 class HFTokenizer(Tokenizer):
@@ -179,13 +235,14 @@ class HFTokenizer(Tokenizer):
 
     def save(self, path) -> list[str]:
         """Write the tokenizer to ``path`` with the post-processor it uses (so a reload adds the same
-        special tokens without a ``tokenizer_config.json``); no other files."""
+        special tokens without a ``tokenizer_config.json``), and the chat template
+        (:meth:`Tokenizer._save_chat`); the names of the files written besides ``path``."""
         if self.rewritten or self.path is None:
             Path(path).write_text(self.tok.to_str())
         else:
             import shutil
             shutil.copy(self.path, path)
-        return []
+        return self._save_chat(path, {})
 
     def decode(self, ids, skip_special_tokens: bool = False):
         """The text of ``ids`` (special tokens as their text unless ``skip_special_tokens``)."""
@@ -249,6 +306,10 @@ def load_tokenizer(directory, config) -> Tokenizer | None:
     Qwen2's configs, where no BOS is added) decide, with the ``bos_token`` / ``eos_token`` named
     there (else the config's ids). A sentencepiece ``tokenizer.model`` adds its BOS unless
     ``add_bos_token: false`` and its EOS where ``add_eos_token: true``.
+
+    Its ``chat_template`` is ``chat_template.jinja``'s, else ``tokenizer_config.json``'s (the
+    ``default`` one of a list); its ``special_tokens`` (what the template sees as ``bos_token``, ...)
+    those ``tokenizer_config.json`` names, else the text of the BOS ``encode`` adds and of the EOS.
     """
     directory = Path(directory)
     settings = directory / "tokenizer_config.json"
@@ -274,9 +335,13 @@ def load_tokenizer(directory, config) -> Tokenizer | None:
                        ("tokenizer.model", lambda p: SentencePieceTokenizer(p, **sp_kwargs))):
         if (directory / name).exists():
             try:
-                return make(directory / name)
+                tok = make(directory / name)
             except Exception as e:  # the libraries raise RuntimeError, OSError or a bare Exception
                 raise ValueError(f"cannot read the tokenizer {directory / name}: {e}") from e
+            tok.chat_template = chat.read_template(directory, meta)
+            text = lambda i: None if i is None or not 0 <= i < tok.vocab_size else tok.decode([i])
+            tok.special_tokens = chat.special_tokens(meta, {"bos_token": text(tok.bos_id), "eos_token": text(eos)})
+            return tok
     return None
 
 

@@ -8,7 +8,8 @@ process scorer: ``--scorer model`` (the reward model ``--scorer-model``, default
 riding in the decode step) or ``--scorer process-min`` etc. (the task's process verifier).
 
 Each dataset line is an object with ``"prompt"`` (a string), and optionally ``"id"`` (default:
-the line number) and ``"answer"`` (the reference). The output's first line is a header with
+the line number) and ``"answer"`` (the reference). With ``--chat`` each prompt is one user message,
+formatted by the model's chat template (with the cue for the assistant's turn). The output's first line is a header with
 the settings; each further line is one prompt's result (its ``id``, chosen ``answer``,
 ``correct`` when there is a reference, ``tokens`` generated and every rollout), written with
 one write + flush + fsync. Prompts go in fixed chunks of ``--batch`` dataset lines.
@@ -87,12 +88,16 @@ def _json(line: str, where: str):
 
 def settings(args, data_path: Path, model) -> dict:
     """Everything that determines the output: the dataset by its hash, the model by its fingerprint
-    (config, weights and tokenizer), the arguments."""
+    (config, weights and tokenizer), the arguments, and with ``--chat`` the chat template's hash."""
     digest = hashlib.sha256(data_path.read_bytes()).hexdigest()
     keys = ("method", "model", "n", "temperature", "top_p", "seed", "max_new_tokens", "scorer", "scorer_model",
             "round_size", "rule", "batch", "answer", "max_steps", "beam_width", "search_temperature", "ess_threshold",
             "resampling", "simulations", "exploration", "final")
-    return {"data_sha256": digest, "model_fingerprint": model.fingerprint(), **{k: getattr(args, k) for k in keys}}
+    # --chat: the template's hash (absent without --chat, so that older outputs still resume)
+    chat = {"chat_template_sha256": hashlib.sha256(model.tokenizer.chat_template.encode()).hexdigest()} \
+        if args.chat else {}
+    return {"data_sha256": digest, "model_fingerprint": model.fingerprint(), **{k: getattr(args, k) for k in keys},
+            **chat}
 
 
 @contextlib.contextmanager
@@ -198,10 +203,13 @@ def check_items(args, model, items, sampler, scorer) -> None:
         raise ValueError(f"{args.method} needs a scorer: --scorer {' / '.join(SCORERS[1:])}")
     if takes is None and args.scorer != "none":
         raise ValueError(f"{args.method} takes no scorer; leave out --scorer {args.scorer}")
+    if args.chat and args.scorer == "model":
+        raise ValueError("--chat with --scorer model: the reward model reads prompts as plain text; use another "
+                         "--scorer or leave out --chat")
     longest = 0
     for it in items:
         try:
-            longest = max(longest, len(engine.checks.check_prompts(model, [it["prompt"]], args.max_new_tokens)[0]))
+            longest = max(longest, len(engine.checks.check_prompts(model, [prompt(args, it)], args.max_new_tokens)[0]))
             if args.scorer == "verifier":
                 reference_answer(it["answer"])
         except ValueError as e:
@@ -240,7 +248,12 @@ def run_chunk(args, model, items, sampler, scorer):
         kw["round_size"] = args.round_size
     if args.method == "adaptive_self_consistency":
         kw["rule"] = args.rule
-    return fn(model, [it["prompt"] for it in items], **kw)
+    return fn(model, [prompt(args, it) for it in items], **kw)
+
+
+def prompt(args, item):
+    """The prompt of a dataset item: its text, or with ``--chat`` a chat of that one user message."""
+    return [{"role": "user", "content": item["prompt"]}] if args.chat else item["prompt"]
 
 
 def correct(answer, reference, numeric: bool):
@@ -296,6 +309,8 @@ def parse_args(argv=None):
     ap.add_argument("--exploration", type=float, default=0.1, help="mcts: UCT's exploration constant")
     ap.add_argument("--final", choices=("best", "vote"), default="best",
                     help="step-level searches: the best-scored answer or a score-weighted vote")
+    ap.add_argument("--chat", action="store_true",
+                    help="each prompt is a user message, formatted by the model's chat template")
     ap.add_argument("--answer", choices=("arith", "text"), default="arith",
                     help="answer extraction: the built-in task's 'A: <n>' or the whole stripped text")
     return ap.parse_args(argv)

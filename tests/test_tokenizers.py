@@ -15,7 +15,11 @@ CORPUS = ["the cat sat on the mat", "a dog ran in the park", "12 + 34 = 46", "he
           "Q: 1+2=?\nA: 3", "tabs\tand  double  spaces"] * 20
 
 TEXTS = ["hello world", " leading space", "  two", "Héllo wörld, café", "日本語のテキスト 中文", "emoji 🙂👍 ok",
-         "line one\nline two\n", "\n\nnewlines first", "Q: 12+7=?\n", "", "unseen Ωmega ∑ symbols", "tail space "]
+         "line one\nline two\n", "\n\nnewlines first", "Q: 12+7=?\n", "", "unseen Ωmega ∑ symbols", "tail space ",
+         # special tokens written as text (as chat templates write them) are those tokens, the text after them
+         # has no dummy-prefix space; each tokenizer has some of them
+         "<s>[INST] hi [/INST] ok</s><s>", " <s> a</s>b", "x<unk>y", "<bos><start_of_turn>user\nhi<end_of_turn>\n",
+         "<|im_start|>user\n hi<|im_end|>\n", "<|begin_of_text|><|eot_id|> tail"]
 
 
 QWEN_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -82,9 +86,11 @@ def llama2(directory):
 
 
 def gemma(directory):
-    """Gemma-like sentencepiece: <pad> 0, <eos> 1, <bos> 2, <unk> 3, no dummy prefix, byte fallback."""
+    """Gemma-like sentencepiece: <pad> 0, <eos> 1, <bos> 2, <unk> 3, the turn markers user-defined pieces,
+    no dummy prefix, byte fallback."""
     _sentencepiece(directory, pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
-                   bos_piece="<bos>", unk_piece="<unk>", add_dummy_prefix=False)
+                   bos_piece="<bos>", unk_piece="<unk>", add_dummy_prefix=False,
+                   user_defined_symbols=["<start_of_turn>", "<end_of_turn>"])
     (directory / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
         "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}))
