@@ -147,9 +147,14 @@ def _tokenizer(meta: dict) -> HFTokenizer | None:
     if kind == "llama" and flags["bos"] is None:
         flags["bos"] = True                     # llama.cpp's and transformers' default for sentencepiece
     flags = {k: bool(v) for k, v in flags.items()} if any(v is not None for v in flags.values()) else {}
-    ids = {k: meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "padding")}
-    return HFTokenizer(Tokenizer.from_str(json.dumps(spec)), ids["bos"], ids["eos"], ids["padding"],
-                       flags.get("bos"), flags.get("eos"))
+    ids = {k: meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "padding", "unknown")}
+    tok = HFTokenizer(Tokenizer.from_str(json.dumps(spec)), ids["bos"], ids["eos"], ids["padding"],
+                      flags.get("bos"), flags.get("eos"))
+    tok.chat_template = meta.get("tokenizer.chat_template")
+    tok.special_tokens = {f"{name}_token": tokens[i] for name, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"),
+                                                                      ("unk", "unknown"))
+                          if (i := ids[key]) is not None and 0 <= i < len(tokens)}
+    return tok
 
 
 def _sentencepiece(meta: dict, tokens: list[str]) -> tuple[dict, dict, dict]:

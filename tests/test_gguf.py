@@ -30,6 +30,8 @@ TYPES = {  # which type each kind of weight is written in, per file (norms, bias
     "qwen2-q8": {"embed": Q.Q8_0, "q": Q.Q8_0, "k": Q.Q8_0, "v": Q.Q8_0, "o": Q.Q8_0, "gate": Q.Q8_0, "up": Q.Q8_0,
                  "down": Q.Q8_0},
 }
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 KINDS = {"token_embd": "embed", "attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_output": "o", "ffn_gate": "gate",
          "ffn_up": "up", "ffn_down": "down", "output": "output"}
 
@@ -142,7 +144,8 @@ def files(tmp_path_factory):
                                   ("llama-mixed", "llama", _sentencepiece_metadata),
                                   ("gemma2-f32", "gemma2", lambda d: _sentencepiece_metadata(d, gemma=True)),
                                   ("gemma3-q8", "gemma3", lambda d: _sentencepiece_metadata(d, gemma=True)),
-                                  ("qwen2-q8", "qwen2", lambda d: _byte_level_metadata(d, "qwen2"))):
+                                  ("qwen2-q8", "qwen2", lambda d: {**_byte_level_metadata(d, "qwen2"),
+                                                                   "chat_template": CHATML})):
         directory = root / name
         directory.mkdir()
         meta = tokenizer(directory)
@@ -174,6 +177,10 @@ def test_gguf_matches_transformers(files, name):
         assert model.tokenizer.encode(text) == ids, text
         assert model.tokenizer.decode(ids) == ref_tok.decode(ids)
         assert model.tokenizer.decode(ids, skip_special_tokens=True) == ref_tok.decode(ids, skip_special_tokens=True)
+    if name == "qwen2-q8":          # the file's chat template
+        chat = [{"role": "user", "content": "Héllo, 12+7=?"}]
+        want = ref_tok.apply_chat_template(chat, add_generation_prompt=True, return_dict=False)
+        assert model.tokenizer.apply_chat_template(chat, add_generation_prompt=True) == want
     prompt = ref_tok("hello world").input_ids
     with torch.no_grad():
         greedy = ref.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=None,
@@ -245,7 +252,7 @@ def test_rope_scaling_factors_are_refused(files, tmp_path):
 def test_readme_example_runs(files, tmp_path, monkeypatch):
     """The README's hub and GGUF example, as written: its hub id cached (offline) with a tiny Qwen2, its
     GGUF file name that model's GGUF file."""
-    from tests.test_docs import blocks
+    from tests.test_docs import block
     from tests.test_hub import _cache
     hub = pytest.importorskip("huggingface_hub")
     monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -254,7 +261,7 @@ def test_readme_example_runs(files, tmp_path, monkeypatch):
     (tmp_path / "qwen2.5-0.5b-instruct-q8_0.gguf").symlink_to(files["qwen2-q8"] / "model.gguf")
     monkeypatch.chdir(tmp_path)
     ns = {}
-    exec(next(b for b in blocks("README.md") if ".gguf" in b), ns)
+    exec(block("README.md", 'models.load("qwen2.5-0.5b-instruct-q8_0.gguf")'), ns)
     assert ns["model"].config.family == ns["gguf_model"].config.family == "qwen2"
     assert ns["ids"] == ns["gguf_model"].tokenizer.encode("Hello") and len(ns["ids"]) >= 1
 
