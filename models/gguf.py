@@ -28,6 +28,9 @@ CONFIG_KEYS = {"context_length": "max_position_embeddings", "block_count": "num_
 HEAD_DIM_KEY = {"llama": "rope.dimension_count", "qwen3": "attention.key_length", "gemma2": "attention.key_length",
                 "gemma3": "attention.key_length"}
 CONTROL, USER_DEFINED = 3, 4               # llama.cpp's token types
+# the post-processor transformers' rebuilt tokenizers start with: no special tokens (unless add_bos / add_eos say)
+PLAIN = {"type": "TemplateProcessing", "single": [{"Sequence": {"id": "A", "type_id": 0}}],
+         "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}], "special_tokens": {}}
 
 
 def read(path) -> tuple[dict, dict[str, np.ndarray], HFTokenizer | None]:
@@ -141,7 +144,7 @@ def _tokenizer(meta: dict) -> HFTokenizer | None:
               "special": i in named or ttype == CONTROL} for i, (t, ttype) in enumerate(zip(tokens, types))
              if i in named or ttype in (CONTROL, USER_DEFINED) and whole(t)]
     spec = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": normalizer,
-            "pre_tokenizer": pre, "post_processor": None, "decoder": decoder, "model": model}
+            "pre_tokenizer": pre, "post_processor": PLAIN, "decoder": decoder, "model": model}
     from tokenizers import Tokenizer
     flags = {k: meta.get(f"tokenizer.ggml.add_{k}_token") for k in ("bos", "eos")}
     if kind == "llama" and flags["bos"] is None:
