@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import safetensors, zoo
+from models import hub, safetensors, zoo
 from models.config import FAMILIES, Config, float_dtype, from_hf
 from models.files import read_json
 from models.memory import memory_bytes
@@ -72,7 +72,7 @@ class Model:
         if wrong:
             raise ValueError(f"the params do not match the config ({len(wrong)} weights, as (shape, dtype); None: "
                              f"absent): {'; '.join(wrong[:4])}")
-        if self.tokenizer is not None and getattr(self.tokenizer, "path", None) is None:
+        if self.tokenizer is not None and getattr(self.tokenizer, "path", None) is None and not hasattr(self.tokenizer, "save"):
             raise ValueError(f"the tokenizer ({type(self.tokenizer).__name__}) has no file to save (no .path to a "
                              f"tokenizer.json or sentencepiece .model); save the model with tokenizer=None")
         if path.exists() and not (path.is_dir() and ((path / ROLLAX_META).is_file() or not any(path.iterdir()))):
@@ -106,6 +106,8 @@ class Model:
         h.update(json.dumps(tensor_hashes(self.params), sort_keys=True).encode())
         if getattr(self.tokenizer, "path", None) is not None:
             h.update(Path(self.tokenizer.path).read_bytes())
+        elif hasattr(self.tokenizer, "tok"):                    # built in memory (a GGUF file's)
+            h.update(self.tokenizer.tok.to_str().encode())
         return h.hexdigest()
 
 
@@ -225,9 +227,13 @@ def _hf_tensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def _tokenizer(path: Path, config: Config) -> Tokenizer | None:
-    tok = load_tokenizer(path, config)
+    return _fitting(load_tokenizer(path, config), config, path)
+
+
+def _fitting(tok: Tokenizer | None, config: Config, source) -> Tokenizer | None:
+    """``tok``, refused where it has more tokens than the model's vocabulary."""
     if tok is not None and tok.vocab_size > config.vocab_size:
-        raise ValueError(f"{path}: the tokenizer has {tok.vocab_size} tokens but the model's vocab_size {config.vocab_size}")
+        raise ValueError(f"{source}: the tokenizer has {tok.vocab_size} tokens but the model's vocab_size {config.vocab_size}")
     return tok
 
 
@@ -237,11 +243,33 @@ def load_hf(path, dtype=None, mesh=None) -> Model:
     With a ``mesh``, every device's block of every weight is read straight from the file.
     """
     path = Path(path)
-    config = from_hf(read_json(path / "config.json"))
+    config = _hf_config(read_json(path / "config.json"), dtype, mesh, path / "config.json")
+    config, params = _hf_params(config, _hf_tensors(path), path, mesh)
+    return Model(config, params, _tokenizer(path, config))
+
+
+def load_gguf(path, dtype=None, mesh=None) -> Model:
+    """Read a GGUF file (``models.gguf``): its config and tokenizer from the metadata, its weights
+    dequantized to float32, then built as from a Hugging Face directory."""
+    from models import gguf
+    hf, tensors, tokenizer = gguf.read(path)
+    config = _hf_config(hf, dtype, mesh, path)
+    config, params = _hf_params(config, tensors, path, mesh)
+    return Model(config, params, _fitting(tokenizer, config, path))
+
+
+def _hf_config(hf: dict, dtype, mesh, source) -> Config:
+    """The rollax config of a ``config.json`` dict, in ``dtype``, checked to fit the memory."""
+    config = from_hf(hf)
     if dtype is not None:
         config = dataclasses.replace(config, dtype=jnp.dtype(dtype).name)
-    check_fits(config, mesh, path / "config.json")
-    tensors = _hf_tensors(path)
+    check_fits(config, mesh, source)
+    return config
+
+
+def _hf_params(config: Config, tensors: dict, path, mesh=None) -> tuple[Config, dict]:
+    """(config, params) from HF-named ``tensors`` (arrays; read from ``path``), on ``mesh`` if given; the
+    config unties the LM head where a saved one differs from the embedding."""
     head, embed = tensors.get("lm_head.weight"), tensors.get("model.embed_tokens.weight")
     if config.tie_embeddings and not config.score_head and head is not None and not np.array_equal(head, embed):
         config = dataclasses.replace(config, tie_embeddings=False)  # as transformers: a saved head that differs
@@ -256,14 +284,14 @@ def load_hf(path, dtype=None, mesh=None) -> Model:
     if ints:                                   # a float tensor relabelled as I32 would be cast to garbage
         raise ValueError(f"checkpoint {path}: weights must be floating point, got {', '.join(ints[:4])}")
     if mesh is not None:
-        return Model(config, hf_to_mesh(tensors, table, config, mesh), _tokenizer(path, config))
+        return config, hf_to_mesh(tensors, table, config, mesh)
     params = {"layers": [{} for _ in range(config.layers)]}
     for name, (shape, key, layer, convert) in table.items():
         x = tensors[name]
         if tuple(x.shape) != shape:
             raise ValueError(f"tensor {name} has shape {tuple(x.shape)}, expected {shape} from config.json")
         (params if layer is None else params["layers"][layer])[key] = jnp.asarray(convert(x), config.dtype)
-    return Model(config, params, _tokenizer(path, config))
+    return config, params
 
 
 def _shapes(tree) -> dict[str, tuple]:
@@ -354,8 +382,14 @@ def _recorded_hashes(path: Path, meta: dict, verify: bool) -> dict | None:
     return hashes
 
 
-def load(path, dtype=None, mesh=None, verify: bool = True) -> Model:
-    """Load a model directory: rollax's own checkpoint or a Hugging Face one.
+def load(path, dtype=None, mesh=None, verify: bool = True, revision: str | None = None) -> Model:
+    """Load a model: a directory (rollax's own checkpoint or a Hugging Face one), a ``.gguf`` file, a
+    shipped model's name (``"tiny-arith"``) or a Hugging Face hub id (``"org/name"``), tried in that order.
+
+    A hub id is read from ``huggingface_hub``'s cache (``HF_HUB_CACHE`` / ``HF_HOME``), downloaded into
+    it first unless ``HF_HUB_OFFLINE=1`` (only the files rollax reads: config, safetensors, tokenizer);
+    ``revision`` picks a branch, tag or commit of it. A GGUF file's config and tokenizer come from its
+    metadata and its weights are dequantized (``models.gguf``), as ``transformers`` reads it.
 
     ``dtype`` (e.g. ``jnp.bfloat16``) converts the weights; by default a rollax checkpoint keeps
     the dtype it was saved in and a Hugging Face one is read as float32 (whatever its files hold).
@@ -363,18 +397,29 @@ def load(path, dtype=None, mesh=None, verify: bool = True) -> Model:
     from disk only each device's part. ``verify`` checks a rollax checkpoint's files and weights
     against the SHA-256 it recorded (``False`` skips the hashing, e.g. for speed; docs/perf.md).
     Raises ``ValueError`` naming the problem for a missing directory, pickle-only weights, damaged
-    files, a missing, unexpected or mis-shaped tensor, or a config too large for the memory.
+    files, a missing, unexpected or mis-shaped tensor, a GGUF tensor type that cannot be dequantized,
+    a hub id neither cached nor reachable, or a config too large for the memory.
     """
     if not isinstance(path, (str, os.PathLike)):
-        raise ValueError(f"path must be a model directory or a shipped model's name, got {path!r}")
+        raise ValueError(f"path must be a model directory, a .gguf file, a shipped model's name or a hub id, "
+                         f"got {path!r}")
     if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
         raise ValueError(f"mesh must be a jax.sharding.Mesh (sharding.make_mesh(...)) or None, got {mesh!r}")
     if not isinstance(verify, bool):
         raise ValueError(f"verify must be True or False, got {verify!r}")
-    path = zoo.resolve(path)
-    if not path.is_dir():
-        raise ValueError(f"no model directory at {path}")
+    if revision is not None and not isinstance(revision, str):
+        raise ValueError(f"revision must be a branch, tag or commit of a hub id (a string) or None, got {revision!r}")
+    name, path = path, zoo.resolve(path)
+    if not path.exists() and hub.is_repo_id(name):
+        path = hub.snapshot(name, revision)
+    elif revision is not None:
+        raise ValueError(f"revision={revision!r} is for a Hugging Face hub id; {name!r} is not one (a local path "
+                         f"or shipped model comes first)")
     dtype = None if dtype is None else float_dtype(dtype)
+    if path.is_file() and path.suffix == ".gguf":
+        return load_gguf(path, dtype if dtype is not None else jnp.float32, mesh)
+    if not path.is_dir():
+        raise ValueError(f"no model directory or .gguf file at {path}")
     if (path / ROLLAX_META).exists():
         return load_rollax(path, dtype, mesh, verify)
     if (path / "config.json").exists():

@@ -190,13 +190,14 @@ class HFTokenizer(Tokenizer):
     ``transformers``' fast tokenizer; where the file has no post-processor, or ``add_bos`` /
     ``add_eos`` is given (``tokenizer_config.json``'s ``add_bos_token`` / ``add_eos_token``),
     ``transformers`` replaces it by a template of ``bos_id`` (when ``add_bos``, default: a
-    ``bos_id`` is given) and ``eos_id`` (when ``add_eos``), and so does this."""
+    ``bos_id`` is given) and ``eos_id`` (when ``add_eos``), and so does this. ``path`` may be a
+    ``tokenizers.Tokenizer`` built in memory (from a GGUF file's metadata); ``.path`` is then None."""
 
     def __init__(self, path, bos_id=None, eos_id=None, pad_id=None, add_bos: bool | None = None,
                  add_eos: bool | None = None):
         from tokenizers import Tokenizer as _Tok, processors
-        self.path = Path(path)
-        self.tok = _Tok.from_file(str(path))
+        self.path = None if isinstance(path, _Tok) else Path(path)
+        self.tok = path if isinstance(path, _Tok) else _Tok.from_file(str(path))
         self.vocab_size = self.tok.get_vocab_size()
         self.eos_id = eos_id
         self.pad_id = pad_id if pad_id is not None else (eos_id or 0)
@@ -236,7 +237,7 @@ class HFTokenizer(Tokenizer):
         """Write the tokenizer to ``path`` with the post-processor it uses (so a reload adds the same
         special tokens without a ``tokenizer_config.json``), and the chat template
         (:meth:`Tokenizer._save_chat`); the names of the files written besides ``path``."""
-        if self.rewritten:
+        if self.rewritten or self.path is None:
             Path(path).write_text(self.tok.to_str())
         else:
             import shutil

@@ -511,7 +511,8 @@ def test_save_refuses_params_that_do_not_match_the_config(llama_dir, tmp_path):
 # --- what load refuses before building anything ------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(path=None), "path must be a model directory or a shipped model's name, got None"),
+    (dict(path=None), "path must be a model directory, a .gguf file, a shipped model's name or a hub id, got None"),
+    (dict(path="org/name", revision=1), "revision must be a branch, tag or commit of a hub id (a string) or None"),
     (dict(path="tiny-arith", mesh="x"), "mesh must be a jax.sharding.Mesh (sharding.make_mesh(...)) or None, got 'x'"),
     (dict(path="tiny-arith", verify=1), "verify must be True or False, got 1"),
 ])
