@@ -88,6 +88,6 @@ def test_readme_chat_example_runs(tmp_path):
     from tests.test_chat import chat_checkpoint, qwen
     ns, chat = {}, [{"role": "system", "content": "Answer with a number."}, {"role": "user", "content": "What is 12 + 7?"}]
     chat_checkpoint(tmp_path, qwen, chat, "19")                  # a Qwen2.5-like model that answers 19
-    exec(block("README.md", "apply_chat_template").replace('"path/to/chat-model"', repr(str(tmp_path / "m"))), ns)
+    exec(block("README.md", 'models.load("path/to/chat-model")').replace('"path/to/chat-model"', repr(str(tmp_path / "m"))), ns)
     assert ns["text"].startswith("<|im_start|>system\nAnswer with a number.<|im_end|>\n<|im_start|>user\n")
     assert ns["ids"] == ns["model"].tokenizer.encode(ns["text"], bos=False) and ns["out"].text == [["19"]]
