@@ -101,7 +101,7 @@ def feedback(problems: Sequence[Problem]):
         p, parsed = by_prompt[prompt], parse(attempt)
         if parsed.answer == p.answer:
             return None
-        lines = [line for line in attempt.split("\n") if line and not line.startswith("A:")]
+        lines = [line.strip() for line in attempt.split("\n") if line.strip()]     # as parse() reads them
         wrong = [i for i, ok in enumerate(step_scores(attempt, p)) if not ok]
         return f"? {lines[wrong[0]]}\n" if wrong else f"? A: {'' if parsed.answer is None else parsed.answer}\n"
     return fb
