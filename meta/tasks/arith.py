@@ -275,3 +275,15 @@ def answer(text: str) -> int | None:
     The task's answer extractor: pass it as a meta-generator's ``answer=``.
     """
     return parse(text).answer
+
+
+def max_new_tokens(problems) -> int:
+    """A generation budget that fits a solution of every problem in any order, with room to spare.
+
+    Characters bound tokens (digits are single pieces); no running total of any order exceeds
+    the sum of the chain's added terms, which bounds the width of each line.
+    """
+    def longest(p: Problem) -> int:
+        width = len(str(sum(b for op, b in p.terms() if op == "+")))
+        return sum(2 * width + len(str(b)) + 3 for _, b in p.terms()[1:]) + len(f"A: {p.answer}")
+    return max(map(longest, problems)) + 8
