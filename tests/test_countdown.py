@@ -191,3 +191,38 @@ def test_registry_names_each_task_and_finds_a_problem_s_task():
     assert "unknown task 'chess'; known: tiny-arith, countdown" in str(e.value)
     budget = countdown.max_new_tokens([P])
     assert budget >= max(len(t) + 1 for t in (RIGHT, P.solution))
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from scripts import train_tiny
+    return train_tiny.train_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model", n=300,
+                                      task=tasks.get("countdown"))
+
+
+def test_training_text_tokenizes_digit_by_digit_and_packs_the_solution(tok):
+    from scripts import train_tiny
+    ids = tok.encode(P.prompt + RIGHT, bos=False)
+    assert tok.decode(ids) == P.prompt + RIGHT and "75" not in [tok.decode([i]) for i in ids]
+    tokens, mask = train_tiny.pack(tok, [P], seq_len=48)
+    targets = tokens[0, 1:][mask[0] > 0]
+    assert tok.decode(targets[:-1].tolist()) == P.solution and targets[-1] == tok.eos_id
+
+
+def test_process_labels_follow_the_step_checker():
+    from scripts import train_reward
+    # on track, on track, then off (the target was reached); the answer line is not a step
+    assert train_reward.step_labels(PAST_TARGET + "\n", P) == [1.0, 1.0, 0.0, None]
+    assert train_reward.step_labels("75-25=50\n50-9=41\n\n41+3=44\n", P) == [1.0, 0.0, None, 0.0]
+
+
+def test_meta_script_grades_the_chosen_rollout_by_the_verifier():
+    import argparse
+    from meta.result import Result
+    from scripts import meta as meta_script
+    args = argparse.Namespace(task="countdown", answer="arith")
+    r = Result(method="m", prompts=[P.prompt] * 3, answers=[47, 47, None], chosen=[0, 0, None],
+               texts=[[RIGHT], [USED_TWICE], [GARBAGE]], lengths=[[1]] * 3, extracted=[[47], [47], [None]],
+               scores=[[None]] * 3, votes=[[]] * 3, budget=None)
+    assert [meta_script.grade(args, r, g, 47) for g in range(3)] == [True, False, False]
+    assert meta_script.grade(args, r, 0, None) is None                 # no reference: not graded

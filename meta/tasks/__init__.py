@@ -22,13 +22,16 @@ __all__ = ["arith", "arith_verifiers", "countdown", "countdown_verifiers", "Task
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """A task: its problems and verifiers modules, the training mixture of levels, and
-    ``train``: ``scripts.train_tiny`` flag defaults that differ from the script's own. Its models
-    in ``models/zoo`` are ``NAME`` (the policy), ``NAME-rm`` and ``NAME-prm``."""
+    """A task: its problems and verifiers modules, the training mixture of levels,
+    ``graded_by_answer`` (a rollout is right exactly when its extracted answer equals the
+    problem's ``answer``; otherwise only the outcome verifier knows) and ``train``:
+    ``scripts.train_tiny`` flag defaults that differ from the script's own. Its models in
+    ``models/zoo`` are ``NAME`` (the policy), ``NAME-rm`` and ``NAME-prm``."""
     name: str
     problems: ModuleType
     verifiers: ModuleType
     mix: dict
+    graded_by_answer: bool = False
     train: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -53,9 +56,9 @@ class Task:
 
 MIX = {"easy": 1.0, "medium": 2.0, "hard": 4.0}
 TASKS: dict[str, Task] = {
-    "tiny-arith": Task("tiny-arith", arith, arith_verifiers, MIX),
+    "tiny-arith": Task("tiny-arith", arith, arith_verifiers, MIX, graded_by_answer=True),
     "countdown": Task("countdown", countdown, countdown_verifiers, MIX,
-                      train=dict(steps=2000, eval_every=100, stop_at=0.45)),
+                      train=dict(steps=1000, seq_len=80, eval_every=100, val_problems=64, stop_at=0.45)),
 }
 
 
