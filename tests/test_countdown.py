@@ -226,3 +226,13 @@ def test_meta_script_grades_the_chosen_rollout_by_the_verifier():
                scores=[[None]] * 3, votes=[[]] * 3, budget=None)
     assert [meta_script.grade(args, r, g, 47) for g in range(3)] == [True, False, False]
     assert meta_script.grade(args, r, 0, None) is None                 # no reference: not graded
+
+
+def test_docs_example_runs(capsys):
+    import re
+    from pathlib import Path
+    code = re.findall(r"```python\n(.*?)```", (Path(__file__).resolve().parents[1] / "docs/countdown.md").read_text(),
+                      re.S)[0]
+    exec(code, {})
+    out = capsys.readouterr().out
+    assert out.startswith("Q: 1 5 1 12 10 -> 144\n") and "[1. 0.] [0.]" in out and out.endswith("47\n")
