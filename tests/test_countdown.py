@@ -27,7 +27,7 @@ BAD_ARITHMETIC = "75-25=51\n51-3=48\nA: 47"
 DEAD_END = "75-25=50\n50-9=41\nA: 41"                  # right step, then no way to 47 from 3, 41
 OFF_TRACK = "75*25=1875\n1875/3=625\nA: 625"           # right arithmetic, target out of reach
 PAST_TARGET = "75-25=50\n50-3=47\n47+9=56\nA: 56"      # goes on after reaching the target
-LONG_NUMBER = "9" * 5000 + "+1=2\nA: 47"
+LONG_NUMBER = "9" * 5000 + "+1=2\nA: 47"              # no int() of 5,000 digits: malformed
 
 
 def test_problem_text_solution_and_prompt_round_trip():
@@ -159,11 +159,17 @@ def test_verifiers_reject_bad_input():
         verifiers.outcome_scores([RIGHT], None)
     assert "needs the problems" in str(e.value)
     with pytest.raises(ValueError) as e:
+        verifiers.outcome_scores([RIGHT], [47])
+    assert "countdown.Problem instances; item 0 is int" in str(e.value)
+    with pytest.raises(ValueError) as e:
         verifiers.process_scores(RIGHT)
     assert "not one string" in str(e.value)
     with pytest.raises(ValueError) as e:
         verifiers.OutcomeVerifier()(["Q: 1+2=?\n"], [[RIGHT]])
     assert "not a countdown prompt" in str(e.value)
+    with pytest.raises(ValueError) as e:                     # the solver would search for ages
+        verifiers.OutcomeVerifier()(["Q: " + " ".join(["1"] * 40) + " -> 7\n"], [[RIGHT]])
+    assert "at most 6 numbers" in str(e.value)
 
 
 def test_bad_levels_splits_and_mixes():

@@ -29,6 +29,9 @@ import re
 import zlib
 from typing import Iterator
 
+from meta.tasks import arith
+from meta.tasks.arith import ANSWER_RE, DIGITS, Parsed  # noqa: F401  (the same answer line and parse result)
+
 
 @dataclasses.dataclass(frozen=True)
 class Level:
@@ -50,12 +53,11 @@ LEVELS: dict[str, Level] = {
     "hard": Level("hard", 5, 12, 50, 200, min_steps=3),
 }
 SPLITS = ("train", "val", "test")
+MOST_NUMBERS = 6            # in a prompt the verifiers read (the levels have at most 5)
 OPS = "+-*/"
 
-DIGITS = r"([0-9]{1,12})"       # ASCII only; bounded (no run-away int() on a model's long digit run)
-STEP_RE = re.compile(rf"^{DIGITS}([-+*/]){DIGITS}={DIGITS}$")
-ANSWER_RE = re.compile(rf"^A: {DIGITS}$")
-PROMPT_RE = re.compile(r"^Q: ([0-9]{1,12}(?: [0-9]{1,12})*) -> ([0-9]{1,12})\n?$")
+STEP_RE = re.compile(rf"^{DIGITS}([-+*/]){DIGITS}={DIGITS}$")      # arith's DIGITS: ASCII, at most 100
+PROMPT_RE = re.compile(rf"^Q: ({DIGITS[1:-1]}(?: {DIGITS[1:-1]})*) -> {DIGITS}\n?$")
 
 
 def apply(a: int, op: str, b: int) -> int | None:
@@ -157,30 +159,13 @@ class Problem:
         return self.random_solution(None)
 
 
-@dataclasses.dataclass(frozen=True)
-class Step:
-    """One parsed step line ``left op right = result``."""
-    left: int
-    op: str
-    right: int
-    result: int
+class Step(arith.Step):
+    """One parsed step line ``left op right = result`` (``+ - * /``)."""
 
     @property
     def correct(self) -> bool:
         """Whether ``result`` is ``left op right`` by the task's rules (:func:`apply`)."""
         return apply(self.left, self.op, self.right) == self.result
-
-
-@dataclasses.dataclass(frozen=True)
-class Parsed:
-    """A parsed solution: one entry per step line (``None`` where the line is malformed) and the answer."""
-    steps: tuple[Step | None, ...]
-    answer: int | None
-
-    @property
-    def well_formed(self) -> bool:
-        """Every line parsed and there is a final answer."""
-        return self.answer is not None and all(s is not None for s in self.steps)
 
 
 def level(name: str) -> Level:
@@ -210,6 +195,8 @@ def from_prompt(prompt: str) -> Problem:
     m = PROMPT_RE.match(prompt) if isinstance(prompt, str) else None
     if m is None:
         raise ValueError(f"not a countdown prompt ('Q: <numbers> -> <target>'): {prompt!r}")
+    if len(m.group(1).split()) > MOST_NUMBERS:               # the solver's search grows fast with the count
+        raise ValueError(f"a countdown prompt has at most {MOST_NUMBERS} numbers: {prompt!r}")
     return Problem(tuple(int(x) for x in m.group(1).split()), int(m.group(2)))
 
 
@@ -276,26 +263,11 @@ def train_stream(mix: dict[str, float], seed: int = 0) -> Iterator[Problem]:
 
 
 def parse(text: str) -> Parsed:
-    """Parse a generated solution (the text after the prompt) into steps and a final answer.
-
-    Lines before ``A: <n>`` are step lines ``a+b=c`` (``+ - * /``); a line that is not one is
-    recorded as ``None``. Text after the answer line is ignored; no answer line gives
-    ``answer=None``. Blank lines are skipped.
-    """
-    if not isinstance(text, str):
-        raise ValueError(f"parse expects a string, got {type(text).__name__}")
-    steps, answer = [], None
-    for line in text.split("\n"):
-        line = line.strip()
-        if not line:
-            continue
-        m = ANSWER_RE.match(line)
-        if m:
-            answer = int(m.group(1))
-            break
-        m = STEP_RE.match(line)
-        steps.append(Step(int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))) if m else None)
-    return Parsed(tuple(steps), answer)
+    """Parse a generated solution (the text after the prompt) into steps and a final answer, as
+    :func:`arith.parse` does: lines before ``A: <n>`` are step lines ``a+b=c`` (``+ - * /``), a
+    line that is not one is recorded as ``None``, text after the answer line is ignored, no answer
+    line gives ``answer=None`` and blank lines are skipped."""
+    return arith.parse(text, STEP_RE, Step)
 
 
 def answer(text: str) -> int | None:

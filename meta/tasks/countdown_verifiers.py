@@ -22,25 +22,12 @@ from typing import Sequence
 import numpy as np
 
 from meta.scoring import FunctionScorer, ProcessScorer
+from meta.tasks import arith_verifiers
 from meta.tasks.countdown import Problem, _reach, from_prompt, parse, walk
 
 
 def _check(texts, problems, need_problems: bool):
-    if isinstance(texts, str):
-        raise ValueError("texts must be a list of strings, not one string")
-    texts = list(texts)
-    if problems is None:
-        if need_problems:
-            raise ValueError("the outcome verifier needs the problems to know the numbers and the target")
-        return texts, [None] * len(texts)
-    problems = list(problems)
-    if len(problems) != len(texts):
-        raise ValueError(f"got {len(texts)} texts but {len(problems)} problems")
-    bad = [i for i, p in enumerate(problems) if not isinstance(p, Problem)]
-    if bad:
-        raise ValueError(f"problems must be countdown.Problem instances; item {bad[0]} is "
-                         f"{type(problems[bad[0]]).__name__}")
-    return texts, problems
+    return arith_verifiers._check(texts, problems, need_problems, Problem)
 
 
 def correct(text: str, problem: Problem) -> bool:
