@@ -1,13 +1,16 @@
 """Meta-generation in one command: how accuracy grows with tokens spent, on the shipped tiny model.
 
     python -m scripts.demo
+    python -m scripts.demo --task countdown
 
-Loads ``models.load("tiny-arith")`` (trained by ``scripts.train_tiny``, shipped in the repo)
-and runs it on held-out problems of the hard arithmetic split: greedy accuracy, sampled
+Loads the task's shipped model (``models.load("tiny-arith")`` by default, trained by
+``scripts.train_tiny``) and runs it on held-out problems of the task's hard split: greedy accuracy, sampled
 accuracy and pass@k coverage for k = 1..64 (unbiased estimator), each with the tokens it
 generates per problem, then the meta-generators of ``meta`` at N = 4, 16, 64: self-consistency,
-weighted vote by the learned outcome reward model ``tiny-arith-rm`` (``scripts.train_tiny
---reward``), best-of-N by the outcome verifier and adaptive self-consistency. Prints a table
+weighted vote by the learned outcome reward model (``tiny-arith-rm``, ``scripts.train_tiny
+--reward``), best-of-N by the outcome verifier and adaptive self-consistency. A meta-generator's
+point is right when the rollout it chooses is right by the task's outcome verifier (the first
+rollout with the winning answer, for a vote). Prints a table
 and writes a PNG of accuracy against tokens spent.
 
 Every row of the table comes from a *strategy* in :data:`STRATEGIES`, a ``(name, fn)`` pair
@@ -28,10 +31,11 @@ from tqdm import tqdm
 
 import models
 import meta
+from models import zoo
 from meta.adaptive import replay
 from meta.pass_at_k import pass_at_k  # noqa: F401  (the estimator; kept here for callers of demo.pass_at_k)
 from meta.vote import winner
-from meta.tasks import arith, arith_verifiers
+from meta import tasks
 from sampling import Sampler
 from scripts.eval_arith import ADAPTIVE, TEMPERATURE, solve
 
@@ -56,6 +60,7 @@ class Context:
     seed: int = 0
     progress: bool = True
     reward_model: str = "tiny-arith-rm"
+    task: tasks.Task = tasks.get("tiny-arith")
 
     def _bar(self, desc: str):
         return tqdm(total=len(self.problems), desc=desc, unit="problem", disable=not self.progress)
@@ -66,7 +71,7 @@ class Context:
         with self._bar("greedy") as bar:
             texts, lengths = solve(self.model, self.problems, progress=bar)
         texts = [t[0] for t in texts]
-        return texts, lengths[:, 0], arith_verifiers.outcome_scores(texts, self.problems) > 0
+        return texts, lengths[:, 0], self.task.verifiers.outcome_scores(texts, self.problems) > 0
 
     @functools.cached_property
     def sampled(self) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
@@ -75,7 +80,7 @@ class Context:
             texts, lengths = solve(self.model, self.problems, n=self.samples, seed=self.seed,
                                    sampler=Sampler(temperature=self.temperature), progress=bar)
         flat_problems = [p for p in self.problems for _ in range(self.samples)]
-        correct = arith_verifiers.outcome_scores([t for row in texts for t in row], flat_problems) > 0
+        correct = self.task.verifiers.outcome_scores([t for row in texts for t in row], flat_problems) > 0
         return texts, lengths, correct.reshape(len(self.problems), self.samples)
 
     @functools.cached_property
@@ -115,19 +120,20 @@ META_NS = (4, 16, 64)
 
 
 def _meta_points(ctx: Context, pick) -> list[Point]:
-    """Points at N = 4, 16, 64 (those <= samples): ``pick(answers[:N], texts[:N], g) -> (answer, rollouts used)``.
+    """Points at N = 4, 16, 64 (those <= samples): ``pick(answers[:N], texts[:N], g) -> (chosen, rollouts
+    used)``, ``chosen`` the index of the rollout it picks (``None``: none), right when that rollout is.
 
     The meta-generators draw rollouts 0..N-1 of the same seed, i.e. a prefix of the shared
     samples, so they are replayed on them instead of sampling again.
     """
-    texts, tokens, _ = ctx.sampled
-    answers = [[arith.answer(t) for t in row] for row in texts]
+    texts, tokens, correct = ctx.sampled
+    answers = [[ctx.task.problems.answer(t) for t in row] for row in texts]
     out = []
     for n in [k for k in META_NS if k <= ctx.samples]:
         right, spent = [], []
-        for g, p in enumerate(ctx.problems):
-            answer, used = pick(answers[g][:n], texts[g][:n], g)
-            right.append(answer == p.answer)
+        for g in range(len(ctx.problems)):
+            chosen, used = pick(answers[g][:n], texts[g][:n], g)
+            right.append(chosen is not None and bool(correct[g, chosen]))
             spent.append(tokens[g, :used].sum())
         out.append(Point(f"@{n}", float(np.mean(right)), float(np.mean(spent))))
     return out
@@ -135,21 +141,21 @@ def _meta_points(ctx: Context, pick) -> list[Point]:
 
 def self_consistency(ctx: Context) -> list[Point]:
     """Majority vote over the answers of N samples (``meta.self_consistency``)."""
-    return _meta_points(ctx, lambda a, t, g: (winner(a)[0], len(a)))
+    return _meta_points(ctx, lambda a, t, g: (winner(a)[1], len(a)))
 
 
 def weighted_vote(ctx: Context) -> list[Point]:
     """Votes weighted by the learned reward model's probability of being right (``meta.weighted_vote``
     with ``meta.RewardModel``, ``weight=meta.sigmoid``); tokens are the policy's (the reward model
     reads each sample once more)."""
-    return _meta_points(ctx, lambda a, t, g: (winner(a, ctx.rewards[g, :len(a)])[0], len(a)))
+    return _meta_points(ctx, lambda a, t, g: (winner(a, ctx.rewards[g, :len(a)])[1], len(a)))
 
 
 def best_of_n_verifier(ctx: Context) -> list[Point]:
     """The best of N samples by the outcome verifier (``meta.best_of_n``; an oracle: it knows the answer)."""
     def pick(a, t, g):
-        s = arith_verifiers.OutcomeVerifier()([""], [t], [ctx.problems[g]])[0]
-        return a[int(np.argmax(s))], len(a)
+        s = ctx.task.verifiers.OutcomeVerifier()([ctx.problems[g].prompt], [t], [ctx.problems[g]])[0]
+        return int(np.argmax(s)), len(a)
     return _meta_points(ctx, pick)
 
 
@@ -158,7 +164,7 @@ def adaptive(ctx: Context) -> list[Point]:
     val split, docs/meta.md); pays only for the samples it draws."""
     def pick(a, t, g):
         used = replay(a, len(a), **ADAPTIVE)
-        return winner(a[:used])[0], used
+        return winner(a[:used])[1], used
     return _meta_points(ctx, pick)
 
 
@@ -228,14 +234,17 @@ def run(ctx: Context, strategies=None) -> dict[str, list[Point]]:
 def main(argv=None) -> dict[str, list[Point]]:
     """Run every strategy on the hard test problems, print the table, write the plot; return the points."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="tiny-arith", help="checkpoint directory or zoo name")
-    ap.add_argument("--reward-model", default="tiny-arith-rm", help="reward model for the weighted vote")
+    ap.add_argument("--task", default="tiny-arith", choices=sorted(tasks.TASKS), help="the task")
+    ap.add_argument("--model", help="checkpoint directory or zoo name (default: the task's)")
+    ap.add_argument("--reward-model", help="reward model for the weighted vote (default: the task's)")
     ap.add_argument("--problems", type=int, default=200, help="hard test problems to run")
     ap.add_argument("--samples", type=int, default=64, help="samples per problem (largest k of pass@k)")
     ap.add_argument("--temperature", type=float, default=TEMPERATURE)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plot", type=Path, default=Path("out/demo.png"))
     args = ap.parse_args(argv)
+    task = tasks.get(args.task)
+    args.model, args.reward_model = args.model or task.policy, args.reward_model or task.reward_model
     if args.samples < 1 or args.problems < 1:
         raise ValueError("--samples and --problems must be positive")
     if args.samples > 2048:                                   # eval_arith.solve's rows per chunk
@@ -249,17 +258,21 @@ def main(argv=None) -> dict[str, list[Point]]:
 
     start = time.time()
     model = models.load(args.model)
-    problems = arith.held_out("test", "hard", args.problems)
+    problems = task.problems.held_out("test", "hard", args.problems)
     ctx = Context(model, problems, samples=args.samples, temperature=args.temperature, seed=args.seed,
-                  reward_model=args.reward_model)
-    results = run(ctx)
+                  reward_model=args.reward_model, task=task)
+    strategies = STRATEGIES
+    if not zoo.resolve(args.reward_model).is_dir():          # e.g. a task whose reward model is not trained yet
+        strategies = [(name, fn) for name, fn in STRATEGIES if fn is not weighted_vote]
+        print(f"no reward model {args.reward_model!r}: the weighted vote is left out")
+    results = run(ctx, strategies)
     print(f"\n{args.model} on {len(problems)} held-out hard problems "
           f"({problems[0].prompt.strip()} ...), {args.samples} samples each:\n")
     print(table(results, ks))
     if args.samples < min(META_NS):
         print(f"(the meta-generators run at N = {', '.join(map(str, META_NS))}: --samples {args.samples} is "
               f"fewer than {min(META_NS)})")
-    plot(results, args.plot, f"{args.model}: {len(problems)} hard arithmetic problems", ks)
+    plot(results, args.plot, f"{args.model}: {len(problems)} hard {task.name} problems", ks)
     print(f"\nplot: {args.plot}    ({time.time() - start:.0f} s)")
     return results
 

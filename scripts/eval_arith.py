@@ -1,10 +1,14 @@
-"""Run a model on arithmetic problems and score it (shared by ``train_tiny``, ``demo`` and tests)."""
+"""Run a model on a task's problems and score it (shared by ``train_tiny``, ``demo`` and tests).
+
+Named for the first task; the problems' task (``meta.tasks.of``) gives the budget and the verifier.
+"""
 from __future__ import annotations
 
 import numpy as np
 
 from engine import generate
-from meta.tasks import arith, arith_verifiers
+from meta import tasks
+from meta.tasks import arith
 from sampling import Sampler
 
 METRIC_SAMPLE = 50            # the recorded greedy accuracy is on the first 50 hard test problems
@@ -17,15 +21,9 @@ ADAPTIVE = dict(round_size=4, rule="beta", confidence=0.9)
 
 
 def max_new_tokens(problems) -> int:
-    """A generation budget that fits a solution of every problem in any order, with room to spare.
-
-    Characters bound tokens (digits are single pieces); no running total of any order exceeds
-    the sum of the chain's added terms, which bounds the width of each line.
-    """
-    def longest(p: arith.Problem) -> int:
-        width = len(str(sum(b for op, b in p.terms() if op == "+")))
-        return sum(2 * width + len(str(b)) + 3 for _, b in p.terms()[1:]) + len(f"A: {p.answer}")
-    return max(map(longest, problems)) + 8
+    """A generation budget that fits a solution of every problem: their task's ``max_new_tokens``
+    (for arithmetic :func:`meta.tasks.arith.max_new_tokens`)."""
+    return tasks.of(problems[0]).problems.max_new_tokens(problems)
 
 
 def solve(model, problems, *, n: int = 1, sampler: Sampler | None = None, seed: int = 0,
@@ -57,9 +55,9 @@ def solve(model, problems, *, n: int = 1, sampler: Sampler | None = None, seed: 
 
 
 def greedy_accuracy(model, problems) -> float:
-    """Fraction of ``problems`` whose greedy solution has the right final answer."""
+    """Fraction of ``problems`` whose greedy solution is right by their task's outcome verifier."""
     texts, _ = solve(model, problems)
-    return float(arith_verifiers.outcome_scores([t[0] for t in texts], problems).mean())
+    return float(tasks.of(problems[0]).verifiers.outcome_scores([t[0] for t in texts], problems).mean())
 
 
 def metric_sample() -> list[arith.Problem]:

@@ -2,10 +2,16 @@
 
     python -m scripts.meta self_consistency --data problems.jsonl --out out.jsonl --n 16
     python -m scripts.meta step_beam_search --data problems.jsonl --out out.jsonl --n 16 --scorer model
+    python -m scripts.meta self_consistency --task countdown --data countdown.jsonl --out out.jsonl
 
-The step-level searches (``step_beam_search``, ``dvts``, ``rebase``, ``particle_filter``, ``mcts``) take a
-process scorer: ``--scorer model`` (the reward model ``--scorer-model``, default ``tiny-arith-prm``,
-riding in the decode step) or ``--scorer process-min`` etc. (the task's process verifier).
+``--task`` (default ``tiny-arith``, see ``meta.tasks.TASKS``) sets the answer extractor, the
+verifiers and the default models (``--model``: the task's policy). The step-level searches
+(``step_beam_search``, ``dvts``, ``rebase``, ``particle_filter``, ``mcts``) take a process scorer:
+``--scorer model`` (the reward model ``--scorer-model``, default the task's, ``tiny-arith-prm``,
+riding in the decode step) or ``--scorer process-min`` etc. (the task's process verifier). A
+prompt's result is ``correct`` when its chosen answer equals the reference (tiny-arith, or
+``--answer text``), or for a task graded by its verifier (countdown) when the chosen rollout
+passes the outcome verifier; without a reference it is not graded.
 
 Each dataset line is an object with ``"prompt"`` (a string), and optionally ``"id"`` (default:
 the line number) and ``"answer"`` (the reference). With ``--chat`` each prompt is one user message,
@@ -37,6 +43,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+DEFAULT_TASK = "tiny-arith"
 SCORERS = ("none", "verifier", "process-min", "process-mean", "process-prod", "process-last", "model")
 SEARCHES = ("step_beam_search", "dvts", "rebase", "particle_filter", "mcts")   # step-level: --max-steps, --final, ...
 ROUNDS = ("rejection_sample", "adaptive_self_consistency")     # draw --round-size rollouts at a time
@@ -93,11 +100,12 @@ def settings(args, data_path: Path, model) -> dict:
     keys = ("method", "model", "n", "temperature", "top_p", "seed", "max_new_tokens", "scorer", "scorer_model",
             "round_size", "rule", "batch", "answer", "max_steps", "beam_width", "search_temperature", "ess_threshold",
             "resampling", "simulations", "exploration", "final")
-    # --chat: the template's hash (absent without --chat, so that older outputs still resume)
-    chat = {"chat_template_sha256": hashlib.sha256(model.tokenizer.chat_template.encode()).hexdigest()} \
-        if args.chat else {}
-    return {"data_sha256": digest, "model_fingerprint": model.fingerprint(), **{k: getattr(args, k) for k in keys},
-            **chat}
+    out = {"data_sha256": digest, "model_fingerprint": model.fingerprint(), **{k: getattr(args, k) for k in keys}}
+    if args.chat:                                        # the template's hash (absent without --chat: older outputs resume)
+        out["chat_template_sha256"] = hashlib.sha256(model.tokenizer.chat_template.encode()).hexdigest()
+    if args.task != DEFAULT_TASK:                        # tiny-arith's header is as it was before tasks
+        out["task"] = args.task
+    return out
 
 
 @contextlib.contextmanager
@@ -177,15 +185,16 @@ def make_scorer(args):
     other methods score finished rollouts with it (``meta.RewardModel``)."""
     import meta
     import models
-    from meta.tasks import arith_verifiers
+    from meta import tasks
+    verifiers = tasks.get(args.task).verifiers
     if args.scorer == "none":
         return None
     if args.scorer == "verifier":
-        return arith_verifiers.OutcomeVerifier()
+        return verifiers.OutcomeVerifier()
     if args.scorer == "model":
         model = models.load(args.scorer_model)
         return model if args.method in SEARCHES else meta.RewardModel(model)
-    return arith_verifiers.process_verifier(args.scorer.split("-", 1)[1])
+    return verifiers.process_verifier(args.scorer.split("-", 1)[1])
 
 
 def check_items(args, model, items, sampler, scorer) -> None:
@@ -197,7 +206,6 @@ def check_items(args, model, items, sampler, scorer) -> None:
     from engine.checks import memory_bytes, state_bytes
     from engine.decode import bucket
     from meta.common import check_rollouts
-    from meta.tasks.arith_verifiers import reference_answer
     takes = inspect.signature(meta.METHODS[args.method]).parameters.get("scorer")
     if takes is not None and takes.default is inspect.Parameter.empty and args.scorer == "none":
         raise ValueError(f"{args.method} needs a scorer: --scorer {' / '.join(SCORERS[1:])}")
@@ -211,7 +219,7 @@ def check_items(args, model, items, sampler, scorer) -> None:
         try:
             longest = max(longest, len(engine.checks.check_prompts(model, [prompt(args, it)], args.max_new_tokens)[0]))
             if args.scorer == "verifier":
-                reference_answer(it["answer"])
+                scorer.check([it["prompt"]], [it["answer"]])
         except ValueError as e:
             raise ValueError(f"{args.data}:{it['line']}: {e}") from None
     check_rollouts(min(args.batch, len(items)), args.n, sampler)
@@ -229,10 +237,10 @@ def check_items(args, model, items, sampler, scorer) -> None:
 def run_chunk(args, model, items, sampler, scorer):
     """The meta-generator's result on one chunk of items."""
     import meta
-    from meta.tasks import arith
+    from meta import tasks
     fn = meta.METHODS[args.method]
     kw = dict(n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens, sampler=sampler,
-              answer=arith.answer if args.answer == "arith" else None)           # None: the whole text, stripped
+              answer=tasks.get(args.task).problems.answer if args.answer == "arith" else None)   # None: whole text
     refs = [it["answer"] for it in items]
     kw["references"] = refs if all(r is not None for r in refs) else None
     if scorer is not None:
@@ -273,6 +281,20 @@ def correct(answer, reference, numeric: bool):
     return str(answer).strip() == str(reference).strip()
 
 
+def grade(args, result, g: int, reference):
+    """Whether prompt ``g``'s result is right (``None``: no reference): its chosen answer against the
+    reference (:func:`correct`), or for a task graded by its verifier (``--answer arith``) its chosen
+    rollout by the outcome verifier (the problem read from the prompt, or the reference)."""
+    from meta import tasks
+    task = tasks.get(args.task)
+    if reference is None or args.answer == "text" or task.graded_by_answer:
+        return correct(result.answers[g], reference, args.answer == "arith")
+    chosen = result.chosen[g]
+    if chosen is None:
+        return False
+    return bool(task.verifiers.OutcomeVerifier()([result.prompts[g]], [[result.texts[g][chosen]]], [reference])[0, 0])
+
+
 def summary(out: Path) -> str:
     """A table of the output file: prompts, accuracy, tokens per prompt."""
     rows = [json.loads(l) for l in out.read_text(encoding="utf-8").splitlines()[1:]]
@@ -285,18 +307,21 @@ def summary(out: Path) -> str:
 
 def parse_args(argv=None):
     import meta
+    from meta import tasks
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("method", choices=sorted(meta.METHODS))
     ap.add_argument("--data", type=Path, required=True, help="JSONL: prompt, optional id and answer")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--model", default="tiny-arith", help="checkpoint directory or zoo name")
+    ap.add_argument("--task", default=DEFAULT_TASK, choices=sorted(tasks.TASKS),
+                    help="the task: its answer extractor, verifiers and models")
+    ap.add_argument("--model", help="checkpoint directory or zoo name (default: the task's policy)")
     ap.add_argument("--n", type=int, default=16, help="rollouts per prompt (at most, for rounds)")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--scorer", choices=SCORERS, default="none", help="model: the reward model --scorer-model")
-    ap.add_argument("--scorer-model", default="tiny-arith-prm", help="reward model (checkpoint or zoo name)")
+    ap.add_argument("--scorer-model", help="reward model (checkpoint or zoo name; default: the task's PRM)")
     ap.add_argument("--round-size", type=int, default=8, help="rollouts per round (rejection, adaptive)")
     ap.add_argument("--rule", choices=("beta", "unbeatable"), default="beta", help="adaptive stopping rule")
     ap.add_argument("--batch", type=int, default=16, help="prompts per chunk")
@@ -312,8 +337,13 @@ def parse_args(argv=None):
     ap.add_argument("--chat", action="store_true",
                     help="each prompt is a user message, formatted by the model's chat template")
     ap.add_argument("--answer", choices=("arith", "text"), default="arith",
-                    help="answer extraction: the built-in task's 'A: <n>' or the whole stripped text")
-    return ap.parse_args(argv)
+                    help="answer extraction: the task's extractor (named for the first task: 'A: <n>') or the "
+                         "whole stripped text")
+    args = ap.parse_args(argv)
+    task = tasks.get(args.task)
+    args.model = args.model or task.policy
+    args.scorer_model = args.scorer_model or task.process_reward_model
+    return args
 
 
 def run(args, model, items, sampler, scorer, done: set) -> None:
@@ -328,7 +358,7 @@ def run(args, model, items, sampler, scorer, done: set) -> None:
             for g, it in enumerate(chunk):
                 if it["id"] in done:
                     continue
-                right = correct(result.answers[g], it["answer"], args.answer == "arith")
+                right = grade(args, result, g, it["answer"])
                 line = {"id": it["id"], "reference": it["answer"], "correct": right, **result.prompt_json(g)}
                 _write(args.out, json.loads(json.dumps(line, default=str)))
                 done.add(it["id"])

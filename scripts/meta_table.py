@@ -1,6 +1,7 @@
 """Measure the meta-generators on the built-in task and print a markdown table (for docs/meta.md).
 
     python -m scripts.meta_table --problems 200
+    python -m scripts.meta_table --task countdown --problems 200
 
 Greedy, self-consistency@16/@64, best-of-16 with the outcome verifier, weighted vote by the
 process verifier (given the question as reference, never the answer; min aggregation), best-of-16
@@ -9,7 +10,9 @@ adaptive self-consistency (at most 64 rollouts; ``eval_arith.ADAPTIVE``, chosen 
 split, the Beta rule at 0.8, and the unbeatable rule) on the first ``--problems`` hard test
 problems of the shipped ``tiny-arith`` model, sampled at ``eval_arith.TEMPERATURE``.
 ``--rows`` keeps only the rows whose names start with one of its words (e.g. ``greedy
-self-consistency@16``), for a larger ``--problems``.
+self-consistency@16``), for a larger ``--problems``. ``--task`` measures another task of
+``meta.tasks.TASKS`` with its own models and verifiers (the settings above are tiny-arith's); a
+row is right where the rollout it chooses is right by the task's outcome verifier.
 """
 from __future__ import annotations
 
@@ -21,8 +24,7 @@ import numpy as np
 
 import meta
 import models
-from meta.tasks import arith
-from meta.tasks.arith_verifiers import OutcomeVerifier, process_verifier
+from meta import tasks
 from sampling import Sampler
 from scripts.eval_arith import ADAPTIVE, TEMPERATURE, max_new_tokens
 
@@ -30,8 +32,10 @@ from scripts.eval_arith import ADAPTIVE, TEMPERATURE, max_new_tokens
 def rows(model, problems, temperature: float, seed: int, reward_model: str = "tiny-arith-rm"):
     """(name, run) for every measured setting; ``run()`` returns its ``meta.Result``."""
     prompts, T = [p.prompt for p in problems], max_new_tokens(problems)
+    task = tasks.of(problems[0])
+    OutcomeVerifier, process_verifier = task.verifiers.OutcomeVerifier, task.verifiers.process_verifier
     common = dict(sampler=Sampler(temperature=temperature), seed=seed, max_new_tokens=T, references=problems,
-                  answer=arith.answer)
+                  answer=task.problems.answer)
     rm = functools.cache(lambda: meta.RewardModel(models.load(reward_model)))   # loaded once, if a row needs it
     out = [("greedy", lambda: meta.self_consistency(model, prompts, n=1, **{**common, "sampler": Sampler.greedy()}))]
     out += [(f"self-consistency@{n}", lambda n=n: meta.self_consistency(model, prompts, n=n, **common))
@@ -60,16 +64,19 @@ def rows(model, problems, temperature: float, seed: int, reward_model: str = "ti
 def main(argv=None):
     """Run every setting and print the table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="tiny-arith")
-    ap.add_argument("--reward-model", default="tiny-arith-rm")
+    ap.add_argument("--task", default="tiny-arith", choices=sorted(tasks.TASKS))
+    ap.add_argument("--model", help="default: the task's policy")
+    ap.add_argument("--reward-model", help="default: the task's outcome reward model")
     ap.add_argument("--problems", type=int, default=200)
     ap.add_argument("--split", default="test", choices=("val", "test"))
     ap.add_argument("--temperature", type=float, default=TEMPERATURE)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rows", nargs="+", help="only the rows whose names start with one of these")
     args = ap.parse_args(argv)
+    task = tasks.get(args.task)
+    args.model, args.reward_model = args.model or task.policy, args.reward_model or task.reward_model
     model = models.load(args.model)
-    problems = arith.held_out(args.split, "hard", args.problems)
+    problems = task.problems.held_out(args.split, "hard", args.problems)
     table = rows(model, problems, args.temperature, args.seed, args.reward_model)   # settings checked here
     unknown = [w for w in args.rows or () if not any(name.startswith(w) for name, _ in table)]
     if unknown:
@@ -81,7 +88,8 @@ def main(argv=None):
         if args.rows and not name.startswith(tuple(args.rows)):
             continue
         r = run()
-        acc = np.mean([a == p.answer for a, p in zip(r.answers, problems)])
+        acc = np.mean([task.correct(None if c is None else r.texts[g][c], p)
+                       for g, (c, p) in enumerate(zip(r.chosen, problems))])
         b = r.budget
         print(f"| {name} | {acc:.3f} | {b.generated / len(problems):.1f} | {b.policy_calls} | {b.wall_s:.1f} |",
               flush=True)

@@ -3,9 +3,12 @@ reward model, or with ``--process`` a process reward model (PRM).
 
     python -m scripts.train_tiny --reward --out models/zoo/tiny-arith-rm
     python -m scripts.train_tiny --prm --out models/zoo/tiny-arith-prm
+    python -m scripts.train_reward --task countdown [--process]     # models/zoo/countdown-rm, -prm
 
-(also ``python -m scripts.train_reward [--process]``). The shipped policy (``--policy``, default
-``tiny-arith``) samples ``--samples`` solutions at the demo's temperature (``eval_arith.TEMPERATURE``) for each of ``--problems``
+(also ``python -m scripts.train_reward [--process]``). ``--task`` names a task of
+``meta.tasks.TASKS`` (default ``tiny-arith``); its verifiers label the rollouts and the
+models are written to the zoo under its names. The shipped policy (``--policy``, default the
+task's, ``tiny-arith``) samples ``--samples`` solutions at the demo's temperature (``eval_arith.TEMPERATURE``) for each of ``--problems``
 hard problems of the training stream. The reward model is a copy of the policy with a scalar head
 (``config.score_head``, zero at the start) fine-tuned with a sigmoid cross-entropy on the outcome
 label (1: right answer, by the outcome verifier) at the last token (the EOS after
@@ -17,7 +20,7 @@ arithmetic):
 * outcome: every solution position, labelled with the outcome (a value estimate of each prefix,
   Cobbe et al. 2021, which gives the trunk a denser signal);
 * process: the newline that ends each solution step, labelled 1 when that step and every step
-  before it are right by the task's exact step checker (``arith_verifiers.step_scores``: the path
+  before it are right by the task's exact step checker (e.g. ``arith_verifiers.step_scores``: the path
   is still on track), else 0; and the EOS, labelled with the outcome. These are the positions a
   search reads the PRM at when it rides along the policy as an engine track
   (``engine.track_scores`` after ``decode(..., step_tokens="\\n")`` pauses on a step's newline, or
@@ -46,16 +49,14 @@ import optax
 from tqdm import tqdm
 
 import models
+from meta import tasks
 from meta.scoring import RewardModel
-from meta.tasks import arith, arith_verifiers
 from sampling import Sampler
 from scripts import cli
 from scripts.eval_arith import TEMPERATURE, solve
 from scripts.training import check_flags, write_metrics
 
 ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo"
-DEFAULT_OUT = ZOO / "tiny-arith-rm"
-DEFAULT_PRM_OUT = ZOO / "tiny-arith-prm"
 VAL_SAMPLES = 16
 QUICK = 25            # metrics.json also records the first QUICK val problems' figures (a fast check)
 
@@ -81,16 +82,17 @@ class Data:
         return self.label[np.arange(len(self.last)), self.last]
 
 
-def step_labels(text: str, problem: arith.Problem) -> list[float | None]:
-    """One entry per newline of ``text``: where it ends a step line (as :func:`arith.parse` reads
-    them), 1.0 when that step and every one before it are right by
-    :func:`arith_verifiers.step_scores`, else 0.0; ``None`` where it ends a blank line, the answer
-    line or a line after it."""
-    on_track = np.minimum.accumulate(arith_verifiers.step_scores(text, problem))
+def step_labels(text: str, problem) -> list[float | None]:
+    """One entry per newline of ``text``: where it ends a step line (as the task's ``parse`` reads
+    them), 1.0 when that step and every one before it are right by the task's ``step_scores``
+    (e.g. :func:`arith_verifiers.step_scores`), else 0.0; ``None`` where it ends a blank line, the
+    answer line or a line after it."""
+    task = tasks.of(problem)
+    on_track = np.minimum.accumulate(task.verifiers.step_scores(text, problem))
     out, k, answered = [], 0, False
     for line in text.split("\n")[:-1]:
         line = line.strip()
-        answered = answered or bool(arith.ANSWER_RE.match(line))
+        answered = answered or bool(task.problems.ANSWER_RE.match(line))
         if answered or not line:
             out.append(None)
         else:
@@ -99,7 +101,7 @@ def step_labels(text: str, problem: arith.Problem) -> list[float | None]:
     return out
 
 
-def labelled(scorer: RewardModel, problem: arith.Problem, text: str, process: bool = False):
+def labelled(scorer: RewardModel, problem, text: str, process: bool = False):
     """One rollout: its ids (``scorer``'s template: BOS, prompt, text, EOS), the index of the
     prompt's last token, and its labels and label mask [len(ids)]. The label at EOS is the
     outcome; the mask is every solution position (labelled with the outcome), or with ``process``
@@ -107,7 +109,7 @@ def labelled(scorer: RewardModel, problem: arith.Problem, text: str, process: bo
     tok = scorer.model.tokenizer
     ids = scorer.encode(problem.prompt, text)
     first = len(tok.encode(problem.prompt)) - 1
-    label = np.full(len(ids), arith_verifiers.outcome_scores([text], [problem])[0], np.float32)
+    label = np.full(len(ids), tasks.of(problem).verifiers.outcome_scores([text], [problem])[0], np.float32)
     mask = np.zeros(len(ids), np.float32)
     if not process:
         mask[first:] = 1.0
@@ -195,10 +197,11 @@ def evaluate(scorer: RewardModel, data: Data, split: str = "val", process: bool 
 def main(argv=None) -> dict:
     """Train the reward model, save it to ``--out`` with ``metrics.json``, return the metrics."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="tiny-arith", choices=sorted(tasks.TASKS), help="the task")
     ap.add_argument("--process", action="store_true", help="train a process reward model (step labels)")
-    ap.add_argument("--out", type=Path, help="checkpoint directory to write (default: the zoo's tiny-arith-rm, "
-                                             "or tiny-arith-prm with --process)")
-    ap.add_argument("--policy", default="tiny-arith", help="the policy: checkpoint directory or zoo name")
+    ap.add_argument("--out", type=Path, help="checkpoint directory to write (default: the zoo's TASK-rm, "
+                                             "or TASK-prm with --process)")
+    ap.add_argument("--policy", help="the policy: checkpoint directory or zoo name (default: the task's)")
     ap.add_argument("--problems", type=int, default=2048, help="hard training problems")
     ap.add_argument("--samples", type=int, default=8, help="rollouts per training problem")
     ap.add_argument("--steps", type=int, default=1500)
@@ -212,11 +215,14 @@ def main(argv=None) -> dict:
                                                       "(default: 200 with --process, else none)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    args.out = args.out or (DEFAULT_PRM_OUT if args.process else DEFAULT_OUT)
+    task = tasks.get(args.task)
+    args.policy = args.policy or task.policy
+    args.out = args.out or ZOO / (task.process_reward_model if args.process else task.reward_model)
     args.test_problems = (200 if args.process else 0) if args.test_problems is None else args.test_problems
     check_flags(args, ("steps", "batch", "problems", "samples", "val_problems", "eval_every"),
                 ("lm_weight", "token_weight", "test_problems"))
-    most = arith.LEVELS["hard"].held_out
+    problems = task.problems
+    most = problems.LEVELS["hard"].held_out
     if max(args.val_problems, args.test_problems) > most:
         raise ValueError(f"--val-problems and --test-problems must be at most {most}, got {args.val_problems} "
                          f"and {args.test_problems}")
@@ -228,10 +234,10 @@ def main(argv=None) -> dict:
     config = dataclasses.replace(policy.config, score_head=True)
     params = dict(jax.device_get(policy.params), score=np.zeros(config.hidden, config.dtype))
     scorer = RewardModel(models.Model(config, params, policy.tokenizer))
-    stream = arith.train_stream({"hard": 1.0}, seed=args.seed + 1000)   # not the policy's training draws
+    stream = problems.train_stream({"hard": 1.0}, seed=args.seed + 1000)   # not the policy's training draws
     train = rollouts(policy, [next(stream) for _ in range(args.problems)], args.samples, args.seed + 1, scorer,
                      args.process)
-    val = rollouts(policy, arith.held_out("val", "hard", args.val_problems), VAL_SAMPLES, args.seed, scorer,
+    val = rollouts(policy, problems.held_out("val", "hard", args.val_problems), VAL_SAMPLES, args.seed, scorer,
                    args.process)
     print(f"{len(train.last)} training rollouts ({train.outcome.mean():.1%} right), "
           f"{len(val.last)} validation rollouts; sampled in {time.time() - start:.0f} s")
@@ -258,7 +264,7 @@ def main(argv=None) -> dict:
     quick = evaluate(scorer, val.take(slice(n * VAL_SAMPLES)), process=args.process)
     final = {**history[-1], "quick_check": {"val_problems": n, **quick}}
     if args.test_problems:
-        test = rollouts(policy, arith.held_out("test", "hard", args.test_problems), VAL_SAMPLES, args.seed, scorer,
+        test = rollouts(policy, problems.held_out("test", "hard", args.test_problems), VAL_SAMPLES, args.seed, scorer,
                         args.process)
         final |= evaluate(scorer, test, "test", args.process)
     model = models.Model(config, jax.device_get(params), policy.tokenizer)

@@ -1,6 +1,10 @@
-"""Train rollax's built-in tiny reasoning model on chained arithmetic (``meta.tasks.arith``).
+"""Train rollax's built-in tiny reasoning model on a task (default: chained arithmetic, ``meta.tasks.arith``).
 
     python -m scripts.train_tiny --out models/zoo/tiny-arith
+    python -m scripts.train_tiny --task countdown            # writes models/zoo/countdown
+
+``--task`` names a task of ``meta.tasks.TASKS``; the defaults below are tiny-arith's (a task may
+change some, ``Task.train``), and the model goes to the zoo under the task's name.
 
 Trains a sentencepiece tokenizer on task text (digits split), then a small Llama-shaped
 rollax transformer with optax (AdamW, warmup + cosine decay) on a mixture of the easy,
@@ -35,20 +39,22 @@ import optax
 from tqdm import tqdm
 
 import models
-from meta.tasks import arith
+from meta import tasks
 from scripts import cli
 from scripts.training import check_flags, write_metrics
 from scripts.eval_arith import METRIC_SAMPLE, greedy_accuracy
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "models" / "zoo" / "tiny-arith"
-MIX = {"easy": 1.0, "medium": 2.0, "hard": 4.0}
+ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo"
+DEFAULT_TASK = tasks.get("tiny-arith")
+MIX = DEFAULT_TASK.mix
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 
 
-def train_tokenizer(path: Path, seed: int = 0, n: int = 20000, vocab_size: int = 32) -> models.SentencePieceTokenizer:
-    """Train a sentencepiece BPE tokenizer on ``n`` task texts (digits split, newline a symbol)."""
+def train_tokenizer(path: Path, seed: int = 0, n: int = 20000, vocab_size: int = 32,
+                    task: tasks.Task = DEFAULT_TASK) -> models.SentencePieceTokenizer:
+    """Train a sentencepiece BPE tokenizer on ``n`` texts of ``task`` (digits split, newline a symbol)."""
     import sentencepiece as spm
-    stream, rng = arith.train_stream(MIX, seed=seed + 1), random.Random(seed + 1)
+    stream, rng = task.problems.train_stream(task.mix, seed=seed + 1), random.Random(seed + 1)
     texts = [p.prompt + p.random_solution(rng) for p in itertools.islice(stream, n)]
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -61,11 +67,11 @@ def train_tokenizer(path: Path, seed: int = 0, n: int = 20000, vocab_size: int =
     return models.SentencePieceTokenizer(path)
 
 
-def encode(tok, problem: arith.Problem, rng: random.Random | None = None) -> tuple[list[int], int]:
+def encode(tok, problem, rng: random.Random | None = None) -> tuple[list[int], int]:
     """BOS + prompt + solution + EOS token ids, and the number of prompt tokens (BOS included).
 
     The solution is the reference one, or with ``rng`` one in a random order
-    (:meth:`arith.Problem.random_solution`)."""
+    (its ``random_solution``, e.g. :meth:`arith.Problem.random_solution`)."""
     prompt = tok.encode(problem.prompt)
     solution = problem.solution if rng is None else problem.random_solution(rng)
     return prompt + tok.encode(solution, bos=False) + [tok.eos_id], len(prompt)
@@ -85,10 +91,10 @@ def pack(tok, problems, seq_len: int, rng: random.Random | None = None):
     return tokens, mask
 
 
-def batches(tok, batch: int, seq_len: int, seed: int):
-    """Endless training batches (see :func:`pack`) from the level mixture ``MIX``, each solution
-    in a random order: several reasoning paths to one answer, so that voting over samples pays."""
-    stream, rng = arith.train_stream(MIX, seed=seed), random.Random(seed)
+def batches(tok, batch: int, seq_len: int, seed: int, task: tasks.Task = DEFAULT_TASK):
+    """Endless training batches (see :func:`pack`) from ``task``'s level mixture, each solution
+    a random one: several reasoning paths to one answer, so that voting over samples pays."""
+    stream, rng = task.problems.train_stream(task.mix, seed=seed), random.Random(seed)
     while True:
         yield pack(tok, [next(stream) for _ in range(batch)], seq_len, rng)
 
@@ -117,7 +123,8 @@ def main(argv=None) -> dict:
             from scripts import train_reward
             return train_reward.main(mode + [a for a in argv if a != flag])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint directory to write")
+    ap.add_argument("--task", default=DEFAULT_TASK.name, choices=sorted(tasks.TASKS), help="the task to train on")
+    ap.add_argument("--out", type=Path, help="checkpoint directory to write (default: the zoo's model of the task)")
     ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seq-len", type=int, default=96)
@@ -133,14 +140,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--stop-at", type=float, default=0.55,
                     help="stop once greedy accuracy on the validation hard problems reaches this (0: never)")
     ap.add_argument("--seed", type=int, default=0)
+    task = tasks.get(ap.parse_known_args(argv)[0].task)
+    ap.set_defaults(**task.train)
     args = ap.parse_args(argv)
+    args.out = args.out or ZOO / task.policy
     check_flags(args, ("steps", "batch", "seq_len", "eval_every", "val_problems"), ("stop_at",))
-    most = arith.LEVELS["hard"].held_out
+    problems = task.problems
+    most = problems.LEVELS["hard"].held_out
     if args.val_problems > most or args.stop_at > 1:
         raise ValueError(f"--val-problems must be at most {most} and --stop-at at most 1 "
                          f"(an accuracy), got {args.val_problems} and {args.stop_at}")
     with tempfile.TemporaryDirectory() as tmp:
-        tok = train_tokenizer(Path(tmp) / "tokenizer.model", seed=args.seed)
+        tok = train_tokenizer(Path(tmp) / "tokenizer.model", seed=args.seed, task=task)
         config = models.preset("tiny", vocab_size=tok.vocab_size, hidden=args.hidden, layers=args.layers,
                                heads=args.heads, head_dim=args.head_dim, kv_heads=args.kv_heads,
                                intermediate=args.intermediate,
@@ -153,9 +164,9 @@ def main(argv=None) -> dict:
         params = models.init_params(config, jax.random.key(args.seed))
         opt_state = optimizer.init(params)
         step, loss_fn = make_step(config, optimizer)
-        data = batches(tok, args.batch, args.seq_len, args.seed)
-        val_tokens, val_mask = pack(tok, arith.held_out("val", "hard", 256), args.seq_len)
-        val_problems = arith.held_out("val", "hard", args.val_problems)
+        data = batches(tok, args.batch, args.seq_len, args.seed, task)
+        val_tokens, val_mask = pack(tok, problems.held_out("val", "hard", 256), args.seq_len)
+        val_problems = problems.held_out("val", "hard", args.val_problems)
 
         start, history = time.time(), []
         bar = tqdm(range(1, args.steps + 1), desc="train", unit="step")
@@ -180,10 +191,10 @@ def main(argv=None) -> dict:
         model.save(args.out)
 
     model = models.load(args.out)
-    sample = arith.held_out("test", "hard", METRIC_SAMPLE)
+    sample = problems.held_out("test", "hard", METRIC_SAMPLE)
     metrics = write_metrics(args, test_hard_50_greedy_accuracy=greedy_accuracy(model, sample),
                             train_seconds=round(train_seconds, 1), steps=i, parameters=config.num_params,
-                            mix=MIX, history=history)
+                            mix=task.mix, history=history)
     print(f"saved {args.out}; trained {train_seconds / 60:.1f} min; greedy accuracy on the "
           f"{METRIC_SAMPLE}-problem hard test sample: {metrics['test_hard_50_greedy_accuracy']:.3f}")
     return metrics

@@ -1,4 +1,77 @@
-"""Verifiable tasks that meta-generators are measured on: the task, then its verifiers."""
-from meta.tasks import arith, arith_verifiers
+"""Verifiable tasks that meta-generators are measured on, registered by name in :data:`TASKS`.
 
-__all__ = ["arith", "arith_verifiers"]
+Each task is a problems module (``meta/tasks/NAME.py``) and a verifiers module; a :class:`Task`
+record names them and what the scripts need besides (``scripts.train_tiny --task NAME``, and
+``train_reward``, ``demo``, ``meta``, ``meta_table``). Adding a task is one entry in ``TASKS``.
+
+The problems module provides ``LEVELS`` (with a ``"hard"`` level), ``held_out(split, level, n)``,
+``train_stream(mix, seed)``, ``answer(text)`` (the extractor), ``ANSWER_RE`` (the final line) and
+``max_new_tokens(problems)``; its ``Problem`` has ``prompt``, ``answer``, ``solution`` and
+``random_solution(rng)``. The verifiers module provides ``outcome_scores(texts, problems)``,
+``step_scores(text, problem)``, ``process_scores``, ``OutcomeVerifier()`` and ``process_verifier(agg)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from types import ModuleType
+
+from meta.tasks import arith, arith_verifiers, countdown, countdown_verifiers
+
+__all__ = ["arith", "arith_verifiers", "countdown", "countdown_verifiers", "Task", "TASKS", "get", "of"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A task: its problems and verifiers modules, the training mixture of levels,
+    ``graded_by_answer`` (a rollout is right exactly when its extracted answer equals the
+    problem's ``answer``; otherwise only the outcome verifier knows) and ``train``:
+    ``scripts.train_tiny`` flag defaults that differ from the script's own. Its models in
+    ``models/zoo`` are ``NAME`` (the policy), ``NAME-rm`` and ``NAME-prm``."""
+    name: str
+    problems: ModuleType
+    verifiers: ModuleType
+    mix: dict
+    graded_by_answer: bool = False
+    train: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def policy(self) -> str:
+        """The shipped policy's zoo name."""
+        return self.name
+
+    @property
+    def reward_model(self) -> str:
+        """The shipped outcome reward model's zoo name."""
+        return f"{self.name}-rm"
+
+    @property
+    def process_reward_model(self) -> str:
+        """The shipped process reward model's zoo name."""
+        return f"{self.name}-prm"
+
+    def correct(self, text: str | None, problem) -> bool:
+        """Whether a rollout ``text`` solves ``problem`` by the outcome verifier (``None``: no rollout)."""
+        return text is not None and bool(self.verifiers.outcome_scores([text], [problem])[0])
+
+
+MIX = {"easy": 1.0, "medium": 2.0, "hard": 4.0}
+TASKS: dict[str, Task] = {
+    "tiny-arith": Task("tiny-arith", arith, arith_verifiers, MIX, graded_by_answer=True),
+    "countdown": Task("countdown", countdown, countdown_verifiers, MIX,
+                      train=dict(steps=1000, seq_len=80, eval_every=100, val_problems=64, stop_at=0.45)),
+}
+
+
+def get(name: str) -> Task:
+    """The task registered as ``name``; a ``ValueError`` naming the known ones otherwise."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def of(problem) -> Task:
+    """The task whose ``Problem`` type ``problem`` is; a ``ValueError`` otherwise."""
+    for task in TASKS.values():
+        if isinstance(problem, task.problems.Problem):
+            return task
+    raise ValueError(f"not a problem of a registered task: {problem!r}")

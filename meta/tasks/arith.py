@@ -245,12 +245,13 @@ def train_stream(mix: dict[str, float], seed: int = 0) -> Iterator[Problem]:
         yield p
 
 
-def parse(text: str) -> Parsed:
+def parse(text: str, step_re: re.Pattern = STEP_RE, step: type = Step) -> Parsed:
     """Parse a generated solution (the text after the prompt) into steps and a final answer.
 
     Lines before ``A: <n>`` are step lines ``a+b=c`` / ``a-b=c``; a line that is not one is
     recorded as ``None``. Text after the answer line is ignored; no answer line gives
-    ``answer=None``. Blank lines are skipped.
+    ``answer=None``. Blank lines are skipped. (Another task's steps: ``step_re``, whose four
+    groups are ``step``'s fields, as in ``meta.tasks.countdown``.)
     """
     if not isinstance(text, str):
         raise ValueError(f"parse expects a string, got {type(text).__name__}")
@@ -263,8 +264,8 @@ def parse(text: str) -> Parsed:
         if m:
             answer = int(m.group(1))
             break
-        m = STEP_RE.match(line)
-        steps.append(Step(int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))) if m else None)
+        m = step_re.match(line)
+        steps.append(step(int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))) if m else None)
     return Parsed(tuple(steps), answer)
 
 
@@ -275,3 +276,15 @@ def answer(text: str) -> int | None:
     The task's answer extractor: pass it as a meta-generator's ``answer=``.
     """
     return parse(text).answer
+
+
+def max_new_tokens(problems) -> int:
+    """A generation budget that fits a solution of every problem in any order, with room to spare.
+
+    Characters bound tokens (digits are single pieces); no running total of any order exceeds
+    the sum of the chain's added terms, which bounds the width of each line.
+    """
+    def longest(p: Problem) -> int:
+        width = len(str(sum(b for op, b in p.terms() if op == "+")))
+        return sum(2 * width + len(str(b)) + 3 for _, b in p.terms()[1:]) + len(f"A: {p.answer}")
+    return max(map(longest, problems)) + 8

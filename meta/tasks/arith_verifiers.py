@@ -24,7 +24,9 @@ from meta.scoring import FunctionScorer, ProcessScorer
 from meta.tasks.arith import Problem, answer, parse
 
 
-def _check(texts, problems, need_problems: bool):
+def _check(texts, problems, need_problems: bool, kind: type = Problem):
+    """``texts`` and ``problems`` as lists (``problems``: ``None`` each when absent and not needed),
+    or a ``ValueError`` naming what is wrong; ``kind`` is the task's problem type (shared by the tasks)."""
     if isinstance(texts, str):
         raise ValueError("texts must be a list of strings, not one string")
     texts = list(texts)
@@ -35,9 +37,10 @@ def _check(texts, problems, need_problems: bool):
     problems = list(problems)
     if len(problems) != len(texts):
         raise ValueError(f"got {len(texts)} texts but {len(problems)} problems")
-    bad = [i for i, p in enumerate(problems) if not isinstance(p, Problem)]
+    bad = [i for i, p in enumerate(problems) if not isinstance(p, kind)]
     if bad:
-        raise ValueError(f"problems must be arith.Problem instances; item {bad[0]} is {type(problems[bad[0]]).__name__}")
+        raise ValueError(f"problems must be {kind.__module__.rsplit('.', 1)[-1]}.Problem instances; item {bad[0]} is "
+                         f"{type(problems[bad[0]]).__name__}")
     return texts, problems
 
 
