@@ -2,6 +2,8 @@
 import collections
 import itertools
 import random
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ import pytest
 from meta.tasks import listlang, program
 from meta.tasks import program_verifiers as verifiers
 from meta.tasks.listlang import Op, ParseError, RunError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # filter >2, sort, reverse: the elements over 2, largest first
 P = program.Problem(
@@ -91,6 +95,20 @@ def test_prompt_solution_and_reading_the_prompt_back():
         with pytest.raises(ValueError) as e:
             program.read_prompt(bad)
         assert "not a program prompt" in str(e.value)
+
+
+def test_random_solutions_are_right_varied_and_seeded():
+    problems = program.held_out("val", "hard", 60)
+    rng, texts = random.Random(0), collections.defaultdict(set)
+    for p in problems:
+        for _ in range(4):
+            texts[p].add(p.random_solution(rng))
+        assert verifiers.outcome_scores(sorted(texts[p]), [p] * len(texts[p])).tolist() == [1.0] * len(texts[p])
+        assert all(sorted(t.split("\n")) == sorted(p.solution.split("\n")) for t in texts[p])
+    assert sum(len(t) > 1 for t in texts.values()) > 30           # most hard programs have another order
+    a, b = random.Random(3), random.Random(3)
+    assert [p.random_solution(a) for p in problems] == [p.random_solution(b) for p in problems]
+    assert P.random_solution(random.Random(0)) in (CORRECT, OTHER_RIGHT, "sort\nfilter >2\nreverse")
 
 
 def test_answer_and_behaviour_extractors():
@@ -258,3 +276,14 @@ def test_verifiers_as_scorers():
             with pytest.raises(ValueError) as e:
                 scorer([PROMPT, PROMPT], texts, refs)
             assert "program.Problem as each prompt's reference" in str(e.value)
+
+
+def test_docs_example_runs():
+    ns = {}
+    exec(re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "program.md").read_text(), re.S)[0], ns)
+    problem, note = ns["problem"], ns["note"]
+    failing = [(xs, out) for xs, out in problem.shown if tuple(sorted(xs, reverse=True)) != out]
+    xs, want = failing[0]                                    # "sort, reverse" writes the input largest first
+    assert note == f"no: {listlang.show(xs)} -> {listlang.show(sorted(xs, reverse=True))}, want {listlang.show(want)}\n"
+    assert ns["transcript"] == problem.prompt + "sort\nreverse\n" + note + "P:\n"
+    assert ns["right"].tolist() == [0.0, 1.0] and len(ns["steps"]) == 2

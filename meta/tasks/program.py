@@ -53,6 +53,7 @@ MIN_LEN, MAX_LEN, TOP = 4, 7, 9      # an input: 4-7 elements in [0, 9]
 BOUND = 99                           # every value of a generated problem's runs stays in [-99, 99]
 MAX_OPS = max(lvl.max_ops for lvl in LEVELS.values())
 ARROW, CUE = " -> ", "P:\n"
+MAX_NEW_TOKENS = (MAX_OPS + 1) * len("filter even\n")   # a generation budget: characters bound tokens
 
 # The generator's vocabulary, by family; a family is drawn uniformly, then one of its ops.
 FAMILIES: dict[str, tuple[Op, ...]] = {
@@ -80,6 +81,14 @@ def _input(rng: random.Random) -> tuple[int, ...]:
 PROBES = _probes()         # 24 fixed inputs: a program's behaviour is its outputs on them
 
 
+def _output(ops, xs):
+    """The output of ``ops`` on ``xs``, or None if the run stops."""
+    try:
+        return run(ops, xs)
+    except RunError:
+        return None
+
+
 def behaviour_of(ops) -> tuple:
     """The outputs of ``ops`` on :data:`PROBES` (``None`` where a run stops): equal for programs
     that behave alike, so it keys distinctness and votes."""
@@ -103,6 +112,19 @@ class Problem:
     def solution(self) -> str:
         """The hidden program, one op a line (no trailing newline): a right answer."""
         return "\n".join(map(str, self.ops))
+
+    def random_solution(self, rng: random.Random, swaps: int = 8) -> str:
+        """A right program, its ops in a random order: ``swaps`` draws of two adjacent ops, each
+        swap kept when the program stays right on every example (``sort``, ``filter >2`` and
+        ``filter >2``, ``sort`` are both right). Training on these gives the policy several ways to
+        write one program, as :meth:`meta.tasks.arith.Problem.random_solution` does for sums."""
+        ops = list(self.ops)
+        for _ in range(swaps if len(ops) > 1 else 0):
+            i = rng.randrange(len(ops) - 1)
+            swapped = ops[:i] + [ops[i + 1], ops[i]] + ops[i + 2:]
+            if all(_output(swapped, xs) == out for xs, out in self.examples):
+                ops = swapped
+        return "\n".join(map(str, ops))
 
     @property
     def examples(self) -> tuple:
@@ -148,14 +170,6 @@ def _examples(ops, inputs) -> tuple | None:
     """(input, output) pairs of ``ops`` on ``inputs`` if every run stays in bounds, else None."""
     outs = [_bounded_run(ops, xs) for xs in inputs]
     return None if any(o is None for o in outs) else tuple(zip(inputs, outs))
-
-
-def _output(ops, xs):
-    """The output of ``ops`` on ``xs``, or None if the run stops."""
-    try:
-        return run(ops, xs)
-    except RunError:
-        return None
 
 
 def _shows_every_op(ops, shown) -> bool:
