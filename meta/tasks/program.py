@@ -13,9 +13,9 @@ A problem shows three input/output examples of a hidden program in the list lang
 
 The verifier runs a program on the three shown and :data:`HIDDEN` held-out examples: right iff
 every output matches. Programs are drawn from a small vocabulary (:data:`OPS`; a reduction
-only last, never two ops of one family in a row); a problem is kept only when its program runs on all its inputs with every value in
-``[-99, 99]``, its shown outputs differ from each other, and every op shows: without any one of
-them some shown output changes. Difficulty levels set the number of ops. Problems are told
+only last, never two ops of one family in a row); a problem is kept only when its program runs
+on all its inputs with every value in ``[-99, 99]``, its shown outputs differ from each other,
+and every op shows: without any one of them some shown output changes. Difficulty levels set the number of ops. Problems are told
 apart by *behaviour*: their outputs on the fixed :data:`PROBES`. ``val`` and ``test`` are fixed
 lists of distinct behaviours, disjoint from each other; ``train`` is an endless stream that
 never yields a behaviour of a held-out problem (at any level).
@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
 import random
 import zlib
-from typing import Iterator
 
 from meta.tasks.listlang import Op, ParseError, RunError, parse, read_list, run, show
+from meta.tasks.splits import Splits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +46,6 @@ LEVELS: dict[str, Level] = {
     "medium": Level("medium", 2, 3),
     "hard": Level("hard", 3, 4),
 }
-SPLITS = ("train", "val", "test")
 SHOWN, HIDDEN = 3, 5                 # examples in the prompt; held-out examples the verifier adds
 MIN_LEN, MAX_LEN, TOP = 4, 7, 9      # an input: 4-7 elements in [0, 9]
 BOUND = 99                           # every value of a generated problem's runs stays in [-99, 99]
@@ -131,17 +129,10 @@ class Problem:
         """Every example the verifier checks: the shown ones, then the hidden ones."""
         return self.shown + self.hidden
 
-    @property
+    @functools.cached_property
     def behaviour(self) -> tuple:
         """:func:`behaviour_of` the hidden program: the problem's identity in the splits."""
         return behaviour_of(self.ops)
-
-
-def level(name: str) -> Level:
-    """The :class:`Level` called ``name``; raises ``ValueError`` for an unknown name."""
-    if name not in LEVELS:
-        raise ValueError(f"unknown level {name!r}; known: {', '.join(LEVELS)}")
-    return LEVELS[name]
 
 
 def _bounded_run(ops, xs):
@@ -191,71 +182,11 @@ def sample_problem(rng: random.Random, lvl: Level | str) -> Problem:
             return Problem(ops, shown, hidden, lvl.name)
 
 
-def _rng(split: str, lvl: str, seed: int) -> random.Random:
-    return random.Random(zlib.crc32(f"program/{split}/{lvl}/{seed}".encode()))
-
-
-def _check_split(split: str, levels) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
-    for name in levels:
-        level(name)
-
-
-def held_out(split: str, lvl: str, n: int | None = None, seed: int = 0) -> list[Problem]:
-    """The first ``n`` (default all: ``LEVELS[lvl].held_out``) problems of the fixed ``val`` or
-    ``test`` list of level ``lvl``.
-
-    Each list holds problems of distinct behaviours, and ``val`` none of ``test``'s: a draw of
-    the split's own seeded generator that repeats one is skipped. Deterministic for a given
-    ``seed``; the first ``n`` are a prefix of any longer request.
-    """
-    _check_split(split, [lvl])
-    if split == "train":
-        raise ValueError("the train split is a stream: use train_stream()")
-    size = LEVELS[lvl].held_out
-    n = size if n is None else n
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 0 < n <= size:
-        raise ValueError(f"n must be an int in [1, {size}] for level {lvl!r}, got {n!r}")
-    return list(_held_out(split, lvl, seed)[:n])
-
-
-@functools.lru_cache(maxsize=None)
-def _held_out(split: str, lvl: str, seed: int) -> tuple[Problem, ...]:
-    taken = set() if split == "test" else {p.behaviour for p in _held_out("test", lvl, seed)}
-    rng, out = _rng(split, lvl, seed), []
-    while len(out) < LEVELS[lvl].held_out:
-        p = sample_problem(rng, lvl)
-        if p.behaviour not in taken:
-            taken.add(p.behaviour)
-            out.append(p)
-    return tuple(out)
-
-
-@functools.lru_cache(maxsize=None)
-def held_out_behaviours(seed: int = 0) -> frozenset:
-    """The behaviours of every held-out problem (all levels, val and test)."""
-    return frozenset(p.behaviour for split in ("val", "test") for lvl in LEVELS for p in _held_out(split, lvl, seed))
-
-
-def train_stream(mix: dict[str, float], seed: int = 0) -> Iterator[Problem]:
-    """Endless training problems, levels drawn with weights ``mix`` (e.g. ``{"easy": 1, "hard": 2}``).
-
-    Deterministic per seed; never yields a problem that behaves like a held-out one: such a
-    draw is redrawn at its level, so the levels keep the proportions of ``mix``.
-    """
-    _check_split("train", mix)
-    if not mix or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
-        raise ValueError(f"mix needs non-negative weights with a positive sum, got {mix}")
-    names, weights = list(mix), [mix[k] for k in mix]
-    banned = held_out_behaviours()
-    rng = _rng("train", ",".join(names), seed)
-    while True:
-        name = rng.choices(names, weights)[0]
-        p = sample_problem(rng, name)
-        while p.behaviour in banned:
-            p = sample_problem(rng, name)
-        yield p
+SPLIT = Splits(LEVELS, sample_problem, lambda p: p.behaviour, salt="program/")
+level = SPLIT.level                            # (name) -> Level; a ValueError for an unknown name
+held_out = SPLIT.held_out                      # (split, level, n=None, seed=0) -> [Problem]: val / test lists
+train_stream = SPLIT.train_stream              # (mix, seed=0) -> endless training problems
+held_out_behaviours = SPLIT.held_out_keys      # (seed=0) -> the behaviours of every held-out problem
 
 
 def read_prompt(prompt: str) -> tuple:

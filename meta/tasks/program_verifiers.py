@@ -36,7 +36,8 @@ def _check(texts, problems):
         raise ValueError(f"got {len(texts)} texts but {len(problems)} problems")
     bad = [i for i, p in enumerate(problems) if not isinstance(p, Problem)]
     if bad:
-        raise ValueError(f"problems must be program.Problem instances; item {bad[0]} is {type(problems[bad[0]]).__name__}")
+        raise ValueError(f"problems must be program.Problem instances; item {bad[0]} is "
+                         f"{type(problems[bad[0]]).__name__}")
     return texts, problems
 
 
@@ -181,8 +182,9 @@ def step_scores(text: str, problem: Problem) -> np.ndarray:
     the program is right as it stands, so a finished text's last step is its outcome. A line
     after a malformed one, whose run stops (``max`` of an empty list) or past ``MAX_STEPS`` scores 0.
     """
-    if not isinstance(text, str):
-        raise ValueError(f"step_scores expects a string, got {type(text).__name__}")
+    if not isinstance(text, str) or not isinstance(problem, Problem):
+        raise ValueError(f"step_scores expects a string and a program.Problem, got {type(text).__name__} "
+                         f"and {type(problem).__name__}")
     lines = [line for line in text.split("\n") if line.strip()]
     finished = not text.endswith("\n")
     target = tuple(out for _, out in problem.examples)
