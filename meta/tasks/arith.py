@@ -18,12 +18,10 @@ each other; ``train`` is an endless stream that never yields a question of the h
 from __future__ import annotations
 
 import dataclasses
-import functools
-import numbers
 import random
 import re
-import zlib
-from typing import Iterator
+
+from meta.tasks.splits import Splits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +40,6 @@ LEVELS: dict[str, Level] = {
     "medium": Level("medium", 2, 3, 2),
     "hard": Level("hard", 4, 5, 2),
 }
-SPLITS = ("train", "val", "test")
 
 DIGITS = r"([0-9]{1,100})"      # ASCII only (\d takes any script's digits); bounded (int() refuses > 4300)
 STEP_RE = re.compile(rf"^{DIGITS}([+-]){DIGITS}={DIGITS}$")
@@ -153,13 +150,6 @@ class Parsed:
         return self.answer is not None and all(s is not None for s in self.steps)
 
 
-def level(name: str) -> Level:
-    """The :class:`Level` called ``name``; raises ``ValueError`` for an unknown name."""
-    if name not in LEVELS:
-        raise ValueError(f"unknown level {name!r}; known: {', '.join(LEVELS)}")
-    return LEVELS[name]
-
-
 def sample_problem(rng: random.Random, lvl: Level | str) -> Problem:
     """One random problem of level ``lvl`` drawn from ``rng`` (totals stay within the digits)."""
     lvl = level(lvl) if isinstance(lvl, str) else lvl
@@ -178,71 +168,11 @@ def sample_problem(rng: random.Random, lvl: Level | str) -> Problem:
     return Problem(tuple(operands), tuple(ops), lvl.name)
 
 
-def _rng(split: str, lvl: str, seed: int) -> random.Random:
-    return random.Random(zlib.crc32(f"{split}/{lvl}/{seed}".encode()))
-
-
-def _check_split(split: str, levels) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
-    for name in levels:
-        level(name)
-
-
-def held_out(split: str, lvl: str, n: int | None = None, seed: int = 0) -> list[Problem]:
-    """The first ``n`` (default all: ``LEVELS[lvl].held_out``) problems of the fixed ``val`` or
-    ``test`` list of level ``lvl``.
-
-    Each list holds distinct questions, and ``val`` none of ``test``'s: a draw of the split's
-    own seeded generator that repeats one is skipped. Deterministic for a given ``seed``; the
-    first ``n`` are a prefix of any longer request.
-    """
-    _check_split(split, [lvl])
-    if split == "train":
-        raise ValueError("the train split is a stream: use train_stream()")
-    size = LEVELS[lvl].held_out
-    n = size if n is None else n
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 0 < n <= size:
-        raise ValueError(f"n must be an int in [1, {size}] for level {lvl!r}, got {n!r}")
-    return list(_held_out(split, lvl, seed)[:n])
-
-
-@functools.lru_cache(maxsize=None)
-def _held_out(split: str, lvl: str, seed: int) -> tuple[Problem, ...]:
-    taken = set() if split == "test" else {p.expression for p in _held_out("test", lvl, seed)}
-    rng, out = _rng(split, lvl, seed), []
-    while len(out) < LEVELS[lvl].held_out:
-        p = sample_problem(rng, lvl)
-        if p.expression not in taken:
-            taken.add(p.expression)
-            out.append(p)
-    return tuple(out)
-
-
-@functools.lru_cache(maxsize=None)
-def held_out_questions(seed: int = 0) -> frozenset[str]:
-    """The expressions of every held-out problem (all levels, val and test)."""
-    return frozenset(p.expression for split in ("val", "test") for lvl in LEVELS for p in _held_out(split, lvl, seed))
-
-
-def train_stream(mix: dict[str, float], seed: int = 0) -> Iterator[Problem]:
-    """Endless training problems, levels drawn with weights ``mix`` (e.g. ``{"easy": 1, "hard": 2}``).
-
-    Deterministic per seed; never yields a problem whose question is in a held-out split: such
-    a draw is redrawn at its level, so the levels keep the proportions of ``mix``.
-    """
-    _check_split("train", mix)
-    if not mix or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
-        raise ValueError(f"mix needs non-negative weights with a positive sum, got {mix}")
-    names, weights = list(mix), [mix[k] for k in mix]
-    banned = held_out_questions()
-    rng = _rng("train", ",".join(names), seed)
-    while True:
-        name = rng.choices(names, weights)[0]
-        p = sample_problem(rng, name)
-        while p.expression in banned:
-            p = sample_problem(rng, name)
-        yield p
+SPLIT = Splits(LEVELS, sample_problem, lambda p: p.expression)
+level = SPLIT.level                            # (name) -> Level; a ValueError for an unknown name
+held_out = SPLIT.held_out                      # (split, level, n=None, seed=0) -> [Problem]: val / test lists
+train_stream = SPLIT.train_stream              # (mix, seed=0) -> endless training problems
+held_out_questions = SPLIT.held_out_keys       # (seed=0) -> the expressions of every held-out problem
 
 
 def parse(text: str, step_re: re.Pattern = STEP_RE, step: type = Step) -> Parsed:

@@ -1,0 +1,289 @@
+"""The program-synthesis task: the list language, generator, splits, verifiers, step checker and feedback."""
+import collections
+import itertools
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from meta.tasks import listlang, program
+from meta.tasks import program_verifiers as verifiers
+from meta.tasks.listlang import Op, ParseError, RunError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# filter >2, sort, reverse: the elements over 2, largest first
+P = program.Problem(
+    (Op("filter", ">2"), Op("sort"), Op("reverse")),
+    (((3, 1, 4, 1), (4, 3)), ((5, 9, 2, 6), (9, 6, 5)), ((1, 7, 8, 0), (8, 7))),
+    (((2, 2, 5), (5,)), ((0, 1, 2, 3), (3,)), ((9, 8, 7, 6), (9, 8, 7, 6)), ((4, 4, 1, 0), (4, 4)), ((3,), (3,))),
+    "hard")
+PROMPT = "[3,1,4,1] -> [4,3]\n[5,9,2,6] -> [9,6,5]\n[1,7,8,0] -> [8,7]\nP:\n"
+CORRECT = "filter >2\nsort\nreverse"
+OTHER_RIGHT = "sort\nreverse\nfilter >2"               # another order, same outputs
+SPACED = "  filter >2\n\nsort\nreverse \n"             # blank lines and spaces are skipped
+SHOWN_ONLY = "sort\nreverse\ntake 3\nfilter >2"        # fits the shown examples, fails [9,8,7,6]
+WRONG = "filter >2\nsort"                              # misses the reverse
+UNKNOWN_OP = "filter >2\nsortt\nreverse"
+EMPTY_MAX = "filter >9\nmax"                           # max of an empty list
+HUGE = "map *999\nmap *999\nmap *999"                  # 3 * 999**2 is over MAX_VALUE: stopped
+TOO_LONG = "\n".join(["sort"] * 17)
+
+
+def run(text, xs):
+    return listlang.run(listlang.parse(text), xs)
+
+
+def output(ops, xs):
+    try:
+        return listlang.run(ops, xs)
+    except RunError:
+        return None
+
+
+def test_each_op_on_hand_made_lists():
+    xs = [3, 8, 1, 6, 5]
+    cases = {"map +3": (6, 11, 4, 9, 8), "map -4": (-1, 4, -3, 2, 1), "map *2": (6, 16, 2, 12, 10),
+             "filter >4": (8, 6, 5), "filter <5": (3, 1), "filter even": (8, 6), "filter odd": (3, 1, 5),
+             "sort": (1, 3, 5, 6, 8), "reverse": (5, 6, 1, 8, 3), "take 2": (3, 8), "take 9": (3, 8, 1, 6, 5),
+             "drop 2": (1, 6, 5), "drop 7": (), "sum": (23,), "max": (8,), "min": (1,)}
+    for text, want in cases.items():
+        assert run(text, xs) == want, text
+    assert run("filter odd\nmap -6\nfilter odd", [-3, 2, 7]) == (-9, 1)      # odd negatives too
+    assert run("sum", []) == (0,) and run("sort\nreverse", []) == ()
+    assert run(CORRECT, [3, 1, 4, 1]) == (4, 3)
+    assert run("map +3\nfilter even\nsort\nreverse\ntake 2\ndrop 1\nsum", [1, 2, 3, 4, 5]) == (6,)
+    assert str(listlang.parse_op(" map +007 ")) == "map +7" and program.answer(SPACED) == CORRECT
+
+
+def test_malformed_programs_and_runs_that_stop():
+    for text, message in [("sortt", "line 1: unknown op 'sortt'"), ("sort\n\nmap + 3", "line 3: unknown op 'map + 3'"),
+                          ("", "empty program"), ("\n \n", "empty program"), (TOO_LONG, "more than 16 steps"),
+                          ("take 1234", "unknown op"), ("map +٣", "unknown op"), (None, "a program is a string")]:
+        with pytest.raises(ParseError) as e:
+            listlang.parse(text)
+        assert message in str(e.value), text
+    assert len(listlang.parse("\n".join(["sort"] * 16))) == 16
+    for text, xs, message in [(EMPTY_MAX, [1, 2], "max of an empty list"), ("min", [], "min of an empty list"),
+                              (HUGE, [3], "value out of range"), ("map -999\nmap *999\nmap *999", [1], "out of range"),
+                              ("map +999", [listlang.MAX_VALUE], "out of range")]:
+        with pytest.raises(RunError) as e:
+            run(text, xs)
+        assert message in str(e.value)
+    assert run("map *999\nmap *999", [0, 1]) == (0, 998001)          # the limit is on values, not on ops
+    for xs in ([1.5], "123", [True], list(range(65)), [10 ** 7]):
+        with pytest.raises(ValueError) as e:
+            listlang.run((Op("sort"),), xs)
+        assert "an input is a list of at most 64 ints" in str(e.value)
+
+
+def test_lists_are_written_and_read_back():
+    assert listlang.show((3, -1, 40)) == "[3,-1,40]" and listlang.show(()) == "[]"
+    assert listlang.read_list(" [3,-1,40] ") == (3, -1, 40) and listlang.read_list("[]") == ()
+    for bad in ("[3, 1]", "3,1", "[3,,1]", "[-]", "[1]]"):
+        with pytest.raises(ValueError):
+            listlang.read_list(bad)
+
+
+def test_prompt_solution_and_reading_the_prompt_back():
+    assert P.prompt == PROMPT and P.solution == CORRECT
+    assert program.read_prompt(PROMPT) == P.shown
+    assert P.examples == P.shown + P.hidden
+    for bad in ("[3,1] -> [3]\n", "[3,1] -> [3]\nP:", "[3,1] [3]\nP:\n", "[3,1] -> x\nP:\n", 7):
+        with pytest.raises(ValueError) as e:
+            program.read_prompt(bad)
+        assert "not a program prompt" in str(e.value)
+
+
+def test_random_solutions_are_right_varied_and_seeded():
+    problems = program.held_out("val", "hard", 60)
+    rng, texts = random.Random(0), collections.defaultdict(set)
+    for p in problems:
+        for _ in range(4):
+            texts[p].add(p.random_solution(rng))
+        assert verifiers.outcome_scores(sorted(texts[p]), [p] * len(texts[p])).tolist() == [1.0] * len(texts[p])
+        assert all(sorted(t.split("\n")) == sorted(p.solution.split("\n")) for t in texts[p])
+    assert sum(len(t) > 1 for t in texts.values()) > 30           # most hard programs have another order
+    a, b = random.Random(3), random.Random(3)
+    assert [p.random_solution(a) for p in problems] == [p.random_solution(b) for p in problems]
+    assert P.random_solution(random.Random(0)) in (CORRECT, OTHER_RIGHT, "sort\nfilter >2\nreverse")
+
+
+def test_answer_and_behaviour_extractors():
+    assert program.answer(CORRECT) == program.answer(SPACED) == CORRECT
+    assert program.answer(UNKNOWN_OP) is None and program.answer("") is None
+    assert program.behaviour(CORRECT) == program.behaviour(OTHER_RIGHT) == P.behaviour
+    assert program.behaviour("map +1\nmap +1") == program.behaviour("map +2")
+    assert program.behaviour(CORRECT) != program.behaviour(WRONG)
+    assert program.behaviour(UNKNOWN_OP) is None
+    assert program.behaviour(EMPTY_MAX)[0] is None                  # the probe [] stops: None, not a crash
+    hash(program.behaviour(CORRECT))                                  # votes need hashable answers
+
+
+def test_generator_is_deterministic_per_seed_and_differs_across_seeds():
+    a = [program.sample_problem(random.Random(7), "hard") for _ in range(3)]
+    assert a == [program.sample_problem(random.Random(7), "hard") for _ in range(3)]
+    assert program.held_out("test", "hard", 20) == program.held_out("test", "hard", 20)
+    assert program.held_out("test", "hard", 20) != program.held_out("test", "hard", 20, seed=1)
+    assert program.held_out("test", "hard", 20) != program.held_out("val", "hard", 20)
+    assert program.held_out("val", "medium", 30) == program.held_out("val", "medium", 100)[:30]
+    mix = {"easy": 1, "hard": 1}
+    first = list(itertools.islice(program.train_stream(mix), 30))
+    assert first == list(itertools.islice(program.train_stream(mix), 30))
+    assert first != list(itertools.islice(program.train_stream(mix, seed=1), 30))
+
+
+def test_bad_split_level_and_mixture_arguments():
+    for call, message in [(lambda: program.held_out("dev", "hard"), "unknown split 'dev'"),
+                          (lambda: program.held_out("val", "huge"), "unknown level 'huge'"),
+                          (lambda: program.held_out("train", "hard"), "stream"),
+                          (lambda: program.held_out("val", "easy", 101), "n must be an int in [1, 100]"),
+                          (lambda: next(program.train_stream({"hard": 0})), "positive sum")]:
+        with pytest.raises(ValueError) as e:
+            call()
+        assert message in str(e.value)
+
+
+@pytest.mark.parametrize("name", list(program.LEVELS))
+def test_levels_keep_their_promises(name):
+    lvl = program.LEVELS[name]
+    problems = program.held_out("val", name)
+    assert {len(p.ops) for p in problems} == set(range(lvl.min_ops, lvl.max_ops + 1))
+    for p in problems:
+        assert p.level == name and len(p.shown) == program.SHOWN and len(p.hidden) == program.HIDDEN
+        assert all(op in program.OPS for op in p.ops)
+        assert all(op.name not in ("sum", "max", "min") for op in p.ops[:-1])
+        assert len({out for _, out in p.shown}) == program.SHOWN
+        for xs, out in p.examples:
+            assert program.MIN_LEN <= len(xs) <= program.MAX_LEN and all(0 <= x <= program.TOP for x in xs)
+            values = [v for i in range(len(p.ops) + 1) for v in listlang.run(p.ops[:i], xs)]
+            assert all(abs(v) <= program.BOUND for v in values) and listlang.run(p.ops, xs) == out
+        for i in range(len(p.ops)):                                   # every op shows in the shown examples
+            assert any(output(p.ops[:i] + p.ops[i + 1:], xs) != out for xs, out in p.shown)
+        assert program.read_prompt(p.prompt) == p.shown
+    assert verifiers.outcome_scores([p.solution for p in problems], problems).tolist() == [1.0] * len(problems)
+
+
+@pytest.mark.parametrize("name", list(program.LEVELS))
+def test_held_out_lists_are_distinct_and_disjoint_by_behaviour(name):
+    val, test = program.held_out("val", name), program.held_out("test", name)
+    assert len(val) == len(test) == program.LEVELS[name].held_out
+    val_b, test_b = {p.behaviour for p in val}, {p.behaviour for p in test}
+    assert len(val_b) == len(val) and len(test_b) == len(test) and not val_b & test_b
+    assert val_b | test_b <= program.held_out_behaviours()
+
+
+def test_train_stream_never_yields_held_out_behaviours_and_keeps_the_mixture():
+    held = program.held_out_behaviours()
+    rng = random.Random(0)                 # easy behaviours are few: unfiltered draws hit held-out ones often
+    assert sum(program.sample_problem(rng, "easy").behaviour in held for _ in range(300)) > 30
+    mix = {"easy": 1.0, "medium": 2.0, "hard": 4.0}
+    n = 1400
+    drawn = list(itertools.islice(program.train_stream(mix), n))
+    assert not any(p.behaviour in held for p in drawn)
+    counts = collections.Counter(p.level for p in drawn)
+    expected = {k: n * w / sum(mix.values()) for k, w in mix.items()}
+    chi2 = sum((counts[k] - expected[k]) ** 2 / expected[k] for k in mix)
+    assert chi2 < 13.8                                  # p = 0.001 for 2 degrees of freedom
+
+
+def test_outcome_verifier_on_right_wrong_and_malformed_programs():
+    texts = [CORRECT, OTHER_RIGHT, SPACED, SHOWN_ONLY, WRONG, UNKNOWN_OP, EMPTY_MAX, HUGE, TOO_LONG, "", None,
+             "P:\n" + CORRECT, "filter >2\nsort\nreverse\nthen stop"]
+    scores = verifiers.outcome_scores(texts, [P] * len(texts))
+    assert scores.dtype == np.float32
+    assert scores.tolist() == [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    with pytest.raises(ValueError) as e:
+        verifiers.outcome_scores(CORRECT, [P])
+    assert "not one string" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        verifiers.outcome_scores([CORRECT], ["filter >2"])
+    assert "program.Problem" in str(e.value)
+
+
+def test_step_scores_on_hand_made_prefixes():
+    def steps(text):
+        return verifiers.step_scores(text, P).tolist()
+    assert steps(CORRECT) == steps(CORRECT + "\n") == steps(OTHER_RIGHT) == [1, 1, 1]
+    assert steps(WRONG + "\n") == [1, 1]              # a prefix: a reverse can still follow
+    assert steps(WRONG) == [1, 0]                     # finished (EOS after it): wrong as it stands
+    assert steps("sort\nreverse\ntake 3\n") == [1, 1, 0]     # [9,8,7,6] needs 4 elements: no completion
+    assert steps(SHOWN_ONLY) == [1, 1, 0, 0]
+    assert steps("sort\n") == [1] and steps("reverse\n") == [1]     # reverse, filter >2, sort, reverse
+    assert steps("map +1\n") == [0]         # undoing the map takes a 5th op: map, map, filter, sort, reverse
+    assert steps("filter >3\n") == [0]                  # drops the 3s the outputs keep
+    assert steps(UNKNOWN_OP) == [1, 0, 0] and steps(EMPTY_MAX) == [0, 0] and steps(HUGE) == [0, 0, 0]
+    assert steps("") == [] and steps("\n\n") == []
+    assert steps(TOO_LONG) == [1, 1] + [0] * 15      # sort, sort, then filter >2 and reverse would fit
+    assert [s.tolist() for s in verifiers.process_scores([CORRECT, WRONG], [P, P])] == [[1, 1, 1], [1, 0]]
+
+
+def test_step_checker_agrees_with_brute_force_search():
+    # the pruned search against a plain walk over every sequence of at most 2 ops of the vocabulary
+    def brute(state, target, depth):
+        if state == target:
+            return True
+        for op in program.OPS if depth else ():
+            try:
+                after = tuple(op.apply(s) for s in state)
+            except RunError:
+                continue
+            if brute(after, target, depth - 1):
+                return True
+        return False
+
+    rng, found = random.Random(1), collections.Counter()
+    for p in program.held_out("val", "hard", 10):
+        target = tuple(out for _, out in p.examples)
+        for _ in range(4):
+            prefix = p.ops[:2] if rng.random() < 0.4 else (rng.choice(program.OPS), rng.choice(program.OPS))
+            try:
+                state = tuple(listlang.run(prefix, xs) for xs, _ in p.examples)
+            except RunError:
+                continue
+            want = brute(state, target, 2)
+            assert verifiers._completable(state, target, 2, {}) == want, (p.solution, prefix)
+            found[want] += 1
+    assert found[True] >= 10 and found[False] >= 10
+
+
+def test_feedback_text_on_hand_made_cases():
+    assert verifiers.feedback(PROMPT, CORRECT) is None
+    assert verifiers.feedback(PROMPT, SHOWN_ONLY) is None            # only the shown examples are told
+    assert verifiers.feedback(PROMPT, WRONG) == "no: [3,1,4,1] -> [3,4], want [4,3]\n"
+    assert verifiers.feedback(PROMPT, "filter >3\nsort\nreverse") == "no: [3,1,4,1] -> [4], want [4,3]\n"
+    assert verifiers.feedback(PROMPT, "filter >2\nsort\nreverse\ntake 2") == "no: [5,9,2,6] -> [9,6], want [9,6,5]\n"
+    assert verifiers.feedback(PROMPT, UNKNOWN_OP) == "no: line 2: unknown op 'sortt'\n"
+    assert verifiers.feedback(PROMPT, "filter >8\nmax") == "no: [3,1,4,1] -> error: max of an empty list, want [4,3]\n"
+    assert verifiers.feedback(PROMPT, HUGE) == "no: [3,1,4,1] -> error: value out of range, want [4,3]\n"
+    assert verifiers.feedback(PROMPT, "") == "no: empty program\n"
+    assert verifiers.feedback(PROMPT, TOO_LONG) == "no: more than 16 steps\n"
+    with pytest.raises(ValueError) as e:
+        verifiers.feedback("Q: 1+2=?\n", CORRECT)
+    assert "not a program prompt" in str(e.value)
+
+
+def test_verifiers_as_scorers():
+    texts = [[CORRECT, WRONG, UNKNOWN_OP], [WRONG + "\n", CORRECT, "sum"]]
+    outcome = verifiers.OutcomeVerifier()([PROMPT, PROMPT], texts, [P, P])
+    assert np.asarray(outcome).tolist() == [[1, 0, 0], [0, 1, 0]]
+    process = verifiers.process_verifier("min")([PROMPT, PROMPT], texts, [P, P])
+    assert np.asarray(process).tolist() == [[1, 0, 0], [1, 1, 0]]
+    for scorer in (verifiers.OutcomeVerifier(), verifiers.process_verifier()):
+        for refs in (None, [P, "filter >2"]):
+            with pytest.raises(ValueError) as e:
+                scorer([PROMPT, PROMPT], texts, refs)
+            assert "program.Problem as each prompt's reference" in str(e.value)
+
+
+def test_docs_example_runs():
+    ns = {}
+    exec(re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "program.md").read_text(), re.S)[0], ns)
+    problem, note = ns["problem"], ns["note"]
+    failing = [(xs, out) for xs, out in problem.shown if tuple(sorted(xs, reverse=True)) != out]
+    xs, want = failing[0]                                    # "sort, reverse" writes the input largest first
+    assert note == f"no: {listlang.show(xs)} -> {listlang.show(sorted(xs, reverse=True))}, want {listlang.show(want)}\n"
+    assert ns["transcript"] == problem.prompt + "sort\nreverse\n" + note + "P:\n"
+    assert ns["right"].tolist() == [0.0, 1.0] and len(ns["steps"]) == 2
