@@ -38,13 +38,16 @@ def _check(stages, prompts):
 def cascade(stages, prompts, *, accept, references=None) -> Result:
     """Run the ``stages`` in order, each on the prompts not yet accepted (see the module docstring).
 
-    ``accept(result, g) -> bool`` judges prompt ``g`` of a stage's ``Result``; ``references`` (one per
-    prompt) go to every stage's method. ``info[g]["stage"]`` is the stage that answered prompt ``g``
+    ``accept(result, g) -> bool`` judges prompt ``g`` of a stage's ``Result``, or a list of such
+    functions, one for each stage but the last (a greedy stage has no votes to agree: a verifier or
+    a reward threshold judges it); ``references`` (one per prompt) go to every stage's method. ``info[g]["stage"]`` is the stage that answered prompt ``g``
     (its other fields: that stage's own ``info``), ``parts`` the budget of each stage.
     """
     _check(stages, prompts)
-    if not callable(accept):
-        raise ValueError(f"accept must be a function (result, g) -> bool, got {accept!r:.60}")
+    accepts = list(accept) if isinstance(accept, (list, tuple)) else [accept] * (len(stages) - 1)
+    if len(accepts) != len(stages) - 1 or not all(map(callable, accepts)):
+        raise ValueError(f"accept must be a function (result, g) -> bool, or a list of {len(stages) - 1} (one per "
+                         f"stage but the last), got {accept!r:.60}")
     g = len(prompts)
     out = {k: [None] * g for k in FIELDS}
     waiting, parts = list(range(g)), []
@@ -57,7 +60,7 @@ def cascade(stages, prompts, *, accept, references=None) -> Result:
         parts.append(budget)
         last, left = s == len(stages) - 1, []
         for j, i in enumerate(waiting):
-            if not last and not accept(r, j):
+            if not last and not accepts[s](r, j):
                 left.append(i)
                 continue
             for k in FIELDS:

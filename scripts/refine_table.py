@@ -12,8 +12,9 @@ sampled at ``eval_arith.TEMPERATURE``, each method at a few budgets:
 * backtracking with the process reward model ``tiny-arith-prm`` (``n`` rollouts, at most 2 retries
   each; the threshold with the best accuracy on the first ``--val-problems`` hard val problems at
   ``n = 4``, from ``THRESHOLDS``) against best-of-N and a weighted vote by the same PRM's final score;
-* a strategy cascade greedy -> self-consistency@4 -> @16 (the agreement that accepts chosen on val
-  from ``AGREEMENTS``) against self-consistency@16 alone.
+* a strategy cascade self-consistency@4 -> @16 (the agreement of the four that accepts chosen on
+  val from ``AGREEMENTS``) against self-consistency@16 alone (a greedy first stage has no votes
+  to agree).
 
 Prints the val choices and the test table (accuracy, tokens generated per problem, FLOPs) and
 writes the accuracy-vs-tokens plot.
@@ -42,7 +43,7 @@ def _drop(kw, *names):
 
 def refine(m, p, n, **kw):
     fb = arith_verifiers.feedback(kw["references"])
-    return meta.refine(m, p, feedback=fb, rounds=1, n=n, max_feedback_tokens=16, **_drop(kw, "references"))
+    return meta.refine(m, p, feedback=fb, rounds=1, n=n, max_feedback_tokens=24, **_drop(kw, "references"))
 
 
 def backtrack(prm, threshold):
@@ -53,8 +54,7 @@ def backtrack(prm, threshold):
 def cascade(agreement):
     def run(m, p, n, *, budget, sampler, **kw):
         kw = _drop(kw, "references")
-        stages = [(m, meta.self_consistency, dict(n=1, sampler=Sampler.greedy(), **kw))] + \
-                 [(m, meta.self_consistency, dict(n=k, sampler=sampler, **kw)) for k in (4, 16)]
+        stages = [(m, meta.self_consistency, dict(n=k, sampler=sampler, **kw)) for k in (4, 16)]
         r = meta.cascade(stages, p, accept=meta.agreement(agreement))
         for f in dataclasses.fields(meta.Budget):
             if f.name != "max_generated":
@@ -77,7 +77,7 @@ def methods(orm_verifier, prm, threshold, agreement):
             m, p, n=k, scorer=vprm, **kw), n) for n in (4, 16)},
         "weighted vote (PRM, final score)": {f"N={n}": (lambda m, p, k, **kw: meta.weighted_vote(
             m, p, n=k, scorer=vprm, weight=meta.sigmoid, **kw), n) for n in (4, 16)},
-        f"cascade greedy -> SC@4 -> SC@16 (agreement {agreement})": {"": (cascade(agreement), 16)},
+        f"cascade SC@4 -> SC@16 (agreement {agreement})": {"": (cascade(agreement), 16)},
         "self-consistency": {f"N={n}": (lambda m, p, k, **kw: meta.self_consistency(m, p, n=k, **kw), n)
                              for n in (4, 16)},
     }

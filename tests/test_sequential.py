@@ -163,7 +163,7 @@ def test_cascade_escalates_only_the_prompts_a_stage_does_not_accept():
     stages = [(small, meta.self_consistency, dict(n=1, sampler=GREEDY, max_new_tokens=4)),
               (big, meta.self_consistency, dict(n=3, sampler=Sampler(temperature=1.0), max_new_tokens=4, seed=2))]
     prompts = [[0], [3], [1]]
-    r = meta.cascade(stages, prompts, accept=lambda res, g: res.answers[g] == "2 4")
+    r = meta.cascade(stages, prompts, accept=[lambda res, g: res.answers[g] == "2 4"])
     first = meta.self_consistency(small, prompts, **stages[0][2])
     second = meta.self_consistency(big, [[0], [1]], **stages[1][2])            # what stage 0 did not accept
     assert first.answers == ["1 4", "2 4", "4"]                              # a fake's text: its ids, EOS too
@@ -188,3 +188,6 @@ def test_cascade_acceptance_rules_and_bad_input():
         with pytest.raises(ValueError) as e:
             meta.cascade(stages, [[0]], accept=lambda r, g: True)
         assert message in str(e.value)
+    with pytest.raises(ValueError) as e:
+        meta.cascade([(Fake(), meta.self_consistency, {})] * 2, [[0]], accept=[meta.agreement(1.0)] * 2)
+    assert "or a list of 1 (one per stage but the last)" in str(e.value)
