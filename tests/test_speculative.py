@@ -201,3 +201,12 @@ def test_bad_decode_arguments_are_value_errors():
         with pytest.raises(ValueError) as e:
             engine.decode(Fake(), state, **defaults | kwargs)
         assert message in str(e.value)
+
+
+def test_readme_example_runs():
+    from tests.test_docs import blocks
+    [code] = [b for b in blocks("README.md") if 'draft="prompt_lookup"' in b]
+    ns = {}
+    exec(code, ns)
+    assert ns["sampled"].tokens.shape == (2, 8, 48)
+    assert ns["state"].paused.any() or ns["state"].done.any()
