@@ -66,17 +66,14 @@ def test_greedy_with_a_draft_is_greedy_token_for_token_through_stops_pauses_rewi
     stops, steps = [int(probe[0][0][0, 0, 4])], [int(probe[0][0][1, 1, 2])]
     plain, _ = search(llama, {}, stops, steps)
     assert any(call[2].any() for call in plain) and any(call[3].any() for call in plain)   # stops and pauses
-    for draft, name in ((qwen2, "draft"), (None, "prompt_lookup")):       # a random draft: low acceptance
-        tracks = {name: draft} if draft is not None else {}
-        got, state = search(llama, tracks, stops, steps, draft=name)
-        for (a, la, da, pa, lpa), (b, lb, db, pb, lpb) in zip(plain, got):
-            np.testing.assert_array_equal(b, a)
-            np.testing.assert_array_equal(lb, la)
-            np.testing.assert_array_equal(db, da)
-            np.testing.assert_array_equal(pb, pa)
-            np.testing.assert_allclose(lpb, lpa, rtol=1e-4, atol=1e-4)
-        if draft is not None:
-            assert holes(state).min() > 2 * K                      # many proposals were rejected
+    got, state = search(llama, {"draft": qwen2}, stops, steps, draft="draft")   # a random draft: low acceptance
+    for (a, la, da, pa, lpa), (b, lb, db, pb, lpb) in zip(plain, got):
+        np.testing.assert_array_equal(b, a)
+        np.testing.assert_array_equal(lb, la)
+        np.testing.assert_array_equal(db, da)
+        np.testing.assert_array_equal(pb, pa)
+        np.testing.assert_allclose(lpb, lpa, rtol=1e-4, atol=1e-4)
+    assert holes(state).min() > 2 * K                              # many proposals were rejected
 
 
 def test_a_copy_of_the_target_as_its_draft_accepts_everything(qwen2):
@@ -208,5 +205,4 @@ def test_readme_example_runs():
     [code] = [b for b in blocks("README.md") if 'draft="prompt_lookup"' in b]
     ns = {}
     exec(code, ns)
-    assert ns["sampled"].tokens.shape == (2, 8, 48)
-    assert ns["state"].paused.any() or ns["state"].done.any()
+    assert ns["fast"].tokens.shape == (2, 1, 32) and (ns["fast"].lengths > 8).all()
