@@ -1,4 +1,5 @@
-"""Generation engine: KV caches, prefill, the jitted decode step and loop, rollout-axis search verbs."""
+"""Generation engine: KV caches, prefill, the jitted decode step and loop (plain or speculative), rollout-axis
+search verbs."""
 from engine.beam import BeamResult, beam_search
 from engine.cache import KVCache, PrefillCache
 from engine.decode import append, compact, decode, finish, fork, rewind, select, start, track_scores

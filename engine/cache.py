@@ -58,7 +58,8 @@ def write_blocks(ks, vs, index, k, v):
     written at slots ``index..index+T``: ``(ks, vs)``.
 
     A decode step (T = 1) updates the buffer holding slot ``index`` in place (each buffer under a
-    ``lax.cond`` when there are several); a longer write selects each buffer's slots from k, v.
+    ``lax.cond`` when there are several); a longer write (an append, a speculative block) selects the
+    slots of each buffer it reaches from k, v, the others skipped by a ``lax.cond``.
     """
     new = (k.swapaxes(1, 2), v.swapaxes(1, 2))
     put = lambda bufs, new, at: tuple(jax.lax.dynamic_update_slice_in_dim(b, x.astype(b.dtype), at, axis=2)
@@ -71,13 +72,21 @@ def write_blocks(ks, vs, index, k, v):
             out.append(put(bufs, new, index))
         elif t == 1:
             out.append(jax.lax.cond((index >= start) & (index < start + n), put, keep, bufs, new, index - start))
-        else:
-            src = start + jnp.arange(n) - index                                # slot -> position in k, v
-            inside = ((src >= 0) & (src < t))[:, None]
-            out.append(tuple(jnp.where(inside, jnp.take(x, jnp.clip(src, 0, t - 1), axis=2).astype(b.dtype), b)
-                             for b, x in zip(bufs, new)))
+        else:                                           # only the buffers the T slots reach are rewritten
+            touched = (index < start + n) & (index + t > start)
+            out.append(jax.lax.cond(touched, _blend, keep, bufs, new, index - start))
         start += n
     return [k for k, _ in out], [v for _, v in out]
+
+
+def _blend(bufs, new, at):
+    """Key/value buffers [B, K, n, Dh] with those of ``new`` [B, K, T, Dh] that fall in them written from
+    slot ``at`` on (which may be negative: ``new`` began in an earlier buffer)."""
+    t, n = new[0].shape[2], bufs[0].shape[2]
+    src = jnp.arange(n) - at                                                   # slot -> position in new
+    inside = ((src >= 0) & (src < t))[:, None]
+    return tuple(jnp.where(inside, jnp.take(x, jnp.clip(src, 0, t - 1), axis=2).astype(b.dtype), b)
+                 for b, x in zip(bufs, new))
 
 
 def attend_blocks(q, ks, vs, mask, used, **opts):

@@ -283,3 +283,24 @@ def check_rows(name: str, x, shape, low: int, high) -> np.ndarray | jax.Array:
 
 def _shape(shape) -> str:
     return f"[G={shape[0]}, {'M>=1' if shape[1] is None else f'N={shape[1]}'}]"
+
+
+def check_draft(model, draft) -> dict:
+    """The tracks a ``generate(..., draft=...)`` starts with: ``{"draft": draft}`` for a language model sharing
+    ``model``'s vocabulary and tokenizer, none for ``"prompt_lookup"``; a ``ValueError`` for anything else."""
+    if isinstance(draft, str) and draft == "prompt_lookup":
+        return {}
+    config = getattr(draft, "config", None)
+    if config is None or not hasattr(draft, "forward") or config.score_head:
+        raise ValueError(f"draft must be a language model (models.Model) or 'prompt_lookup', got {draft!r:.60}")
+    vocab = model.config.vocab_size
+    if config.vocab_size != vocab:
+        raise ValueError(f"the draft has a vocabulary of {config.vocab_size} tokens; the policy's has {vocab}: "
+                         f"a draft must share the policy's tokenizer")
+    ours, theirs = getattr(model, "tokenizer", None), getattr(draft, "tokenizer", None)
+    if ours is not None and theirs is not None and ours is not theirs:
+        from engine.stops import token_bytes
+        if token_bytes(ours, vocab) != token_bytes(theirs, vocab):
+            raise ValueError("the draft's tokenizer differs from the policy's (other token texts): a draft must "
+                             "share the policy's tokenizer")
+    return {"draft": draft}

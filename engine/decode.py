@@ -26,6 +26,7 @@ from engine.checks import (check_bool, check_copies, check_finite, check_int, ch
                            check_sampler, check_state, check_track, check_tracks, memory_bytes, state_bytes, step_ids,
                            stop_ids, stop_strings, token_ids, traced)
 from engine.state import DecodeState, Track
+from engine.speculative import PROMPT_LOOKUP, speculate_loop
 from engine.step import Decoding, Mixture, decode_loop, feed, write
 from sampling import Sampler, rollout_keys
 from sampling.mixtures import resolve, rows
@@ -99,7 +100,7 @@ def _start(stack, params, prompts, keys, *, n: int, size: int, mesh=None) -> Dec
 
 def start(model, prompts, *, capacity: int, n: int = 1, seed: int = 0, share_prefix: bool = True,
           mesh=None, first_rollout: int = 0, tracks: dict | None = None,
-          track_prompts: dict | None = None) -> DecodeState:
+          track_prompts: dict | None = None, slots: int | None = None) -> DecodeState:
     """Prefill ``prompts`` once and set up ``n`` rollouts of each with ``capacity`` slots of their own.
 
     With ``share_prefix`` (the default) each prompt's KV is computed and stored once, in the
@@ -114,6 +115,9 @@ def start(model, prompts, *, capacity: int, n: int = 1, seed: int = 0, share_pre
     far) or a language model (for a :class:`~engine.step.Mixture`). Each prefills the prompts
     (or its own, ``track_prompts[name]``, one per prompt) into its own two-block cache and is fed
     every token the policy draws or appends; ``select`` / ``fork`` / ``rewind`` move them along.
+
+    ``slots``: the rollout block's slots when they must outnumber the ``capacity`` tokens (default:
+    ``capacity``): speculative decoding leaves holes (``decode(..., draft=...)``).
     """
     check_int("n", n, 1)
     check_int("seed", seed)
@@ -124,6 +128,8 @@ def start(model, prompts, *, capacity: int, n: int = 1, seed: int = 0, share_pre
         raise ValueError(f"rollouts are numbered below 2**32; first_rollout={first_rollout} + n={n} is past that")
     check_bool("share_prefix", share_prefix)
     ids = check_prompts(model, prompts, capacity, "capacity")
+    slots = capacity if slots is None else slots
+    check_int("slots", slots, capacity)
     tracks = check_tracks(model, tracks, track_prompts, len(ids))
     track_ids = {name: check_prompts(track, (track_prompts or {}).get(name, prompts), capacity, "capacity")
                  for name, track in tracks.items()}
@@ -131,11 +137,11 @@ def start(model, prompts, *, capacity: int, n: int = 1, seed: int = 0, share_pre
         raise ValueError(f"{len(ids)} prompts x n={n} rollouts is more rows than int32 indexing allows")
     per_group = n if share_prefix else 1                 # the naive layout: each prompt copied n times, groups of 1
     groups = lambda ids: ids if share_prefix else [p for p in ids for _ in range(n)]
-    need = sum(state_bytes(m.config, len(ids) * n // per_group, bucket(max(map(len, p))), len(ids) * n, capacity)
+    need = sum(state_bytes(m.config, len(ids) * n // per_group, bucket(max(map(len, p))), len(ids) * n, slots)
                for m, p in [(model, ids)] + [(tracks[k], v) for k, v in track_ids.items()])
     have = memory_bytes(mesh)
     if need > have:                          # refused here, not swapped to a standstill or an XLA OOM
-        raise ValueError(f"{len(ids)} prompts x n={n} rollouts of {capacity} slots need {need / 2**30:.1f} GiB "
+        raise ValueError(f"{len(ids)} prompts x n={n} rollouts of {slots} slots need {need / 2**30:.1f} GiB "
                          f"of decoding state (KV cache, logits); the memory is {have / 2**30:.1f} GiB")
     keys = rollout_keys(seed, ids, n, first_rollout)
     tracks = {name: place_model(m, mesh) for name, m in tracks.items()}
@@ -146,7 +152,7 @@ def start(model, prompts, *, capacity: int, n: int = 1, seed: int = 0, share_pre
 
     prompts = [padded(model, ids)] + [padded(tracks[name], track_ids[name]) for name in sorted(tracks)]
     keys = sharding.place(keys, ("rollouts",), mesh)
-    return _start(*model_stack(model, tracks), prompts, keys, n=per_group, size=capacity, mesh=mesh)
+    return _start(*model_stack(model, tracks), prompts, keys, n=per_group, size=slots, mesh=mesh)
 
 
 def row_sampler(sampler: Sampler | None, state: DecodeState, mesh=None, stops=None) -> Sampler:
@@ -194,7 +200,7 @@ def decoding(model, state: DecodeState, *, sampler: Sampler | None = None, stop_
 
 def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler | None = None, stop_tokens=None,
            step_tokens=None, tracks: dict | None = None, mixture: Mixture | None = None, mesh=None,
-           stop=None) -> DecodeState:
+           stop=None, draft: str | None = None, lookahead: int = 4) -> DecodeState:
     """Continue every unfinished rollout for up to ``max_new_tokens`` more tokens.
 
     Nothing already in the cache is recomputed. A rollout is *done* after an EOS or any of
@@ -216,20 +222,51 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
     row; a different constraint starts afresh, matching the text from here on. ``tracks``: the
     models the state was started with (``start(..., tracks=)``), fed every token drawn;
     ``mixture`` draws from a mixture of the policy's and some language-model tracks' logits.
+
+    ``draft`` decodes speculatively (``engine.speculative``), with the same result: the name of a
+    language-model track of the state (a smaller model with the policy's tokenizer) or
+    ``"prompt_lookup"`` (n-gram matches in the prompt and the rollout; no model) proposes
+    ``lookahead`` tokens, the policy checks them in one forward. Greedy rows give exactly the tokens
+    of plain greedy decoding, sampled rows the same distribution. Rejected proposals leave holes in
+    the rollout block: a call may use up to ``(lookahead + 1) * max_new_tokens + 1`` slots, and the
+    state must have that many free (``start(..., slots=...)``). Not with a mixture or other tracks.
     """
     check_state(state)
     stack, params = model_stack(model, check_models(model, tracks, state))
     check_int("max_new_tokens", max_new_tokens, 1)
     used, size = state.cache.index, state.cache.size
-    if not traced(state) and int(used) + max_new_tokens > size:
-        raise ValueError(f"{int(used)} of the rollouts' {size} cache slots are used; {max_new_tokens} more "
-                         f"do not fit (start with a larger capacity)")
+    slots = max_new_tokens if draft is None else speculative_slots(state, draft, lookahead, max_new_tokens, mixture)
+    if not traced(state) and int(used) + slots > size:
+        raise ValueError(f"{int(used)} of the rollouts' {size} cache slots are used; {slots} more "
+                         f"do not fit (start with a larger capacity"
+                         f"{'' if draft is None else f', or slots=: speculation with lookahead={lookahead} may leave holes'})")
     how = decoding(model, state, sampler=sampler, stop_tokens=stop_tokens, step_tokens=step_tokens,
                    mixture=mixture, mesh=mesh, stop=stop)
-    state = decode_loop(stack, params, state, how, jnp.minimum(used + max_new_tokens, size), mesh=mesh)
+    if draft is None:
+        state = decode_loop(stack, params, state, how, jnp.minimum(used + max_new_tokens, size), mesh=mesh)
+    else:
+        state = speculate_loop(stack, params, state, how, jnp.minimum(used + slots, size), jnp.int32(max_new_tokens),
+                               k=lookahead, draft=draft, mesh=mesh)
     if not traced(state):
         check_finite(state, mesh)
     return state
+
+
+def speculative_slots(state: DecodeState, draft, lookahead, max_new_tokens: int, mixture=None) -> int:
+    """Rollout slots a speculative ``decode`` of ``max_new_tokens`` may use, once ``draft`` (a
+    language-model track's name or ``"prompt_lookup"``) and ``lookahead`` are checked: ``(lookahead + 1)
+    * max_new_tokens + 1`` (every proposal rejected, then the last token fed)."""
+    check_int("lookahead", lookahead, 1)
+    if draft != PROMPT_LOOKUP:
+        if not isinstance(draft, str):
+            raise ValueError(f"draft must be the name of a language-model track of the state or "
+                             f"{PROMPT_LOOKUP!r}, got {type(draft).__name__}")
+        check_track(state, draft, reward=False)
+    others = sorted(set(state.tracks) - {draft})
+    if others or mixture is not None:
+        raise ValueError(f"speculative decoding feeds only its draft; this state also has tracks {others}"
+                         if others else "speculative decoding does not take a mixture (draft=None to mix)")
+    return (lookahead + 1) * max_new_tokens + 1
 
 
 @jax.jit

@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 
 import sharding
-from engine.checks import check_bool, check_finite, check_int, check_sampler, check_state, stop_strings
+from engine.checks import check_bool, check_draft, check_finite, check_int, check_sampler, check_state, stop_strings
 from engine.stops import cut
 from engine.decode import decode, decoding, model_stack, place_model, start
 from engine.state import DecodeState
@@ -74,7 +74,7 @@ def rollouts(state: DecodeState, tokenizer=None, shape=None, *, stop=None, keep_
 
 def generate(model, prompts, *, max_new_tokens: int, sampler: Sampler | None = None, n: int = 1,
              seed: int = 0, stop_tokens=None, mesh=None, share_prefix: bool = True,
-             first_rollout: int = 0, stop=None, keep_stop: bool = False) -> Rollouts:
+             first_rollout: int = 0, stop=None, keep_stop: bool = False, draft=None, lookahead: int = 4) -> Rollouts:
     """Generate ``n`` rollouts for each prompt.
 
     ``model`` has ``config``, ``params``, ``forward`` and ``tokenizer`` (a :class:`models.Model`
@@ -98,18 +98,29 @@ def generate(model, prompts, *, max_new_tokens: int, sampler: Sampler | None = N
     (tensor parallel), rollouts and their cache over the ``data`` axis; results are the same
     tokens as on one device and come back replicated on every host. On several hosts every
     host calls ``generate`` with the same global prompts (``sharding.gather_prompts``).
+
+    ``draft`` decodes speculatively, with the same result (exactly the same tokens for greedy rows,
+    the same distribution for sampled ones): a smaller language model with the policy's tokenizer,
+    or ``"prompt_lookup"``, proposes ``lookahead`` tokens that the policy checks in one forward
+    (:func:`engine.decode`; the rollout block then has ``(lookahead + 1) * max_new_tokens + 1`` slots).
     """
     check_int("max_new_tokens", max_new_tokens, 1)
     check_bool("keep_stop", keep_stop)
     stop_strings(model, stop)                        # checked before any work (the tables are cached)
+    tracks = {} if draft is None else check_draft(model, draft)
+    slots = None
+    if draft is not None:
+        check_int("lookahead", lookahead, 1)
+        slots = (lookahead + 1) * max_new_tokens + 1
     model = place_model(model, mesh)
     state = start(model, prompts, capacity=max_new_tokens, n=n, seed=seed, share_prefix=share_prefix, mesh=mesh,
-                  first_rollout=first_rollout)
+                  first_rollout=first_rollout, tracks=tracks, slots=slots)
     g = len(prompts)
     if not share_prefix:                   # settings per prompt [G] must reach each copy of the prompt
         sampler = check_sampler(sampler).broadcast((g, n)).reshape(state.shape)
     state = decode(model, state, max_new_tokens=max_new_tokens, sampler=sampler, stop_tokens=stop_tokens, mesh=mesh,
-                   stop=stop)
+                   stop=stop, tracks=tracks, draft=None if draft is None else "draft" if tracks else draft,
+                   lookahead=lookahead)
     if mesh is not None:  # the results (not the KV cache), replicated so that every host can read them
         tokens, logprobs, sample_logprobs, valid, length, prompt, pstart, done = sharding.replicate(
             (state.tokens, state.logprobs, state.sample_logprobs, state.cache.valid, state.cache.length,
@@ -117,7 +128,11 @@ def generate(model, prompts, *, max_new_tokens: int, sampler: Sampler | None = N
         state = dataclasses.replace(state, tokens=tokens, logprobs=logprobs, sample_logprobs=sample_logprobs,
                                     prompt=prompt, done=done,
                                     cache=dataclasses.replace(state.cache, valid=valid, length=length, pstart=pstart))
-    return rollouts(state, model.tokenizer, shape=(g, n), stop=stop, keep_stop=keep_stop)
+    out = rollouts(state, model.tokenizer, shape=(g, n), stop=stop, keep_stop=keep_stop)
+    if slots is not None:                  # the holes' slots are left at the end: trim to the tokens
+        out.tokens, out.logprobs, out.sample_logprobs = (x[..., :max_new_tokens] for x in
+                                                         (out.tokens, out.logprobs, out.sample_logprobs))
+    return out
 
 
 def decode_text(tokenizer, rollouts: Rollouts, stop_ids=(), contexts=None) -> list[list[str]]:

@@ -49,10 +49,10 @@ class Decoding:
     strings: StopStrings | None = None   # stop strings' tables (None: none, and nothing is added to the step)
 
 
-def write(state: DecodeState, pad_id: int, valid, **fields) -> DecodeState:
+def write(state: DecodeState, pad_id: int, valid, at=None, **fields) -> DecodeState:
     """``state`` with the per-slot ``fields`` (``tokens``, ``drawn``, ... each [B, T]) written at slots
-    ``cache.index ..`` where ``valid`` [B, T] (elsewhere the pad id, 0, False)."""
-    at = (0, state.cache.index)
+    ``at ..`` (default ``cache.index``) where ``valid`` [B, T] (elsewhere the pad id, 0, False)."""
+    at = (0, state.cache.index if at is None else at)
     put = lambda k, x: jax.lax.dynamic_update_slice(
         getattr(state, k), jnp.where(valid, x, pad_id if k == "tokens" else 0).astype(getattr(state, k).dtype), at)
     return dataclasses.replace(state, **{k: put(k, x) for k, x in fields.items()})
@@ -130,9 +130,14 @@ def decode_loop(stack, params, state: DecodeState, how: Decoding, limit, mesh=No
     """Resume every paused row and decode until every row is done or paused again, or the rollout
     block has ``limit`` slots used. A constraint other than the one ``state.fsm`` follows starts
     afresh (its automaton state 0), matching the text from here on."""
+    cond = lambda s: (s.cache.index < limit) & jnp.any(s.live)
+    return jax.lax.while_loop(cond, lambda s: _step(stack, params, s, how, mesh), resume(state, how))
+
+
+def resume(state: DecodeState, how: Decoding) -> DecodeState:
+    """``state`` as a decode call starts it: paused rows live again, and a constraint other than the one
+    ``state.fsm`` follows started afresh (its automaton state 0)."""
     tagged = how.constraint >= 0
     fresh = tagged & (state.constraint != how.constraint)
-    state = dataclasses.replace(state, paused=jnp.zeros_like(state.paused), fsm=jnp.where(fresh, 0, state.fsm),
-                                constraint=jnp.where(tagged, how.constraint, state.constraint))
-    cond = lambda s: (s.cache.index < limit) & jnp.any(s.live)
-    return jax.lax.while_loop(cond, lambda s: _step(stack, params, s, how, mesh), state)
+    return dataclasses.replace(state, paused=jnp.zeros_like(state.paused), fsm=jnp.where(fresh, 0, state.fsm),
+                               constraint=jnp.where(tagged, how.constraint, state.constraint))

@@ -303,15 +303,23 @@ def sample(logits, sampler: Sampler, keys, ctx: Context) -> Draw:
     pick = lambda lp: jnp.take_along_axis(lp, tokens[:, None], axis=-1)[:, 0]
     logprobs = pick(jax.nn.log_softmax(logits, axis=-1))
     sample_logprobs = jnp.where(greedy, 0.0, pick(jax.nn.log_softmax(proposal, axis=-1)))
-    mu, fsm = ctx.mu, ctx.fsm
+    mu, fsm = after(sampler, tokens, sample_logprobs, ctx.mu, ctx.fsm)
+    return Draw(tokens=tokens, logprobs=logprobs, sample_logprobs=sample_logprobs, mu=mu, fsm=fsm, dead=dead)
+
+
+def after(sampler: Sampler, tokens, sample_logprobs, mu, fsm):
+    """``(mu, fsm)`` [B] after each row takes ``tokens`` [B]: Mirostat's running estimate moved by the
+    token's surprise under the proposal (``sample_logprobs``; greedy rows keep theirs) and the
+    constraint automaton's state advanced by the token."""
     if "mirostat" in sampler.chain:
+        greedy = jnp.asarray(sampler.temperature) == 0
         tau, lr = jnp.asarray(sampler.mirostat), jnp.asarray(sampler.mirostat_lr)
         current = jnp.where(jnp.isnan(mu), 2 * tau, mu)
         surprise = -sample_logprobs / jnp.log(2.0)
         mu = jnp.where((tau > 0) & ~greedy, current - lr * (surprise - tau), mu)
     if "constraint" in sampler.chain:
         fsm = jnp.asarray(sampler.values["constraint"])[fsm, tokens]
-    return Draw(tokens=tokens, logprobs=logprobs, sample_logprobs=sample_logprobs, mu=mu, fsm=fsm, dead=dead)
+    return mu, fsm
 
 
 def draw(keys, logits, block: int = 256):

@@ -4,6 +4,7 @@
     python -m scripts.bench shared-prefix --n 16 64      # one 1,024-token prompt, shared vs naive cache
     python -m scripts.bench filters                     # filter chains vs greedy, batch 64, vocab 32,000
     python -m scripts.bench search                      # each step-level search vs plain generate
+    python -m scripts.bench speculative                 # greedy with / without speculative decoding
 
 ``decode``: greedy generation of random-weight models with EOS disabled: tokens/s, ms per
 step, and achieved bytes/s (the weights + the KV of the tokens in the cache, on average, per
@@ -43,6 +44,7 @@ import models
 CONFIGS = {
     "4m": dict(vocab_size=2000, hidden=256, layers=4, heads=4, kv_heads=4, intermediate=688),
     "25m": dict(vocab_size=8000, hidden=512, layers=6, heads=8, kv_heads=8, intermediate=1376),
+    "50m": dict(vocab_size=8000, hidden=512, layers=14, heads=8, kv_heads=8, intermediate=1376),
 }
 
 
@@ -186,6 +188,41 @@ def bench_search(args):
                       "vs_generate_with_track": {k: round(rate[k] / rate[f"{k}:generate+track"], 3)
                                                  for k in keys if k.endswith("/prm")},
                       "device": jax.devices()[0].device_kind}), flush=True)
+
+
+def bench_speculative(args):
+    """Greedy generate with and without speculation (a truncated draft, prompt lookup), interleaved."""
+    config = make_config(args.config, args.dtype)
+    params = models.init_params(config, jax.random.key(0))
+    damp = lambda layer: {**layer, "wo": layer["wo"] * args.damp, "w_down": layer["w_down"] * args.damp}
+    params["layers"] = params["layers"][:args.draft_layers] + [damp(x) for x in params["layers"][args.draft_layers:]]
+    target = models.Model(config, params)
+    short = dataclasses.replace(config, layers=args.draft_layers)     # the target's first layers and its head
+    draft = models.Model(short, {**params, "layers": params["layers"][:args.draft_layers]})
+    k, m = args.lookahead, args.new_tokens
+    for batch in args.batch:
+        prompts = decode_prompts(batch, args.prompt_len)
+        go = lambda **kw: (lambda: np.asarray(engine.generate(target, prompts, max_new_tokens=m, lookahead=k,
+                                                              **kw).tokens))
+        best = interleaved({"plain": go(), "draft": go(draft=draft), "prompt_lookup": go(draft="prompt_lookup")},
+                           args.repeats)
+        row = {"bench": "speculative", "config": args.config, "damp": args.damp,
+               "params_m": round(config.num_params / 1e6, 2),
+               "draft_params_m": round(short.num_params / 1e6, 2), "dtype": config.dtype, "batch": batch,
+               "prompt_len": args.prompt_len, "new_tokens": m, "lookahead": k,
+               "plain_tokens_per_s": round(batch * m / best["plain"], 1),
+               "plain_gb_per_s": round(config.num_params * jnp.dtype(config.dtype).itemsize * m / best["plain"] / 1e9, 2),
+               "device": jax.devices()[0].device_kind}
+        for name, tracks, which in (("draft", {"draft": draft}, "draft"), ("prompt_lookup", {}, "prompt_lookup")):
+            state = engine.start(target, prompts, capacity=m, tracks=tracks, slots=(k + 1) * m + 1)
+            state = engine.decode(target, state, max_new_tokens=m, tracks=tracks, draft=which, lookahead=k)
+            blocks = (int(state.cache.index) - 1) // (k + 1)          # policy forwards (the last slot: the flush)
+            per_forward = batch * m / (blocks * batch)
+            row |= {f"{name}_tokens_per_s": round(batch * m / best[name], 1),
+                    f"{name}_speedup": round(best["plain"] / best[name], 2),
+                    f"{name}_policy_forwards": blocks,
+                    f"{name}_acceptance": round((per_forward - 1) / k, 3)}
+        print(json.dumps(row), flush=True)
 
 
 def timed(fn, repeats: int) -> float:
@@ -376,8 +413,22 @@ def main(argv=None):
     sea.add_argument("--scorer-model", default="tiny-arith-prm", help="the process reward model riding along")
     sea.add_argument("--repeats", type=int, default=3)
     sea.set_defaults(fn=bench_search)
+    spe = sub.add_parser("speculative", help="greedy decode with and without speculative decoding")
+    spe.add_argument("--config", default="50m", help="4m, 25m, 50m or a preset name (random weights)")
+    spe.add_argument("--draft-layers", type=int, default=1, help="the draft: the target's first layers + its head")
+    spe.add_argument("--damp", type=float, default=0.1,
+                     help="scale of the later layers' output projections (random weights: how far the target "
+                          "strays from its truncated draft; 1: not at all)")
+    spe.add_argument("--lookahead", type=int, default=4)
+    spe.add_argument("--batch", nargs="+", type=int, default=[1, 16, 64])
+    spe.add_argument("--prompt-len", type=int, default=16)
+    spe.add_argument("--new-tokens", type=int, default=64)
+    spe.add_argument("--repeats", type=int, default=3)
+    spe.add_argument("--dtype", default=None)
+    spe.set_defaults(fn=bench_speculative)
     args = parser.parse_args(argv)
-    for name in ("batch", "prompt_len", "new_tokens", "repeats", "n", "prompts", "vocab", "beam", "steps", "step_tokens"):
+    for name in ("batch", "prompt_len", "new_tokens", "repeats", "n", "prompts", "vocab", "beam", "steps", "step_tokens",
+                 "lookahead", "draft_layers"):
         values = getattr(args, name, None)
         if values is not None and min(values if isinstance(values, list) else [values]) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {values}")
