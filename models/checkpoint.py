@@ -21,7 +21,7 @@ from models.files import read_json
 from models.memory import memory_bytes
 from models.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer
 from models.placement import abstract_params, hf_to_mesh, shard_params
-from models.transformer import forward, score
+from models.transformer import forward, score, with_layout
 
 ROLLAX_META = "rollax.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -40,6 +40,17 @@ class Model:
     def shard(self, mesh) -> "Model":
         """This model with its params placed on ``mesh`` by their logical axes (``sharding.RULES``)."""
         return dataclasses.replace(self, params=shard_params(self.config, self.params, mesh))
+
+    def with_layout(self, scan_layers: bool) -> "Model":
+        """This model with its layers stacked under a ``lax.scan`` (``scan_layers=True``) or one dict of
+        weights per layer, unrolled (``False``); the same numbers either way (``Config.scan_layers``)."""
+        if not isinstance(scan_layers, bool):
+            raise ValueError(f"scan_layers must be True or False, got {scan_layers!r}")
+        config, params = with_layout(self.config, self.params, scan_layers)
+        mesh = getattr(jax.tree.leaves(self.params)[0].sharding, "mesh", None)
+        if isinstance(mesh, jax.sharding.Mesh) and config is not self.config:
+            params = shard_params(config, params, mesh)
+        return dataclasses.replace(self, config=config, params=params)
 
     def save(self, path) -> None:
         """Write rollax's own checkpoint to the directory ``path``: the params with orbax, the config,
@@ -354,7 +365,13 @@ def _recorded_hashes(path: Path, meta: dict, verify: bool) -> dict | None:
     return hashes
 
 
-def load(path, dtype=None, mesh=None, verify: bool = True) -> Model:
+def default_scan_layers() -> bool:
+    """The layer layout ``load`` gives by default: unrolled on CPU, where the scanned layout's decode
+    steps are slower, scanned elsewhere, where it keeps compile time flat in the depth (docs/perf.md)."""
+    return jax.default_backend() != "cpu"
+
+
+def load(path, dtype=None, mesh=None, verify: bool = True, scan_layers: bool | None = None) -> Model:
     """Load a model directory: rollax's own checkpoint or a Hugging Face one.
 
     ``dtype`` (e.g. ``jnp.bfloat16``) converts the weights; by default a rollax checkpoint keeps
@@ -362,6 +379,7 @@ def load(path, dtype=None, mesh=None, verify: bool = True) -> Model:
     ``mesh`` (``sharding.make_mesh(...)``) places each weight straight onto its shards, reading
     from disk only each device's part. ``verify`` checks a rollax checkpoint's files and weights
     against the SHA-256 it recorded (``False`` skips the hashing, e.g. for speed; docs/perf.md).
+    ``scan_layers`` chooses the layer layout (:meth:`Model.with_layout`; None: :func:`default_scan_layers`).
     Raises ``ValueError`` naming the problem for a missing directory, pickle-only weights, damaged
     files, a missing, unexpected or mis-shaped tensor, or a config too large for the memory.
     """
@@ -374,11 +392,14 @@ def load(path, dtype=None, mesh=None, verify: bool = True) -> Model:
     path = zoo.resolve(path)
     if not path.is_dir():
         raise ValueError(f"no model directory at {path}")
+    if scan_layers is not None and not isinstance(scan_layers, bool):
+        raise ValueError(f"scan_layers must be True, False or None (the backend's default), got {scan_layers!r}")
+    scan_layers = default_scan_layers() if scan_layers is None else scan_layers
     dtype = None if dtype is None else float_dtype(dtype)
     if (path / ROLLAX_META).exists():
-        return load_rollax(path, dtype, mesh, verify)
+        return load_rollax(path, dtype, mesh, verify).with_layout(scan_layers)
     if (path / "config.json").exists():
-        return load_hf(path, dtype if dtype is not None else jnp.float32, mesh)
+        return load_hf(path, dtype if dtype is not None else jnp.float32, mesh).with_layout(scan_layers)
     raise ValueError(f"{path} is neither a rollax checkpoint ({ROLLAX_META}) nor a Hugging Face one (config.json)")
 
 
