@@ -46,9 +46,11 @@ class Model:
         weights per layer, unrolled (``False``); the same numbers either way (``Config.scan_layers``)."""
         if not isinstance(scan_layers, bool):
             raise ValueError(f"scan_layers must be True or False, got {scan_layers!r}")
+        if scan_layers == self.config.scan_layers:
+            return self
         config, params = with_layout(self.config, self.params, scan_layers)
-        mesh = getattr(jax.tree.leaves(self.params)[0].sharding, "mesh", None)
-        if isinstance(mesh, jax.sharding.Mesh) and config is not self.config:
+        mesh = getattr(getattr(jax.tree.leaves(self.params)[0], "sharding", None), "mesh", None)
+        if isinstance(mesh, jax.sharding.Mesh):                     # a model on a mesh stays on it
             params = shard_params(config, params, mesh)
         return dataclasses.replace(self, config=config, params=params)
 
