@@ -237,6 +237,8 @@ def hidden_states(config: Config, params: dict, tokens, positions=None, cache=No
     dtype = jnp.dtype(config.dtype)
     angles = {local: rope_angles(positions, jnp.asarray(config.inv_freq(local)), dtype, bound)
               for local in {config.local_rope(i) for i in range(config.layers)}}
+    windows = {config.window(i) for i in range(config.layers)}
+    masks = {w: causal_mask(t, w) for w in windows} if cache is None and not config.scan_layers else None
     opts = dict(scale=config.attn_scale, cap=config.attn_softcap)
     x = params["embed"][tokens]
     if config.embed_scale:
@@ -245,8 +247,8 @@ def hidden_states(config: Config, params: dict, tokens, positions=None, cache=No
     def attend(i, window, layer_cache):
         """Layer ``i``'s attention (``window`` static or traced) against ``layer_cache`` (or causal)."""
         if layer_cache is None:
-            return lambda q, k, v: (attention(q, k.swapaxes(1, 2), v.swapaxes(1, 2), causal_mask(t, window),
-                                              **opts)[0], None)
+            mask = causal_mask(t, window) if masks is None else masks[window]
+            return lambda q, k, v: (attention(q, k.swapaxes(1, 2), v.swapaxes(1, 2), mask, **opts)[0], None)
         return lambda q, k, v: layer_cache.attend(i, q, k, v, window, **opts)
 
     if config.scan_layers:

@@ -5,6 +5,7 @@
     python -m scripts.bench filters                     # filter chains vs greedy, batch 64, vocab 32,000
     python -m scripts.bench search                      # each step-level search vs plain generate
     python -m scripts.bench compile --batch 1 16        # compile s and ms/step, unrolled vs scanned layers
+    python -m scripts.bench cold-start --model DIR      # scripts.generate twice, compile cache off vs on
 
 ``decode``: greedy generation of random-weight models with EOS disabled: tokens/s, ms per
 step, and achieved bytes/s (the weights + the KV of the tokens in the cache, on average, per
@@ -27,6 +28,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -224,6 +226,30 @@ def bench_compile(args):
                           "device": jax.devices()[0].device_kind}), flush=True)
 
 
+def bench_cold_start(args):
+    """Wall seconds of ``scripts.generate`` run twice in a row as new processes, without the persistent
+    compilation cache (``ROLLAX_COMPILE_CACHE=off``) and with it (a fresh directory each repeat),
+    interleaved; medians and every run."""
+    cmd = [sys.executable, "-m", "scripts.generate", "--model", args.model, "--prompt", args.prompt,
+           "--max-new-tokens", str(args.new_tokens)]
+    runs = {"off": [], "on": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            for mode, times in runs.items():
+                env = {**os.environ, "ROLLAX_COMPILE_CACHE": "off" if mode == "off" else f"{tmp}/{r}"}
+                pair = []
+                for _ in range(2):
+                    t = time.perf_counter()
+                    subprocess.run(cmd, env=env, check=True, capture_output=True)
+                    pair.append(round(time.perf_counter() - t, 2))
+                times.append(pair)
+    for mode, pairs in runs.items():
+        print(json.dumps({"bench": "cold-start", "model": args.model, "cache": mode, "new_tokens": args.new_tokens,
+                          "first_s": float(np.median([p[0] for p in pairs])),
+                          "second_s": float(np.median([p[1] for p in pairs])), "runs": pairs,
+                          "device": jax.devices()[0].device_kind}), flush=True)
+
+
 def timed(fn, repeats: int) -> float:
     """Best wall time of ``repeats`` calls after one warm-up call (compilation)."""
     fn()
@@ -411,6 +437,12 @@ def main(argv=None):
     com.add_argument("--dtype", default=None)
     com.add_argument("--repeats", type=int, default=3)
     com.set_defaults(fn=bench_compile)
+    cold = sub.add_parser("cold-start", help="scripts.generate run twice, without and with the compile cache")
+    cold.add_argument("--model", required=True, help="a model directory or a shipped name")
+    cold.add_argument("--prompt", default="12+7=")
+    cold.add_argument("--new-tokens", type=int, default=32)
+    cold.add_argument("--repeats", type=int, default=3)
+    cold.set_defaults(fn=bench_cold_start)
     sea = sub.add_parser("search", help="each step-level search (meta.search) vs plain generate of the same rows")
     sea.add_argument("--prompts", type=int, default=16)
     sea.add_argument("--n", type=int, default=16, help="rollouts per prompt")
