@@ -307,7 +307,7 @@ class KVCache:
             at = order.reshape((1,) * (whole.ndim - 4) + (order.shape[0], 1, order.shape[1], 1))
             whole = jnp.take_along_axis(whole, at, axis=-2)
             return jnp.split(whole, np.cumsum([b.shape[-2] for b in blocks])[:-1].tolist(), axis=-2)
-        each = (lambda kv: move(kv)) if self.stacked else (lambda kv: [move(b) for b in kv])
+        each = move if self.stacked else (lambda layers: [move(b) for b in layers])
         return dataclasses.replace(self, k=each(self.k), v=each(self.v),
                                    valid=jnp.take_along_axis(self.valid, order, axis=1))
 
