@@ -57,6 +57,7 @@ class Model:
     def save(self, path) -> None:
         """Write rollax's own checkpoint to the directory ``path``: the params with orbax, the config,
         the tokenizer file, and the SHA-256 of every weight and every file (``models.load`` checks them).
+        The layers are saved one dict each whatever the model's layout (``models.load`` chooses it).
 
         The checkpoint is written beside ``path``, in a hidden ``.NAME.partial-*`` directory, and then
         takes ``path``'s place in one atomic step: killed at any moment, ``path`` holds the old
@@ -65,6 +66,8 @@ class Model:
         checkpoint's are kept); anything else is refused, not replaced. So are params that do not match
         the config, and a tokenizer without a file to save.
         """
+        if self.config.scan_layers:                          # checkpoints hold the layers one by one
+            return self.with_layout(False).save(path)
         path = Path(path).absolute()
         self._check_saveable(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,17 +112,26 @@ class Model:
             for p in old.iterdir():
                 if p.name not in (ROLLAX_META, "params", *TOKENIZER_FILES, *written):
                     (shutil.copytree if p.is_dir() else shutil.copy2)(p, out / p.name)
-        meta = {"family": self.config.family, "config": dataclasses.asdict(self.config),
+        meta = {"family": self.config.family, "config": _config_fields(self.config),
                 "sha256": hash_checkpoint(out, self.params)}
         (out / ROLLAX_META).write_text(json.dumps(meta, indent=1))
 
     def fingerprint(self) -> str:
-        """SHA-256 of what the model computes from: its config, every weight, and its tokenizer file."""
-        h = hashlib.sha256(json.dumps(dataclasses.asdict(self.config), sort_keys=True).encode())
-        h.update(json.dumps(tensor_hashes(self.params), sort_keys=True).encode())
+        """SHA-256 of what the model computes from: its config, every weight, and its tokenizer file (the
+        same for both layer layouts)."""
+        h = hashlib.sha256(json.dumps(_config_fields(self.config), sort_keys=True).encode())
+        h.update(json.dumps(tensor_hashes(self.with_layout(False).params), sort_keys=True).encode())
         if getattr(self.tokenizer, "path", None) is not None:
             h.update(Path(self.tokenizer.path).read_bytes())
         return h.hexdigest()
+
+
+def _config_fields(config: Config) -> dict:
+    """The config's fields, less its layer layout (``scan_layers``: a choice at load time, not part of
+    the model), as checkpoints and fingerprints record them."""
+    fields = dataclasses.asdict(config)
+    del fields["scan_layers"]
+    return fields
 
 
 def hash_checkpoint(directory: Path, params) -> dict:
