@@ -18,7 +18,9 @@ v, window)`` and ``advance(T)``, and the optional ``position_bound`` (see
 Keys and values are lists with one buffer per layer, and heads come before positions: a decode
 step's attention then reads each head's keys in place. XLA CPU copied a layer's slice of a
 stacked ``[L, ...]`` cache before the attention matmuls, and transposed a position-major one
-(docs/perf.md).
+(docs/perf.md). For a model with ``config.scan_layers`` the layers are stacked all the same
+(every per-layer buffer one array with a leading ``layers`` axis): the scan over the layers
+attends each layer's slice as a one-layer cache (``layer_fields`` / ``with_layer_fields``).
 """
 from __future__ import annotations
 
@@ -35,6 +37,11 @@ from models.transformer import attention, merge_attention
 
 KV = ("rollouts", "kv_heads", "seq", "head_dim")
 PREFIX_KV = ("prefix", "kv_heads", "seq", "head_dim")
+
+
+def _layer0(x):
+    """Layer 0's buffer of a per-layer list, or a stacked buffer itself (read for its shape[-4:] only)."""
+    return x[0] if isinstance(x, list) else x
 
 
 MAX_BLOCKS, MIN_BLOCK = 8, 32
@@ -135,26 +142,35 @@ def put_rollouts(tree, rows, sub):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PrefillCache:
-    k: list           # per layer [G, K, P, Dh]: keys of the left-padded prompts
-    v: list           # per layer [G, K, P, Dh]: values
+    k: list           # per layer [G, K, P, Dh]: keys of the left-padded prompts (scanned: one [L, G, K, P, Dh])
+    v: list           # per layer [G, K, P, Dh]: values (likewise)
     start: jax.Array  # int32 [G] first real slot of each prompt
     index: jax.Array  # int32 [] next slot to write
 
     @classmethod
     def create(cls, config: Config, groups: int, size: int, start) -> "PrefillCache":
-        z = [jnp.zeros((groups, config.kv_heads, size, config.head_dim), jnp.dtype(config.dtype))
-             for _ in range(config.layers)]
+        shape, dtype = (groups, config.kv_heads, size, config.head_dim), jnp.dtype(config.dtype)
+        z = (jnp.zeros((config.layers, *shape), dtype) if config.scan_layers else
+             [jnp.zeros(shape, dtype) for _ in range(config.layers)])
         return cls(k=z, v=z, start=jnp.asarray(start, jnp.int32), index=jnp.zeros((), jnp.int32))
 
     def axes(self) -> "PrefillCache":
         """Logical axis names of every field (for ``sharding``), shaped like the cache."""
-        layers = [PREFIX_KV] * len(self.k)
+        layers = [PREFIX_KV] * len(self.k) if isinstance(self.k, list) else ("layers", *PREFIX_KV)
         return PrefillCache(k=layers, v=layers, start=("prefix",), index=())
+
+    def layer_fields(self) -> dict:
+        """The per-layer buffers (stacked on a leading layers axis, for a scanned model)."""
+        return {"k": self.k, "v": self.v}
+
+    def with_layer_fields(self, fields: dict) -> "PrefillCache":
+        """This cache with the per-layer buffers ``fields`` (as :meth:`layer_fields` gives them)."""
+        return dataclasses.replace(self, **fields)
 
     @property
     def position_bound(self) -> int:
         """Every position this cache holds is below it (static)."""
-        return self.k[0].shape[2]
+        return _layer0(self.k).shape[-2]
 
     def positions(self, t: int) -> jax.Array:
         slots = self.index + jnp.arange(t)
@@ -164,7 +180,7 @@ class PrefillCache:
         ks, vs = list(self.k), list(self.v)
         [ks[layer]], [vs[layer]] = write_blocks([ks[layer]], [vs[layer]], self.index, k, v)
         q_slot = self.index + jnp.arange(q.shape[1])[:, None]               # [T, 1]
-        k_slot = jnp.arange(self.k[0].shape[2])[None, :]                     # [1, P]
+        k_slot = jnp.arange(self.position_bound)[None, :]                    # [1, P]
         mask = (k_slot <= q_slot)[None] & (k_slot >= self.start[:, None, None])
         if window is not None:
             mask &= (q_slot - k_slot < window)[None]
@@ -178,6 +194,7 @@ class PrefillCache:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
+    # (scanned models: pk, pv one [L, G, K, P, Dh]; k, v one list of [L, G*N, K, S_j, Dh])
     pk: list           # per layer [G, K, P, Dh]:   prefix block keys (each prompt once)
     pv: list           # per layer [G, K, P, Dh]:   prefix block values
     pstart: jax.Array  # int32 [G]          first real prefix slot (left padding before it)
@@ -190,40 +207,68 @@ class KVCache:
     @classmethod
     def from_prefill(cls, prefix: PrefillCache, n: int, size: int) -> "KVCache":
         """A cache for ``n`` rollouts of each prefilled prompt, ``size`` slots of their own each."""
-        g, kv, _, hd = prefix.k[0].shape
-        z = [[jnp.zeros((g * n, kv, s, hd), x.dtype) for s in block_sizes(size)] for x in prefix.k]
+        g, kv, _, hd = _layer0(prefix.k).shape[-4:]
+        if isinstance(prefix.k, list):
+            z = [[jnp.zeros((g * n, kv, s, hd), x.dtype) for s in block_sizes(size)] for x in prefix.k]
+        else:
+            z = [jnp.zeros((len(prefix.k), g * n, kv, s, hd), prefix.k.dtype) for s in block_sizes(size)]
         return cls(pk=prefix.k, pv=prefix.v, pstart=prefix.start, k=z, v=z,
                    valid=jnp.zeros((g * n, size), bool), length=jnp.zeros((g * n,), jnp.int32),
                    index=jnp.zeros((), jnp.int32))
 
     def axes(self) -> "KVCache":
         """Logical axis names of every field (for ``sharding``), shaped like the cache."""
-        prefix, rollout = [PREFIX_KV] * len(self.pk), [[KV] * len(blocks) for blocks in self.k]
+        if self.stacked:
+            prefix, rollout = ("layers", *PREFIX_KV), [("layers", *KV)] * len(self.k)
+        else:
+            prefix, rollout = [PREFIX_KV] * len(self.pk), [[KV] * len(blocks) for blocks in self.k]
         return KVCache(pk=prefix, pv=prefix, pstart=("prefix",), k=rollout, v=rollout, valid=("rollouts", "seq"),
                        length=("rollouts",), index=())
 
     @property
+    def stacked(self) -> bool:
+        """Whether the layers are stacked on a leading axis (a scanned model's cache)."""
+        return not isinstance(self.pk, list)
+
+    def layer_fields(self) -> dict:
+        """The per-layer buffers (stacked on a leading layers axis, for a scanned model)."""
+        return {"pk": self.pk, "pv": self.pv, "k": self.k, "v": self.v}
+
+    def with_layer_fields(self, fields: dict) -> "KVCache":
+        """This cache with the per-layer buffers ``fields`` (as :meth:`layer_fields` gives them)."""
+        return dataclasses.replace(self, **fields)
+
+    def _blocks(self) -> list:
+        """Layer 0's rollout-block buffers (stacked: all layers'), for their shapes."""
+        return self.k if self.stacked else self.k[0]
+
+    @property
     def size(self) -> int:
         """Slots of each rollout's own block."""
-        return sum(x.shape[2] for x in self.k[0])
+        return sum(x.shape[-2] for x in self._blocks())
 
     @property
     def groups(self) -> int:
-        return self.pk[0].shape[0]
+        return _layer0(self.pk).shape[-4]
+
+    @property
+    def prefix_size(self) -> int:
+        """Slots of the prefix block (P)."""
+        return _layer0(self.pk).shape[-2]
 
     @property
     def rows(self) -> int:
         """Rollouts (G*N)."""
-        return self.k[0][0].shape[0]
+        return self._blocks()[0].shape[-4]
 
     def prefix_lengths(self) -> jax.Array:
         """Real prompt tokens per rollout [G*N]."""
-        return jnp.repeat(self.pk[0].shape[2] - self.pstart, self.rows // self.groups, total_repeat_length=self.rows)
+        return jnp.repeat(self.prefix_size - self.pstart, self.rows // self.groups, total_repeat_length=self.rows)
 
     @property
     def position_bound(self) -> int:
         """Every position this cache holds is below it (static): prefix slots + rollout slots."""
-        return self.pk[0].shape[2] + self.size
+        return self.prefix_size + self.size
 
     def positions(self, t: int) -> jax.Array:
         """Positions [G*N, t] of the next ``t`` tokens of every rollout."""
@@ -233,7 +278,7 @@ class KVCache:
         """Write ``k, v`` [G*N, T, K, Dh] at rollout slots ``index..index+T``; attend ``q`` to prefix + rollout
         (``opts``: the ``scale`` and ``cap`` of :func:`models.transformer.attention`)."""
         b, t, h, d = q.shape
-        g, p = self.groups, self.pk[0].shape[2]
+        g, p = self.groups, self.prefix_size
         ks, vs = list(self.k), list(self.v)
         ks[layer], vs[layer] = write_blocks(ks[layer], vs[layer], self.index, k, v)
         q_pos = self.positions(t)                                            # [B, T]
@@ -266,11 +311,13 @@ class KVCache:
         """The rollout block with each row's slots permuted: slot ``s`` of row ``b`` takes what slot
         ``order[b, s]`` held (keys, values, ``valid``; the buffers of a split block are one sequence).
         The KV moves, nothing is recomputed; the slot counter ``index`` is left as it is."""
-        def move(blocks):
-            whole = jnp.concatenate(blocks, axis=2) if len(blocks) > 1 else blocks[0]
-            whole = jnp.take_along_axis(whole, order[:, None, :, None], axis=2)
-            return jnp.split(whole, np.cumsum([b.shape[2] for b in blocks])[:-1].tolist(), axis=2)
-        return dataclasses.replace(self, k=[move(b) for b in self.k], v=[move(b) for b in self.v],
+        def move(blocks):                                                    # [(L,) B, K, S_j, Dh]
+            whole = jnp.concatenate(blocks, axis=-2) if len(blocks) > 1 else blocks[0]
+            at = order.reshape((1,) * (whole.ndim - 4) + (order.shape[0], 1, order.shape[1], 1))
+            whole = jnp.take_along_axis(whole, at, axis=-2)
+            return jnp.split(whole, np.cumsum([b.shape[-2] for b in blocks])[:-1].tolist(), axis=-2)
+        each = move if self.stacked else (lambda layers: [move(b) for b in layers])
+        return dataclasses.replace(self, k=each(self.k), v=each(self.v),
                                    valid=jnp.take_along_axis(self.valid, order, axis=1))
 
     def keep(self, mask) -> "KVCache":
@@ -282,7 +329,7 @@ class KVCache:
 
     def token_slots(self) -> int:
         """Token slots held: ``G*P + G*N*S`` (the prefix once per prompt, plus each rollout's own)."""
-        return self.groups * self.pk[0].shape[2] + self.rows * self.size
+        return self.groups * self.prefix_size + self.rows * self.size
 
     def nbytes(self) -> int:
         """Bytes of the key/value buffers (works on ``jax.eval_shape`` results too)."""

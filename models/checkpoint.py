@@ -21,7 +21,7 @@ from models.files import read_json
 from models.memory import memory_bytes
 from models.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer
 from models.placement import abstract_params, hf_to_mesh, shard_params
-from models.transformer import forward, score
+from models.transformer import forward, score, with_layout
 
 ROLLAX_META = "rollax.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -41,9 +41,23 @@ class Model:
         """This model with its params placed on ``mesh`` by their logical axes (``sharding.RULES``)."""
         return dataclasses.replace(self, params=shard_params(self.config, self.params, mesh))
 
+    def with_layout(self, scan_layers: bool) -> "Model":
+        """This model with its layers stacked under a ``lax.scan`` (``scan_layers=True``) or one dict of
+        weights per layer, unrolled (``False``); the same numbers either way (``Config.scan_layers``)."""
+        if not isinstance(scan_layers, bool):
+            raise ValueError(f"scan_layers must be True or False, got {scan_layers!r}")
+        if scan_layers == self.config.scan_layers:
+            return self
+        config, params = with_layout(self.config, self.params, scan_layers)
+        mesh = getattr(getattr(jax.tree.leaves(self.params)[0], "sharding", None), "mesh", None)
+        if isinstance(mesh, jax.sharding.Mesh):                     # a model on a mesh stays on it
+            params = shard_params(config, params, mesh)
+        return dataclasses.replace(self, config=config, params=params)
+
     def save(self, path) -> None:
         """Write rollax's own checkpoint to the directory ``path``: the params with orbax, the config,
         the tokenizer file, and the SHA-256 of every weight and every file (``models.load`` checks them).
+        The layers are saved one dict each whatever the model's layout (``models.load`` chooses it).
 
         The checkpoint is written beside ``path``, in a hidden ``.NAME.partial-*`` directory, and then
         takes ``path``'s place in one atomic step: killed at any moment, ``path`` holds the old
@@ -52,6 +66,8 @@ class Model:
         checkpoint's are kept); anything else is refused, not replaced. So are params that do not match
         the config, and a tokenizer without a file to save.
         """
+        if self.config.scan_layers:                          # checkpoints hold the layers one by one
+            return self.with_layout(False).save(path)
         path = Path(path).absolute()
         self._check_saveable(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,19 +112,28 @@ class Model:
             for p in old.iterdir():
                 if p.name not in (ROLLAX_META, "params", *TOKENIZER_FILES, *written):
                     (shutil.copytree if p.is_dir() else shutil.copy2)(p, out / p.name)
-        meta = {"family": self.config.family, "config": dataclasses.asdict(self.config),
+        meta = {"family": self.config.family, "config": _config_fields(self.config),
                 "sha256": hash_checkpoint(out, self.params)}
         (out / ROLLAX_META).write_text(json.dumps(meta, indent=1))
 
     def fingerprint(self) -> str:
-        """SHA-256 of what the model computes from: its config, every weight, and its tokenizer file."""
-        h = hashlib.sha256(json.dumps(dataclasses.asdict(self.config), sort_keys=True).encode())
-        h.update(json.dumps(tensor_hashes(self.params), sort_keys=True).encode())
+        """SHA-256 of what the model computes from: its config, every weight, and its tokenizer file (the
+        same for both layer layouts)."""
+        h = hashlib.sha256(json.dumps(_config_fields(self.config), sort_keys=True).encode())
+        h.update(json.dumps(tensor_hashes(self.with_layout(False).params), sort_keys=True).encode())
         if getattr(self.tokenizer, "path", None) is not None:
             h.update(Path(self.tokenizer.path).read_bytes())
         elif hasattr(self.tokenizer, "tok"):                    # built in memory (a GGUF file's)
             h.update(self.tokenizer.tok.to_str().encode())
         return h.hexdigest()
+
+
+def _config_fields(config: Config) -> dict:
+    """The config's fields, less its layer layout (``scan_layers``: a choice at load time, not part of
+    the model), as checkpoints and fingerprints record them."""
+    fields = dataclasses.asdict(config)
+    del fields["scan_layers"]
+    return fields
 
 
 def hash_checkpoint(directory: Path, params) -> dict:
@@ -382,7 +407,14 @@ def _recorded_hashes(path: Path, meta: dict, verify: bool) -> dict | None:
     return hashes
 
 
-def load(path, dtype=None, mesh=None, verify: bool = True, revision: str | None = None) -> Model:
+def default_scan_layers() -> bool:
+    """The layer layout ``load`` gives by default: unrolled on CPU, where the scanned layout's decode
+    steps are slower, scanned elsewhere, where it keeps compile time flat in the depth (docs/perf.md)."""
+    return jax.default_backend() != "cpu"
+
+
+def load(path, dtype=None, mesh=None, verify: bool = True, revision: str | None = None,
+         scan_layers: bool | None = None) -> Model:
     """Load a model: a directory (rollax's own checkpoint or a Hugging Face one), a ``.gguf`` file, a
     shipped model's name (``"tiny-arith"``) or a Hugging Face hub id (``"org/name"``), tried in that order.
 
@@ -396,6 +428,7 @@ def load(path, dtype=None, mesh=None, verify: bool = True, revision: str | None 
     ``mesh`` (``sharding.make_mesh(...)``) places each weight straight onto its shards, reading
     from disk only each device's part. ``verify`` checks a rollax checkpoint's files and weights
     against the SHA-256 it recorded (``False`` skips the hashing, e.g. for speed; docs/perf.md).
+    ``scan_layers`` chooses the layer layout (:meth:`Model.with_layout`; None: :func:`default_scan_layers`).
     Raises ``ValueError`` naming the problem for a missing directory, pickle-only weights, damaged
     files, a missing, unexpected or mis-shaped tensor, a GGUF tensor type that cannot be dequantized,
     a hub id neither cached nor reachable, or a config too large for the memory.
@@ -409,6 +442,9 @@ def load(path, dtype=None, mesh=None, verify: bool = True, revision: str | None 
         raise ValueError(f"verify must be True or False, got {verify!r}")
     if revision is not None and not isinstance(revision, str):
         raise ValueError(f"revision must be a branch, tag or commit of a hub id (a string) or None, got {revision!r}")
+    if scan_layers is not None and not isinstance(scan_layers, bool):
+        raise ValueError(f"scan_layers must be True, False or None (the backend's default), got {scan_layers!r}")
+    scan_layers = default_scan_layers() if scan_layers is None else scan_layers
     name, path = path, zoo.resolve(path)
     if not path.exists() and hub.is_repo_id(name):
         path = hub.snapshot(name, revision)
@@ -417,13 +453,13 @@ def load(path, dtype=None, mesh=None, verify: bool = True, revision: str | None 
                          f"or shipped model comes first)")
     dtype = None if dtype is None else float_dtype(dtype)
     if path.is_file() and path.suffix == ".gguf":
-        return load_gguf(path, dtype if dtype is not None else jnp.float32, mesh)
+        return load_gguf(path, dtype if dtype is not None else jnp.float32, mesh).with_layout(scan_layers)
     if not path.is_dir():
         raise ValueError(f"no model directory or .gguf file at {path}")
     if (path / ROLLAX_META).exists():
-        return load_rollax(path, dtype, mesh, verify)
+        return load_rollax(path, dtype, mesh, verify).with_layout(scan_layers)
     if (path / "config.json").exists():
-        return load_hf(path, dtype if dtype is not None else jnp.float32, mesh)
+        return load_hf(path, dtype if dtype is not None else jnp.float32, mesh).with_layout(scan_layers)
     raise ValueError(f"{path} is neither a rollax checkpoint ({ROLLAX_META}) nor a Hugging Face one (config.json)")
 
 

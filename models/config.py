@@ -62,6 +62,9 @@ class Config:
     final_softcap: float | None = None     # output logits, likewise
     rope_local_theta: float | None = None  # RoPE base of the sliding layers (None: rope_theta; Gemma 3)
     rope_linear: float = 1.0               # linear RoPE scaling of the other layers: positions / factor
+    # layout, not shape: the layers' weights and KV caches stacked on a leading axis, run by a lax.scan
+    # (compiles one layer instead of all of them; models.load picks it per backend, docs/perf.md)
+    scan_layers: bool = False
 
     family = "llama"
 
@@ -72,7 +75,7 @@ class Config:
             raise ValueError(f"rope_scaling must be None or (factor, low, high, original_max_position), got "
                              f"{self.rope_scaling!r}")
         for k in ("tie_embeddings", "qkv_bias", "score_head", "qk_norm", "norm_plus_one", "sandwich_norms",
-                  "embed_scale"):
+                  "embed_scale", "scan_layers"):
             if not isinstance(getattr(self, k), (bool, np.bool_)):
                 raise ValueError(f"{k} must be True or False, got {getattr(self, k)!r}")
         count = lambda x: isinstance(x, (int, np.integer)) and not isinstance(x, bool)

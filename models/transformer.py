@@ -5,17 +5,21 @@ norms around attention and the MLP, GeGLU, scaled embeddings, soft-capped logits
 sliding windows and a second RoPE base for the sliding layers.
 
 Parameters are a dict pytree; ``params["layers"]`` is a list with one dict of weights per layer,
-and the forward pass is a Python loop over it (unrolled in the compiled program). Stacking the
-layers on a leading axis and scanning would be smaller to compile, but XLA copies a layer's
-slice of a stacked weight or KV cache before its matmul: a copy of every weight and of the whole
-cache per decode step (docs/perf.md). :func:`param_axes` gives every weight its logical axis names.
+and the forward pass is a Python loop over it (unrolled in the compiled program). With
+``config.scan_layers`` it is one dict of weights stacked on a leading ``layers`` axis, and the
+layers run under a ``lax.scan``, the KV cache's layers stacked alike: XLA compiles one layer
+instead of all of them, but on CPU it copies a layer's slice of a stacked weight or KV cache
+before its matmul (docs/perf.md). :func:`with_layout` converts between the two;
+:func:`param_axes` gives every weight its logical axis names.
 """
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from models.config import Config
 
@@ -41,7 +45,8 @@ def param_axes(config: Config) -> dict:
         layer |= {"attn_out_norm": ("embed",), "mlp_out_norm": ("embed",)}
     if config.qkv_bias:
         layer |= {"bq": ("heads", "head_dim"), "bk": ("kv_heads", "head_dim"), "bv": ("kv_heads", "head_dim")}
-    axes = {"embed": ("vocab", "embed"), "layers": [layer] * config.layers, "final_norm": ("embed",)}
+    layers = {k: ("layers", *a) for k, a in layer.items()} if config.scan_layers else [layer] * config.layers
+    axes = {"embed": ("vocab", "embed"), "layers": layers, "final_norm": ("embed",)}
     if not config.tie_embeddings:
         axes["lm_head"] = ("embed", "vocab")
     if config.score_head:
@@ -53,7 +58,7 @@ def param_shapes(config: Config) -> dict:
     """Shape of every weight, as a pytree shaped like the params."""
     size = {"embed": config.hidden, "heads": config.heads,
             "kv_heads": config.kv_heads, "head_dim": config.head_dim,
-            "mlp": config.intermediate, "vocab": config.vocab_size}
+            "mlp": config.intermediate, "vocab": config.vocab_size, "layers": config.layers}
     return jax.tree.map(lambda names: tuple(size[a] for a in names), param_axes(config),
                         is_leaf=lambda x: isinstance(x, tuple))
 
@@ -65,7 +70,7 @@ def init_params(config: Config, key: jax.Array, std: float = 0.02) -> dict:
     Each weight is drawn for all layers at once (one key per weight name, the layers along a
     leading axis) and then split, so a config's random weights do not depend on the layout.
     """
-    shapes = param_shapes(config)
+    shapes = param_shapes(dataclasses.replace(config, scan_layers=False))
     stacked = {k: (config.layers, *s) for k, s in shapes["layers"][0].items()}
     names = [n for top in sorted(shapes) for n in (sorted(stacked) if top == "layers" else [top])]
     dtype = jnp.dtype(config.dtype)
@@ -79,7 +84,22 @@ def init_params(config: Config, key: jax.Array, std: float = 0.02) -> dict:
         else:
             out[name] = (std * jax.random.normal(jax.random.fold_in(key, i), shape, F32)).astype(dtype)
     stacked = {k: out.pop(k) for k in stacked}
+    if config.scan_layers:
+        return {**out, "layers": stacked}
     return {**out, "layers": [{k: w[i] for k, w in stacked.items()} for i in range(config.layers)]}
+
+
+def with_layout(config: Config, params: dict, scan_layers: bool) -> tuple[Config, dict]:
+    """``(config, params)`` in the other layer layout if ``scan_layers`` differs from the config's: the
+    layers' weights stacked on a leading axis (``scan_layers=True``) or one dict per layer."""
+    if config.scan_layers == scan_layers:
+        return config, params
+    layers = params["layers"]
+    if scan_layers:
+        layers = {k: jnp.stack([lp[k] for lp in layers]) for k in layers[0]}
+    else:
+        layers = [{k: w[i] for k, w in layers.items()} for i in range(config.layers)]
+    return dataclasses.replace(config, scan_layers=scan_layers), {**params, "layers": layers}
 
 
 def rms_norm(x, weight, eps, plus_one=False):
@@ -161,13 +181,38 @@ def merge_attention(parts):
     return out.astype(parts[0][0].dtype), lse
 
 
-def causal_mask(t: int, window: int | None):
+def causal_mask(t: int, window):
+    """Causal mask bool [1, T, T], limited to the last ``window`` positions (a static int, a traced
+    int32 [], or None)."""
     q = jnp.arange(t)[:, None]
     k = jnp.arange(t)[None, :]
     mask = k <= q
     if window is not None:
         mask &= q - k < window
     return mask[None]
+
+
+def layer(config: Config, lp: dict, x, cos, sin, attend):
+    """One transformer layer: x [B, T, D] -> (x [B, T, D], what ``attend`` returned beside its output).
+
+    ``lp``: the layer's weights; ``cos, sin``: its rotary angles (:func:`rope_angles`); ``attend(q, k,
+    v)`` with q [B, T, H, Dh], k, v [B, T, K, Dh] -> (out [B, T, H, Dh], a cache or None)."""
+    norm = lambda x, w: rms_norm(x, w, config.norm_eps, config.norm_plus_one)
+    act = jax.nn.silu if config.activation == "silu" else partial(jax.nn.gelu, approximate=True)
+    h = norm(x, lp["attn_norm"])
+    q = jnp.einsum("btd,dhk->bthk", h, lp["wq"])
+    k = jnp.einsum("btd,dhk->bthk", h, lp["wk"])
+    v = jnp.einsum("btd,dhk->bthk", h, lp["wv"])
+    if config.qkv_bias:
+        q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
+    if config.qk_norm:
+        q, k = norm(q, lp["q_norm"]), norm(k, lp["k_norm"])
+    o, cache = attend(rope(q, cos, sin), rope(k, cos, sin), v)
+    o = jnp.einsum("bthk,hkd->btd", o, lp["wo"])
+    x = x + (norm(o, lp["attn_out_norm"]) if config.sandwich_norms else o)
+    h = norm(x, lp["mlp_norm"])
+    h = (act(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
+    return x + (norm(h, lp["mlp_out_norm"]) if config.sandwich_norms else h), cache
 
 
 def hidden_states(config: Config, params: dict, tokens, positions=None, cache=None):
@@ -179,6 +224,9 @@ def hidden_states(config: Config, params: dict, tokens, positions=None, cache=No
     :func:`attention`), the new tokens' keys/values are written into it and attend
     to everything it holds. A cache may also give a static ``position_bound`` above every
     position it holds: the rotary angles then come from a table (:func:`rope_angles`).
+    With ``config.scan_layers`` the cache also gives ``layer_fields()`` (its per-layer buffers,
+    stacked on a leading layers axis) and ``with_layer_fields(fields)``; the scan attends one
+    layer's slice of them as a one-layer cache (``attend(0, ...)``).
     """
     if jnp.ndim(tokens) != 2:
         raise ValueError(f"tokens must be an int array [batch, time], got shape {jnp.shape(tokens)}")
@@ -190,35 +238,52 @@ def hidden_states(config: Config, params: dict, tokens, positions=None, cache=No
     angles = {local: rope_angles(positions, jnp.asarray(config.inv_freq(local)), dtype, bound)
               for local in {config.local_rope(i) for i in range(config.layers)}}
     windows = {config.window(i) for i in range(config.layers)}
-    masks = {w: causal_mask(t, w) for w in windows} if cache is None else None
-    norm = lambda x, w: rms_norm(x, w, config.norm_eps, config.norm_plus_one)
-    act = jax.nn.silu if config.activation == "silu" else partial(jax.nn.gelu, approximate=True)
+    masks = {w: causal_mask(t, w) for w in windows} if cache is None and not config.scan_layers else None
+    opts = dict(scale=config.attn_scale, cap=config.attn_softcap)
     x = params["embed"][tokens]
     if config.embed_scale:
         x = x * jnp.asarray(config.hidden ** 0.5, dtype)
 
-    for i, lp in enumerate(params["layers"]):
-        h = norm(x, lp["attn_norm"])
-        q = jnp.einsum("btd,dhk->bthk", h, lp["wq"])
-        k = jnp.einsum("btd,dhk->bthk", h, lp["wk"])
-        v = jnp.einsum("btd,dhk->bthk", h, lp["wv"])
-        if config.qkv_bias:
-            q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
-        if config.qk_norm:
-            q, k = norm(q, lp["q_norm"]), norm(k, lp["k_norm"])
-        cos, sin = angles[config.local_rope(i)]
-        q, k = rope(q, cos, sin), rope(k, cos, sin)
-        window, opts = config.window(i), dict(scale=config.attn_scale, cap=config.attn_softcap)
-        if cache is None:
-            o, _ = attention(q, k.swapaxes(1, 2), v.swapaxes(1, 2), masks[window], **opts)
-        else:
-            o, cache = cache.attend(i, q, k, v, window, **opts)
-        o = jnp.einsum("bthk,hkd->btd", o, lp["wo"])
-        x = x + (norm(o, lp["attn_out_norm"]) if config.sandwich_norms else o)
-        h = norm(x, lp["mlp_norm"])
-        h = (act(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
-        x = x + (norm(h, lp["mlp_out_norm"]) if config.sandwich_norms else h)
-    return norm(x, params["final_norm"]), (cache.advance(t) if cache is not None else None)
+    def attend(i, window, layer_cache):
+        """Layer ``i``'s attention (``window`` static or traced) against ``layer_cache`` (or causal)."""
+        if layer_cache is None:
+            mask = causal_mask(t, window) if masks is None else masks[window]
+            return lambda q, k, v: (attention(q, k.swapaxes(1, 2), v.swapaxes(1, 2), mask, **opts)[0], None)
+        return lambda q, k, v: layer_cache.attend(i, q, k, v, window, **opts)
+
+    if config.scan_layers:
+        x, cache = _scan_layers(config, params["layers"], x, angles, cache, attend)
+    else:
+        for i, lp in enumerate(params["layers"]):
+            x, new = layer(config, lp, x, *angles[config.local_rope(i)], attend(i, config.window(i), cache))
+            cache = cache if new is None else new
+    x = rms_norm(x, params["final_norm"], config.norm_eps, config.norm_plus_one)
+    return x, (cache.advance(t) if cache is not None else None)
+
+
+def _scan_layers(config: Config, layers: dict, x, angles: dict, cache, attend):
+    """The layers as one ``lax.scan`` over stacked weights ``layers`` (and the cache's stacked
+    per-layer buffers): (x [B, T, D], cache). Layers that differ (a sliding window, its own RoPE)
+    get their window and RoPE from per-layer arrays scanned alongside."""
+    n = config.layers
+    windows = [config.window(i) for i in range(n)]
+    fixed = len(set(windows)) == 1              # static window; else traced, "none" as a bound never reached
+    window = jnp.array([np.iinfo(np.int32).max if w is None else w for w in windows], jnp.int32)
+    local = jnp.array([config.local_rope(i) for i in range(n)])
+    if len(angles) == 1:
+        pick = lambda is_local: next(iter(angles.values()))
+    else:
+        pick = lambda is_local: tuple(jnp.where(is_local, a, b) for a, b in zip(angles[True], angles[False]))
+
+    def body(x, xs):
+        lp, w, is_local, fields = xs
+        one = None if cache is None else cache.with_layer_fields({f: [v] for f, v in fields.items()})
+        x, one = layer(config, lp, x, *pick(is_local), attend(0, windows[0] if fixed else w, one))
+        return x, (None if one is None else {f: v[0] for f, v in one.layer_fields().items()})
+
+    fields = None if cache is None else cache.layer_fields()
+    x, fields = jax.lax.scan(body, x, (layers, window, local, fields))
+    return x, (None if cache is None else cache.with_layer_fields(fields))
 
 
 def forward(config: Config, params: dict, tokens, positions=None, cache=None, *, last_only=False):

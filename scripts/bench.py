@@ -5,6 +5,8 @@
     python -m scripts.bench filters                     # filter chains vs greedy, batch 64, vocab 32,000
     python -m scripts.bench search                      # each step-level search vs plain generate
     python -m scripts.bench speculative                 # greedy with / without speculative decoding
+    python -m scripts.bench compile --batch 1 16        # compile s and ms/step, unrolled vs scanned layers
+    python -m scripts.bench cold-start --model DIR      # scripts.generate twice, compile cache off vs on
 
 ``decode``: greedy generation of random-weight models with EOS disabled: tokens/s, ms per
 step, and achieved bytes/s (the weights + the KV of the tokens in the cache, on average, per
@@ -27,6 +29,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -45,6 +48,9 @@ CONFIGS = {
     "4m": dict(vocab_size=2000, hidden=256, layers=4, heads=4, kv_heads=4, intermediate=688),
     "25m": dict(vocab_size=8000, hidden=512, layers=6, heads=8, kv_heads=8, intermediate=1376),
     "50m": dict(vocab_size=8000, hidden=512, layers=14, heads=8, kv_heads=8, intermediate=1376),
+    # SmolLM-135M's shape: 30 layers, what compile time grows with
+    "135m": dict(vocab_size=49152, hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536,
+                 tie_embeddings=True),
 }
 
 
@@ -223,6 +229,62 @@ def bench_speculative(args):
                     f"{name}_policy_forwards": blocks,
                     f"{name}_acceptance": round((per_forward - 1) / k, 3)}
         print(json.dumps(row), flush=True)
+
+
+def bench_compile(args):
+    """Compile seconds and step time of ``engine.generate`` in both layer layouts (unrolled, scanned).
+
+    For each batch, a fresh compilation (``jax.clear_caches``, the persistent cache off) times the
+    first call and a second call the same work compiled: compile seconds = first - second, ms a step =
+    second / new tokens (prefill of the prompt included). Repeats interleave the layouts; medians.
+    """
+    jax.config.update("jax_enable_compilation_cache", False)      # before the first compilation
+    config = make_config(args.config, args.dtype)
+    unrolled = models.Model(config, models.init_params(config, jax.random.key(0)))
+    layouts = {"unrolled": unrolled, "scanned": unrolled.with_layout(True)}
+    runs = {(name, b): [] for name in layouts for b in args.batch}
+    for _ in range(args.repeats):
+        for (name, batch), times in runs.items():
+            prompts = decode_prompts(batch, args.prompt_len)
+            jax.clear_caches()
+            t = [time.perf_counter()]
+            for _ in range(2):                                    # compile and run; run again
+                np.asarray(engine.generate(layouts[name], prompts, max_new_tokens=args.new_tokens).lengths)
+                t.append(time.perf_counter())
+            times.append(t)
+    for (name, batch), times in runs.items():
+        first, second = (float(np.median([t[i + 1] - t[i] for t in times])) for i in (0, 1))
+        compile_s = [t[1] - t[0] - (t[2] - t[1]) for t in times]
+        print(json.dumps({"bench": "compile", "config": args.config, "layers": config.layers, "layout": name,
+                          "batch": batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+                          "compile_s": round(float(np.median(compile_s)), 2),
+                          "compile_s_all": [round(c, 2) for c in compile_s], "first_call_s": round(first, 2),
+                          "ms_per_step": round(1e3 * second / args.new_tokens, 2), "repeats": args.repeats,
+                          "device": jax.devices()[0].device_kind}), flush=True)
+
+
+def bench_cold_start(args):
+    """Wall seconds of ``scripts.generate`` run twice in a row as new processes, without the persistent
+    compilation cache (``ROLLAX_COMPILE_CACHE=off``) and with it (a fresh directory each repeat),
+    interleaved; medians and every run."""
+    cmd = [sys.executable, "-m", "scripts.generate", "--model", args.model, "--prompt", args.prompt,
+           "--max-new-tokens", str(args.new_tokens)]
+    runs = {"off": [], "on": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            for mode, times in runs.items():
+                env = {**os.environ, "ROLLAX_COMPILE_CACHE": "off" if mode == "off" else f"{tmp}/{r}"}
+                pair = []
+                for _ in range(2):
+                    t = time.perf_counter()
+                    subprocess.run(cmd, env=env, check=True, capture_output=True)
+                    pair.append(round(time.perf_counter() - t, 2))
+                times.append(pair)
+    for mode, pairs in runs.items():
+        print(json.dumps({"bench": "cold-start", "model": args.model, "cache": mode, "new_tokens": args.new_tokens,
+                          "first_s": float(np.median([p[0] for p in pairs])),
+                          "second_s": float(np.median([p[1] for p in pairs])), "runs": pairs,
+                          "device": jax.devices()[0].device_kind}), flush=True)
 
 
 def timed(fn, repeats: int) -> float:
@@ -404,6 +466,20 @@ def main(argv=None):
     fil.add_argument("--repeats", type=int, default=3)
     fil.add_argument("--dtype", default=None)
     fil.set_defaults(fn=bench_filters)
+    com = sub.add_parser("compile", help="compile seconds and step time, unrolled vs scanned layers")
+    com.add_argument("--config", default="135m", help="4m, 25m, 135m or a preset name")
+    com.add_argument("--batch", nargs="+", type=int, default=[1, 16])
+    com.add_argument("--prompt-len", type=int, default=16)
+    com.add_argument("--new-tokens", type=int, default=64)
+    com.add_argument("--dtype", default=None)
+    com.add_argument("--repeats", type=int, default=3)
+    com.set_defaults(fn=bench_compile)
+    cold = sub.add_parser("cold-start", help="scripts.generate run twice, without and with the compile cache")
+    cold.add_argument("--model", required=True, help="a model directory or a shipped name")
+    cold.add_argument("--prompt", default="12+7=")
+    cold.add_argument("--new-tokens", type=int, default=32)
+    cold.add_argument("--repeats", type=int, default=3)
+    cold.set_defaults(fn=bench_cold_start)
     sea = sub.add_parser("search", help="each step-level search (meta.search) vs plain generate of the same rows")
     sea.add_argument("--prompts", type=int, default=16)
     sea.add_argument("--n", type=int, default=16, help="rollouts per prompt")

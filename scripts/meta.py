@@ -395,4 +395,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from scripts import cli
+    cli.run(main)

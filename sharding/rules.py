@@ -71,6 +71,7 @@ RULES = Rules.of({
     "kv_heads": TENSOR,     # replicated automatically when kv_heads does not divide the tensor axis
     "head_dim": None,
     "mlp": TENSOR,
+    "layers": None,         # the leading axis of a scanned model's stacked weights and KV caches
     # activations and state: rollouts (and the prompts they come from) split over the data axis
     "rollouts": DATA,
     "batch": DATA,

@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ROLLAX_COMPILE_CACHE", "off")   # scripts run by the tests write no compile cache to ~
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
