@@ -135,6 +135,7 @@ def test_arith_feedback_names_the_first_wrong_step_or_the_answer():
     assert fb(p.prompt, "50+27=77\n77-10=67\nA: 66") == "? A: 66\n"
     assert fb(p.prompt, "50+27=77\n") == "? A: \n"
     assert fb(p.prompt, "garbage") == "? garbage\n"
+    assert fb(p.prompt, "1" * 40) == "? " + "1" * 16 + "\n"                 # a runaway line, cut
     with pytest.raises(ValueError) as e:
         fb("Q: 1+1=?\n", "A: 2")
     assert "no problem has the prompt" in str(e.value)

@@ -91,6 +91,9 @@ def process_scores(texts: Sequence[str], problems: Sequence[Problem] | None = No
     return [step_scores(t, p) for t, p in zip(texts, problems)]
 
 
+LINE = 16       # characters of a wrong line the feedback quotes (a right step line has at most 14)
+
+
 def feedback(problems: Sequence[Problem]):
     """External feedback for ``meta.refine`` on these problems: ``fb(prompt, attempt)`` is ``None``
     when the attempt's answer is right, else one line in the task's own symbols (its tokenizer has no
@@ -106,7 +109,7 @@ def feedback(problems: Sequence[Problem]):
             return None
         lines = [line.strip() for line in attempt.split("\n") if line.strip()]     # as parse() reads them
         wrong = [i for i, ok in enumerate(step_scores(attempt, p)) if not ok]
-        return f"? {lines[wrong[0]]}\n" if wrong else f"? A: {'' if parsed.answer is None else parsed.answer}\n"
+        return f"? {lines[wrong[0]][:LINE]}\n" if wrong else f"? A: {'' if parsed.answer is None else str(parsed.answer)[:LINE]}\n"
     return fb
 
 
