@@ -110,7 +110,7 @@ def test_refuses_malformed_dataset(tmp_path, capsys, bad, message):
     (["--temperature", "-1"], "error: temperature must be >= 0, got -1.0"),
     (["--max-new-tokens", "0"], "must be positive"),
     (["--simulations", "0"], "must be positive"),
-    (["--model", "no/such/dir"], "error: no model directory at no/such/dir"),
+    (["--model", "no/such/dir"], "error: no model directory or .gguf file at no/such/dir"),
 ])
 def test_refuses_bad_settings_before_writing(tmp_path, capsys, extra, message):
     data = dataset(tmp_path / "data.jsonl")
