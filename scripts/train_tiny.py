@@ -56,7 +56,10 @@ def train_tokenizer(path: Path, seed: int = 0, n: int = 20000, vocab_size: int =
     import sentencepiece as spm
     stream, rng = task.problems.train_stream(task.mix, seed=seed + 1), random.Random(seed + 1)
     texts = [p.prompt + p.random_solution(rng) for p in itertools.islice(stream, n)]
-    buf = io.BytesIO()
+    buf, chars = io.BytesIO(), len(set("".join(texts)))
+    if vocab_size < chars + 4:                   # every character a piece, besides PAD, BOS, EOS, UNK
+        raise ValueError(f"--vocab-size {vocab_size} is too small for {task.name}: its text has {chars} "
+                         f"characters, so at least {chars + 4} pieces")
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
         hard_vocab_limit=False, split_digits=True, normalization_rule_name="identity",

@@ -319,6 +319,10 @@ def test_training_text_round_trips_and_every_hard_problem_packs(tok):
     tokens, mask = train_tiny.pack(tok, [P], seq_len=64)
     targets = tokens[0, 1:][mask[0] > 0]
     assert tok.decode(targets[:-1].tolist()) == P.solution and targets[-1] == tok.eos_id
+    with pytest.raises(ValueError) as e:
+        train_tiny.train_tokenizer(Path(tok.path).with_name("small.model"), n=300, vocab_size=32,
+                                   task=tasks.get("tiny-program"))
+    assert "--vocab-size 32 is too small for tiny-program: its text has" in str(e.value)
     hard = program.held_out("test", "hard") + program.held_out("val", "hard")
     train_tiny.pack(tok, hard, seq_len=tasks.get("tiny-program").train["seq_len"])      # raises if one is too long
 
