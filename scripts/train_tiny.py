@@ -56,7 +56,10 @@ def train_tokenizer(path: Path, seed: int = 0, n: int = 20000, vocab_size: int =
     import sentencepiece as spm
     stream, rng = task.problems.train_stream(task.mix, seed=seed + 1), random.Random(seed + 1)
     texts = [p.prompt + p.random_solution(rng) for p in itertools.islice(stream, n)]
-    buf = io.BytesIO()
+    buf, chars = io.BytesIO(), len(set("".join(texts)))
+    if vocab_size < chars + 4:                   # every character a piece, besides PAD, BOS, EOS, UNK
+        raise ValueError(f"--vocab-size {vocab_size} is too small for {task.name}: its text has {chars} "
+                         f"characters, so at least {chars + 4} pieces")
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
         hard_vocab_limit=False, split_digits=True, normalization_rule_name="identity",
@@ -128,6 +131,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seq-len", type=int, default=96)
+    ap.add_argument("--vocab-size", type=int, default=32, help="tokenizer pieces (at least the task's characters)")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
@@ -144,14 +148,14 @@ def main(argv=None) -> dict:
     ap.set_defaults(**task.train)
     args = ap.parse_args(argv)
     args.out = args.out or ZOO / task.policy
-    check_flags(args, ("steps", "batch", "seq_len", "eval_every", "val_problems"), ("stop_at",))
+    check_flags(args, ("steps", "batch", "seq_len", "vocab_size", "eval_every", "val_problems"), ("stop_at",))
     problems = task.problems
     most = problems.LEVELS["hard"].held_out
     if args.val_problems > most or args.stop_at > 1:
         raise ValueError(f"--val-problems must be at most {most} and --stop-at at most 1 "
                          f"(an accuracy), got {args.val_problems} and {args.stop_at}")
     with tempfile.TemporaryDirectory() as tmp:
-        tok = train_tokenizer(Path(tmp) / "tokenizer.model", seed=args.seed, task=task)
+        tok = train_tokenizer(Path(tmp) / "tokenizer.model", seed=args.seed, vocab_size=args.vocab_size, task=task)
         config = models.preset("tiny", vocab_size=tok.vocab_size, hidden=args.hidden, layers=args.layers,
                                heads=args.heads, head_dim=args.head_dim, kv_heads=args.kv_heads,
                                intermediate=args.intermediate,

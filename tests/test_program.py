@@ -287,3 +287,47 @@ def test_docs_example_runs():
     assert note == f"no: {listlang.show(xs)} -> {listlang.show(sorted(xs, reverse=True))}, want {listlang.show(want)}\n"
     assert ns["transcript"] == problem.prompt + "sort\nreverse\n" + note + "P:\n"
     assert ns["right"].tolist() == [0.0, 1.0] and len(ns["steps"]) == 2
+
+
+def test_registry_names_the_task_and_grades_by_the_verifier():
+    from meta import tasks
+    task = tasks.get("tiny-program")
+    assert (task.policy, task.reward_model, task.process_reward_model) == (
+        "tiny-program", "tiny-program-rm", "tiny-program-prm")
+    assert tasks.of(P) is task and task.problems is program and not task.graded_by_answer
+    assert task.correct(OTHER_RIGHT, P) and not task.correct(SHOWN_ONLY, P) and not task.correct(None, P)
+    assert P.answer == CORRECT == program.answer(P.solution)          # a reference, not the only right text
+    assert not any(program.ANSWER_RE.match(line) for line in ["A: 3", "P:", "", *CORRECT.split("\n")])
+    longest = max(len(p.solution) for p in program.held_out("test", "hard"))
+    assert program.max_new_tokens([P]) >= longest + 1                 # characters bound tokens; + EOS
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from meta import tasks
+    from scripts import train_tiny
+    task = tasks.get("tiny-program")
+    return train_tiny.train_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model", n=300,
+                                      vocab_size=task.train["vocab_size"], task=task)
+
+
+def test_training_text_round_trips_and_every_hard_problem_packs(tok):
+    from meta import tasks
+    from scripts import train_tiny
+    text = P.prompt + OTHER_RIGHT
+    assert tok.decode(tok.encode(text, bos=False)) == text and train_tiny.UNK not in tok.encode(text)
+    tokens, mask = train_tiny.pack(tok, [P], seq_len=64)
+    targets = tokens[0, 1:][mask[0] > 0]
+    assert tok.decode(targets[:-1].tolist()) == P.solution and targets[-1] == tok.eos_id
+    with pytest.raises(ValueError) as e:
+        train_tiny.train_tokenizer(Path(tok.path).with_name("small.model"), n=300, vocab_size=32,
+                                   task=tasks.get("tiny-program"))
+    assert "--vocab-size 32 is too small for tiny-program: its text has" in str(e.value)
+    hard = program.held_out("test", "hard") + program.held_out("val", "hard")
+    train_tiny.pack(tok, hard, seq_len=tasks.get("tiny-program").train["seq_len"])      # raises if one is too long
+
+
+def test_process_labels_make_every_line_a_step():
+    from scripts import train_reward
+    assert train_reward.step_labels(CORRECT + "\n", P) == [1.0, 1.0, 1.0]
+    assert train_reward.step_labels("filter >2\n\nmap +1\nsort\n", P) == [1.0, None, 0.0, 0.0]

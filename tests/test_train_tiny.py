@@ -53,6 +53,7 @@ def test_a_short_run_is_deterministic_and_loads_back(tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--eval-every", "0"], "--eval-every must be positive, got 0"),        # ZeroDivisionError before
+    (["--vocab-size", "0"], "--vocab-size must be positive, got 0"),
     (["--steps", "1"], "--steps must be at least 2"),                       # optax's decay_steps=0 before
     (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),         # saved NaN weights, exit 0
     (["--lr", "-1"], "--lr must be a finite number > 0"),

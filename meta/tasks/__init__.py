@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 from types import ModuleType
 
-from meta.tasks import arith, arith_verifiers, countdown, countdown_verifiers
+from meta.tasks import arith, arith_verifiers, countdown, countdown_verifiers, program, program_verifiers
 
-__all__ = ["arith", "arith_verifiers", "countdown", "countdown_verifiers", "Task", "TASKS", "get", "of"]
+__all__ = ["arith", "arith_verifiers", "countdown", "countdown_verifiers", "program", "program_verifiers", "Task", "TASKS",
+           "get", "of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +60,10 @@ TASKS: dict[str, Task] = {
     "tiny-arith": Task("tiny-arith", arith, arith_verifiers, MIX, graded_by_answer=True),
     "countdown": Task("countdown", countdown, countdown_verifiers, MIX,
                       train=dict(steps=1000, seq_len=80, eval_every=100, val_problems=64, stop_at=0.45)),
+    # letters as well as digits: 96 pieces learn the op names (``map``, ``filter`` ...) as one each
+    "tiny-program": Task("tiny-program", program, program_verifiers, MIX,
+                         train=dict(vocab_size=96, steps=1200, seq_len=144, eval_every=100, val_problems=64,
+                                    stop_at=0.5)),
 }
 
 

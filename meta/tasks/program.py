@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import random
+import re
 import zlib
 
 from meta.tasks.listlang import Op, ParseError, RunError, parse, read_list, run, show
@@ -52,6 +53,7 @@ BOUND = 99                           # every value of a generated problem's runs
 MAX_OPS = max(lvl.max_ops for lvl in LEVELS.values())
 ARROW, CUE = " -> ", "P:\n"
 MAX_NEW_TOKENS = (MAX_OPS + 1) * len("filter even\n")   # a generation budget: characters bound tokens
+ANSWER_RE = re.compile(r"(?!)")      # no answer line: every line of a solution is a step (an op)
 
 # The generator's vocabulary, by family; a family is drawn uniformly, then one of its ops.
 FAMILIES: dict[str, tuple[Op, ...]] = {
@@ -110,6 +112,12 @@ class Problem:
     def solution(self) -> str:
         """The hidden program, one op a line (no trailing newline): a right answer."""
         return "\n".join(map(str, self.ops))
+
+    @property
+    def answer(self) -> str:
+        """The hidden program's canonical text (:func:`answer` of :attr:`solution`): a reference only,
+        as other programs are right too (the outcome verifier decides; ``graded_by_answer=False``)."""
+        return self.solution
 
     def random_solution(self, rng: random.Random, swaps: int = 8) -> str:
         """A right program, its ops in a random order: ``swaps`` draws of two adjacent ops, each
@@ -223,3 +231,8 @@ def behaviour(text: str) -> tuple | None:
         return behaviour_of(parse(text))
     except ParseError:
         return None
+
+
+def max_new_tokens(problems) -> int:
+    """A generation budget that fits a solution of every problem: :data:`MAX_NEW_TOKENS`, the same for all."""
+    return MAX_NEW_TOKENS
