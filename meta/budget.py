@@ -50,6 +50,13 @@ class Budget:
         """Estimated FLOPs: 2 x params x tokens, for the policy and for model scorers."""
         return self.policy_flops + self.scorer_flops
 
+    def add(self, other: "Budget") -> "Budget":
+        """This budget with ``other``'s spending added to it (its limit stays); returns it."""
+        for f in dataclasses.fields(self):
+            if f.name != "max_generated":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
     def affordable(self, rows: int, max_new_tokens: int) -> int:
         """How many of ``rows`` rollouts of up to ``max_new_tokens`` fit in what is left of the limit."""
         if self.max_generated is None:

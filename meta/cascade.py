@@ -10,8 +10,6 @@ in a budget of its own (``Result.parts``); ``Result.budget`` is their sum.
 """
 from __future__ import annotations
 
-import dataclasses
-
 from meta.budget import Budget
 from meta.result import Result
 
@@ -35,13 +33,14 @@ def _check(stages, prompts):
                              f"share one (answers and prompts are compared across stages)")
 
 
-def cascade(stages, prompts, *, accept, references=None) -> Result:
+def cascade(stages, prompts, *, accept, references=None, budget: Budget | None = None) -> Result:
     """Run the ``stages`` in order, each on the prompts not yet accepted (see the module docstring).
 
     ``accept(result, g) -> bool`` judges prompt ``g`` of a stage's ``Result``, or a list of such
     functions, one for each stage but the last (a greedy stage has no votes to agree: a verifier or
-    a reward threshold judges it); ``references`` (one per prompt) go to every stage's method. ``info[g]["stage"]`` is the stage that answered prompt ``g``
-    (its other fields: that stage's own ``info``), ``parts`` the budget of each stage.
+    a reward threshold judges it); ``references`` (one per prompt) go to every stage's method. ``info[g]["stage"]``
+    is the stage that answered prompt ``g`` (its other fields: that stage's own ``info``), ``parts`` the
+    budget of each stage, ``budget`` their sum (added to the ``budget`` given, if one is).
     """
     _check(stages, prompts)
     accepts = list(accept) if isinstance(accept, (list, tuple)) else [accept] * (len(stages) - 1)
@@ -54,10 +53,10 @@ def cascade(stages, prompts, *, accept, references=None) -> Result:
     for s, (model, method, kwargs) in enumerate(stages):
         if not waiting:
             break
-        budget = Budget()
+        spent = Budget()
         refs = {} if references is None else {"references": [references[i] for i in waiting]}
-        r = method(model, [prompts[i] for i in waiting], budget=budget, **refs, **kwargs)
-        parts.append(budget)
+        r = method(model, [prompts[i] for i in waiting], budget=spent, **refs, **kwargs)
+        parts.append(spent)
         last, left = s == len(stages) - 1, []
         for j, i in enumerate(waiting):
             if not last and not accepts[s](r, j):
@@ -67,11 +66,9 @@ def cascade(stages, prompts, *, accept, references=None) -> Result:
                 out[k][i] = getattr(r, k)[j]
             out["info"][i] = {"stage": s, **(out["info"][i] or {})}
         waiting = left
-    total = Budget()
+    total = Budget() if budget is None else budget
     for b in parts:
-        for f in dataclasses.fields(Budget):
-            if f.name != "max_generated":
-                setattr(total, f.name, getattr(total, f.name) + getattr(b, f.name))
+        total.add(b)
     return Result(method="cascade", prompts=list(prompts), budget=total, parts=parts, **out)
 
 

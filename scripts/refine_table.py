@@ -22,14 +22,11 @@ writes the accuracy-vs-tokens plot.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import meta
 import models
 from meta.tasks import arith, arith_verifiers
-from sampling import Sampler
-from scripts.eval_arith import TEMPERATURE
 from scripts.search_table import measure, plot
 
 THRESHOLDS = (0.3, 0.5, 0.7)
@@ -55,11 +52,7 @@ def cascade(agreement):
     def run(m, p, n, *, budget, sampler, **kw):
         kw = _drop(kw, "references")
         stages = [(m, meta.self_consistency, dict(n=k, sampler=sampler, **kw)) for k in (4, 16)]
-        r = meta.cascade(stages, p, accept=meta.agreement(agreement))
-        for f in dataclasses.fields(meta.Budget):
-            if f.name != "max_generated":
-                setattr(budget, f.name, getattr(budget, f.name) + getattr(r.budget, f.name))
-        return r
+        return meta.cascade(stages, p, accept=meta.agreement(agreement), budget=budget)
     return run
 
 

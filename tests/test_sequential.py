@@ -181,6 +181,8 @@ def test_cascade_acceptance_rules_and_bad_input():
     assert meta.agreement(0.75)(res, 0) and not meta.agreement(0.8)(res, 0) and not meta.agreement(0.1)(res, 1)
     assert meta.score_at_least(0.9)(res, 0) and not meta.score_at_least(0.95)(res, 0)
     assert not meta.score_at_least(0.0)(res, 1)
+    b = meta.Budget(max_generated=100, generated=3).add(meta.Budget(generated=4, policy_flops=2.0))
+    assert (b.generated, b.policy_flops, b.max_generated) == (7, 2.0, 100)     # spending adds, the limit stays
     tok = models.load("tiny-arith")
     for stages, message in [([], "stages must be a non-empty list"),
                             ([(Fake(), meta.self_consistency)], "stage 0 must be (model, method, kwargs)"),
