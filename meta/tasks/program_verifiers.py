@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from meta.scoring import FunctionScorer, ProcessScorer
+from meta.tasks import arith_verifiers
 from meta.tasks.listlang import MAX_STEPS, ParseError, RunError, parse, parse_op, run, show
 from meta.tasks.program import ARROW, MAX_OPS, OPS, Problem, read_prompt
 
@@ -29,16 +30,8 @@ REJECT = "no: "              # the start of a feedback line
 
 
 def _check(texts, problems):
-    if isinstance(texts, str):
-        raise ValueError("texts must be a list of strings, not one string")
-    texts, problems = list(texts), list(problems)
-    if len(problems) != len(texts):
-        raise ValueError(f"got {len(texts)} texts but {len(problems)} problems")
-    bad = [i for i, p in enumerate(problems) if not isinstance(p, Problem)]
-    if bad:
-        raise ValueError(f"problems must be program.Problem instances; item {bad[0]} is "
-                         f"{type(problems[bad[0]]).__name__}")
-    return texts, problems
+    """``texts`` and ``problems`` (needed) as lists, checked as every task's verifiers check them."""
+    return arith_verifiers._check(texts, problems, True, Problem)
 
 
 def _outputs(ops, examples):
