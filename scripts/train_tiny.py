@@ -80,13 +80,24 @@ def encode(tok, problem, rng: random.Random | None = None) -> tuple[list[int], i
     return prompt + tok.encode(solution, bos=False) + [tok.eos_id], len(prompt)
 
 
-def pack(tok, problems, seq_len: int, rng: random.Random | None = None):
-    """(tokens [B, T+1], loss mask [B, T]) for ``problems`` (solutions as in :func:`encode`);
-    the loss is on the solution and EOS only."""
-    tokens = np.full((len(problems), seq_len + 1), PAD, np.int32)
-    mask = np.zeros((len(problems), seq_len), np.float32)
-    for row, problem in enumerate(problems):
-        ids, n_prompt = encode(tok, problem, rng)
+def encode_feedback(tok, task: tasks.Task, problem, rng: random.Random) -> tuple[list[int], int]:
+    """A feedback turn, as ``meta.refine`` lays it out: BOS + prompt + a flawed attempt + EOS + the
+    task verifier's feedback on it + the corrected attempt + EOS (``Problem.flawed_solution``,
+    ``verifiers.feedback``), and the number of tokens before the corrected attempt."""
+    flawed, corrected = problem.flawed_solution(rng)
+    message = task.verifiers.feedback([problem])(problem.prompt, flawed)
+    head = tok.encode(problem.prompt) + tok.encode(flawed, bos=False) + [tok.eos_id] + tok.encode(message, bos=False)
+    return head + tok.encode(corrected, bos=False) + [tok.eos_id], len(head)
+
+
+def pack(tok, problems, seq_len: int, rng: random.Random | None = None, encoded=None):
+    """(tokens [B, T+1], loss mask [B, T]) for ``problems`` (solutions as in :func:`encode`), or for
+    ``encoded`` examples ``(ids, n_context)``; the loss is on what follows the context (the
+    solution and EOS) only."""
+    encoded = encoded or [encode(tok, problem, rng) for problem in problems]
+    tokens = np.full((len(encoded), seq_len + 1), PAD, np.int32)
+    mask = np.zeros((len(encoded), seq_len), np.float32)
+    for row, (ids, n_prompt) in enumerate(encoded):
         if len(ids) > seq_len + 1:
             raise ValueError(f"a training example has {len(ids)} tokens; raise --seq-len above {seq_len}")
         tokens[row, :len(ids)] = ids
@@ -94,12 +105,18 @@ def pack(tok, problems, seq_len: int, rng: random.Random | None = None):
     return tokens, mask
 
 
-def batches(tok, batch: int, seq_len: int, seed: int, task: tasks.Task = DEFAULT_TASK):
+def batches(tok, batch: int, seq_len: int, seed: int, task: tasks.Task = DEFAULT_TASK, feedback: float = 0.0):
     """Endless training batches (see :func:`pack`) from ``task``'s level mixture, each solution
-    a random one: several reasoning paths to one answer, so that voting over samples pays."""
-    stream, rng = task.problems.train_stream(task.mix, seed=seed), random.Random(seed)
+    a random one: several reasoning paths to one answer, so that voting over samples pays. A
+    ``feedback`` fraction of the examples are feedback turns (:func:`encode_feedback`)."""
+    stream, rng, coin = task.problems.train_stream(task.mix, seed=seed), random.Random(seed), random.Random(seed + 2)
     while True:
-        yield pack(tok, [next(stream) for _ in range(batch)], seq_len, rng)
+        problems = [next(stream) for _ in range(batch)]
+        if not feedback:
+            yield pack(tok, problems, seq_len, rng)
+            continue
+        yield pack(tok, None, seq_len, encoded=[encode_feedback(tok, task, p, rng) if coin.random() < feedback
+                                                 else encode(tok, p, rng) for p in problems])
 
 
 def make_step(config, optimizer):
@@ -143,6 +160,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--val-problems", type=int, default=128, help="validation hard problems for greedy accuracy")
     ap.add_argument("--stop-at", type=float, default=0.55,
                     help="stop once greedy accuracy on the validation hard problems reaches this (0: never)")
+    ap.add_argument("--feedback", type=float, default=0.0,
+                    help="fraction of training examples that are feedback turns (a flawed attempt, the "
+                         "verifier's feedback, the corrected attempt): a model that can use meta.refine")
     ap.add_argument("--seed", type=int, default=0)
     task = tasks.get(ap.parse_known_args(argv)[0].task)
     ap.set_defaults(**task.train)
@@ -151,9 +171,11 @@ def main(argv=None) -> dict:
     check_flags(args, ("steps", "batch", "seq_len", "vocab_size", "eval_every", "val_problems"), ("stop_at",))
     problems = task.problems
     most = problems.LEVELS["hard"].held_out
-    if args.val_problems > most or args.stop_at > 1:
-        raise ValueError(f"--val-problems must be at most {most} and --stop-at at most 1 "
-                         f"(an accuracy), got {args.val_problems} and {args.stop_at}")
+    if args.val_problems > most or args.stop_at > 1 or not 0 <= args.feedback <= 1:
+        raise ValueError(f"--val-problems must be at most {most}, --stop-at at most 1 (an accuracy) and "
+                         f"--feedback in [0, 1] (a fraction), got {args.val_problems}, {args.stop_at} and {args.feedback}")
+    if args.feedback and not hasattr(problems.Problem, "flawed_solution"):
+        raise ValueError(f"--feedback: task {task.name} has no flawed solutions to train feedback turns on")
     with tempfile.TemporaryDirectory() as tmp:
         tok = train_tokenizer(Path(tmp) / "tokenizer.model", seed=args.seed, vocab_size=args.vocab_size, task=task)
         config = models.preset("tiny", vocab_size=tok.vocab_size, hidden=args.hidden, layers=args.layers,
@@ -168,7 +190,7 @@ def main(argv=None) -> dict:
         params = models.init_params(config, jax.random.key(args.seed))
         opt_state = optimizer.init(params)
         step, loss_fn = make_step(config, optimizer)
-        data = batches(tok, args.batch, args.seq_len, args.seed, task)
+        data = batches(tok, args.batch, args.seq_len, args.seed, task, args.feedback)
         val_tokens, val_mask = pack(tok, problems.held_out("val", "hard", 256), args.seq_len)
         val_problems = problems.held_out("val", "hard", args.val_problems)
 

@@ -1,12 +1,13 @@
 """scripts.train_tiny: the loss mask, and a short run that is deterministic and loads back."""
 import json
+import random
 
 import jax
 import numpy as np
 import pytest
 
 import models
-from meta.tasks import arith
+from meta.tasks import arith, arith_verifiers
 from scripts import train_tiny
 
 SMALL = ["--steps", "4", "--batch", "8", "--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1",
@@ -39,6 +40,36 @@ def test_pack_masks_exactly_the_solution_and_eos(tok):
     assert "raise --seq-len" in str(err.value)
 
 
+def test_a_flawed_solution_has_one_slip_carried_forward_and_the_corrected_attempt_fixes_it():
+    rng = random.Random(3)
+    for p in arith.held_out("val", "hard", 50):
+        flawed, corrected = p.flawed_solution(rng)
+        wrong, right = flawed.split("\n"), corrected.split("\n")
+        scores = arith_verifiers.step_scores(flawed, p)
+        assert len(wrong) == len(right) and scores.sum() == len(scores) - 1       # exactly one step wrong
+        k = int(np.argmin(scores))
+        assert wrong[:k] == right[:k] and wrong[k] != right[k]                    # same order, slip at k
+        slip = arith.parse(flawed).steps[k]
+        assert 1 <= abs(slip.result - arith.parse(corrected).steps[k].result) <= 10
+        assert arith.answer(corrected) == p.answer != arith.answer(flawed)
+        assert arith_verifiers.feedback([p])(p.prompt, flawed) == f"? {wrong[k][:arith_verifiers.LINE]}\n"
+
+
+def test_a_feedback_turn_is_laid_out_as_refine_appends_it_and_only_the_correction_is_learned(tok):
+    from meta import tasks
+    task, p = tasks.get("tiny-arith"), arith.held_out("val", "hard", 1)[0]
+    flawed, corrected = p.flawed_solution(random.Random(0))
+    ids, n = train_tiny.encode_feedback(tok, task, p, random.Random(0))
+    message = "? " + next(line for line, ok in zip(flawed.split("\n"), arith_verifiers.step_scores(flawed, p)) if not ok)
+    assert tok.decode(ids[:n]) == tok.decode(tok.encode(p.prompt + flawed)) + "</s>" + message + "\n"
+    tokens, mask = train_tiny.pack(tok, None, seq_len=len(ids), encoded=[(ids, n)])
+    targets = tokens[0, 1:][mask[0] > 0]
+    assert tok.decode(targets[:-1].tolist()) == corrected and targets[-1] == tok.eos_id
+    tokens, _ = next(train_tiny.batches(tok, 64, 160, 0, task, feedback=0.5))
+    seen = sum(tok.eos_id in row[:int(np.nonzero(row)[0][-1])].tolist() for row in tokens)   # an EOS mid-row
+    assert 16 <= seen <= 48                                                       # about half: 32 +- 4 sd
+
+
 def test_a_short_run_is_deterministic_and_loads_back(tmp_path):
     a = train_tiny.main(SMALL + ["--out", str(tmp_path / "a")])
     train_tiny.main(SMALL + ["--out", str(tmp_path / "b")])
@@ -59,6 +90,8 @@ def test_a_short_run_is_deterministic_and_loads_back(tmp_path):
     (["--lr", "-1"], "--lr must be a finite number > 0"),
     (["--stop-at", "2"], "--stop-at at most 1"),
     (["--val-problems", "1001"], "--val-problems must be at most 1000"),
+    (["--feedback", "1.5"], "--feedback in [0, 1] (a fraction), got 128, 0.55 and 1.5"),
+    (["--task", "countdown", "--feedback", "0.3"], "task countdown has no flawed solutions"),
     (["--reward", "--lm-weight", "inf"], "--lm-weight must be a finite number >= 0"),
     (["--reward", "--eval-every", "0"], "--eval-every must be positive"),   # after sampling every rollout
     (["--prm", "--test-problems", "1001"], "--test-problems must be at most 1000, got 200 and 1001"),

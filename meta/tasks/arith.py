@@ -110,18 +110,45 @@ class Problem:
         """The reference chain of thought (without the prompt), left to right, ending with ``A: <answer>``."""
         return self.ordered_solution(range(len(self.operands)))
 
-    def random_solution(self, rng: random.Random, tries: int = 30) -> str:
-        """A chain of thought in a random order: the first of ``tries`` uniform permutations that
-        :meth:`ordered_solution` accepts, else the reference order. Training on these gives the
-        policy several paths to one answer, which is what makes voting over samples pay."""
+    def random_order(self, rng: random.Random, tries: int = 30) -> list[int]:
+        """The first of ``tries`` uniform permutations of the terms that :meth:`ordered_solution`
+        accepts, else the reference order."""
         order = list(range(len(self.operands)))
         for _ in range(tries):
             candidate = rng.sample(order, len(order))
             try:
-                return self.ordered_solution(candidate)
+                self.ordered_solution(candidate)
+                return candidate
             except ValueError:
                 continue
-        return self.solution
+        return order
+
+    def random_solution(self, rng: random.Random, tries: int = 30) -> str:
+        """A chain of thought in a random order (:meth:`random_order`). Training on these gives the
+        policy several paths to one answer, which is what makes voting over samples pay."""
+        return self.ordered_solution(self.random_order(rng, tries))
+
+    def flawed_solution(self, rng: random.Random) -> tuple[str, str]:
+        """A training pair for feedback turns: a chain of thought in a random order with one
+        arithmetic slip (a step's result off by 1-10, later steps carrying it forward correctly, so
+        the answer is wrong) and the same chain without the slip, the corrected attempt."""
+        order = self.random_order(rng)
+        corrected = self.ordered_solution(order)
+        lines = corrected.split("\n")[:-1]
+        slip = rng.randrange(len(lines))
+        delta = rng.choice([d for d in range(-10, 11) if d])
+        terms, out = self.terms(), []
+        total = terms[order[0]][1]
+        for i, t in enumerate(order[1:]):
+            op, b = terms[t]
+            new = total + b if op == "+" else total - b
+            if i == slip:
+                new = new + delta if new + delta >= 0 else new - delta     # a slip never writes a negative
+            if new < 0:                                 # a slip down carried below 0: draw again (one up never is)
+                return self.flawed_solution(rng)
+            out.append(f"{total}{op}{b}={new}")
+            total = new
+        return "\n".join(out + [f"A: {total}"]), corrected
 
 
 @dataclasses.dataclass(frozen=True)
