@@ -39,8 +39,7 @@ def _drop(kw, *names):
 
 
 def refine(m, p, n, **kw):
-    fb = arith_verifiers.feedback(kw["references"])
-    return meta.refine(m, p, feedback=fb, rounds=1, n=n, max_feedback_tokens=24, **_drop(kw, "references"))
+    return meta.refine(m, p, feedback=arith_verifiers.feedback, rounds=1, n=n, max_feedback_tokens=24, **_drop(kw, "references"))
 
 
 def backtrack(prm, threshold):

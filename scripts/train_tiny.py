@@ -85,7 +85,7 @@ def encode_feedback(tok, task: tasks.Task, problem, rng: random.Random) -> tuple
     task verifier's feedback on it + the corrected attempt + EOS (``Problem.flawed_solution``,
     ``verifiers.feedback``), and the number of tokens before the corrected attempt."""
     flawed, corrected = problem.flawed_solution(rng)
-    message = task.verifiers.feedback([problem])(problem.prompt, flawed)
+    message = task.verifiers.feedback(problem.prompt, flawed)
     head = tok.encode(problem.prompt) + tok.encode(flawed, bos=False) + [tok.eos_id] + tok.encode(message, bos=False)
     return head + tok.encode(corrected, bos=False) + [tok.eos_id], len(head)
 

@@ -52,7 +52,7 @@ def test_a_flawed_solution_has_one_slip_carried_forward_and_the_corrected_attemp
         slip = arith.parse(flawed).steps[k]
         assert 1 <= abs(slip.result - arith.parse(corrected).steps[k].result) <= 10
         assert arith.answer(corrected) == p.answer != arith.answer(flawed)
-        assert arith_verifiers.feedback([p])(p.prompt, flawed) == f"? {wrong[k][:arith_verifiers.LINE]}\n"
+        assert arith_verifiers.feedback(p.prompt, flawed) == f"? {wrong[k][:arith_verifiers.LINE]}\n"
 
 
 def test_a_feedback_turn_is_laid_out_as_refine_appends_it_and_only_the_correction_is_learned(tok):

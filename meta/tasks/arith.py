@@ -44,6 +44,7 @@ LEVELS: dict[str, Level] = {
 DIGITS = r"([0-9]{1,100})"      # ASCII only (\d takes any script's digits); bounded (int() refuses > 4300)
 STEP_RE = re.compile(rf"^{DIGITS}([+-]){DIGITS}={DIGITS}$")
 ANSWER_RE = re.compile(rf"^A: {DIGITS}$")
+PROMPT_RE = re.compile(rf"^Q: ({DIGITS}(?:[+-]{DIGITS})+)=\?\n?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +194,15 @@ def sample_problem(rng: random.Random, lvl: Level | str) -> Problem:
         operands.append(b)
         ops.append(op)
     return Problem(tuple(operands), tuple(ops), lvl.name)
+
+
+def from_prompt(prompt: str) -> Problem:
+    """The problem a prompt ``Q: <chain>=?`` states (its level unknown: ``""``); a ``ValueError`` otherwise."""
+    m = PROMPT_RE.match(prompt) if isinstance(prompt, str) else None
+    if m is None:
+        raise ValueError(f"not a tiny-arith prompt ('Q: <a>+<b>-...=?'): {prompt!r:.80}")
+    parts = re.split(r"([+-])", m.group(1))
+    return Problem(tuple(int(x) for x in parts[::2]), tuple(parts[1::2]))
 
 
 SPLIT = Splits(LEVELS, sample_problem, lambda p: p.expression)

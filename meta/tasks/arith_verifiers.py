@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from meta.scoring import FunctionScorer, ProcessScorer
-from meta.tasks.arith import Problem, answer, parse
+from meta.tasks.arith import Problem, answer, from_prompt, parse
 
 
 def _check(texts, problems, need_problems: bool, kind: type = Problem):
@@ -94,23 +94,17 @@ def process_scores(texts: Sequence[str], problems: Sequence[Problem] | None = No
 LINE = 16       # characters of a wrong line the feedback quotes (a right step line has at most 14)
 
 
-def feedback(problems: Sequence[Problem]):
-    """External feedback for ``meta.refine`` on these problems: ``fb(prompt, attempt)`` is ``None``
-    when the attempt's answer is right, else one line in the task's own symbols (its tokenizer has no
-    letters): ``"? <line>\n"`` for the first step :func:`step_scores` finds wrong, or
-    ``"? A: <answer>\n"`` (the wrong or missing answer line) when every step is right."""
-    by_prompt = {p.prompt: p for p in problems}
-
-    def fb(prompt, attempt):
-        if prompt not in by_prompt:
-            raise ValueError(f"no problem has the prompt {prompt!r:.60}")
-        p, parsed = by_prompt[prompt], parse(attempt)
-        if parsed.answer == p.answer:
-            return None
-        lines = [line.strip() for line in attempt.split("\n") if line.strip()]     # as parse() reads them
-        wrong = [i for i, ok in enumerate(step_scores(attempt, p)) if not ok]
-        return f"? {lines[wrong[0]][:LINE]}\n" if wrong else f"? A: {'' if parsed.answer is None else str(parsed.answer)[:LINE]}\n"
-    return fb
+def feedback(prompt: str, attempt: str) -> str | None:
+    """External feedback for ``meta.refine``, read from the prompt (it states the whole problem):
+    ``None`` when the attempt's answer is right, else one line in the task's own symbols (its
+    tokenizer has no letters): ``"? <line>\n"`` for the first step :func:`step_scores` finds wrong,
+    or ``"? A: <answer>\n"`` (the wrong or missing answer line) when every step is right."""
+    p, parsed = from_prompt(prompt), parse(attempt)
+    if parsed.answer == p.answer:
+        return None
+    lines = [line.strip() for line in attempt.split("\n") if line.strip()]     # as parse() reads them
+    wrong = [i for i, ok in enumerate(step_scores(attempt, p)) if not ok]
+    return f"? {lines[wrong[0]][:LINE]}\n" if wrong else f"? A: {'' if parsed.answer is None else str(parsed.answer)[:LINE]}\n"
 
 
 def reference_answer(reference) -> int:
