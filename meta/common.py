@@ -14,6 +14,15 @@ from meta.draw import draw
 from sampling import Sampler
 
 
+class PromptError(ValueError):
+    """A failure of one prompt's work (a feedback function that raised on it, say); ``prompt`` is its
+    index in the call, so that a caller can run the other prompts without it (``scripts/meta.py`` does)."""
+
+    def __init__(self, prompt: int, message: str):
+        super().__init__(message)
+        self.prompt = prompt
+
+
 def setup(prompts, n: int, references, budget: Budget | None, sampler):
     """Checked arguments: (budget, sampler with its settings broadcast to [G, n], start time); raises
     ``ValueError`` naming the problem."""

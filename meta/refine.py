@@ -19,7 +19,7 @@ from engine.checks import check_int, check_prompts, stop_ids
 from engine.decode import bucket
 from meta.budget import param_count
 from meta.chain import segment_texts
-from meta.common import extract, finish, setup
+from meta.common import PromptError, extract, finish, setup
 from meta.result import Result
 from meta.vote import winner
 
@@ -32,19 +32,26 @@ def _ids(model, what: str, x) -> list[int]:
         return model.tokenizer.encode(x, bos=False)
     if isinstance(x, (list, tuple)) and all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in x):
         return [int(t) for t in x]
-    raise ValueError(f"{what} must be a string (or token ids), got {type(x).__name__}: {x!r:.60}")
+    raise ValueError(f"{what} must be a string (or token ids) or None, got {type(x).__name__}: {x!r:.60}")
 
 
-def _ask(feedback, prompt, g: int, m: int, attempt: str):
-    """``feedback(prompt, attempt)``, its failures a ``ValueError`` naming the prompt."""
+def _ask(model, feedback, cue, max_tokens: int, prompt, g: int, m: int, attempt: str):
+    """``feedback(prompt, attempt)`` and the token ids to append (with the cue; ``None`` when it
+    accepted the attempt); its failures a :class:`PromptError` naming the prompt."""
+    where = f"prompt {g} ({prompt!r:.60}), rollout {m}"
     try:
         out = feedback(prompt, attempt)
     except Exception as e:
-        raise ValueError(f"feedback raised on prompt {g} ({prompt!r:.60}), rollout {m}: {e!r}") from e
-    if out is not None and not isinstance(out, (str, list, tuple)):
-        raise ValueError(f"feedback must return a string or None (accepted); on prompt {g} ({prompt!r:.60}), "
-                         f"rollout {m} it returned {type(out).__name__}: {out!r:.60}")
-    return out
+        raise PromptError(g, f"feedback raised on {where}: {e!r}") from e
+    if out is None:
+        return None, None
+    try:
+        ids = _ids(model, f"feedback on {where}", out) + cue
+    except ValueError as e:
+        raise PromptError(g, str(e)) from None
+    if len(ids) > max_tokens:
+        raise PromptError(g, f"feedback on {where} is {len(ids)} tokens with the cue; max_feedback_tokens={max_tokens}")
+    return out, ids
 
 
 def refine(model, prompts, *, feedback, rounds: int, cue=None, n: int = 1, sampler=None, seed: int = 0,
@@ -83,16 +90,12 @@ def refine(model, prompts, *, feedback, rounds: int, cue=None, n: int = 1, sampl
         add = [[[] for _ in range(n)] for _ in ids]
         for i, m in zip(*np.nonzero(going)):
             attempts[i][m] = now[i][m]
-            out = _ask(feedback, prompts[i], int(i), int(m), attempts[i][m])
+            out, more = _ask(model, feedback, cue, max_feedback_tokens, prompts[i], int(i), int(m), attempts[i][m])
             budget.scorer_calls += 1
             if out is None:
                 accepted[i, m], going[i, m] = True, False
                 continue
-            said[i][m].append(out)
-            add[i][m] = _ids(model, f"feedback on prompt {i} ({prompts[i]!r:.60})", out) + cue
-            if len(add[i][m]) > max_feedback_tokens:
-                raise ValueError(f"feedback on prompt {i} ({prompts[i]!r:.60}), rollout {m} is {len(add[i][m])} "
-                                 f"tokens with the cue; max_feedback_tokens={max_feedback_tokens}")
+            said[i][m], add[i][m] = said[i][m] + [out], more
         if r == rounds or not going.any():
             break
         state = engine.finish(state, accepted)          # an accepted attempt the rollout had not ended

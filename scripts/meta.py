@@ -11,7 +11,14 @@ verifiers and the default models (``--model``: the task's policy). The step-leve
 riding in the decode step) or ``--scorer process-min`` etc. (the task's process verifier). A
 prompt's result is ``correct`` when its chosen answer equals the reference (tiny-arith, or
 ``--answer text``), or for a task graded by its verifier (countdown) when the chosen rollout
-passes the outcome verifier; without a reference it is not graded.
+passes the outcome verifier; without a reference it is not graded. ``backtrack`` is step-level too
+(``--threshold``, ``--max-backtracks``); ``refine`` takes ``--feedback``: ``verifier`` (the task's
+own, e.g. tiny-arith's first wrong step) or ``MODULE:NAME``, a function ``(prompt, attempt) -> str |
+None`` imported from a module on the path, and ``--rounds``.
+
+One prompt's failure loses no other prompt's work: when a prompt fails on its own (a feedback
+function that raises on it: ``meta.PromptError``), its line records the ``error`` (graded wrong)
+and the rest of its chunk runs again without it.
 
 Each dataset line is an object with ``"prompt"`` (a string), and optionally ``"id"`` (default:
 the line number) and ``"answer"`` (the reference). With ``--chat`` each prompt is one user message,
@@ -45,8 +52,9 @@ from tqdm import tqdm
 
 DEFAULT_TASK = "tiny-arith"
 SCORERS = ("none", "verifier", "process-min", "process-mean", "process-prod", "process-last", "model")
-SEARCHES = ("step_beam_search", "dvts", "rebase", "particle_filter", "mcts")   # step-level: --max-steps, --final, ...
+SEARCHES = ("step_beam_search", "dvts", "rebase", "particle_filter", "mcts", "backtrack")   # step-level: --max-steps, --final, ...
 ROUNDS = ("rejection_sample", "adaptive_self_consistency")     # draw --round-size rollouts at a time
+OWN = {"refine": ("feedback", "rounds", "max_feedback_tokens"), "backtrack": ("threshold", "max_backtracks")}
 
 
 def read_dataset(path: Path) -> list[dict]:
@@ -105,6 +113,7 @@ def settings(args, data_path: Path, model) -> dict:
         out["chat_template_sha256"] = hashlib.sha256(model.tokenizer.chat_template.encode()).hexdigest()
     if args.task != DEFAULT_TASK:                        # tiny-arith's header is as it was before tasks
         out["task"] = args.task
+    out.update({k: getattr(args, k) for k in OWN.get(args.method, ())})
     return out
 
 
@@ -197,6 +206,26 @@ def make_scorer(args):
     return verifiers.process_verifier(args.scorer.split("-", 1)[1])
 
 
+def make_feedback(args):
+    """The feedback function ``--feedback`` names: the task's verifier's, or ``MODULE:NAME`` imported."""
+    import importlib
+    from meta import tasks
+    if args.feedback == "verifier":
+        verifiers = tasks.get(args.task).verifiers
+        if not hasattr(verifiers, "feedback"):
+            raise ValueError(f"--feedback verifier: task {args.task} has no feedback; give --feedback MODULE:NAME")
+        return verifiers.feedback
+    module, _, name = args.feedback.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name) if name else None
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"--feedback {args.feedback}: {e}") from None
+    if not callable(fn):
+        raise ValueError(f"--feedback must be 'verifier' or MODULE:NAME naming a function (prompt, attempt) -> "
+                         f"str | None, got {args.feedback!r}")
+    return fn
+
+
 def check_items(args, model, items, sampler, scorer) -> None:
     """Refuse, naming the dataset line, what the meta-generator would refuse only partway through the
     run: a method without the scorer it needs, a prompt too long for the model, a reference the
@@ -239,24 +268,39 @@ def run_chunk(args, model, items, sampler, scorer):
     import meta
     from meta import tasks
     fn = meta.METHODS[args.method]
+    named = inspect.signature(fn).parameters
     kw = dict(n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens, sampler=sampler,
               answer=tasks.get(args.task).problems.answer if args.answer == "arith" else None)   # None: whole text
     refs = [it["answer"] for it in items]
-    kw["references"] = refs if all(r is not None for r in refs) else None
+    if "references" in named:
+        kw["references"] = refs if all(r is not None for r in refs) else None
     if scorer is not None:
         kw["scorer"] = scorer
     if args.method in SEARCHES:
-        named = inspect.signature(fn).parameters
         kw.update(max_steps=args.max_steps, final=args.final,
                   **{k: getattr(args, k) for k in ("beam_width", "ess_threshold", "resampling", "simulations",
-                                                   "exploration") if k in named})
+                                                   "exploration", "threshold", "max_backtracks") if k in named})
         if "temperature" in named:
             kw["temperature"] = args.search_temperature
     if args.method in ROUNDS:
         kw["round_size"] = args.round_size
     if args.method == "adaptive_self_consistency":
         kw["rule"] = args.rule
+    if args.method == "refine":
+        kw.update(feedback=args.feedback_fn, rounds=args.rounds, max_feedback_tokens=args.max_feedback_tokens)
     return fn(model, [prompt(args, it) for it in items], **kw)
+
+
+def results(args, model, items, sampler, scorer) -> list:
+    """``(item, result, g)`` for each item of a chunk: the chunk's result, or for a prompt that failed
+    on its own (:class:`meta.PromptError`) ``(item, message, None)`` and the rest run again without it."""
+    from meta import PromptError
+    try:
+        result = run_chunk(args, model, items, sampler, scorer)
+    except PromptError as e:
+        rest = items[:e.prompt] + items[e.prompt + 1:]
+        return [(items[e.prompt], str(e), None)] + (results(args, model, rest, sampler, scorer) if rest else [])
+    return [(it, result, g) for g, it in enumerate(items)]
 
 
 def prompt(args, item):
@@ -334,6 +378,11 @@ def parse_args(argv=None):
     ap.add_argument("--exploration", type=float, default=0.1, help="mcts: UCT's exploration constant")
     ap.add_argument("--final", choices=("best", "vote"), default="best",
                     help="step-level searches: the best-scored answer or a score-weighted vote")
+    ap.add_argument("--threshold", type=float, default=0.5, help="backtrack: resample a step scored below this")
+    ap.add_argument("--max-backtracks", type=int, default=2, help="backtrack: resamples per rollout")
+    ap.add_argument("--feedback", default="verifier", help="refine: 'verifier' (the task's) or MODULE:NAME")
+    ap.add_argument("--rounds", type=int, default=1, help="refine: feedback rounds")
+    ap.add_argument("--max-feedback-tokens", type=int, default=24, help="refine: tokens of one feedback")
     ap.add_argument("--chat", action="store_true",
                     help="each prompt is a user message, formatted by the model's chat template")
     ap.add_argument("--answer", choices=("arith", "text"), default="arith",
@@ -354,12 +403,15 @@ def run(args, model, items, sampler, scorer, done: set) -> None:
             chunk = items[lo:lo + args.batch]
             if all(it["id"] in done for it in chunk):
                 continue
-            result = run_chunk(args, model, chunk, sampler, scorer)
-            for g, it in enumerate(chunk):
+            for it, result, g in results(args, model, chunk, sampler, scorer):
                 if it["id"] in done:
                     continue
-                right = grade(args, result, g, it["answer"])
-                line = {"id": it["id"], "reference": it["answer"], "correct": right, **result.prompt_json(g)}
+                if g is None:                                   # this prompt failed: graded wrong
+                    line = {"id": it["id"], "reference": it["answer"], "correct": None if it["answer"] is None
+                            else False, "prompt": it["prompt"], "error": result, "tokens": 0}
+                else:
+                    line = {"id": it["id"], "reference": it["answer"], "correct": grade(args, result, g, it["answer"]),
+                            **result.prompt_json(g)}
                 _write(args.out, json.loads(json.dumps(line, default=str)))
                 done.add(it["id"])
                 bar.update(1)
@@ -375,9 +427,13 @@ def main(argv=None) -> int:
                args.simulations) < 1:
             raise ValueError("--batch, --n, --max-new-tokens, --round-size, --max-steps, --beam-width and "
                              "--simulations must be positive")
+        if min(args.rounds, args.max_backtracks) < 0 or args.max_feedback_tokens < 1 or not 0 <= args.threshold <= 1:
+            raise ValueError("--rounds and --max-backtracks must be at least 0, --max-feedback-tokens positive and "
+                             "--threshold in [0, 1]")
         if not -2 ** 63 <= args.seed < 2 ** 63:
             raise ValueError(f"--seed must fit in 64 bits (signed), got {args.seed}")
         sampler = Sampler(temperature=args.temperature, top_p=args.top_p)
+        args.feedback_fn = make_feedback(args) if args.method == "refine" else None
         items = read_dataset(args.data)
         start, model = time.time(), models.load(args.model)
         scorer = make_scorer(args)                                       # loaded once, for every chunk

@@ -128,6 +128,13 @@ def test_refuses_bad_settings_before_writing(tmp_path, capsys, extra, message):
     ("best_of_n", ["--scorer", "verifier"], "three",
      "data.jsonl:2: the outcome verifier needs an integer answer (or arith.Problem) as each reference, got 'three'"),
     ("best_of_n", ["--scorer", "verifier"], None, "data.jsonl:2: the outcome verifier needs an integer answer"),
+    ("refine", ["--rounds", "-1"], 3, "error: --rounds and --max-backtracks must be at least 0"),
+    ("backtrack", ["--scorer", "model", "--threshold", "2"], 3, "--threshold in [0, 1]"),
+    ("refine", ["--feedback", "no_such_module:fb"], 3, "error: --feedback no_such_module:fb: No module named"),
+    ("refine", ["--feedback", "json:nothing"], 3, "module 'json' has no attribute 'nothing'"),
+    ("refine", ["--feedback", "json"], 3, "--feedback must be 'verifier' or MODULE:NAME naming a function"),
+    ("refine", ["--task", "countdown"], 3, "error: --feedback verifier: task countdown has no feedback"),
+    ("refine", ["--scorer", "verifier"], 3, "error: refine takes no scorer"),
 ])
 def test_refuses_what_the_run_would_refuse_partway_before_writing(tmp_path, capsys, method, extra, answer, message):
     data = tmp_path / "data.jsonl"
@@ -277,3 +284,48 @@ def test_a_non_utf8_path_and_a_lone_surrogate_are_one_error_line(tmp_path):
     assert out.stderr.decode().splitlines() == [
         f"error: {tmp_path}/d\\udcff.jsonl:1: \"prompt\" is not valid Unicode text (surrogates not allowed at "
         "character 4: an escaped lone surrogate such as \\ud800)"]
+
+
+FEEDBACK = """
+from meta.tasks import arith_verifiers
+
+def fb(prompt, attempt):
+    if prompt == {bad!r}:
+        raise RuntimeError("checker crashed")
+    return arith_verifiers.feedback(prompt, attempt)
+"""
+
+
+def test_refine_isolates_a_prompt_whose_feedback_raises(tmp_path, monkeypatch):
+    (tmp_path / "my_feedback.py").write_text(FEEDBACK.format(bad=PROBLEMS[5].prompt))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = dataset(tmp_path / "data.jsonl")
+    extra = ["--temperature", "0.8"]
+    assert meta_script.main(argv(data, tmp_path / "ref.jsonl", method="refine", extra=extra)) == 0
+    flags = extra + ["--feedback", "my_feedback:fb"]
+    assert meta_script.main(argv(data, tmp_path / "out.jsonl", method="refine", extra=flags)) == 0
+    ref, out = lines(tmp_path / "ref.jsonl")[1:], lines(tmp_path / "out.jsonl")[1:]
+    assert sorted(r["id"] for r in out) == [f"q{i}" for i in range(8)]            # every prompt once
+    failed = next(r for r in out if r["id"] == "q5")
+    assert failed["correct"] is False and "feedback raised on prompt 1" in failed["error"]
+    assert "RuntimeError('checker crashed')" in failed["error"]
+    by_id = {r["id"]: r for r in out}
+    for r in ref:                       # the other chunks' draws are the run's without the failure
+        if r["id"] not in ("q4", "q5"):
+            assert by_id[r["id"]] == r
+    assert by_id["q4"]["rollouts"] and by_id["q4"]["info"]["feedback"] is not None   # its chunk ran again without q5
+
+
+def test_backtrack_runs_from_the_script_as_the_library_does(tmp_path):
+    import meta
+    from sampling import Sampler
+    data, out = dataset(tmp_path / "data.jsonl"), tmp_path / "out.jsonl"
+    flags = ["--scorer", "model", "--scorer-model", "tiny-arith-prm", "--max-steps", "8", "--threshold", "0.3"]
+    assert meta_script.main(argv(data, out, method="backtrack", extra=flags)) == 0
+    got = lines(out)[1:3]
+    r = meta.backtrack(models.load("tiny-arith"), [p.prompt for p in PROBLEMS[:2]], n=4, seed=0,
+                       scorer=models.load("tiny-arith-prm"), threshold=0.3, max_backtracks=2, max_steps=8,
+                       max_new_tokens=56, sampler=Sampler(), references=[p.answer for p in PROBLEMS[:2]],
+                       answer=arith.answer)
+    assert [g["answer"] for g in got] == r.answers
+    assert [g["info"]["backtracks"] for g in got] == [i["backtracks"] for i in r.info]

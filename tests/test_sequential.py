@@ -66,13 +66,18 @@ def test_refine_reports_a_feedback_function_that_fails_naming_the_prompt():
         raise RuntimeError("checker crashed")
 
     for fb, message in [(boom, "feedback raised on prompt 0 ([0]), rollout 0: RuntimeError('checker crashed')"),
-                        (lambda p, a: 3, "feedback must return a string or None (accepted); on prompt 0 ([0])"),
-                        (lambda p, a: "text", "feedback on prompt 0 ([0]) is a string but the model has no tokenizer"),
+                        (lambda p, a: 3, "feedback on prompt 0 ([0]), rollout 0 must be a string (or token ids) "
+                                         "or None, got int: 3"),
+                        (lambda p, a: "text", "feedback on prompt 0 ([0]), rollout 0 is a string but the model has no tokenizer"),
                         (lambda p, a: [3] * 9, "is 9 tokens with the cue; max_feedback_tokens=8")]:
         with pytest.raises(ValueError) as e:
             meta.refine(Fake(REFINE), [[0]], feedback=fb, rounds=1, sampler=GREEDY, max_new_tokens=4,
                         max_feedback_tokens=8)
-        assert message in str(e.value)
+        assert message in str(e.value) and e.value.prompt == 0            # a meta.PromptError
+    with pytest.raises(meta.PromptError) as e:                            # the prompt that failed, by index
+        meta.refine(Fake(REFINE), [[0], [0, 0]], feedback=lambda p, a: boom(p, a) if len(p) == 2 else [3],
+                    rounds=1, sampler=GREEDY, max_new_tokens=4)
+    assert e.value.prompt == 1
     with pytest.raises(ValueError) as e:
         meta.refine(Fake(REFINE), [[0]], feedback=lambda p, a: None, rounds=-1)
     assert "rounds must be" in str(e.value)
