@@ -18,8 +18,9 @@ PROMPTS = [[1, 5, 9, 33, 42], [1, 7, 7, 60, 61, 62, 7, 60]]
 
 
 def checkpoint(path, case, seed):
-    """A random tiny transformers checkpoint with sharp distributions (few near-ties fp32 noise could flip)."""
-    ref = write_hf(path, case, seed=seed)
+    """A random tiny transformers checkpoint with sharp distributions (few near-ties fp32 noise could flip),
+    its vocabulary even, so that a tensor axis of 2 splits it."""
+    ref = write_hf(path, case, seed=seed, vocab_size=96)
     with torch.no_grad():
         ref.lm_head.weight.mul_(8.0)
     ref.save_pretrained(path, safe_serialization=True)
@@ -62,7 +63,7 @@ def search(model, tracks, stops, steps, draft=None):
 
 
 def test_greedy_with_a_draft_is_greedy_token_for_token_through_stops_pauses_rewind_select(llama, qwen2):
-    probe, _ = search(llama, {}, [96], [95])                    # the same compiled programs as below
+    probe, _ = search(llama, {}, [95], [94])                    # the same compiled programs as below
     stops, steps = [int(probe[0][0][0, 0, 4])], [int(probe[0][0][1, 1, 2])]
     plain, _ = search(llama, {}, stops, steps)
     assert any(call[2].any() for call in plain) and any(call[3].any() for call in plain)   # stops and pauses
@@ -87,6 +88,19 @@ def test_a_copy_of_the_target_as_its_draft_accepts_everything(qwen2):
     done = np.asarray(state.done)
     assert np.all(holes(state)[~done] <= K)           # only the last block's tokens past the budget are holes
     assert int(state.cache.index) <= m + K + 1        # a policy forward per K+1 tokens
+
+
+def test_on_a_mesh_with_the_vocabulary_split_the_rollouts_are_one_device_s(llama, qwen2):
+    """data=4 x tensor=2: the policy's and the draft's heads split over the vocabulary (the accept test
+    reads whole distributions, gathered where the compiler needs them); same seed, same rollouts."""
+    import sharding
+    mesh = sharding.make_mesh(data=4, tensor=2)
+    assert "tensor" in str(llama.shard(mesh).params["lm_head"].sharding.spec)
+    run = lambda mesh: engine.generate(llama, PROMPTS, max_new_tokens=8, n=2, sampler=Sampler(), seed=3, draft=qwen2,
+                                       lookahead=K, mesh=mesh)
+    one, split = run(None), run(mesh)
+    np.testing.assert_array_equal(split.tokens, one.tokens)
+    np.testing.assert_allclose(split.logprobs, one.logprobs, rtol=1e-4, atol=1e-4)
 
 
 # --- distributions: the fake model (next token from the last one alone), many rows in one batch -------
