@@ -2,6 +2,7 @@
 
     python -m scripts.refine_table                 # the protocol: settings on val, then test
     python -m scripts.refine_table --problems 8 --val-problems 8 --plot /tmp/r.png   # a quick run
+    python -m scripts.refine_table --model tiny-arith-feedback --only refine,verifier,self-consistency
 
 The protocol, fixed before test was measured: the first ``--problems`` hard test problems, seed 0,
 sampled at ``eval_arith.TEMPERATURE``, each method at a few budgets:
@@ -14,7 +15,14 @@ sampled at ``eval_arith.TEMPERATURE``, each method at a few budgets:
   ``n = 4``, from ``THRESHOLDS``) against best-of-N and a weighted vote by the same PRM's final score;
 * a strategy cascade self-consistency@4 -> @16 (the agreement of the four that accepts chosen on
   val from ``AGREEMENTS``) against self-consistency@16 alone (a greedy first stage has no votes
-  to agree).
+  to agree);
+* a two-model cascade, ``--model``'s self-consistency@4 -> ``--large``'s (``tiny-arith-large``)
+  self-consistency@4 (the agreement chosen on val as above), against the large model's
+  self-consistency@4 alone: FLOPs count each model's own parameters.
+
+``--model`` is the policy (``tiny-arith-feedback``: trained on feedback turns); ``--only`` keeps
+the methods whose names contain one of its comma-separated words (and skips the val settings of
+those it drops).
 
 Prints the val choices and the test table (accuracy, tokens generated per problem, FLOPs) and
 writes the accuracy-vs-tokens plot.
@@ -55,7 +63,15 @@ def cascade(agreement):
     return run
 
 
-def methods(orm_verifier, prm, threshold, agreement):
+def model_cascade(large, agreement):
+    def run(m, p, n, *, budget, sampler, **kw):
+        kw = _drop(kw, "references")
+        stages = [(x, meta.self_consistency, dict(n=n, sampler=sampler, **kw)) for x in (m, large)]
+        return meta.cascade(stages, p, accept=meta.agreement(agreement), budget=budget)
+    return run
+
+
+def methods(orm_verifier, prm, threshold, agreement, large, model_agreement):
     """name -> {budget label: (fn, n)}."""
     vprm = meta.RewardModel(prm)
     return {
@@ -72,6 +88,9 @@ def methods(orm_verifier, prm, threshold, agreement):
         f"cascade SC@4 -> SC@16 (agreement {agreement})": {"": (cascade(agreement), 16)},
         "self-consistency": {f"N={n}": (lambda m, p, k, **kw: meta.self_consistency(m, p, n=k, **kw), n)
                              for n in (4, 16)},
+        f"two-model cascade SC@4 -> large SC@4 (agreement {model_agreement})": {
+            "": (model_cascade(large, model_agreement), 4)},
+        "large model, self-consistency": {"N=4": (lambda m, p, k, **kw: meta.self_consistency(large, p, n=k, **kw), 4)},
     }
 
 
@@ -81,27 +100,38 @@ def main(argv=None) -> dict:
     ap.add_argument("--val-problems", type=int, default=100, help="hard val problems for the settings")
     ap.add_argument("--batch", type=int, default=50, help="problems per call")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="tiny-arith", help="the policy (zoo name or checkpoint)")
+    ap.add_argument("--large", default="tiny-arith-large", help="the two-model cascade's second model")
+    ap.add_argument("--only", default="", help="comma-separated words: keep the methods whose names hold one")
     ap.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "refinement.png")
     args = ap.parse_args(argv)
-    model, prm = models.load("tiny-arith"), models.load("tiny-arith-prm")
+    model, prm, large = models.load(args.model), models.load("tiny-arith-prm"), models.load(args.large)
     val, test = arith.held_out("val", "hard", args.val_problems), arith.held_out("test", "hard", args.problems)
+    keep = lambda name: not args.only or any(w in name for w in args.only.split(","))
     acc = lambda fn, n, problems: measure(fn, model, problems, n, args.batch, args.seed)["accuracy"]
-    vals = {t: acc(backtrack(prm, t), 4, val) for t in THRESHOLDS}
-    threshold = max(THRESHOLDS, key=lambda t: (vals[t], -THRESHOLDS.index(t)))
-    cvals = {a: acc(cascade(a), 16, val) for a in AGREEMENTS}
-    agreement = max(AGREEMENTS, key=lambda a: (cvals[a], -AGREEMENTS.index(a)))
-    print(f"val ({len(val)} hard problems): backtrack threshold {vals} -> {threshold}; "
-          f"cascade agreement {cvals} -> {agreement}")
+
+    def best(grid, make, n, name):                 # the setting with the best val accuracy (ties: the first)
+        if not keep(name):
+            return grid[0]
+        vals = {x: acc(make(x), n, val) for x in grid}
+        print(f"val ({len(val)} hard problems), {name}: {vals}", flush=True)
+        return max(grid, key=lambda x: (vals[x], -grid.index(x)))
+    threshold = best(THRESHOLDS, lambda t: backtrack(prm, t), 4, "backtrack")
+    agreement = best(AGREEMENTS, cascade, 16, "cascade SC@4 -> SC@16")
+    model_agreement = best(AGREEMENTS, lambda a: model_cascade(large, a), 4, "two-model cascade")
     print(f"\n### Test: {len(test)} hard problems\n\n| method | budget | accuracy | tokens / problem | FLOPs / problem |"
           "\n|---|---|---:|---:|---:|")
     results = {}
-    for name, budgets in methods(arith_verifiers.OutcomeVerifier(), prm, threshold, agreement).items():
+    for name, budgets in methods(arith_verifiers.OutcomeVerifier(), prm, threshold, agreement, large,
+                                 model_agreement).items():
+        if not keep(name):
+            continue
         for label, (fn, n) in budgets.items():
             row = measure(fn, model, test, n, args.batch, args.seed)
             results.setdefault(name, {})[label] = row
             print(f"| {name} | {label} | {row['accuracy']:.3f} | {row['tokens']:,.0f} | {row['flops']:.2e} |",
                   flush=True)
-    plot(results, args.plot, f"tiny-arith, {len(test)} hard test problems: sequential meta-generators")
+    plot(results, args.plot, f"{args.model}, {len(test)} hard test problems: sequential meta-generators")
     return results
 
 
