@@ -5,6 +5,7 @@
     python -m scripts.bench filters                     # filter chains vs greedy, batch 64, vocab 32,000
     python -m scripts.bench search                      # each step-level search vs plain generate
     python -m scripts.bench speculative                 # greedy with / without speculative decoding
+    python -m scripts.bench speculative --pair tiny-arith-large tiny-arith --prompts 16   # a trained pair
     python -m scripts.bench compile --batch 1 16        # compile s and ms/step, unrolled vs scanned layers
     python -m scripts.bench cold-start --model DIR      # scripts.generate twice, compile cache off vs on
 
@@ -196,38 +197,54 @@ def bench_search(args):
                       "device": jax.devices()[0].device_kind}), flush=True)
 
 
-def bench_speculative(args):
-    """Greedy generate with and without speculation (a truncated draft, prompt lookup), interleaved."""
+def speculative_pair(args):
+    """(target, draft, prompts of a batch): ``--pair TARGET DRAFT`` (checkpoints or zoo names) on the
+    task's hard test prompts, else a random-weight ``--config`` drafted by its first layers and head."""
+    if args.pair:
+        from meta.tasks import arith
+        target, draft = (models.load(x) for x in args.pair)
+        return target, draft, lambda b: [p.prompt for p in arith.held_out("test", "hard", b)]
     config = make_config(args.config, args.dtype)
     params = models.init_params(config, jax.random.key(0))
     damp = lambda layer: {**layer, "wo": layer["wo"] * args.damp, "w_down": layer["w_down"] * args.damp}
     params["layers"] = params["layers"][:args.draft_layers] + [damp(x) for x in params["layers"][args.draft_layers:]]
-    target = models.Model(config, params)
     short = dataclasses.replace(config, layers=args.draft_layers)     # the target's first layers and its head
     draft = models.Model(short, {**params, "layers": params["layers"][:args.draft_layers]})
-    k, m = args.lookahead, args.new_tokens
+    return models.Model(config, params), draft, lambda b: decode_prompts(b, args.prompt_len)
+
+
+def bench_speculative(args):
+    """Greedy generate with and without speculation (a draft model, prompt lookup), interleaved. Each
+    variant decodes ``max(batch, --prompts)`` prompts in calls of ``batch``; tokens are the ones made
+    (greedy: the same for all), acceptance = (tokens per policy forward per row - 1) / lookahead."""
+    target, draft, prompts_of = speculative_pair(args)
+    config, k, m = target.config, args.lookahead, args.new_tokens
     for batch in args.batch:
-        prompts = decode_prompts(batch, args.prompt_len)
-        go = lambda **kw: (lambda: np.asarray(engine.generate(target, prompts, max_new_tokens=m, lookahead=k,
-                                                              **kw).tokens))
+        every = prompts_of(max(batch, args.prompts))
+        calls = [every[i:i + batch] for i in range(0, len(every) - batch + 1, batch)]
+        go = lambda **kw: (lambda: [np.asarray(engine.generate(target, p, max_new_tokens=m, lookahead=k, **kw).tokens)
+                                    for p in calls])
         best = interleaved({"plain": go(), "draft": go(draft=draft), "prompt_lookup": go(draft="prompt_lookup")},
                            args.repeats)
-        row = {"bench": "speculative", "config": args.config, "damp": args.damp,
+        made = sum(int(engine.generate(target, p, max_new_tokens=m).lengths.sum()) for p in calls)
+        row = {"bench": "speculative", "config": args.pair or args.config, "damp": None if args.pair else args.damp,
                "params_m": round(config.num_params / 1e6, 2),
-               "draft_params_m": round(short.num_params / 1e6, 2), "dtype": config.dtype, "batch": batch,
-               "prompt_len": args.prompt_len, "new_tokens": m, "lookahead": k,
-               "plain_tokens_per_s": round(batch * m / best["plain"], 1),
-               "plain_gb_per_s": round(config.num_params * jnp.dtype(config.dtype).itemsize * m / best["plain"] / 1e9, 2),
+               "draft_params_m": round(draft.config.num_params / 1e6, 2), "dtype": config.dtype, "batch": batch,
+               "prompts": len(calls) * batch, "new_tokens": m, "tokens_made": made, "lookahead": k,
+               "plain_tokens_per_s": round(made / best["plain"], 1),
+               "plain_gb_per_s": round(config.num_params * jnp.dtype(config.dtype).itemsize * made / batch
+                                       / best["plain"] / 1e9, 2),
                "device": jax.devices()[0].device_kind}
         for name, tracks, which in (("draft", {"draft": draft}, "draft"), ("prompt_lookup", {}, "prompt_lookup")):
-            state = engine.start(target, prompts, capacity=m, tracks=tracks, slots=(k + 1) * m + 1)
-            state = engine.decode(target, state, max_new_tokens=m, tracks=tracks, draft=which, lookahead=k)
-            blocks = (int(state.cache.index) - 1) // (k + 1)          # policy forwards (the last slot: the flush)
-            per_forward = batch * m / (blocks * batch)
-            row |= {f"{name}_tokens_per_s": round(batch * m / best[name], 1),
+            blocks = 0
+            for p in calls:
+                state = engine.start(target, p, capacity=m, tracks=tracks, slots=(k + 1) * m + 1)
+                state = engine.decode(target, state, max_new_tokens=m, tracks=tracks, draft=which, lookahead=k)
+                blocks += (int(state.cache.index) - 1) // (k + 1)      # policy forwards (the last slot: the flush)
+            row |= {f"{name}_tokens_per_s": round(made / best[name], 1),
                     f"{name}_speedup": round(best["plain"] / best[name], 2),
                     f"{name}_policy_forwards": blocks,
-                    f"{name}_acceptance": round((per_forward - 1) / k, 3)}
+                    f"{name}_acceptance": round((made / (blocks * batch) - 1) / k, 3)}
         print(json.dumps(row), flush=True)
 
 
@@ -491,6 +508,10 @@ def main(argv=None):
     sea.set_defaults(fn=bench_search)
     spe = sub.add_parser("speculative", help="greedy decode with and without speculative decoding")
     spe.add_argument("--config", default="50m", help="4m, 25m, 50m or a preset name (random weights)")
+    spe.add_argument("--pair", nargs=2, metavar=("TARGET", "DRAFT"),
+                     help="a trained pair (checkpoints or zoo names, e.g. tiny-arith-large tiny-arith) on the "
+                          "task's hard test prompts, instead of --config")
+    spe.add_argument("--prompts", type=int, default=1, help="prompts decoded per variant (in calls of --batch)")
     spe.add_argument("--draft-layers", type=int, default=1, help="the draft: the target's first layers + its head")
     spe.add_argument("--damp", type=float, default=0.1,
                      help="scale of the later layers' output projections (random weights: how far the target "
