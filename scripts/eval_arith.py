@@ -63,3 +63,18 @@ def greedy_accuracy(model, problems) -> float:
 def metric_sample() -> list[arith.Problem]:
     """The fixed sample the recorded greedy accuracy is measured on."""
     return arith.held_out("test", "hard", METRIC_SAMPLE)
+
+
+def fix_rate(model, problems, seed: int = 0) -> float:
+    """Fraction of ``problems`` whose greedy next attempt is right after a flawed attempt and the
+    verifier's feedback on it (``Problem.flawed_solution``: one slip; ``verifiers.feedback``), laid
+    out as ``meta.refine`` appends them: how well ``model`` uses feedback, apart from how well it drafts."""
+    import random
+    task, rng, tok = tasks.of(problems[0]), random.Random(seed), model.tokenizer
+    prompts = []
+    for p in problems:
+        flawed, _ = p.flawed_solution(rng)
+        prompts.append(tok.encode(p.prompt) + tok.encode(flawed, bos=False) + [tok.eos_id]
+                       + tok.encode(task.verifiers.feedback(p.prompt, flawed), bos=False))
+    texts = generate(model, prompts, max_new_tokens=max_new_tokens(problems)).text
+    return float(task.verifiers.outcome_scores([t[0] for t in texts], problems).mean())
