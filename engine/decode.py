@@ -326,20 +326,14 @@ def fork(state: DecodeState, k: int) -> DecodeState:
 
 
 @jax.jit
-def _compact(state: DecodeState) -> DecodeState:
-    state = state.packed()
-    move = lambda c: dataclasses.replace(c, index=jnp.max(state.cache.length))
-    return dataclasses.replace(state, cache=move(state.cache),
-                               tracks={k: dataclasses.replace(t, cache=move(t.cache)) for k, t in state.tracks.items()})
-
-
 def compact(state: DecodeState) -> DecodeState:
     """Free the slots that cut-back tokens left: every row's tokens (and the KV of the policy and its
     tracks) move to its first slots, in order, and the next write goes after the longest row.
     Nothing is recomputed and nothing decodes differently (positions count tokens, not slots); a
     search that rewinds rows often keeps its cache this small (:func:`meta.backtrack`)."""
     check_state(state)
-    return _compact(state)
+    state = state.packed()
+    return state.writing_at(jnp.max(state.cache.length))
 
 
 def finish(state: DecodeState, rows) -> DecodeState:

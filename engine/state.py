@@ -90,6 +90,13 @@ class DecodeState:
                                    tracks={k: dataclasses.replace(t, cache=t.cache.reorder(order))
                                            for k, t in self.tracks.items()})
 
+    def writing_at(self, index) -> "DecodeState":
+        """The state with the rollout block's slot counter (the next write) at ``index``, for the policy
+        and every track: after :meth:`packed`, the first slot no row uses."""
+        move = lambda c: dataclasses.replace(c, index=index)
+        return dataclasses.replace(self, cache=move(self.cache),
+                                   tracks={k: dataclasses.replace(t, cache=move(t.cache)) for k, t in self.tracks.items()})
+
     @property
     def live(self) -> jax.Array:
         """bool [B]: rows the next step draws for."""

@@ -120,13 +120,6 @@ def backup(tree: dict, leaf, value, max_steps: int) -> dict:
     return dict(tree, visits=visits, total=total)
 
 
-def _from_slot(state, at):
-    """``state`` with the rollout block's slot counter at ``at``, for the policy and every track."""
-    move = lambda c: dataclasses.replace(c, index=at)
-    return dataclasses.replace(state, cache=move(state.cache),
-                               tracks={k: dataclasses.replace(t, cache=move(t.cache)) for k, t in state.tracks.items()})
-
-
 def _expand(stack, params, store, tree, how, ending, exploration, *, n: int, max_steps: int, mesh=None):
     """Selection and the decode of an expansion: each prompt's leaf [G], whether it grows [G], the ``n``
     children of each (a working state [G, n], packed, decoded to the end of their next step from the
@@ -140,7 +133,7 @@ def _expand(stack, params, store, tree, how, ending, exploration, *, n: int, max
     rows = jnp.repeat(grow, n)
     work = dataclasses.replace(work, done=work.done | ~rows).packed()       # a leaf that cannot grow: no decode
     at = jnp.max(jnp.where(rows, work.cache.length, 0))          # the children write after every growing leaf
-    work, drawn, _ = _advance(stack, params, _from_slot(work, at), how, mesh)
+    work, drawn, _ = _advance(stack, params, work.writing_at(at), how, mesh)
     scored, more = work, jnp.zeros_like(drawn)
     if ending is not None:
         scored, more, _ = _advance(stack, params, work, ending, mesh)

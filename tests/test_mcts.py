@@ -10,7 +10,7 @@ import models
 import sharding
 from engine.cache import put_rollouts, take_rollouts
 from fakes import Fake
-from meta.mcts import _from_slot, _mcts
+from meta.mcts import _mcts
 from meta.tasks import arith
 from sampling import Sampler
 
@@ -171,7 +171,7 @@ def test_a_packed_state_decodes_on_as_before_from_its_first_free_slot():
     assert (lengths < valid.shape[1] - np.argmax(valid[:, ::-1], axis=1)).any()             # some row has a gap
     packed = engine.select(state, [[0, 1, 2, 3]] * 2).packed()       # a copy: decode uses up (donates) a state
     assert np.array_equal(np.asarray(packed.cache.valid), np.arange(64)[None] < lengths[:, None])
-    packed = _from_slot(packed, int(lengths.max()))                  # its slots after the longest row reused
+    packed = packed.writing_at(int(lengths.max()))                  # its slots after the longest row reused
     before = engine.rollouts(engine.select(state, [[0, 1, 2, 3]] * 2))
     after = engine.rollouts(engine.select(packed, [[0, 1, 2, 3]] * 2))
     assert np.array_equal(before.tokens, after.tokens) and np.array_equal(before.lengths, after.lengths)
