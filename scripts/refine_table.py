@@ -90,7 +90,7 @@ def methods(orm_verifier, prm, threshold, agreement, large, model_agreement):
                              for n in (4, 16)},
         f"two-model cascade SC@4 -> large SC@4 (agreement {model_agreement})": {
             "": (model_cascade(large, model_agreement), 4)},
-        "large model, self-consistency": {"N=4": (lambda m, p, k, **kw: meta.self_consistency(large, p, n=k, **kw), 4)},
+        "large model alone, SC": {"N=4": (lambda m, p, k, **kw: meta.self_consistency(large, p, n=k, **kw), 4)},
     }
 
 
@@ -105,9 +105,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--only", default="", help="comma-separated words: keep the methods whose names hold one")
     ap.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "refinement.png")
     args = ap.parse_args(argv)
-    model, prm, large = models.load(args.model), models.load("tiny-arith-prm"), models.load(args.large)
-    val, test = arith.held_out("val", "hard", args.val_problems), arith.held_out("test", "hard", args.problems)
     keep = lambda name: not args.only or any(w in name for w in args.only.split(","))
+    model, prm = models.load(args.model), models.load("tiny-arith-prm")
+    large = models.load(args.large) if keep("two-model cascade") or keep("large model alone") else None
+    val, test = arith.held_out("val", "hard", args.val_problems), arith.held_out("test", "hard", args.problems)
     acc = lambda fn, n, problems: measure(fn, model, problems, n, args.batch, args.seed)["accuracy"]
 
     def best(grid, make, n, name):                 # the setting with the best val accuracy (ties: the first)

@@ -40,19 +40,28 @@ def test_pack_masks_exactly_the_solution_and_eos(tok):
     assert "raise --seq-len" in str(err.value)
 
 
-def test_a_flawed_solution_has_one_slip_carried_forward_and_the_corrected_attempt_fixes_it():
-    rng = random.Random(3)
-    for p in arith.held_out("val", "hard", 50):
+def test_a_flawed_solution_has_one_mistake_carried_forward_and_the_corrected_attempt_fixes_it():
+    rng, kinds = random.Random(3), {"slip": 0, "reuse": 0, "skip": 0}
+    for p in arith.held_out("val", "hard", 300):
         flawed, corrected = p.flawed_solution(rng)
         wrong, right = flawed.split("\n"), corrected.split("\n")
         scores = arith_verifiers.step_scores(flawed, p)
-        assert len(wrong) == len(right) and scores.sum() == len(scores) - 1       # exactly one step wrong
-        k = int(np.argmin(scores))
-        assert wrong[:k] == right[:k] and wrong[k] != right[k]                    # same order, slip at k
-        slip = arith.parse(flawed).steps[k]
-        assert 1 <= abs(slip.result - arith.parse(corrected).steps[k].result) <= 10
         assert arith.answer(corrected) == p.answer != arith.answer(flawed)
+        assert arith_verifiers.step_scores(corrected, p).all()
+        k = int(np.argmin(scores)) if not scores.all() else len(wrong) - 1      # the line the feedback names
         assert arith_verifiers.feedback(p.prompt, flawed) == f"? {wrong[k][:arith_verifiers.LINE]}\n"
+        if scores.all():                                    # a term left out: one step fewer, the answer named
+            kinds["skip"] += 1
+            terms = lambda text: sorted((s.op, s.right) for s in arith.parse(text).steps)
+            assert len(wrong) == len(right) - 1 and len(set(terms(corrected)) - set(terms(flawed))) <= 1
+            continue
+        assert wrong[:k] == right[:k] and scores.sum() == len(scores) - 1       # one mistake, carried forward
+        if arith.parse(flawed).steps[k].correct:            # right arithmetic on a term used before
+            kinds["reuse"] += 1
+        else:
+            kinds["slip"] += 1
+            assert 1 <= abs(arith.parse(flawed).steps[k].result - arith.parse(corrected).steps[k].result) <= 10
+    assert min(kinds.values()) > 60, kinds                  # each kind about a third (the first step: a slip)
 
 
 def test_a_feedback_turn_is_laid_out_as_refine_appends_it_and_only_the_correction_is_learned(tok):
@@ -60,8 +69,9 @@ def test_a_feedback_turn_is_laid_out_as_refine_appends_it_and_only_the_correctio
     task, p = tasks.get("tiny-arith"), arith.held_out("val", "hard", 1)[0]
     flawed, corrected = p.flawed_solution(random.Random(0))
     ids, n = train_tiny.encode_feedback(tok, task, p, random.Random(0))
-    message = "? " + next(line for line, ok in zip(flawed.split("\n"), arith_verifiers.step_scores(flawed, p)) if not ok)
-    assert tok.decode(ids[:n]) == tok.decode(tok.encode(p.prompt + flawed)) + "</s>" + message + "\n"
+    message = arith_verifiers.feedback(p.prompt, flawed)
+    assert message.startswith("? ") and message.endswith("\n")
+    assert tok.decode(ids[:n]) == tok.decode(tok.encode(p.prompt + flawed)) + "</s>" + message
     tokens, mask = train_tiny.pack(tok, None, seq_len=len(ids), encoded=[(ids, n)])
     targets = tokens[0, 1:][mask[0] > 0]
     assert tok.decode(targets[:-1].tolist()) == corrected and targets[-1] == tok.eos_id

@@ -130,26 +130,34 @@ class Problem:
         return self.ordered_solution(self.random_order(rng, tries))
 
     def flawed_solution(self, rng: random.Random) -> tuple[str, str]:
-        """A training pair for feedback turns: a chain of thought in a random order with one
-        arithmetic slip (a step's result off by 1-10, later steps carrying it forward correctly, so
-        the answer is wrong) and the same chain without the slip, the corrected attempt."""
+        """A training pair for feedback turns: a chain of thought in a random order with one mistake
+        of the kinds a tiny policy makes, later steps carrying it forward correctly so the answer is
+        wrong, and the same chain without it (the corrected attempt). The mistake, one kind in three:
+        a step's result off by 1-10 (a slip), a step that takes an earlier step's term again instead
+        of its own (a reused term), or a term left out (every step right, the answer wrong)."""
         order = self.random_order(rng)
-        corrected = self.ordered_solution(order)
-        lines = corrected.split("\n")[:-1]
-        slip = rng.randrange(len(lines))
+        terms, steps = self.terms(), order[1:]
+        at, kind = rng.randrange(len(steps)), rng.choice(("slip", "reuse", "skip"))
+        if kind == "reuse" and at > 0:
+            steps = steps[:at] + [rng.choice(order[:at + 1])] + steps[at + 1:]
+        elif kind == "skip" and len(steps) > 1:
+            steps = steps[:at] + steps[at + 1:]
+        else:
+            kind = "slip"
         delta = rng.choice([d for d in range(-10, 11) if d])
-        terms, out = self.terms(), []
-        total = terms[order[0]][1]
-        for i, t in enumerate(order[1:]):
+        total, out = terms[order[0]][1], []
+        for i, t in enumerate(steps):
             op, b = terms[t]
             new = total + b if op == "+" else total - b
-            if i == slip:
+            if kind == "slip" and i == at:
                 new = new + delta if new + delta >= 0 else new - delta     # a slip never writes a negative
-            if new < 0:                                 # a slip down carried below 0: draw again (one up never is)
+            if new < 0:                                   # carried below 0: draw again
                 return self.flawed_solution(rng)
             out.append(f"{total}{op}{b}={new}")
             total = new
-        return "\n".join(out + [f"A: {total}"]), corrected
+        if total == self.answer:                          # a reuse that happens to land on the answer
+            return self.flawed_solution(rng)
+        return "\n".join(out + [f"A: {total}"]), self.ordered_solution(order)
 
 
 @dataclasses.dataclass(frozen=True)
