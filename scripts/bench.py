@@ -49,6 +49,7 @@ CONFIGS = {
     "4m": dict(vocab_size=2000, hidden=256, layers=4, heads=4, kv_heads=4, intermediate=688),
     "25m": dict(vocab_size=8000, hidden=512, layers=6, heads=8, kv_heads=8, intermediate=1376),
     "50m": dict(vocab_size=8000, hidden=512, layers=14, heads=8, kv_heads=8, intermediate=1376),
+    "100m": dict(vocab_size=8000, hidden=512, layers=28, heads=8, kv_heads=8, intermediate=1376),   # 8.5x its 1-layer draft
     # SmolLM-135M's shape: 30 layers, what compile time grows with
     "135m": dict(vocab_size=49152, hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536,
                  tie_embeddings=True),
@@ -507,7 +508,7 @@ def main(argv=None):
     sea.add_argument("--repeats", type=int, default=3)
     sea.set_defaults(fn=bench_search)
     spe = sub.add_parser("speculative", help="greedy decode with and without speculative decoding")
-    spe.add_argument("--config", default="50m", help="4m, 25m, 50m or a preset name (random weights)")
+    spe.add_argument("--config", default="50m", help="4m, 25m, 50m, 100m or a preset name (random weights)")
     spe.add_argument("--pair", nargs=2, metavar=("TARGET", "DRAFT"),
                      help="a trained pair (checkpoints or zoo names, e.g. tiny-arith-large tiny-arith) on the "
                           "task's hard test prompts, instead of --config")
