@@ -66,7 +66,9 @@ def refine(model, prompts, *, feedback, rounds: int, cue=None, n: int = 1, sampl
     accepted; ``chosen[g]`` the first accepted rollout, or else the vote of the last attempts'
     answers. ``info[g]``: each rollout's ``feedback`` (the strings, round by round), ``accepted``
     and ``transcript`` (everything after the prompt). Budget: drawn tokens, the prompt prefilled
-    once and each appended token once (``prefilled``), feedback calls as ``scorer_calls``.
+    once and each appended token once (``prefilled``), feedback calls as ``scorer_calls``. A
+    feedback function that raises, or returns neither text nor ``None``, is a :class:`meta.PromptError`
+    (a ``ValueError``) naming the prompt, its index in ``.prompt``.
     """
     budget, sampler, t0 = setup(prompts, n, None, budget, sampler)
     if not callable(feedback):
