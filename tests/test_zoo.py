@@ -1,5 +1,6 @@
-"""The shipped checkpoints: tiny-arith found by name, its tokenizer and recorded accuracy; its reward models'
-recorded AUCs (tiny-arith-rm, tiny-arith-prm), and the PRM riding along as a track."""
+"""The shipped checkpoints: tiny-arith found by name, its tokenizer and recorded accuracy (and those of its
+larger and feedback-trained kin); its reward models' recorded AUCs (tiny-arith-rm, tiny-arith-prm), and
+the PRM riding along as a track."""
 import json
 
 import pytest
@@ -36,9 +37,32 @@ def test_a_directory_wins_over_a_zoo_name(tmp_path, monkeypatch):
     assert "no model directory" in str(err.value)
 
 
-def test_greedy_accuracy_on_the_fixed_sample_equals_the_recorded_figure(tiny_arith):
-    recorded = json.loads((zoo.ROOT / "tiny-arith" / "metrics.json").read_text())
-    assert greedy_accuracy(tiny_arith, metric_sample()) == recorded["test_hard_50_greedy_accuracy"]
+@pytest.mark.parametrize("name", ["tiny-arith", "tiny-arith-large", "tiny-arith-feedback"])
+def test_greedy_accuracy_on_the_fixed_sample_equals_the_recorded_figure(name):
+    recorded = json.loads((zoo.ROOT / name / "metrics.json").read_text())
+    assert greedy_accuracy(models.load(name), metric_sample()) == recorded["test_hard_50_greedy_accuracy"]
+
+
+def test_the_larger_and_the_feedback_policies_are_tiny_arith_s_kin():
+    """Same tokenizer, byte for byte (a draft, a cascade and refinement mix them); the larger is larger
+    and recorded as more accurate, the feedback one trained with feedback turns."""
+    tokenizer = lambda name: (zoo.ROOT / name / "tokenizer.model").read_bytes()
+    assert tokenizer("tiny-arith-large") == tokenizer("tiny-arith") == tokenizer("tiny-arith-feedback")
+    metrics = {n: json.loads((zoo.ROOT / n / "metrics.json").read_text()) for n in ("tiny-arith", "tiny-arith-large")}
+    assert metrics["tiny-arith-large"]["parameters"] > 5 * metrics["tiny-arith"]["parameters"]
+    assert (metrics["tiny-arith-large"]["test_hard_50_greedy_accuracy"]
+            > metrics["tiny-arith"]["test_hard_50_greedy_accuracy"])
+    assert json.loads((zoo.ROOT / "tiny-arith-feedback" / "metrics.json").read_text())["args"]["feedback"] == 0.3
+
+
+def test_the_feedback_policy_fixes_a_flagged_mistake_where_the_base_policy_cannot(tiny_arith):
+    """After a flawed attempt and the verifier's feedback (laid out as ``meta.refine`` appends them),
+    the feedback-trained policy's next attempt is right far more often than the base policy's."""
+    from meta.tasks import arith
+    from scripts.eval_arith import fix_rate
+    problems = arith.held_out("val", "hard", 64)
+    trained, base = fix_rate(models.load("tiny-arith-feedback"), problems), fix_rate(tiny_arith, problems)
+    assert trained > base + 0.25, (trained, base)
 
 
 def test_the_shipped_reward_model_reproduces_its_recorded_validation_auc(tiny_arith):
