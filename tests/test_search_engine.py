@@ -161,12 +161,16 @@ def test_a_reward_track_equals_the_reward_model_from_scratch():
     policy, rm = models.load("tiny-arith"), models.load("tiny-arith-rm")
     prompts, tracks, sampler = ["Q: 12+7-3=?\n", "Q: 5+9+11-4=?\n"], {"rm": rm}, Sampler(temperature=0.8)
 
-    def check(state):
+    def check(state):                   # every rollout from scratch in one [12, 128] batch: one compilation
         out = engine.rollouts(state)
         g, n = state.shape
-        want = [[float(models.rewards(rm.config, rm.params, jnp.asarray(
-            [policy.tokenizer.encode(prompts[i]) + out.tokens[i, r, :out.lengths[i, r]].tolist()]))[0, -1])
-            for r in range(n)] for i in range(g)]
+        rows = [policy.tokenizer.encode(prompts[i]) + out.tokens[i, r, :out.lengths[i, r]].tolist()
+                for i in range(g) for r in range(n)]
+        batch = np.zeros((12, 128), np.int32)                  # right padding: causal, earlier positions unchanged
+        for b, row in enumerate(rows):
+            batch[b, :len(row)] = row
+        scores = np.asarray(models.rewards(rm.config, rm.params, jnp.asarray(batch)))
+        want = np.array([scores[b, len(row) - 1] for b, row in enumerate(rows)]).reshape(g, n)
         np.testing.assert_allclose(engine.track_scores(state, "rm"), want, rtol=1e-4, atol=1e-5)
 
     state = engine.start(policy, prompts, capacity=80, n=3, seed=0, tracks=tracks)
