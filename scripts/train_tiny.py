@@ -112,10 +112,7 @@ def batches(tok, batch: int, seq_len: int, seed: int, task: tasks.Task = DEFAULT
     stream, rng, coin = task.problems.train_stream(task.mix, seed=seed), random.Random(seed), random.Random(seed + 2)
     while True:
         problems = [next(stream) for _ in range(batch)]
-        if not feedback:
-            yield pack(tok, problems, seq_len, rng)
-            continue
-        yield pack(tok, None, seq_len, encoded=[encode_feedback(tok, task, p, rng) if coin.random() < feedback
+        yield pack(tok, None, seq_len, encoded=[encode_feedback(tok, task, p, rng) if feedback and coin.random() < feedback
                                                  else encode(tok, p, rng) for p in problems])
 
 
