@@ -67,7 +67,7 @@ def metric_sample() -> list[arith.Problem]:
 
 def fix_rate(model, problems, seed: int = 0) -> float:
     """Fraction of ``problems`` whose greedy next attempt is right after a flawed attempt and the
-    verifier's feedback on it (``Problem.flawed_solution``: one slip; ``verifiers.feedback``), laid
+    verifier's feedback on it (``Problem.flawed_solution``: one mistake; ``verifiers.feedback``), laid
     out as ``meta.refine`` appends them: how well ``model`` uses feedback, apart from how well it drafts."""
     import random
     task, rng, tok = tasks.of(problems[0]), random.Random(seed), model.tokenizer
