@@ -35,11 +35,10 @@ from pathlib import Path
 import meta
 import models
 from meta.tasks import arith, arith_verifiers
-from scripts.search_table import measure, plot
+from scripts.meta_table import measure, plot, search
 
 THRESHOLDS = (0.3, 0.5, 0.7)
 AGREEMENTS = (0.5, 0.75, 1.0)
-MAX_STEPS = 12           # decode rounds of a backtrack: 4-6 steps, the answer, retries
 
 
 def _drop(kw, *names):
@@ -51,8 +50,7 @@ def refine(m, p, n, **kw):
 
 
 def backtrack(prm, threshold):
-    return lambda m, p, n, **kw: meta.backtrack(m, p, n=n, scorer=prm, threshold=threshold, max_backtracks=2,
-                                                max_steps=MAX_STEPS, **kw)
+    return search("backtrack", prm, dict(threshold=threshold))
 
 
 def cascade(agreement):

@@ -84,7 +84,7 @@ def test_every_script_reports_a_refused_input_as_one_error_line():
         (("scripts.bench", "decode", "--config", "bogus", "--batch", "1"), "unknown preset 'bogus'"),
         (("scripts.bench", "decode", "--repeats", "0"), "--repeats must be positive, got 0"),   # printed Infinity
         (("scripts.demo", "--problems", "0"), "--samples and --problems must be positive"),
-        (("scripts.meta_table", "--model", "no/such/dir"), "no model directory or .gguf file at no/such/dir"),
+        (("scripts.meta_table", "--budgets", "0"), "--budgets must be positive"),
     ]:
         out = run(*args)
         assert out.returncode == 2, (args, out.stderr[-2000:])

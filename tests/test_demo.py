@@ -61,11 +61,11 @@ def test_demo_shows_pass_at_its_sample_count(tmp_path, capsys):
     assert "pass@3" in out and "the meta-generators run at N = 4, 16, 64" in out
 
 
-def test_meta_table_refuses_rows_that_match_nothing(capsys):
+def test_meta_table_refuses_methods_that_match_nothing(capsys, tmp_path):
     from scripts import meta_table
-    with pytest.raises(ValueError, match=r"--rows \['greedyy'\] match no row"):
-        meta_table.main(["--problems", "2", "--rows", "greedyy"])
-    assert capsys.readouterr().out == ""                                    # no header printed first
+    with pytest.raises(ValueError, match=r"--methods \['greedyy'\] match no method"):
+        meta_table.main(["--problems", "2", "--methods", "greedyy", "--doc", str(tmp_path / "s.md")])
+    assert capsys.readouterr().out == "" and not (tmp_path / "s.md").exists()     # refused before anything ran
 
 
 def test_a_new_strategy_joins_the_table(tmp_path):

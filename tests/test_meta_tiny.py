@@ -103,11 +103,32 @@ def test_reward_model_scores_the_last_token_unbatched(model):
         meta.RewardModel(model)
 
 
-def test_meta_table_runs_only_the_rows_asked_for(capsys):
+def test_meta_table_runs_only_the_methods_asked_for_into_its_section(tmp_path, capsys):
     from scripts import meta_table
     from scripts.eval_arith import greedy_accuracy
-    meta_table.main(["--problems", "4", "--rows", "greedy", "self-consistency@4"])
+    doc = tmp_path / "science.md"
+    doc.write_text("# Title\n\nthe reading\n")
+    args = ["--problems", "4", "--val-problems", "2", "--budgets", "4", "--doc", str(doc)]
+    meta_table.main([*args, "--methods", "greedy", "self-consistency"])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    assert [line.split(" | ")[0] for line in lines[1:]] == ["| greedy", "| self-consistency@4"]
+    assert [line.split(" | ")[:2] for line in lines] == [["| greedy", "1"], ["| self-consistency", "4"]]
     want = greedy_accuracy(models.load("tiny-arith"), arith.held_out("test", "hard", 4))
-    assert float(lines[1].split(" | ")[1]) == pytest.approx(want, abs=1e-3)
+    assert float(lines[0].split(" | ")[2]) == pytest.approx(want, abs=1e-3)
+    text = doc.read_text()
+    assert text.startswith("# Title\n\nthe reading\n") and lines[0] in text and "science-tiny-arith.png" in text
+    assert (tmp_path / "science-tiny-arith.png").stat().st_size > 0
+    meta_table.main([*args, "--methods", "greedy"])                    # a rerun replaces the section, nothing else
+    again = doc.read_text()
+    assert again.count("<!-- meta_table tiny-arith -->") == 1 and "| self-consistency |" not in again
+    assert again.startswith("# Title\n\nthe reading\n")
+
+
+def test_meta_table_marks_a_task_without_models_not_measured(tmp_path):
+    from scripts import meta_table
+    from meta import tasks
+    assert meta_table.shipped(tasks.get("tiny-arith")) and not meta_table.shipped(tasks.get("tiny-program"))
+    with pytest.raises(ValueError, match="tiny-program has no shipped policy"):
+        meta_table.main(["--task", "tiny-program", "--doc", str(tmp_path / "s.md")])
+    meta_table.write_section(tmp_path / "s.md", "tiny-program", ["Not measured."])
+    assert (tmp_path / "s.md").read_text() == ("<!-- meta_table tiny-program -->\nNot measured.\n"
+                                               "<!-- /meta_table tiny-program -->\n")
