@@ -119,12 +119,7 @@ def _lookup(history, length, pad_id: int):
 
 def _packed_history(state: DecodeState):
     """(each row's prompt + rollout tokens moved to the front [B, P + S], their count [B])."""
-    g, n = state.shape
-    b = state.done.shape[0]
-    prompt = jnp.repeat(state.prompt, n, axis=0, total_repeat_length=b)
-    first = jnp.repeat(state.cache.pstart, n, total_repeat_length=b)
-    history = jnp.concatenate([prompt, state.tokens], axis=1)
-    valid = jnp.concatenate([jnp.arange(prompt.shape[1])[None, :] >= first[:, None], state.cache.valid], axis=1)
+    history, valid = state.history()
     order = jnp.argsort(~valid, axis=1, stable=True)
     return jnp.take_along_axis(history, order, axis=1), jnp.sum(valid, axis=1, dtype=jnp.int32)
 

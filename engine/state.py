@@ -97,6 +97,17 @@ class DecodeState:
         return dataclasses.replace(self, cache=move(self.cache),
                                    tracks={k: dataclasses.replace(t, cache=move(t.cache)) for k, t in self.tracks.items()})
 
+    def history(self, tail: int | None = None) -> tuple[jax.Array, jax.Array]:
+        """Each row's prompt (its last ``tail`` positions; all by default) then its rollout slots, as
+        (tokens int32 [B, P' + S], valid bool [B, P' + S]): left padding and holes are not valid."""
+        g, n = self.shape
+        b, p = self.done.shape[0], self.prompt.shape[1]
+        lo = 0 if tail is None else max(0, p - tail)
+        repeat = lambda x: jnp.repeat(x, n, axis=0, total_repeat_length=b)
+        valid = jnp.arange(lo, p)[None, :] >= self.cache.pstart[:, None]
+        return (jnp.concatenate([repeat(self.prompt[:, lo:]), self.tokens], axis=1),
+                jnp.concatenate([repeat(valid), self.cache.valid], axis=1))
+
     @property
     def live(self) -> jax.Array:
         """bool [B]: rows the next step draws for."""

@@ -127,14 +127,7 @@ def last_tokens(state, tok, window: int, prompt: bool = True) -> jax.Array:
     out, k = [tok], window - 1
     if k == 0:
         return tok[:, None]
-    history, valid = state.tokens, state.cache.valid
-    if prompt:
-        n, b = state.shape[1], state.done.shape[0]
-        p = state.prompt.shape[1]
-        tail = state.prompt[:, max(0, p - k):]                                             # [G, <=k]
-        tail_valid = jnp.arange(max(0, p - k), p)[None, :] >= state.cache.pstart[:, None]
-        history = jnp.concatenate([jnp.repeat(tail, n, axis=0, total_repeat_length=b), history], axis=1)
-        valid = jnp.concatenate([jnp.repeat(tail_valid, n, axis=0, total_repeat_length=b), valid], axis=1)
+    history, valid = state.history(tail=k) if prompt else (state.tokens, state.cache.valid)
     rank = jnp.sum(valid, axis=1, keepdims=True) - jnp.cumsum(valid, axis=1)              # 0 at the last real token
     for j in range(k):
         out.append(jnp.max(jnp.where(valid & (rank == j), history, -1), axis=1))
