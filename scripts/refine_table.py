@@ -53,18 +53,13 @@ def backtrack(prm, threshold):
     return search("backtrack", prm, dict(threshold=threshold))
 
 
-def cascade(agreement):
+def cascade(agreement, large=None):
+    """Self-consistency stages, a prompt escalated while its votes agree less than ``agreement``: the
+    policy's SC@4 -> SC@16, or with ``large`` the policy's SC@n -> ``large``'s SC@n."""
     def run(m, p, n, *, budget, sampler, **kw):
         kw = _drop(kw, "references")
-        stages = [(m, meta.self_consistency, dict(n=k, sampler=sampler, **kw)) for k in (4, 16)]
-        return meta.cascade(stages, p, accept=meta.agreement(agreement), budget=budget)
-    return run
-
-
-def model_cascade(large, agreement):
-    def run(m, p, n, *, budget, sampler, **kw):
-        kw = _drop(kw, "references")
-        stages = [(x, meta.self_consistency, dict(n=n, sampler=sampler, **kw)) for x in (m, large)]
+        plan = [(m, 4), (m, 16)] if large is None else [(m, n), (large, n)]
+        stages = [(x, meta.self_consistency, dict(n=k, sampler=sampler, **kw)) for x, k in plan]
         return meta.cascade(stages, p, accept=meta.agreement(agreement), budget=budget)
     return run
 
@@ -87,7 +82,7 @@ def methods(orm_verifier, prm, threshold, agreement, large, model_agreement):
         "self-consistency": {f"N={n}": (lambda m, p, k, **kw: meta.self_consistency(m, p, n=k, **kw), n)
                              for n in (4, 16)},
         f"two-model cascade SC@4 -> large SC@4 (agreement {model_agreement})": {
-            "": (model_cascade(large, model_agreement), 4)},
+            "": (cascade(model_agreement, large), 4)},
         "large model alone, SC": {"N=4": (lambda m, p, k, **kw: meta.self_consistency(large, p, n=k, **kw), 4)},
     }
 
@@ -117,7 +112,7 @@ def main(argv=None) -> dict:
         return max(grid, key=lambda x: (vals[x], -grid.index(x)))
     threshold = best(THRESHOLDS, lambda t: backtrack(prm, t), 4, "backtrack")
     agreement = best(AGREEMENTS, cascade, 16, "cascade SC@4 -> SC@16")
-    model_agreement = best(AGREEMENTS, lambda a: model_cascade(large, a), 4, "two-model cascade")
+    model_agreement = best(AGREEMENTS, lambda a: cascade(a, large), 4, "two-model cascade")
     print(f"\n### Test: {len(test)} hard problems\n\n| method | budget | accuracy | tokens / problem | FLOPs / problem |"
           "\n|---|---|---:|---:|---:|")
     results = {}
