@@ -241,4 +241,4 @@ def test_docs_example_runs(capsys):
                       re.S)[0]
     exec(code, {})
     out = capsys.readouterr().out
-    assert out.startswith("Q: 1 5 1 12 10 -> 144\n") and "[1. 0.] [0.]" in out and out.endswith("47\n")
+    assert out.startswith("Q: 7 2 11 8 -> 28\n") and "[1. 0.] [0.]" in out and out.endswith("47\n")

@@ -1,7 +1,7 @@
 """Countdown: reach a target from a few numbers with + - * /, one operation per step (a search task).
 
 The search benchmark of "Stream of Search" (Gandhi et al. 2024) and TinyZero. A problem gives
-3-5 numbers and a target; a solution combines two available numbers per line, each given or
+3-4 numbers and a target; a solution combines two available numbers per line, each given or
 derived number used at most once, until a line's result is the target::
 
     Q: 25 3 9 75 -> 47
@@ -49,11 +49,11 @@ class Level:
 
 LEVELS: dict[str, Level] = {
     "easy": Level("easy", 3, 9, 10, 50, held_out=200),      # about 6,800 questions in all
-    "medium": Level("medium", 4, 12, 10, 100, min_steps=2),
-    "hard": Level("hard", 5, 12, 50, 200, min_steps=3),
+    "medium": Level("medium", 4, 9, 10, 50, min_steps=2),
+    "hard": Level("hard", 4, 12, 10, 100, min_steps=2),       # Stream of Search's setting: 4 numbers, target <= 100
 }
 SPLITS = ("train", "val", "test")
-MOST_NUMBERS = 6            # in a prompt the verifiers read (the levels have at most 5)
+MOST_NUMBERS = 6            # in a prompt the verifiers read (the levels have at most 4)
 OPS = "+-*/"
 
 STEP_RE = re.compile(rf"^{DIGITS}([-+*/]){DIGITS}={DIGITS}$")      # arith's DIGITS: ASCII, at most 100
