@@ -8,7 +8,6 @@ import numpy as np
 
 from engine import generate
 from meta import tasks
-from meta.tasks import arith
 from sampling import Sampler
 
 METRIC_SAMPLE = 50            # the recorded greedy accuracy is on the first 50 hard test problems
@@ -58,11 +57,6 @@ def greedy_accuracy(model, problems) -> float:
     """Fraction of ``problems`` whose greedy solution is right by their task's outcome verifier."""
     texts, _ = solve(model, problems)
     return float(tasks.of(problems[0]).verifiers.outcome_scores([t[0] for t in texts], problems).mean())
-
-
-def metric_sample() -> list[arith.Problem]:
-    """The fixed sample the recorded greedy accuracy is measured on."""
-    return arith.held_out("test", "hard", METRIC_SAMPLE)
 
 
 def fix_rate(model, problems, seed: int = 0) -> float:

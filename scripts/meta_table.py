@@ -136,7 +136,7 @@ def plot(results: dict, path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     for i, (name, points) in enumerate(results.items()):
         xs, ys = [p["tokens"] for p in points.values()], [p["accuracy"] for p in points.values()]
         ax.plot(xs, ys, marker="osD^vP*Xh"[i % 9], linestyle="-" if i < 8 else "--", label=name)
@@ -144,7 +144,7 @@ def plot(results: dict, path: Path, title: str) -> None:
     ax.set_xlabel("tokens generated per problem (pruned rollouts included)")
     ax.set_ylabel("accuracy")
     ax.set_title(title)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
