@@ -75,3 +75,10 @@ def test_a_new_strategy_joins_the_table(tmp_path):
     assert "constant" in demo.table(results) and "42.0" in demo.table(results)
     demo.plot(results, tmp_path / "p.png", "t")
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_the_demo_runs_on_countdown_with_its_shipped_models(tmp_path, capsys):
+    demo.main(["--task", "countdown", "--problems", "2", "--samples", "4", "--plot", str(tmp_path / "c.png")])
+    out = capsys.readouterr().out
+    assert "countdown on 2 held-out hard problems (Q: " in out and "weighted (RM)" in out
+    assert "no reward model" not in out and (tmp_path / "c.png").stat().st_size > 0
