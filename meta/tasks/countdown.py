@@ -50,7 +50,7 @@ class Level:
 LEVELS: dict[str, Level] = {
     "easy": Level("easy", 3, 9, 10, 50, held_out=200),      # about 6,800 questions in all
     "medium": Level("medium", 4, 9, 10, 50, min_steps=2),
-    "hard": Level("hard", 4, 12, 10, 100, min_steps=2),       # Stream of Search's setting: 4 numbers, target <= 100
+    "hard": Level("hard", 4, 12, 10, 100, min_steps=2),       # 4 numbers, as Stream of Search's problems
 }
 SPLITS = ("train", "val", "test")
 MOST_NUMBERS = 6            # in a prompt the verifiers read (the levels have at most 4)
