@@ -100,8 +100,7 @@ class DecodeState:
     def history(self, tail: int | None = None) -> tuple[jax.Array, jax.Array]:
         """Each row's prompt (its last ``tail`` positions; all by default) then its rollout slots, as
         (tokens int32 [B, P' + S], valid bool [B, P' + S]): left padding and holes are not valid."""
-        g, n = self.shape
-        b, p = self.done.shape[0], self.prompt.shape[1]
+        n, (b, p) = self.shape[1], (self.done.shape[0], self.prompt.shape[1])
         lo = 0 if tail is None else max(0, p - tail)
         repeat = lambda x: jnp.repeat(x, n, axis=0, total_repeat_length=b)
         valid = jnp.arange(lo, p)[None, :] >= self.cache.pstart[:, None]
