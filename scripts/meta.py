@@ -10,8 +10,9 @@ verifiers and the default models (``--model``: the task's policy). The step-leve
 ``--scorer model`` (the reward model ``--scorer-model``, default the task's, ``tiny-arith-prm``,
 riding in the decode step) or ``--scorer process-min`` etc. (the task's process verifier). A
 prompt's result is ``correct`` when its chosen answer equals the reference (tiny-arith, or
-``--answer text``), or for a task graded by its verifier (countdown) when the chosen rollout
-passes the outcome verifier; without a reference it is not graded. ``backtrack`` is step-level too
+``--answer text``), or for a task graded by its verifier (countdown, tiny-program) when the chosen
+rollout passes the outcome verifier (tiny-program's reference is a right program's text: a rollout
+must fit the shown examples and behave as it on fixed probe lists); without a reference it is not graded. ``backtrack`` is step-level too
 (``--threshold``, ``--max-backtracks``); ``refine`` takes ``--feedback``: ``verifier`` (the task's
 own, e.g. tiny-arith's first wrong step) or ``MODULE:NAME``, a function ``(prompt, attempt) -> str |
 None`` imported from a module on the path, and ``--rounds``.
@@ -234,7 +235,9 @@ def check_items(args, model, items, sampler, scorer) -> None:
     import meta
     from engine.checks import memory_bytes, state_bytes
     from engine.decode import bucket
+    from meta import tasks
     from meta.common import check_rollouts
+    task = tasks.get(args.task)
     takes = inspect.signature(meta.METHODS[args.method]).parameters.get("scorer")
     if takes is not None and takes.default is inspect.Parameter.empty and args.scorer == "none":
         raise ValueError(f"{args.method} needs a scorer: --scorer {' / '.join(SCORERS[1:])}")
@@ -249,6 +252,8 @@ def check_items(args, model, items, sampler, scorer) -> None:
             longest = max(longest, len(engine.checks.check_prompts(model, [prompt(args, it)], args.max_new_tokens)[0]))
             if args.scorer == "verifier":
                 scorer.check([it["prompt"]], [it["answer"]])
+            if it["answer"] is not None and args.answer == "arith" and not task.graded_by_answer:
+                task.verifiers.OutcomeVerifier().check([it["prompt"]], [it["answer"]])     # how grade reads it
         except ValueError as e:
             raise ValueError(f"{args.data}:{it['line']}: {e}") from None
     check_rollouts(min(args.batch, len(items)), args.n, sampler)

@@ -1,6 +1,7 @@
 """scripts/meta.py: resumable after SIGKILL, refuses bad datasets and changed settings."""
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -329,3 +330,22 @@ def test_backtrack_runs_from_the_script_as_the_library_does(tmp_path):
                        answer=arith.answer)
     assert [g["answer"] for g in got] == r.answers
     assert [g["info"]["backtracks"] for g in got] == [i["backtracks"] for i in r.info]
+
+
+def test_a_program_dataset_is_graded_by_its_reference_program(tmp_path, capsys):
+    """tiny-program's dataset answer is a right program's text: the chosen rollout is run against it."""
+    from types import SimpleNamespace
+    from meta.tasks import program
+    p = program.held_out("test", "hard", 1)[0]
+    args = SimpleNamespace(task="tiny-program", answer="arith")
+    result = SimpleNamespace(prompts=[p.prompt], texts=[[p.solution, "sort"]], chosen=[0], answers=[None])
+    assert meta_script.grade(args, result, 0, p.random_solution(random.Random(1))) is True
+    result.chosen = [1]
+    assert meta_script.grade(args, result, 0, p.solution) is False
+    result.chosen = [None]
+    assert meta_script.grade(args, result, 0, p.solution) is False
+    data, out = tmp_path / "data.jsonl", tmp_path / "out.jsonl"
+    data.write_text(json.dumps({"prompt": p.prompt, "answer": p.solution}) + "\n"
+                    + json.dumps({"prompt": p.prompt, "answer": "sortt"}) + "\n")
+    assert meta_script.main(argv(data, out, extra=["--task", "tiny-program", "--model", "tiny-arith"])) == 2
+    assert "data.jsonl:2: the reference program of" in capsys.readouterr().err and not out.exists()

@@ -272,10 +272,25 @@ def test_verifiers_as_scorers():
     process = verifiers.process_verifier("min")([PROMPT, PROMPT], texts, [P, P])
     assert np.asarray(process).tolist() == [[1, 0, 0], [1, 1, 0]]
     for scorer in (verifiers.OutcomeVerifier(), verifiers.process_verifier()):
-        for refs in (None, [P, "filter >2"]):
+        for refs, says in ((None, "must be a program text"), ([P, "filter >2"], "must be a program text"),
+                           ([P, "sortt"], "does not parse"), ([P, 7], "must be a program text")):
             with pytest.raises(ValueError) as e:
                 scorer([PROMPT, PROMPT], texts, refs)
-            assert "program.Problem as each prompt's reference" in str(e.value)
+            assert says in str(e.value) and repr(PROMPT) in str(e.value)
+
+
+def test_a_reference_program_text_stands_for_the_hidden_one():
+    """A dataset gives a right program's text as the answer: the hidden examples are its runs on the probes."""
+    problem = verifiers.reference_problem(PROMPT, "sort\nreverse\nfilter >2")
+    assert problem.shown == P.shown and len(problem.hidden) == len(program.PROBES)
+    assert all(out == output(P.ops, xs) for xs, out in problem.hidden)
+    texts = [[CORRECT, OTHER_RIGHT, SHOWN_ONLY, WRONG]]
+    by_text = verifiers.OutcomeVerifier()([PROMPT], texts, [OTHER_RIGHT])
+    assert np.asarray(by_text).tolist() == [[1, 1, 0, 0]]       # SHOWN_ONLY fits the prompt, not the probes
+    assert np.asarray(verifiers.process_verifier("min")([PROMPT], texts, [CORRECT])).tolist() == [[1, 1, 0, 0]]
+    assert verifiers.reference_problem(PROMPT, P) is P
+    stopping = program.from_prompt("[3,1] -> [3]\n[5,9] -> [9]\n[1,7] -> [7]\nP:\n", "max")
+    assert len(stopping.hidden) == len(program.PROBES) - 1     # max of the empty probe stops: not an example
 
 
 def test_docs_example_runs():

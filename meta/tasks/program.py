@@ -215,6 +215,24 @@ def read_prompt(prompt: str) -> tuple:
     return tuple(examples)
 
 
+@functools.lru_cache(maxsize=4096)
+def from_prompt(prompt: str, reference: str) -> Problem:
+    """The problem ``prompt`` states with ``reference``, a right program's text (a dataset's answer),
+    standing for the hidden one: its hidden examples are the reference's runs on :data:`PROBES`
+    (those that do not stop), so a program is right when it fits the shown examples and behaves as
+    the reference on the probes. A ``ValueError`` naming the prompt when it is not a program prompt,
+    or the reference does not parse or fails a shown example."""
+    shown = read_prompt(prompt)
+    try:
+        ops = parse(reference) if isinstance(reference, str) else None
+    except ParseError as e:
+        raise ValueError(f"the reference program of {prompt!r} does not parse: {e}") from None
+    if ops is None or any(_output(ops, xs) != out for xs, out in shown):
+        raise ValueError(f"the reference of {prompt!r} must be a program text that fits its shown examples, "
+                         f"got {reference!r}")
+    return Problem(ops, shown, tuple((xs, out) for xs in PROBES if (out := _output(ops, xs)) is not None))
+
+
 def answer(text: str) -> str | None:
     """The program of a solution text, one op a line in canonical spelling, or ``None`` if it does
     not parse. The task's answer extractor; its output is itself a solution text."""

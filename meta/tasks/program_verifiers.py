@@ -11,7 +11,7 @@ On lists of texts (the generated programs, i.e. what follows the prompt):
 
 As scorers (``scorer(prompts, texts[G][N], references, budget) -> [G, N]``, see
 :mod:`meta.scoring`): :class:`OutcomeVerifier` and :func:`process_verifier`, references
-``program.Problem``.
+``program.Problem`` or, as a dataset gives them, right programs' texts (:func:`reference_problem`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import numpy as np
 from meta.scoring import FunctionScorer, ProcessScorer
 from meta.tasks import arith_verifiers
 from meta.tasks.listlang import MAX_STEPS, ParseError, RunError, parse, parse_op, run, show
-from meta.tasks.program import ARROW, MAX_OPS, OPS, Problem, read_prompt
+from meta.tasks.program import ARROW, MAX_OPS, OPS, Problem, from_prompt, read_prompt
 
 REJECT = "no: "              # the start of a feedback line
 
@@ -227,17 +227,24 @@ def feedback(prompt: str, text: str) -> str | None:
     return None
 
 
+def reference_problem(prompt, reference) -> Problem:
+    """The problem to check a rollout of ``prompt`` against: ``reference`` when it is a
+    ``program.Problem``, else the prompt's examples with ``reference`` a right program's text (a
+    dataset's answer: :func:`program.from_prompt`); a ``ValueError`` naming the prompt otherwise."""
+    return reference if isinstance(reference, Problem) else from_prompt(prompt, reference)
+
+
 class OutcomeVerifier(FunctionScorer):
     """The outcome verifier as a scorer: 1.0 where the rollout is right on every example of its
-    reference, a ``program.Problem``."""
+    problem (:func:`reference_problem`: references are ``program.Problem`` or right programs' texts)."""
 
     def __init__(self):
-        super().__init__(lambda prompt, text, reference: float(right(text, reference)))
+        super().__init__(lambda prompt, text, reference: float(right(text, reference_problem(prompt, reference))))
 
     def check(self, prompts, references=None) -> None:
-        """A ``ValueError`` unless every prompt has a ``program.Problem`` reference."""
-        if references is None or not all(isinstance(r, Problem) for r in references):
-            raise ValueError("the program verifier needs a program.Problem as each prompt's reference")
+        """A ``ValueError`` unless every prompt's problem can be known (see :func:`reference_problem`)."""
+        for prompt, ref in zip(prompts, [None] * len(prompts) if references is None else references):
+            reference_problem(prompt, ref)
 
     def __call__(self, prompts, texts, references=None, budget=None):
         self.check(prompts, references)
@@ -246,9 +253,9 @@ class OutcomeVerifier(FunctionScorer):
 
 def process_verifier(aggregation: str = "min") -> ProcessScorer:
     """The process verifier (:func:`step_scores`) as a process scorer, steps aggregated by
-    ``aggregation``; references are ``program.Problem``."""
+    ``aggregation``; references as :class:`OutcomeVerifier` takes them."""
     def steps(prompts, texts, references):
-        if references is None or not all(isinstance(r, Problem) for r in references):
-            raise ValueError("the program process verifier needs a program.Problem as each prompt's reference")
-        return [process_scores(list(row), [ref] * len(row)) for row, ref in zip(texts, references)]
+        problems = [reference_problem(p, r) for p, r in zip(prompts, [None] * len(prompts) if references is None
+                                                              else references)]
+        return [process_scores(list(row), [problem] * len(row)) for row, problem in zip(texts, problems)]
     return ProcessScorer(steps, aggregation)
