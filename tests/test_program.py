@@ -293,6 +293,22 @@ def test_a_reference_program_text_stands_for_the_hidden_one():
     assert len(stopping.hidden) == len(program.PROBES) - 1     # max of the empty probe stops: not an example
 
 
+def test_a_flawed_solution_fails_a_shown_example_by_one_op_and_the_corrected_one_is_right():
+    rng, kinds = random.Random(3), collections.Counter()
+    for problem in program.held_out("val", "hard", 300):
+        flawed, corrected = problem.flawed_solution(rng)
+        assert verifiers.right(corrected, problem) and not verifiers.right(flawed, problem)
+        assert verifiers.feedback(problem.prompt, flawed).startswith("no: [")      # a shown example fails
+        bad, good = flawed.split("\n"), corrected.split("\n")
+        if len(bad) == len(good) - 1:                                             # an op left out
+            kinds["skip"] += 1
+            assert any(good[:i] + good[i + 1:] == bad for i in range(len(good)))
+            continue
+        (i,) = [i for i, (a, b) in enumerate(zip(bad, good)) if a != b]           # one op changed
+        kinds["constant" if bad[i].split()[0] == good[i].split()[0] else "family"] += 1
+    assert min(kinds.values()) > 60, kinds              # each kind about a third (sort has no other constant)
+
+
 def test_docs_example_runs():
     ns = {}
     exec(re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "program.md").read_text(), re.S)[0], ns)
@@ -300,7 +316,7 @@ def test_docs_example_runs():
     failing = [(xs, out) for xs, out in problem.shown if tuple(sorted(xs, reverse=True)) != out]
     xs, want = failing[0]                                    # "sort, reverse" writes the input largest first
     assert note == f"no: {listlang.show(xs)} -> {listlang.show(sorted(xs, reverse=True))}, want {listlang.show(want)}\n"
-    assert ns["transcript"] == problem.prompt + "sort\nreverse\n" + note + "P:\n"
+    assert ns["transcript"] == problem.prompt + "sort\nreverse</s>" + note
     assert ns["right"].tolist() == [0.0, 1.0] and len(ns["steps"]) == 2
 
 

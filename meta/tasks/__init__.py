@@ -7,7 +7,8 @@ record names them and what the scripts need besides (``scripts.train_tiny --task
 The problems module provides ``LEVELS`` (with a ``"hard"`` level), ``held_out(split, level, n)``,
 ``train_stream(mix, seed)``, ``answer(text)`` (the extractor), ``ANSWER_RE`` (the final line) and
 ``max_new_tokens(problems)``; its ``Problem`` has ``prompt``, ``answer``, ``solution`` and
-``random_solution(rng)``. The verifiers module provides ``outcome_scores(texts, problems)``,
+``random_solution(rng)``, and optionally ``flawed_solution(rng)`` (feedback turns for
+``train_tiny --feedback``). The verifiers module provides ``outcome_scores(texts, problems)``,
 ``step_scores(text, problem)``, ``process_scores``, ``OutcomeVerifier()`` and ``process_verifier(agg)``.
 """
 from __future__ import annotations

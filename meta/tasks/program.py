@@ -132,6 +132,27 @@ class Problem:
                 ops = swapped
         return "\n".join(map(str, ops))
 
+    def flawed_solution(self, rng: random.Random) -> tuple[str, str]:
+        """A training pair for feedback turns: a right program in a random order
+        (:meth:`random_solution`) with one mistake that a shown example exposes, and that program
+        (the corrected attempt). The mistake, one kind in three: an op's constant changed (``map +3``
+        for ``map +4``), an op of another family in its place, or an op left out (every op shows
+        in the shown examples, so leaving one out always fails one)."""
+        corrected = self.random_solution(rng)
+        ops = parse(corrected)
+        while True:                 # a changed op may still fit the shown examples (rarely): draw again
+            at, kind = rng.randrange(len(ops)), rng.choice(("constant", "family", "skip"))
+            if kind == "skip":
+                flawed = ops[:at] + ops[at + 1:]
+            else:
+                family = next(f for f, members in FAMILIES.items() if ops[at] in members)
+                pool = [op for op in (FAMILIES[family] if kind == "constant" else OPS)
+                        if op != ops[at] and (kind == "constant" or op not in FAMILIES[family])
+                        and (op.name not in ("sum", "max", "min") or at == len(ops) - 1)]
+                flawed = ops[:at] + (rng.choice(pool),) + ops[at + 1:] if pool else ()
+            if flawed and any(_output(flawed, xs) != out for xs, out in self.shown):
+                return "\n".join(map(str, flawed)), corrected
+
     @property
     def examples(self) -> tuple:
         """Every example the verifier checks: the shown ones, then the hidden ones."""
