@@ -12,10 +12,10 @@ riding in the decode step) or ``--scorer process-min`` etc. (the task's process 
 prompt's result is ``correct`` when its chosen answer equals the reference (tiny-arith, or
 ``--answer text``), or for a task graded by its verifier (countdown, tiny-program) when the chosen
 rollout passes the outcome verifier (tiny-program's reference is a right program's text: a rollout
-must fit the shown examples and behave as it on fixed probe lists); without a reference it is not graded. ``backtrack`` is step-level too
-(``--threshold``, ``--max-backtracks``); ``refine`` takes ``--feedback``: ``verifier`` (the task's
-own, e.g. tiny-arith's first wrong step) or ``MODULE:NAME``, a function ``(prompt, attempt) -> str |
-None`` imported from a module on the path, and ``--rounds``.
+must fit the shown examples and behave as it on fixed probe lists); without a reference it is not
+graded. ``backtrack`` is step-level too (``--threshold``, ``--max-backtracks``); ``refine`` takes
+``--feedback``: ``verifier`` (the task's own, e.g. tiny-arith's first wrong step) or ``MODULE:NAME``,
+a function ``(prompt, attempt) -> str | None`` imported from a module on the path, and ``--rounds``.
 
 One prompt's failure loses no other prompt's work: when a prompt fails on its own (a feedback
 function that raises on it: ``meta.PromptError``), its line records the ``error`` (graded wrong)

@@ -273,7 +273,8 @@ def test_verifiers_as_scorers():
     assert np.asarray(process).tolist() == [[1, 0, 0], [1, 1, 0]]
     for scorer in (verifiers.OutcomeVerifier(), verifiers.process_verifier()):
         for refs, says in ((None, "must be a program text"), ([P, "filter >2"], "must be a program text"),
-                           ([P, "sortt"], "does not parse"), ([P, 7], "must be a program text")):
+                           ([P, "sortt"], "does not parse"), ([P, 7], "must be a program text"),
+                           ([P, ["sort"]], "must be a program text")):          # JSON gives lists too
             with pytest.raises(ValueError) as e:
                 scorer([PROMPT, PROMPT], texts, refs)
             assert says in str(e.value) and repr(PROMPT) in str(e.value)

@@ -236,7 +236,6 @@ def read_prompt(prompt: str) -> tuple:
     return tuple(examples)
 
 
-@functools.lru_cache(maxsize=4096)
 def from_prompt(prompt: str, reference: str) -> Problem:
     """The problem ``prompt`` states with ``reference``, a right program's text (a dataset's answer),
     standing for the hidden one: its hidden examples are the reference's runs on :data:`PROBES`
