@@ -7,7 +7,11 @@ recompute) or by a callable on the partial texts. A rollout whose new step score
 (``engine.select(rekey=mask)``), so the next round draws that step again, differently; each
 rollout does so at most ``max_backtracks`` times, and then keeps what it draws. Nothing already in
 the cache is recomputed (a rewind feeds the last kept token once more), and ``engine.compact``
-frees the slots of the steps cut back.
+frees the slots of the steps cut back and of the rows that idled while others finished a step.
+
+Each rollout has its own limit of ``max_new_tokens`` tokens (the cache has twice the slots, so a
+round always fits after the longest rollout): a rollout's text depends on its key and the scorer
+only, not on the prompts that share the call.
 """
 from __future__ import annotations
 
@@ -31,11 +35,12 @@ def backtrack(model, prompts, *, scorer, threshold: float, max_backtracks: int, 
     ``scorer``: a process reward model (``config.score_head``, e.g. ``tiny-arith-prm``; its score is
     ``sigmoid`` of its logit) or a callable process scorer ``scorer(prompts, texts, references,
     budget) -> [G][N]`` on the texts so far. ``max_steps``: decode rounds, retries included;
-    ``max_new_tokens``: the rollout block's slots (a rewind's re-fed token takes one; the search ends
-    when they are used). The chosen rollout is the best-scored one with an answer
+    ``max_new_tokens``: each rollout's limit (a rollout that reaches it ends there, mid-step if need
+    be; the rollouts beside it do not change where). The chosen rollout is the best-scored one with an answer
     (``final="best"``) or the answer with the largest total score (``"vote"``). ``info[g]`` has each
     rollout's ``backtracks`` and the rounds' ``events``: ``[round, rollout, rejected score]``.
-    Budget: every drawn token counts, the rejected ones too.
+    Budget: every drawn token counts, the rejected ones too (not those a call drew past a
+    rollout's limit while rows beside it had room: they are cut, as a batch's padding rows are not counted).
     """
     budget, sampler, t0, tracks, ids = checked(model, prompts, scorer=scorer, n=n, max_steps=max_steps,
                                                max_new_tokens=max_new_tokens, sampler=sampler, references=references,
@@ -44,8 +49,8 @@ def backtrack(model, prompts, *, scorer, threshold: float, max_backtracks: int, 
     check_threshold(threshold)
     check_int("max_backtracks", max_backtracks, 0)
     model, g = place_model(model, mesh), len(ids)
-    state = engine.start(model, ids, capacity=max_new_tokens, n=n, seed=seed, tracks=tracks,
-                         mesh=mesh)
+    cap = max_new_tokens                # each rollout's own limit; the slots leave room for a round after the longest
+    state = engine.start(model, ids, capacity=cap, slots=2 * cap + 1, n=n, seed=seed, tracks=tracks, mesh=mesh)
     left, events, generated, refed, calls = np.full((g, n), max_backtracks), [[] for _ in ids], 0, 0, 1
 
     def scores_of(state):
@@ -54,24 +59,30 @@ def backtrack(model, prompts, *, scorer, threshold: float, max_backtracks: int, 
         return np.asarray(score(scorer, prompts, _texts(model, state), references, budget))
 
     for step in range(max_steps):
-        room = state.cache.size - int(state.cache.index)
-        if room < 1 or bool(np.all(state.done)):
+        before, live = np.asarray(state.cache.length).reshape(g, n), ~np.asarray(state.done).reshape(g, n)
+        if not live.any():
             break
-        before, at = np.asarray(state.cache.length).reshape(g, n), int(state.cache.index)
-        state = engine.decode(model, state, max_new_tokens=room, sampler=sampler, step_tokens=step_tokens,
-                              stop_tokens=stop_tokens, tracks=tracks, mesh=mesh)
+        at = int(state.cache.index)
+        state = engine.decode(model, state, max_new_tokens=int((cap - before)[live].max()), sampler=sampler,
+                              step_tokens=step_tokens, stop_tokens=stop_tokens, tracks=tracks, mesh=mesh)
         now = np.asarray(state.cache.length).reshape(g, n)
-        generated, calls = generated + int((now - before).sum()), calls + int(state.cache.index) - at
+        calls += int(state.cache.index) - at
+        if (now >= cap).any():          # a row at its limit ends there, whatever rows beside it drew
+            if (now > cap).any():       # the call ran on for a row with more room: cut back (not counted)
+                state, calls = engine.rewind(model, state, np.minimum(now, cap), tracks=tracks), calls + 1
+            now = np.minimum(now, cap)
+            state = engine.compact(engine.finish(state, now >= cap))
+        generated += int((now - before).sum())
         scores = scores_of(state)
-        free = int(state.cache.index) < state.cache.size                      # a rewind re-feeds into a free slot
-        bad = (now > before) & (scores < threshold) & (left > 0) & free
+        bad = (now > before) & (scores < threshold) & (left > 0)
         if bad.any():
             for i, r in zip(*np.nonzero(bad)):
                 events[i].append([step, int(r), float(scores[i, r])])
             state = engine.rewind(model, state, np.where(bad, before, now), tracks=tracks)
-            state = engine.compact(engine.select(state, np.tile(np.arange(n), (g, 1)), rekey=bad))
+            state = engine.select(state, np.tile(np.arange(n), (g, 1)), rekey=bad)
             left -= bad
             refed, calls = refed + int((bad & (before > 0)).sum()), calls + 1
+        state = engine.compact(state)   # the next write goes after the longest row: a round always fits
     scores = scores_of(state)
     spend(budget, model, tracks.get(TRACK), ids, generated, calls)
     budget.prefilled += refed                     # a rewound rollout's last kept token, fed again (tracks too)

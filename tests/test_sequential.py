@@ -119,8 +119,9 @@ def steps_of(text):
     return [s for s in out if s]
 
 
-def test_backtrack_keeps_only_accepted_steps_while_retries_last_and_is_batch_independent():
-    kw = dict(scorer=last_step_has_no_2, threshold=0.5, max_backtracks=2, max_steps=60, max_new_tokens=64, n=8,
+@pytest.mark.parametrize("limit", [64, 7])        # 7: rollouts reach their limit, at other rounds than rows beside them
+def test_backtrack_keeps_only_accepted_steps_while_retries_last_and_is_batch_independent(limit):
+    kw = dict(scorer=last_step_has_no_2, threshold=0.5, max_backtracks=2, max_steps=60, max_new_tokens=limit, n=8,
               sampler=Sampler(temperature=1.0), step_tokens=[3], seed=4)
     r = meta.backtrack(Fake(SAMPLED), [[0]], **kw)
     spent = r.info[0]["backtracks"]
@@ -130,6 +131,7 @@ def test_backtrack_keeps_only_accepted_steps_while_retries_last_and_is_batch_ind
     assert sum(spent) == len(r.info[0]["events"]) > 0 and 2 in spent and min(spent) < 2
     other = meta.backtrack(Fake(SAMPLED), [[2, 2], [0]], **kw)
     assert other.texts[1] == r.texts[0] and other.info[1] == r.info[0]
+    assert max(map(max, other.lengths)) <= limit and (limit > 8 or max(r.lengths[0]) == limit)
 
 
 def test_arith_feedback_names_the_first_wrong_step_or_the_answer():
