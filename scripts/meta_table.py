@@ -199,8 +199,8 @@ def main(argv=None) -> None:
     ap.add_argument("--problems", type=int, default=100, help="hard test problems")
     ap.add_argument("--val-problems", type=int, default=50, help="hard val problems for the settings")
     ap.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS), help="rollouts per problem")
-    ap.add_argument("--batch", type=int, default=25,
-                    help="problems per call (results do not depend on it; countdown's MCTS at N = 64 needs <= 25 in 16 GiB)")
+    ap.add_argument("--batch", type=int, default=25, help="problems per call (results do not depend on it; "
+                                                           "countdown's MCTS at N = 64 needs <= 25 in 16 GiB)")
     ap.add_argument("--methods", nargs="+", help="only the methods whose names start with one of these")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--doc", type=Path, default=DOC, help="the page to write the tables into")
