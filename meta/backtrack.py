@@ -10,8 +10,8 @@ the cache is recomputed (a rewind feeds the last kept token once more), and ``en
 frees the slots of the steps cut back and of the rows that idled while others finished a step.
 
 Each rollout has its own limit of ``max_new_tokens`` tokens (the cache has twice the slots, so a
-round always fits after the longest rollout): a rollout's text depends on its key and the scorer
-only, not on the prompts that share the call.
+round always fits after the longest rollout once the cache is compacted): a rollout's text depends
+on its key and the scorer only, not on the prompts that share the call.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def backtrack(model, prompts, *, scorer, threshold: float, max_backtracks: int, 
     check_int("max_backtracks", max_backtracks, 0)
     model, g = place_model(model, mesh), len(ids)
     cap = max_new_tokens                # each rollout's own limit; the slots leave room for a round after the longest
-    state = engine.start(model, ids, capacity=cap, slots=2 * cap + 1, n=n, seed=seed, tracks=tracks, mesh=mesh)
+    state = engine.start(model, ids, capacity=cap, slots=2 * cap + 2, n=n, seed=seed, tracks=tracks, mesh=mesh)
     left, events, generated, refed, calls = np.full((g, n), max_backtracks), [[] for _ in ids], 0, 0, 1
 
     def scores_of(state):
@@ -62,16 +62,19 @@ def backtrack(model, prompts, *, scorer, threshold: float, max_backtracks: int, 
         before, live = np.asarray(state.cache.length).reshape(g, n), ~np.asarray(state.done).reshape(g, n)
         if not live.any():
             break
+        room = int((cap - before)[live].max())
+        if int(state.cache.index) + room + 2 > state.cache.size:      # the round, a cut and a retry must fit
+            state = engine.compact(state)                              # the next write after the longest row
         at = int(state.cache.index)
-        state = engine.decode(model, state, max_new_tokens=int((cap - before)[live].max()), sampler=sampler,
-                              step_tokens=step_tokens, stop_tokens=stop_tokens, tracks=tracks, mesh=mesh)
+        state = engine.decode(model, state, max_new_tokens=room, sampler=sampler, step_tokens=step_tokens,
+                              stop_tokens=stop_tokens, tracks=tracks, mesh=mesh)
         now = np.asarray(state.cache.length).reshape(g, n)
         calls += int(state.cache.index) - at
         if (now >= cap).any():          # a row at its limit ends there, whatever rows beside it drew
             if (now > cap).any():       # the call ran on for a row with more room: cut back (not counted)
                 state, calls = engine.rewind(model, state, np.minimum(now, cap), tracks=tracks), calls + 1
             now = np.minimum(now, cap)
-            state = engine.compact(engine.finish(state, now >= cap))
+            state = engine.finish(state, now >= cap)
         generated += int((now - before).sum())
         scores = scores_of(state)
         bad = (now > before) & (scores < threshold) & (left > 0)
@@ -82,7 +85,6 @@ def backtrack(model, prompts, *, scorer, threshold: float, max_backtracks: int, 
             state = engine.select(state, np.tile(np.arange(n), (g, 1)), rekey=bad)
             left -= bad
             refed, calls = refed + int((bad & (before > 0)).sum()), calls + 1
-        state = engine.compact(state)   # the next write goes after the longest row: a round always fits
     scores = scores_of(state)
     spend(budget, model, tracks.get(TRACK), ids, generated, calls)
     budget.prefilled += refed                     # a rewound rollout's last kept token, fed again (tracks too)
