@@ -36,11 +36,12 @@ def backtrack(model, prompts, *, scorer, threshold: float, max_backtracks: int, 
     ``sigmoid`` of its logit) or a callable process scorer ``scorer(prompts, texts, references,
     budget) -> [G][N]`` on the texts so far. ``max_steps``: decode rounds, retries included;
     ``max_new_tokens``: each rollout's limit (a rollout that reaches it ends there, mid-step if need
-    be; the rollouts beside it do not change where). The chosen rollout is the best-scored one with an answer
-    (``final="best"``) or the answer with the largest total score (``"vote"``). ``info[g]`` has each
-    rollout's ``backtracks`` and the rounds' ``events``: ``[round, rollout, rejected score]``.
-    Budget: every drawn token counts, the rejected ones too (not those a call drew past a
-    rollout's limit while rows beside it had room: they are cut, as a batch's padding rows are not counted).
+    be; the rollouts beside it do not change where). The chosen rollout is the best-scored one with
+    an answer (``final="best"``) or the answer with the largest total score (``"vote"``).
+    ``info[g]`` has each rollout's ``backtracks`` and the rounds' ``events``: ``[round, rollout,
+    rejected score]``. Budget: every drawn token counts, the rejected ones too (not those a call
+    drew past a rollout's limit while rows beside it had room: they are cut, and not counted, as a
+    batch's padding rows are not).
     """
     budget, sampler, t0, tracks, ids = checked(model, prompts, scorer=scorer, n=n, max_steps=max_steps,
                                                max_new_tokens=max_new_tokens, sampler=sampler, references=references,
