@@ -27,6 +27,12 @@ from meta.scoring import sigmoid
 from meta.search import TRACK, _texts, checked, pick, spend
 
 
+def slots(max_new_tokens: int) -> int:
+    """The rollout block's slots for rollouts of ``max_new_tokens``: a round after the longest rollout,
+    and a re-fed token for a cut and one for a retry."""
+    return 2 * max_new_tokens + 2
+
+
 def backtrack(model, prompts, *, scorer, threshold: float, max_backtracks: int, max_steps: int,
               max_new_tokens: int, n: int = 1, sampler=None, seed: int = 0, budget=None, references=None,
               answer=None, final: str = "best", step_tokens="\n", stop_tokens=None, mesh=None) -> Result:
@@ -50,8 +56,8 @@ def backtrack(model, prompts, *, scorer, threshold: float, max_backtracks: int, 
     check_threshold(threshold)
     check_int("max_backtracks", max_backtracks, 0)
     model, g = place_model(model, mesh), len(ids)
-    cap = max_new_tokens                # each rollout's own limit; the slots leave room for a round after the longest
-    state = engine.start(model, ids, capacity=cap, slots=2 * cap + 2, n=n, seed=seed, tracks=tracks, mesh=mesh)
+    cap = max_new_tokens                # each rollout's own limit
+    state = engine.start(model, ids, capacity=cap, slots=slots(cap), n=n, seed=seed, tracks=tracks, mesh=mesh)
     left, events, generated, refed, calls = np.full((g, n), max_backtracks), [[] for _ in ids], 0, 0, 1
 
     def scores_of(state):
