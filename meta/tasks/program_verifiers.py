@@ -234,28 +234,31 @@ def reference_problem(prompt, reference) -> Problem:
     return reference if isinstance(reference, Problem) else from_prompt(prompt, reference)
 
 
+def reference_problems(prompts, references) -> list[Problem]:
+    """Each prompt's problem (:func:`reference_problem`); ``references`` ``None`` is a ``ValueError``."""
+    return [reference_problem(p, r) for p, r in zip(prompts, [None] * len(prompts) if references is None
+                                                    else references)]
+
+
 class OutcomeVerifier(FunctionScorer):
     """The outcome verifier as a scorer: 1.0 where the rollout is right on every example of its
     problem (:func:`reference_problem`: references are ``program.Problem`` or right programs' texts)."""
 
     def __init__(self):
-        super().__init__(lambda prompt, text, reference: float(right(text, reference_problem(prompt, reference))))
+        super().__init__(lambda prompt, text, problem: float(right(text, problem)))
 
     def check(self, prompts, references=None) -> None:
         """A ``ValueError`` unless every prompt's problem can be known (see :func:`reference_problem`)."""
-        for prompt, ref in zip(prompts, [None] * len(prompts) if references is None else references):
-            reference_problem(prompt, ref)
+        reference_problems(prompts, references)
 
     def __call__(self, prompts, texts, references=None, budget=None):
-        self.check(prompts, references)
-        return super().__call__(prompts, texts, references, budget)
+        return super().__call__(prompts, texts, reference_problems(prompts, references), budget)   # once a prompt
 
 
 def process_verifier(aggregation: str = "min") -> ProcessScorer:
     """The process verifier (:func:`step_scores`) as a process scorer, steps aggregated by
     ``aggregation``; references as :class:`OutcomeVerifier` takes them."""
     def steps(prompts, texts, references):
-        problems = [reference_problem(p, r) for p, r in zip(prompts, [None] * len(prompts) if references is None
-                                                              else references)]
-        return [process_scores(list(row), [problem] * len(row)) for row, problem in zip(texts, problems)]
+        return [process_scores(list(row), [problem] * len(row))
+                for row, problem in zip(texts, reference_problems(prompts, references))]
     return ProcessScorer(steps, aggregation)
