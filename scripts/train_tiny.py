@@ -145,6 +145,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seq-len", type=int, default=96)
+    ap.add_argument("--max-len", type=int, default=256, help="the model's longest sequence (prompt and rollout)")
     ap.add_argument("--vocab-size", type=int, default=32, help="tokenizer pieces (at least the task's characters)")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--hidden", type=int, default=128)
@@ -165,7 +166,7 @@ def main(argv=None) -> dict:
     ap.set_defaults(**task.train)
     args = ap.parse_args(argv)
     args.out = args.out or ZOO / task.policy
-    check_flags(args, ("steps", "batch", "seq_len", "vocab_size", "eval_every", "val_problems"), ("stop_at",))
+    check_flags(args, ("steps", "batch", "seq_len", "max_len", "vocab_size", "eval_every", "val_problems"), ("stop_at",))
     problems = task.problems
     most = problems.LEVELS["hard"].held_out
     if args.val_problems > most or args.stop_at > 1 or not 0 <= args.feedback <= 1:
@@ -178,7 +179,7 @@ def main(argv=None) -> dict:
         config = models.preset("tiny", vocab_size=tok.vocab_size, hidden=args.hidden, layers=args.layers,
                                heads=args.heads, head_dim=args.head_dim, kv_heads=args.kv_heads,
                                intermediate=args.intermediate,
-                               max_len=256, bos_id=BOS, eos_ids=(EOS,), pad_id=PAD)
+                               max_len=args.max_len, bos_id=BOS, eos_ids=(EOS,), pad_id=PAD)
         print(f"tokenizer: {tok.vocab_size} pieces; model: {config.num_params / 1e6:.2f}M parameters")
         schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(200, args.steps // 10 + 1), args.steps,
                                                       end_value=args.lr * 0.02)

@@ -22,6 +22,7 @@ P = program.Problem(
     "hard")
 PROMPT = "[3,1,4,1] -> [4,3]\n[5,9,2,6] -> [9,6,5]\n[1,7,8,0] -> [8,7]\nP:\n"
 CORRECT = "filter >2\nsort\nreverse"
+TRACED = "filter >2 # [3,4] [5,9,6] [7,8]\nsort # [3,4] [5,6,9] [7,8]\nreverse # [4,3] [9,6,5] [8,7]"   # as the task writes it
 OTHER_RIGHT = "sort\nreverse\nfilter >2"               # another order, same outputs
 SPACED = "  filter >2\n\nsort\nreverse \n"             # blank lines and spaces are skipped
 SHOWN_ONLY = "sort\nreverse\ntake 3\nfilter >2"        # fits the shown examples, fails [9,8,7,6]
@@ -88,7 +89,7 @@ def test_lists_are_written_and_read_back():
 
 
 def test_prompt_solution_and_reading_the_prompt_back():
-    assert P.prompt == PROMPT and P.solution == CORRECT
+    assert P.prompt == PROMPT and P.solution == TRACED and program.answer(TRACED) == CORRECT
     assert program.read_prompt(PROMPT) == P.shown
     assert P.examples == P.shown + P.hidden
     for bad in ("[3,1] -> [3]\n", "[3,1] -> [3]\nP:", "[3,1] [3]\nP:\n", "[3,1] -> x\nP:\n", 7):
@@ -104,11 +105,24 @@ def test_random_solutions_are_right_varied_and_seeded():
         for _ in range(4):
             texts[p].add(p.random_solution(rng))
         assert verifiers.outcome_scores(sorted(texts[p]), [p] * len(texts[p])).tolist() == [1.0] * len(texts[p])
-        assert all(sorted(t.split("\n")) == sorted(p.solution.split("\n")) for t in texts[p])
+        assert all(sorted(program.answer(t).split("\n")) == sorted(p.answer.split("\n")) for t in texts[p])
+        assert all(t == p.write(listlang.parse(t)) for t in texts[p])          # each with its own trace
     assert sum(len(t) > 1 for t in texts.values()) > 30           # most hard programs have another order
     a, b = random.Random(3), random.Random(3)
     assert [p.random_solution(a) for p in problems] == [p.random_solution(b) for p in problems]
-    assert P.random_solution(random.Random(0)) in (CORRECT, OTHER_RIGHT, "sort\nfilter >2\nreverse")
+    assert program.answer(P.random_solution(random.Random(0))) in (CORRECT, OTHER_RIGHT, "sort\nfilter >2\nreverse")
+
+
+def test_a_solution_writes_each_ops_results_as_a_comment_the_language_ignores():
+    assert listlang.parse(TRACED) == P.ops and program.answer(TRACED) == CORRECT
+    assert listlang.parse("sort # [1,2 anything\n  # a line of comment only\nreverse#") == (Op("sort"), Op("reverse"))
+    assert P.write((Op("filter", ">8"), Op("max"), Op("sort"))) == "filter >8 # [] [9] []\nmax # error [9] error\nsort # error [9] error"
+    for p in program.held_out("val", "hard", 50):
+        for i, line in enumerate(p.solution.split("\n"), 1):       # the trace: the lists after i ops, shown inputs
+            assert line.split(program.TRACE) == [str(p.ops[i - 1]), " ".join(listlang.show(listlang.run(p.ops[:i], xs))
+                                                                             for xs, _ in p.shown)]
+    with pytest.raises(ParseError, match="line 2: unknown op 'sortt'"):
+        listlang.parse("sort # fine\nsortt # [1]")
 
 
 def test_answer_and_behaviour_extractors():
@@ -300,7 +314,8 @@ def test_a_flawed_solution_fails_a_shown_example_by_one_op_and_the_corrected_one
         flawed, corrected = problem.flawed_solution(rng)
         assert verifiers.right(corrected, problem) and not verifiers.right(flawed, problem)
         assert verifiers.feedback(problem.prompt, flawed).startswith("no: [")      # a shown example fails
-        bad, good = flawed.split("\n"), corrected.split("\n")
+        bad, good = program.answer(flawed).split("\n"), program.answer(corrected).split("\n")
+        assert (flawed, corrected) == (problem.write(listlang.parse(flawed)), problem.write(listlang.parse(corrected)))
         if len(bad) == len(good) - 1:                                             # an op left out
             kinds["skip"] += 1
             assert any(good[:i] + good[i + 1:] == bad for i in range(len(good)))
@@ -330,8 +345,6 @@ def test_registry_names_the_task_and_grades_by_the_verifier():
     assert task.correct(OTHER_RIGHT, P) and not task.correct(SHOWN_ONLY, P) and not task.correct(None, P)
     assert P.answer == CORRECT == program.answer(P.solution)          # a reference, not the only right text
     assert not any(program.ANSWER_RE.match(line) for line in ["A: 3", "P:", "", *CORRECT.split("\n")])
-    longest = max(len(p.solution) for p in program.held_out("test", "hard"))
-    assert program.max_new_tokens([P]) >= longest + 1                 # characters bound tokens; + EOS
 
 
 @pytest.fixture(scope="module")
@@ -348,7 +361,7 @@ def test_training_text_round_trips_and_every_hard_problem_packs(tok):
     from scripts import train_tiny
     text = P.prompt + OTHER_RIGHT
     assert tok.decode(tok.encode(text, bos=False)) == text and train_tiny.UNK not in tok.encode(text)
-    tokens, mask = train_tiny.pack(tok, [P], seq_len=64)
+    tokens, mask = train_tiny.pack(tok, [P], seq_len=160)
     targets = tokens[0, 1:][mask[0] > 0]
     assert tok.decode(targets[:-1].tolist()) == P.solution and targets[-1] == tok.eos_id
     with pytest.raises(ValueError) as e:
@@ -357,6 +370,8 @@ def test_training_text_round_trips_and_every_hard_problem_packs(tok):
     assert "--vocab-size 32 is too small for tiny-program: its text has" in str(e.value)
     hard = program.held_out("test", "hard") + program.held_out("val", "hard")
     train_tiny.pack(tok, hard, seq_len=tasks.get("tiny-program").train["seq_len"])      # raises if one is too long
+    longest = max(len(tok.encode(p.solution, bos=False)) for p in hard)   # fewer merges than the shipped tokenizer's
+    assert program.max_new_tokens([P]) >= longest + 1                     # + EOS
 
 
 def test_process_labels_make_every_line_a_step():

@@ -65,8 +65,8 @@ TASKS: dict[str, Task] = {
                                  layers=6, heads=8, head_dim=32, kv_heads=4, intermediate=768, lr=2e-3)),
     # letters as well as digits: 96 pieces learn the op names (``map``, ``filter`` ...) as one each
     "tiny-program": Task("tiny-program", program, program_verifiers, MIX,
-                         train=dict(vocab_size=96, steps=1200, seq_len=144, eval_every=100, val_problems=64,
-                                    stop_at=0.5)),
+                         train=dict(vocab_size=96, steps=1200, seq_len=320, max_len=512, eval_every=100,
+                                    val_problems=64, stop_at=0.5)),
 }
 
 

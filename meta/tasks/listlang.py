@@ -25,6 +25,9 @@ lengthens a list; a program of more than :data:`MAX_STEPS` ops does not parse, a
 with a :class:`RunError` as soon as a value leaves ``[-MAX_VALUE, MAX_VALUE]`` (``map *999``
 a few times) or ``max`` / ``min`` meets an empty list. Malformed text is a :class:`ParseError`
 naming its line, never an exception of another kind.
+
+A ``#`` starts a comment, to the line's end: ``filter >2 # [3,4]`` is ``filter >2``. The program
+task writes each op's results on the shown inputs there (a trace the model reads as it writes).
 """
 from __future__ import annotations
 
@@ -94,11 +97,16 @@ def _empty(name: str):
     raise RunError(f"{name} of an empty list")
 
 
+def code(line: str) -> str:
+    """A line without its comment (from ``#`` to the end) and surrounding spaces: ``""`` for a blank line."""
+    return line.split("#", 1)[0].strip()
+
+
 def parse_op(line: str) -> Op:
-    """One op from its line (surrounding spaces ignored); a :class:`ParseError` otherwise."""
-    m = OP_RE.fullmatch(line.strip())
+    """One op from its line (a comment and surrounding spaces ignored); a :class:`ParseError` otherwise."""
+    m = OP_RE.fullmatch(code(line))
     if m is None:
-        raise ParseError(f"unknown op {line.strip()[:20]!r}")
+        raise ParseError(f"unknown op {code(line)[:20]!r}")
     g = m.groups()
     if g[0]:
         return Op("map", g[0] + str(int(g[1])))
@@ -112,7 +120,7 @@ def parse_op(line: str) -> Op:
 
 
 def parse(text: str) -> tuple[Op, ...]:
-    """The ops of a program text, one per non-blank line.
+    """The ops of a program text, one per line that is not blank once its comment is cut.
 
     A :class:`ParseError` for a non-string, an empty program, a line that is no op (the message
     names its number, counting blank lines) or more than :data:`MAX_STEPS` ops.
@@ -121,7 +129,7 @@ def parse(text: str) -> tuple[Op, ...]:
         raise ParseError(f"a program is a string, got {type(text).__name__}")
     ops = []
     for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
+        if not code(line):
             continue
         if len(ops) == MAX_STEPS:
             raise ParseError(f"more than {MAX_STEPS} steps")

@@ -48,11 +48,11 @@ LEVELS: dict[str, Level] = {
     "hard": Level("hard", 3, 4),
 }
 SHOWN, HIDDEN = 3, 5                 # examples in the prompt; held-out examples the verifier adds
-MIN_LEN, MAX_LEN, TOP = 4, 7, 9      # an input: 4-7 elements in [0, 9]
+MIN_LEN, MAX_LEN, TOP = 3, 5, 9      # an input: 3-5 elements in [0, 9]
 BOUND = 99                           # every value of a generated problem's runs stays in [-99, 99]
 MAX_OPS = max(lvl.max_ops for lvl in LEVELS.values())
-ARROW, CUE = " -> ", "P:\n"
-MAX_NEW_TOKENS = (MAX_OPS + 1) * len("filter even\n")   # a generation budget: characters bound tokens
+ARROW, CUE, TRACE = " -> ", "P:\n", " # "
+MAX_NEW_TOKENS = 192                 # a generation budget: tiny-program's longest hard test solution is 166 tokens
 ANSWER_RE = re.compile(r"(?!)")      # no answer line: every line of a solution is a step (an op)
 
 # The generator's vocabulary, by family; a family is drawn uniformly, then one of its ops.
@@ -110,14 +110,24 @@ class Problem:
 
     @property
     def solution(self) -> str:
-        """The hidden program, one op a line (no trailing newline): a right answer."""
-        return "\n".join(map(str, self.ops))
+        """The hidden program as the task writes it (:meth:`write`; no trailing newline): a right answer."""
+        return self.write(self.ops)
 
     @property
     def answer(self) -> str:
-        """The hidden program's canonical text (:func:`answer` of :attr:`solution`): a reference only,
-        as other programs are right too (the outcome verifier decides; ``graded_by_answer=False``)."""
-        return self.solution
+        """The hidden program's canonical text (:func:`answer` of :attr:`solution`, no traces): a reference
+        only, as other programs are right too (the outcome verifier decides; ``graded_by_answer=False``)."""
+        return "\n".join(map(str, self.ops))
+
+    def write(self, ops) -> str:
+        """``ops`` one a line, each with its trace: a comment of the lists it leaves on the shown inputs
+        (``error`` from where a run stops). What the policy learns to write: the lists so far, next to the
+        shown outputs, are what it reads to choose the next op (execution-guided synthesis)."""
+        lines, states = [], [xs for xs, _ in self.shown]
+        for op in ops:
+            states = [None if xs is None else _output((op,), xs) for xs in states]
+            lines.append(f"{op}{TRACE}" + " ".join("error" if xs is None else show(xs) for xs in states))
+        return "\n".join(lines)
 
     def random_solution(self, rng: random.Random, swaps: int = 8) -> str:
         """A right program, its ops in a random order: ``swaps`` draws of two adjacent ops, each
@@ -130,7 +140,7 @@ class Problem:
             swapped = ops[:i] + [ops[i + 1], ops[i]] + ops[i + 2:]
             if all(_output(swapped, xs) == out for xs, out in self.examples):
                 ops = swapped
-        return "\n".join(map(str, ops))
+        return self.write(ops)
 
     def flawed_solution(self, rng: random.Random) -> tuple[str, str]:
         """A training pair for feedback turns: a right program in a random order
@@ -151,7 +161,7 @@ class Problem:
                         and (op.name not in ("sum", "max", "min") or at == len(ops) - 1)]
                 flawed = ops[:at] + (rng.choice(pool),) + ops[at + 1:] if pool else ()
             if flawed and any(_output(flawed, xs) != out for xs, out in self.shown):
-                return "\n".join(map(str, flawed)), corrected
+                return self.write(flawed), corrected
 
     @property
     def examples(self) -> tuple:
