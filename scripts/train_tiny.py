@@ -172,6 +172,8 @@ def main(argv=None) -> dict:
     if args.val_problems > most or args.stop_at > 1 or not 0 <= args.feedback <= 1:
         raise ValueError(f"--val-problems must be at most {most}, --stop-at at most 1 (an accuracy) and "
                          f"--feedback in [0, 1] (a fraction), got {args.val_problems}, {args.stop_at} and {args.feedback}")
+    if args.seq_len > args.max_len:
+        raise ValueError(f"--seq-len {args.seq_len} is longer than the model's --max-len {args.max_len}")
     if args.feedback and not hasattr(problems.Problem, "flawed_solution"):
         raise ValueError(f"--feedback: task {task.name} has no flawed solutions to train feedback turns on")
     with tempfile.TemporaryDirectory() as tmp:

@@ -102,6 +102,8 @@ def test_a_short_run_is_deterministic_and_loads_back(tmp_path):
     (["--val-problems", "1001"], "--val-problems must be at most 1000"),
     (["--feedback", "1.5"], "--feedback in [0, 1] (a fraction), got 128, 0.55 and 1.5"),
     (["--task", "countdown", "--feedback", "0.3"], "task countdown has no flawed solutions"),
+    (["--seq-len", "300"], "--seq-len 300 is longer than the model's --max-len 256"),
+    (["--max-len", "0"], "--max-len must be positive"),
     (["--reward", "--lm-weight", "inf"], "--lm-weight must be a finite number >= 0"),
     (["--reward", "--eval-every", "0"], "--eval-every must be positive"),   # after sampling every rollout
     (["--prm", "--test-problems", "1001"], "--test-problems must be at most 1000, got 200 and 1001"),

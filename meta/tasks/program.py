@@ -57,8 +57,8 @@ ANSWER_RE = re.compile(r"(?!)")      # no answer line: every line of a solution 
 
 # The generator's vocabulary, by family; a family is drawn uniformly, then one of its ops.
 FAMILIES: dict[str, tuple[Op, ...]] = {
-    "map": tuple(Op("map", f"{s}{k}") for s in "+-" for k in range(1, 10)) + (Op("map", "*2"), Op("map", "*3")),
-    "filter": tuple(Op("filter", f">{k}") for k in range(1, 9)) + tuple(Op("filter", f"<{k}") for k in range(2, 10))
+    "map": tuple(Op("map", f"{s}{k}") for s in "+-" for k in range(1, 4)) + (Op("map", "*2"),),
+    "filter": tuple(Op("filter", f">{k}") for k in (2, 4, 6)) + tuple(Op("filter", f"<{k}") for k in (3, 5, 7))
     + (Op("filter", "even"), Op("filter", "odd")),
     "sort": (Op("sort"),),
     "reverse": (Op("reverse"),),
