@@ -220,7 +220,9 @@ def test_outcome_verifier_on_right_wrong_and_malformed_programs():
 def test_step_scores_on_hand_made_prefixes():
     def steps(text):
         return verifiers.step_scores(text, P).tolist()
-    assert steps(CORRECT) == steps(CORRECT + "\n") == steps(OTHER_RIGHT) == [1, 1, 1]
+    assert steps(CORRECT) == steps(CORRECT + "\n") == steps(OTHER_RIGHT) == steps(TRACED) == [1, 1, 1]
+    assert steps("sort # a wrong trace [1]\n") == [1]  # a trace is not read
+    assert steps("# a note\n" + CORRECT) == [0, 0, 0, 0]  # a comment-only line is a step, and no op
     assert steps(WRONG + "\n") == [1, 1]              # a prefix: a reverse can still follow
     assert steps(WRONG) == [1, 0]                     # finished (EOS after it): wrong as it stands
     assert steps("sort\nreverse\ntake 3\n") == [1, 1, 0]     # [9,8,7,6] needs 4 elements: no completion

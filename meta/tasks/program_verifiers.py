@@ -174,6 +174,8 @@ def step_scores(text: str, problem: Problem) -> np.ndarray:
     no newline after it ends the program (the model wrote EOS, or was cut off): it scores 1 only if
     the program is right as it stands, so a finished text's last step is its outcome. A line
     after a malformed one, whose run stops (``max`` of an empty list) or past ``MAX_STEPS`` scores 0.
+    A line's comment (its trace) is not read; a line of comment only is no op here (0), where
+    :func:`~meta.tasks.listlang.parse` skips it: each non-blank line is one step, as ``train_reward`` labels them.
     """
     if not isinstance(text, str) or not isinstance(problem, Problem):
         raise ValueError(f"step_scores expects a string and a program.Problem, got {type(text).__name__} "
