@@ -1,15 +1,16 @@
 """Program synthesis from examples, checked by execution: a verifiable task of another kind.
 
 A problem shows three input/output examples of a hidden program in the list language of
-:mod:`meta.tasks.listlang`; the solution is a program, one op per line, that fits them::
+:mod:`meta.tasks.listlang`; the solution is a program, one op per line, that fits them, each op
+with its trace (a comment: the lists it leaves on the shown inputs; :meth:`Problem.write`)::
 
     [3,1,4,1] -> [4,3]
     [5,9,2,6] -> [9,6,5]
     [1,7,8,0] -> [8,7]
     P:
-    filter >2
-    sort
-    reverse
+    filter >2 # [3,4] [5,9,6] [7,8]
+    sort # [3,4] [5,6,9] [7,8]
+    reverse # [4,3] [9,6,5] [8,7]
 
 The verifier runs a program on the three shown and :data:`HIDDEN` held-out examples: right iff
 every output matches. Programs are drawn from a small vocabulary (:data:`OPS`; a reduction
