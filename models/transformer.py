@@ -215,10 +215,12 @@ def layer(config: Config, lp: dict, x, cos, sin, attend):
     return x + (norm(h, lp["mlp_out_norm"]) if config.sandwich_norms else h), cache
 
 
-def hidden_states(config: Config, params: dict, tokens, positions=None, cache=None):
+def hidden_states(config: Config, params: dict, tokens, positions=None, cache=None, segments=None):
     """The trunk: ``tokens`` int [B, T] -> (final-normed hidden states [B, T, D], cache).
 
-    Without a cache this is a plain causal forward (positions default to 0..T-1). With a cache
+    Without a cache this is a plain causal forward (positions default to 0..T-1); ``segments``
+    int [B, T] then keeps attention within equal ids (several examples packed into one training
+    row, each with its own positions). With a cache
     (any object with ``positions(T)``, ``attend(layer, q, k, v, window)`` and ``advance(T)``,
     e.g. :class:`engine.KVCache`; ``attend`` also takes the keywords ``scale`` and ``cap`` of
     :func:`attention`), the new tokens' keys/values are written into it and attend
@@ -239,6 +241,9 @@ def hidden_states(config: Config, params: dict, tokens, positions=None, cache=No
               for local in {config.local_rope(i) for i in range(config.layers)}}
     windows = {config.window(i) for i in range(config.layers)}
     masks = {w: causal_mask(t, w) for w in windows} if cache is None and not config.scan_layers else None
+    if segments is not None and cache is not None:
+        raise ValueError("segments (packed rows) are for a cache-free forward")
+    same = True if segments is None else segments[:, :, None] == segments[:, None, :]
     opts = dict(scale=config.attn_scale, cap=config.attn_softcap)
     x = params["embed"][tokens]
     if config.embed_scale:
@@ -247,7 +252,7 @@ def hidden_states(config: Config, params: dict, tokens, positions=None, cache=No
     def attend(i, window, layer_cache):
         """Layer ``i``'s attention (``window`` static or traced) against ``layer_cache`` (or causal)."""
         if layer_cache is None:
-            mask = causal_mask(t, window) if masks is None else masks[window]
+            mask = (causal_mask(t, window) if masks is None else masks[window]) & same
             return lambda q, k, v: (attention(q, k.swapaxes(1, 2), v.swapaxes(1, 2), mask, **opts)[0], None)
         return lambda q, k, v: layer_cache.attend(i, q, k, v, window, **opts)
 
@@ -286,13 +291,13 @@ def _scan_layers(config: Config, layers: dict, x, angles: dict, cache, attend):
     return x, (None if cache is None else cache.with_layer_fields(fields))
 
 
-def forward(config: Config, params: dict, tokens, positions=None, cache=None, *, last_only=False):
+def forward(config: Config, params: dict, tokens, positions=None, cache=None, *, last_only=False, segments=None):
     """One model step: ``tokens`` int [B, T] -> (logits fp32 [B, T, V], cache).
 
-    ``cache`` and ``positions`` as in :func:`hidden_states`. ``last_only`` returns logits
-    [B, V] of the last position only.
+    ``cache``, ``positions`` and ``segments`` as in :func:`hidden_states`. ``last_only`` returns
+    logits [B, V] of the last position only.
     """
-    x, cache = hidden_states(config, params, tokens, positions, cache)
+    x, cache = hidden_states(config, params, tokens, positions, cache, segments)
     if last_only:
         x = x[:, -1]
     head = params["embed"].T if config.tie_embeddings else params["lm_head"]

@@ -9,7 +9,9 @@ change some, ``Task.train``), and the model goes to the zoo under the task's nam
 Trains a sentencepiece tokenizer on task text (digits split), then a small Llama-shaped
 rollax transformer with optax (AdamW, warmup + cosine decay) on a mixture of the easy,
 medium and hard levels (each solution's terms added in a random valid order), with a progress bar and periodic validation (loss and greedy
-accuracy on held-out hard problems). Saves with ``Model.save`` and records the greedy
+accuracy on held-out hard problems). ``--pack`` fills each training row with as many whole
+examples as fit, each attending to itself only (a task whose texts vary in length, e.g.
+``tiny-program``, turns on by default). Saves with ``Model.save`` and records the greedy
 accuracy on the fixed 50-problem test sample in ``metrics.json`` beside the checkpoint.
 
 Training stops early once the validation greedy accuracy reaches ``--stop-at`` (0.55 by
@@ -105,27 +107,82 @@ def pack(tok, problems, seq_len: int, rng: random.Random | None = None, encoded=
     return tokens, mask
 
 
-def batches(tok, batch: int, seq_len: int, seed: int, task: tasks.Task = DEFAULT_TASK, feedback: float = 0.0):
-    """Endless training batches (see :func:`pack`) from ``task``'s level mixture, each solution
-    a random one: several reasoning paths to one answer, so that voting over samples pays. A
-    ``feedback`` fraction of the examples are feedback turns (:func:`encode_feedback`)."""
+def pack_rows(examples, batch: int, seq_len: int):
+    """``batch`` training rows filled from the iterator ``examples`` of ``(ids, n_context)`` (see
+    :func:`encode`), each row as many whole examples as fit in ``seq_len + 1`` tokens: (tokens
+    [B, T+1], loss mask [B, T], positions [B, T], segments [B, T]). Positions restart at each
+    example and attention stays within it (``segments``), so a packed example is trained exactly
+    as it would be alone, without the padding. ``examples`` must be a shared iterator: the
+    example that did not fit starts the next call's first row."""
+    examples = examples if hasattr(examples, "peek") else _Peekable(examples)
+    tokens = np.full((batch, seq_len + 1), PAD, np.int32)
+    mask = np.zeros((batch, seq_len), np.float32)
+    positions = np.zeros((batch, seq_len), np.int32)
+    segments = np.zeros((batch, seq_len), np.int32)
+    for row in range(batch):
+        at, segment = 0, 1
+        while examples.peek() is not None and len(examples.peek()[0]) <= seq_len + 1 - at:
+            ids, n_context = next(examples)
+            end = at + len(ids)
+            tokens[row, at:end] = ids
+            mask[row, at + n_context - 1:end - 1] = 1.0
+            positions[row, at:end - 1] = np.arange(len(ids) - 1)
+            segments[row, at:end - 1] = segment
+            at, segment = end, segment + 1
+        if at == 0 and examples.peek() is not None:
+            raise ValueError(f"a training example has {len(examples.peek()[0])} tokens; raise --seq-len above {seq_len}")
+    return tokens, mask, positions, segments
+
+
+class _Peekable:
+    """An iterator that can show its next item without taking it (None at the end)."""
+
+    def __init__(self, it):
+        self.it, self.head = iter(it), []
+
+    def peek(self):
+        if not self.head:
+            self.head.append(next(self.it, None))
+        return self.head[0]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self.head.pop() if self.head else next(self.it, None)
+        if item is None:
+            raise StopIteration
+        return item
+
+
+def batches(tok, batch: int, seq_len: int, seed: int, task: tasks.Task = DEFAULT_TASK, feedback: float = 0.0,
+            packed: bool = False):
+    """Endless training batches (see :func:`pack`, or :func:`pack_rows` if ``packed``) from
+    ``task``'s level mixture, each solution a random one: several reasoning paths to one answer,
+    so that voting over samples pays. A ``feedback`` fraction of the examples are feedback turns
+    (:func:`encode_feedback`)."""
     stream, rng, coin = task.problems.train_stream(task.mix, seed=seed), random.Random(seed), random.Random(seed + 2)
+    examples = (encode_feedback(tok, task, p, rng) if feedback and coin.random() < feedback else encode(tok, p, rng)
+                for p in stream)
+    if packed:
+        examples = _Peekable(examples)
+        while True:
+            yield pack_rows(examples, batch, seq_len)
     while True:
-        problems = [next(stream) for _ in range(batch)]
-        yield pack(tok, None, seq_len, encoded=[encode_feedback(tok, task, p, rng) if feedback and coin.random() < feedback
-                                                 else encode(tok, p, rng) for p in problems])
+        yield pack(tok, None, seq_len, encoded=list(itertools.islice(examples, batch)))
 
 
 def make_step(config, optimizer):
-    """The jitted train step: (params, opt_state, tokens, mask) -> (params, opt_state, loss)."""
-    def loss_fn(params, tokens, mask):
-        logits, _ = models.forward(config, params, tokens[:, :-1])
+    """The jitted train step: (params, opt_state, tokens, mask[, positions, segments]) -> (params,
+    opt_state, loss); positions and segments for packed rows (:func:`pack_rows`)."""
+    def loss_fn(params, tokens, mask, positions=None, segments=None):
+        logits, _ = models.forward(config, params, tokens[:, :-1], positions, segments=segments)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
         return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
     @jax.jit
-    def step(params, opt_state, tokens, mask):
-        loss, grads = jax.value_and_grad(loss_fn)(params, tokens, mask)
+    def step(params, opt_state, tokens, mask, positions=None, segments=None):
+        loss, grads = jax.value_and_grad(loss_fn)(params, tokens, mask, positions, segments)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -161,6 +218,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--feedback", type=float, default=0.0,
                     help="fraction of training examples that are feedback turns (a flawed attempt, the "
                          "verifier's feedback, the corrected attempt): a model that can use meta.refine")
+    ap.add_argument("--pack", action=argparse.BooleanOptionalAction, default=False,
+                    help="pack several examples into each training row (no padding; each attends to itself only)")
     ap.add_argument("--seed", type=int, default=0)
     task = tasks.get(ap.parse_known_args(argv)[0].task)
     ap.set_defaults(**task.train)
@@ -190,15 +249,14 @@ def main(argv=None) -> dict:
         params = models.init_params(config, jax.random.key(args.seed))
         opt_state = optimizer.init(params)
         step, loss_fn = make_step(config, optimizer)
-        data = batches(tok, args.batch, args.seq_len, args.seed, task, args.feedback)
+        data = batches(tok, args.batch, args.seq_len, args.seed, task, args.feedback, args.pack)
         val_tokens, val_mask = pack(tok, problems.held_out("val", "hard", 256), args.seq_len)
         val_problems = problems.held_out("val", "hard", args.val_problems)
 
         start, history = time.time(), []
         bar = tqdm(range(1, args.steps + 1), desc="train", unit="step")
         for i in bar:
-            tokens, mask = next(data)
-            params, opt_state, loss = step(params, opt_state, tokens, mask)
+            params, opt_state, loss = step(params, opt_state, *next(data))
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{float(loss):.4f}")
             if i % args.eval_every == 0 or i == args.steps:

@@ -40,6 +40,29 @@ def test_pack_masks_exactly_the_solution_and_eos(tok):
     assert "raise --seq-len" in str(err.value)
 
 
+def test_packed_rows_train_each_example_exactly_as_alone(tok):
+    rng = random.Random(0)
+    problems = [arith.Problem(tuple(rng.randrange(10, 99) for _ in range(n)), ("+",) * (n - 1))
+                for n in (2, 3, 4, 3, 2, 4, 3)]
+    encoded = [train_tiny.encode(tok, p) for p in problems]
+    seq_len = 100                                    # 7 examples of 28-56 tokens fill 4 rows
+    examples = train_tiny._Peekable(encoded)
+    packed = [train_tiny.pack_rows(examples, 2, seq_len) for _ in range(2)]
+    assert sum(int(s.max()) for batch in packed for s in batch[3]) == len(problems)    # every example, once
+    assert packed[0][3][0].max() >= 2                                                   # a row holds several
+    config = models.preset("tiny", vocab_size=tok.vocab_size, hidden=32, layers=2, heads=2, head_dim=16, kv_heads=1,
+                           intermediate=64, max_len=128)
+    params = models.init_params(config, jax.random.key(0))
+    step_loss = train_tiny.make_step(config, None)[1]
+    alone = train_tiny.pack(tok, None, seq_len, encoded=encoded)
+    nll = lambda *batch: float(step_loss(params, *batch)) * float(batch[1].sum())
+    together = sum(nll(*batch) for batch in packed)
+    assert together == pytest.approx(sum(nll(alone[0][i:i + 1], alone[1][i:i + 1]) for i in range(len(problems))), rel=1e-5)
+    assert sum(float(b[1].sum()) for b in packed) == float(alone[1].sum())           # the same tokens are learned
+    with pytest.raises(ValueError, match="raise --seq-len"):
+        train_tiny.pack_rows(iter(encoded), 1, 10)
+
+
 def test_a_flawed_solution_has_one_mistake_carried_forward_and_the_corrected_attempt_fixes_it():
     rng, kinds = random.Random(3), {"slip": 0, "reuse": 0, "skip": 0}
     for p in arith.held_out("val", "hard", 300):
