@@ -63,10 +63,11 @@ TASKS: dict[str, Task] = {
     "countdown": Task("countdown", countdown, countdown_verifiers, MIX,
                       train=dict(steps=1000, seq_len=80, eval_every=100, val_problems=64, stop_at=0.45, hidden=256,
                                  layers=6, heads=8, head_dim=32, kv_heads=4, intermediate=768, lr=2e-3)),
-    # letters as well as digits: 96 pieces learn the op names (``map``, ``filter`` ...) as one each
+    # letters as well as digits: 96 pieces learn the op names (``map``, ``filter`` ...) as one each;
+    # traced solutions vary in length (~60-300 tokens), so rows are packed: ~2 examples a row
     "tiny-program": Task("tiny-program", program, program_verifiers, MIX,
-                         train=dict(vocab_size=96, steps=1200, seq_len=320, max_len=512, eval_every=100,
-                                    val_problems=64, stop_at=0.5)),
+                         train=dict(vocab_size=96, steps=4000, batch=32, pack=True, seq_len=320, max_len=512,
+                                    eval_every=250, val_problems=64, stop_at=0.5)),
 }
 
 

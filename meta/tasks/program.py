@@ -17,9 +17,10 @@ every output matches. Programs are drawn from a small vocabulary (:data:`OPS`; a
 only last, never two ops of one family in a row); a problem is kept only when its program runs
 on all its inputs with every value in ``[-99, 99]``, its shown outputs differ from each other,
 and every op shows: without any one of them some shown output changes. Difficulty levels set the number of ops. Problems are told
-apart by *behaviour*: their outputs on the fixed :data:`PROBES`. ``val`` and ``test`` are fixed
-lists of distinct behaviours, disjoint from each other; ``train`` is an endless stream that
-never yields a behaviour of a held-out problem (at any level).
+apart by their prompt (the shown examples), as questions are in the other tasks: ``val`` and
+``test`` are fixed lists of distinct prompts, disjoint from each other; ``train`` is an endless
+stream that never yields a held-out prompt (at any level). A held-out problem's program may be
+met in training on other inputs: the task is to tell from three examples which program fits.
 """
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def _output(ops, xs):
 
 def behaviour_of(ops) -> tuple:
     """The outputs of ``ops`` on :data:`PROBES` (``None`` where a run stops): equal for programs
-    that behave alike, so it keys distinctness and votes."""
+    that behave alike, so votes group them."""
     return tuple(_output(ops, xs) for xs in PROBES)
 
 
@@ -171,7 +172,7 @@ class Problem:
 
     @functools.cached_property
     def behaviour(self) -> tuple:
-        """:func:`behaviour_of` the hidden program: the problem's identity in the splits."""
+        """:func:`behaviour_of` the hidden program."""
         return behaviour_of(self.ops)
 
 
@@ -222,11 +223,11 @@ def sample_problem(rng: random.Random, lvl: Level | str) -> Problem:
             return Problem(ops, shown, hidden, lvl.name)
 
 
-SPLIT = Splits(LEVELS, sample_problem, lambda p: p.behaviour, salt="program/")
+SPLIT = Splits(LEVELS, sample_problem, lambda p: p.prompt, salt="program/")
 level = SPLIT.level                            # (name) -> Level; a ValueError for an unknown name
 held_out = SPLIT.held_out                      # (split, level, n=None, seed=0) -> [Problem]: val / test lists
 train_stream = SPLIT.train_stream              # (mix, seed=0) -> endless training problems
-held_out_behaviours = SPLIT.held_out_keys      # (seed=0) -> the behaviours of every held-out problem
+held_out_prompts = SPLIT.held_out_keys         # (seed=0) -> the prompts of every held-out problem
 
 
 def read_prompt(prompt: str) -> tuple:
