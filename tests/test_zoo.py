@@ -38,14 +38,14 @@ def test_a_directory_wins_over_a_zoo_name(tmp_path, monkeypatch):
     assert "no model directory" in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["tiny-arith", "tiny-arith-large", "tiny-arith-feedback", "countdown"])
+@pytest.mark.parametrize("name", ["tiny-arith", "tiny-arith-large", "tiny-arith-feedback", "countdown", "tiny-program"])
 def test_greedy_accuracy_on_the_fixed_sample_equals_the_recorded_figure(name):
     recorded = json.loads((zoo.ROOT / name / "metrics.json").read_text())
     sample = tasks.get(recorded["args"].get("task", "tiny-arith")).problems.held_out("test", "hard", METRIC_SAMPLE)
     assert greedy_accuracy(models.load(name), sample) == recorded["test_hard_50_greedy_accuracy"]
 
 
-@pytest.mark.parametrize("name", ["countdown"])
+@pytest.mark.parametrize("name", ["countdown", "tiny-program"])
 def test_a_new_task_s_policy_is_at_the_level_meta_generation_needs(name):
     """Issue 21's bar, on the fixed 50-problem hard test sample: greedy right 15-70% of the time
     (room to help), and some of 16 samples at T=0.8 right at least 1.5 times as often."""
