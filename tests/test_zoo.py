@@ -102,7 +102,8 @@ def tiny_arith_prm():
     return models.load("tiny-arith-prm")
 
 
-@pytest.mark.parametrize("name, bar", [("tiny-arith-prm", 0.8), ("countdown-rm", 0.6), ("countdown-prm", 0.75)])
+@pytest.mark.parametrize("name, bar", [("tiny-arith-prm", 0.8), ("countdown-rm", 0.6), ("countdown-prm", 0.75),
+                                       ("tiny-program-rm", 0.6), ("tiny-program-prm", 0.75)])
 def test_a_shipped_reward_model_reproduces_its_recorded_quick_check(name, bar):
     """On the recorded quick check (the first val problems' 16 rollouts each, the same draws as in
     training): the outcome AUC and, for a PRM, the step-level AUC (the score at each step's newline
