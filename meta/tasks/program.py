@@ -54,7 +54,7 @@ MIN_LEN, MAX_LEN, TOP = 3, 5, 9      # an input: 3-5 elements in [0, 9]
 BOUND = 99                           # every value of a generated problem's runs stays in [-99, 99]
 MAX_OPS = max(lvl.max_ops for lvl in LEVELS.values())
 ARROW, CUE, TRACE = " -> ", "P:\n", " # "
-MAX_NEW_TOKENS = 192                 # a generation budget: the longest hard val or test solution is 171 tokens
+MAX_NEW_TOKENS = 192                 # a generation budget: the longest hard val or test solution is 163 tokens
 ANSWER_RE = re.compile(r"(?!)")      # no answer line: every line of a solution is a step (an op)
 
 # The generator's vocabulary, by family; a family is drawn uniformly, then one of its ops.
