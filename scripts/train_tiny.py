@@ -108,51 +108,31 @@ def pack(tok, problems, seq_len: int, rng: random.Random | None = None, encoded=
 
 
 def pack_rows(examples, batch: int, seq_len: int):
-    """``batch`` training rows filled from the iterator ``examples`` of ``(ids, n_context)`` (see
-    :func:`encode`), each row as many whole examples as fit in ``seq_len + 1`` tokens: (tokens
-    [B, T+1], loss mask [B, T], positions [B, T], segments [B, T]). Positions restart at each
-    example and attention stays within it (``segments``), so a packed example is trained exactly
-    as it would be alone, without the padding. ``examples`` must be a shared iterator: the
-    example that did not fit starts the next call's first row."""
-    examples = examples if hasattr(examples, "peek") else _Peekable(examples)
-    tokens = np.full((batch, seq_len + 1), PAD, np.int32)
-    mask = np.zeros((batch, seq_len), np.float32)
-    positions = np.zeros((batch, seq_len), np.int32)
-    segments = np.zeros((batch, seq_len), np.int32)
-    for row in range(batch):
-        at, segment = 0, 1
-        while examples.peek() is not None and len(examples.peek()[0]) <= seq_len + 1 - at:
-            ids, n_context = next(examples)
-            end = at + len(ids)
-            tokens[row, at:end] = ids
-            mask[row, at + n_context - 1:end - 1] = 1.0
-            positions[row, at:end - 1] = np.arange(len(ids) - 1)
-            segments[row, at:end - 1] = segment
-            at, segment = end, segment + 1
-        if at == 0 and examples.peek() is not None:
-            raise ValueError(f"a training example has {len(examples.peek()[0])} tokens; raise --seq-len above {seq_len}")
-    return tokens, mask, positions, segments
-
-
-class _Peekable:
-    """An iterator that can show its next item without taking it (None at the end)."""
-
-    def __init__(self, it):
-        self.it, self.head = iter(it), []
-
-    def peek(self):
-        if not self.head:
-            self.head.append(next(self.it, None))
-        return self.head[0]
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        item = self.head.pop() if self.head else next(self.it, None)
-        if item is None:
-            raise StopIteration
-        return item
+    """Training batches of ``batch`` rows packed from the iterator ``examples`` of ``(ids,
+    n_context)`` (see :func:`encode`), each row as many whole examples as fit in ``seq_len + 1``
+    tokens, until ``examples`` runs out: (tokens [B, T+1], loss mask [B, T], positions [B, T],
+    segments [B, T]). Positions restart at each example and attention stays within it
+    (``segments``), so a packed example is trained exactly as it would be alone, without the
+    padding. The example that does not fit a row starts the next one; none is dropped."""
+    it = iter(examples)
+    head = next(it, None)
+    while head is not None:
+        tokens = np.full((batch, seq_len + 1), PAD, np.int32)
+        mask = np.zeros((batch, seq_len), np.float32)
+        positions = np.zeros((batch, seq_len), np.int32)
+        segments = np.zeros((batch, seq_len), np.int32)
+        for row in range(batch):
+            at, segment = 0, 1
+            while head is not None and len(head[0]) <= seq_len + 1 - at:
+                (ids, n_context), end = head, at + len(head[0])
+                tokens[row, at:end] = ids
+                mask[row, at + n_context - 1:end - 1] = 1.0
+                positions[row, at:end - 1] = np.arange(len(ids) - 1)
+                segments[row, at:end - 1] = segment
+                at, segment, head = end, segment + 1, next(it, None)
+            if at == 0 and head is not None:
+                raise ValueError(f"a training example has {len(head[0])} tokens; raise --seq-len above {seq_len}")
+        yield tokens, mask, positions, segments
 
 
 def batches(tok, batch: int, seq_len: int, seed: int, task: tasks.Task = DEFAULT_TASK, feedback: float = 0.0,
@@ -165,9 +145,7 @@ def batches(tok, batch: int, seq_len: int, seed: int, task: tasks.Task = DEFAULT
     examples = (encode_feedback(tok, task, p, rng) if feedback and coin.random() < feedback else encode(tok, p, rng)
                 for p in stream)
     if packed:
-        examples = _Peekable(examples)
-        while True:
-            yield pack_rows(examples, batch, seq_len)
+        yield from pack_rows(examples, batch, seq_len)
     while True:
         yield pack(tok, None, seq_len, encoded=list(itertools.islice(examples, batch)))
 

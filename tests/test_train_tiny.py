@@ -46,8 +46,8 @@ def test_packed_rows_train_each_example_exactly_as_alone(tok):
                 for n in (2, 3, 4, 3, 2, 4, 3)]
     encoded = [train_tiny.encode(tok, p) for p in problems]
     seq_len = 100                                    # 7 examples of 28-56 tokens fill 4 rows
-    examples = train_tiny._Peekable(encoded)
-    packed = [train_tiny.pack_rows(examples, 2, seq_len) for _ in range(2)]
+    packed = list(train_tiny.pack_rows(encoded, 2, seq_len))
+    assert len(packed) == 2
     assert sum(int(s.max()) for batch in packed for s in batch[3]) == len(problems)    # every example, once
     assert packed[0][3][0].max() >= 2                                                   # a row holds several
     config = models.preset("tiny", vocab_size=tok.vocab_size, hidden=32, layers=2, heads=2, head_dim=16, kv_heads=1,
@@ -60,7 +60,7 @@ def test_packed_rows_train_each_example_exactly_as_alone(tok):
     assert together == pytest.approx(sum(nll(alone[0][i:i + 1], alone[1][i:i + 1]) for i in range(len(problems))), rel=1e-5)
     assert sum(float(b[1].sum()) for b in packed) == float(alone[1].sum())           # the same tokens are learned
     with pytest.raises(ValueError, match="raise --seq-len"):
-        train_tiny.pack_rows(iter(encoded), 1, 10)
+        next(train_tiny.pack_rows(encoded, 1, 10))
 
 
 def test_a_flawed_solution_has_one_mistake_carried_forward_and_the_corrected_attempt_fixes_it():
