@@ -186,7 +186,7 @@ def _mixture(mixture, state: DecodeState, mesh):
 
 
 def decoding(model, state: DecodeState, *, sampler: Sampler | None = None, stop_tokens=None, step_tokens=None,
-             mixture: Mixture | None = None, mesh=None, stop=None) -> Decoding:
+             mixture: Mixture | None = None, mesh=None, stop=None, max_length: int | None = None) -> Decoding:
     """How :func:`decode` draws, checked and normalised once (the sampler per row, placed like ``state``'s
     rollouts): what ``engine.step.decode_loop`` takes, for programs that call it themselves."""
     stops = stop_ids(model.config, stop_tokens)
@@ -195,12 +195,12 @@ def decoding(model, state: DecodeState, *, sampler: Sampler | None = None, stop_
     tag = -1 if table is None else zlib.crc32(np.asarray(table).tobytes()) & 0x7FFFFFFF
     return Decoding(sampler=row_sampler(sampler, state, mesh, stops), stops=stops, steps=step_ids(model, step_tokens),
                     mixture=None if mixture is None else _mixture(mixture, state, mesh), constraint=jnp.int32(tag),
-                    strings=strings)
+                    strings=strings, max_length=None if max_length is None else jnp.int32(max_length))
 
 
 def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler | None = None, stop_tokens=None,
            step_tokens=None, tracks: dict | None = None, mixture: Mixture | None = None, mesh=None,
-           stop=None, draft: str | None = None, lookahead: int = 4) -> DecodeState:
+           stop=None, draft: str | None = None, lookahead: int = 4, max_length: int | None = None) -> DecodeState:
     """Continue every unfinished rollout for up to ``max_new_tokens`` more tokens.
 
     Nothing already in the cache is recomputed. A rollout is *done* after an EOS or any of
@@ -214,6 +214,11 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
     rollout, when a drawn token completes one of them — across token boundaries, or inside one
     token, as ``transformers``' ``StopStringCriteria`` (``engine.stops``); the token is kept, and
     ``rollouts(state, tokenizer, stop=...)`` cuts the text there.
+
+    ``max_length``: each rollout's own limit: a row that holds this many tokens (appended ones
+    included) is done there, mid-step if need be, whatever the rows beside it drew. ``max_new_tokens``
+    counts the slots the whole batch shares, so where rows idle (paused while others finish a step)
+    a row's length then depends on the batch; with ``max_length`` and slots to spare it does not.
 
     The draws of a rollout depend only on its key and its token count, so decoding in several
     calls equals decoding in one. ``state`` is used up: its buffers are donated to the result (the
@@ -234,6 +239,10 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
     check_state(state)
     stack, params = model_stack(model, check_models(model, tracks, state))
     check_int("max_new_tokens", max_new_tokens, 1)
+    if max_length is not None:
+        check_int("max_length", max_length, 1)
+        if draft is not None:
+            raise ValueError("max_length is for plain decoding: not with draft= (a speculative step may overshoot it)")
     used, size = state.cache.index, state.cache.size
     slots = max_new_tokens if draft is None else speculative_slots(state, draft, lookahead, max_new_tokens, mixture)
     if not traced(state) and int(used) + slots > size:
@@ -241,7 +250,7 @@ def decode(model, state: DecodeState, *, max_new_tokens: int, sampler: Sampler |
                          f"do not fit (start with a larger capacity"
                          f"{'' if draft is None else f', or slots=: speculation with lookahead={lookahead} may leave holes'})")
     how = decoding(model, state, sampler=sampler, stop_tokens=stop_tokens, step_tokens=step_tokens,
-                   mixture=mixture, mesh=mesh, stop=stop)
+                   mixture=mixture, mesh=mesh, stop=stop, max_length=max_length)
     if draft is None:
         state = decode_loop(stack, params, state, how, jnp.minimum(used + max_new_tokens, size), mesh=mesh)
     else:

@@ -47,6 +47,7 @@ class Decoding:
     mixture: Mixture | None  # resolved: a combine function, track names, params per row [B]
     constraint: jax.Array   # int32 []     crc32 tag of the sampler's constraint table (-1: none)
     strings: StopStrings | None = None   # stop strings' tables (None: none, and nothing is added to the step)
+    max_length: jax.Array | None = None  # int32 [] a row holding this many tokens is done (None: no limit)
 
 
 def write(state: DecodeState, pad_id: int, valid, at=None, **fields) -> DecodeState:
@@ -105,6 +106,8 @@ def _step(stack, params, state: DecodeState, how: Decoding, mesh=None) -> Decode
     stop = live & jnp.isin(tok, how.stops)
     if how.strings is not None:                          # the row's text now ends with a stop string
         stop |= live & matches(how.strings, last_tokens(state, tok, how.strings.window))
+    if how.max_length is not None:                       # the row reaches its own limit: done, mid-step if need be
+        stop |= live & (state.cache.length + 1 >= how.max_length)
     pause = live & ~stop & ends_step(state, tok, how.steps) if how.steps.shape[0] else jnp.zeros_like(live)
     fsm = jnp.where(live, draw.fsm, state.fsm)
     state = dataclasses.replace(
@@ -135,9 +138,11 @@ def decode_loop(stack, params, state: DecodeState, how: Decoding, limit, mesh=No
 
 
 def resume(state: DecodeState, how: Decoding) -> DecodeState:
-    """``state`` as a decode call starts it: paused rows live again, and a constraint other than the one
-    ``state.fsm`` follows started afresh (its automaton state 0)."""
+    """``state`` as a decode call starts it: paused rows live again (but a row already at the call's
+    ``max_length`` is done), and a constraint other than the one ``state.fsm`` follows started afresh
+    (its automaton state 0)."""
     tagged = how.constraint >= 0
     fresh = tagged & (state.constraint != how.constraint)
-    return dataclasses.replace(state, paused=jnp.zeros_like(state.paused), fsm=jnp.where(fresh, 0, state.fsm),
-                               constraint=jnp.where(tagged, how.constraint, state.constraint))
+    done = state.done if how.max_length is None else state.done | (state.cache.length >= how.max_length)
+    return dataclasses.replace(state, done=done, paused=jnp.zeros_like(state.paused),
+                               fsm=jnp.where(fresh, 0, state.fsm), constraint=jnp.where(tagged, how.constraint, state.constraint))

@@ -9,9 +9,9 @@ rollout does so at most ``max_backtracks`` times, and then keeps what it draws. 
 the cache is recomputed (a rewind feeds the last kept token once more), and ``engine.compact``
 frees the slots of the steps cut back and of the rows that idled while others finished a step.
 
-Each rollout has its own limit of ``max_new_tokens`` tokens (the cache has twice the slots, so a
-round always fits after the longest rollout once the cache is compacted): a rollout's text depends
-on its key and the scorer only, not on the prompts that share the call.
+Each rollout has its own limit of ``max_new_tokens`` tokens (``decode(max_length=)``; the cache has
+twice the slots, so a round always fits after the longest rollout once the cache is compacted): a
+rollout's text depends on its key and the scorer only, not on the prompts that share the call.
 """
 from __future__ import annotations
 
@@ -24,13 +24,7 @@ from meta.budget import param_count
 from meta.common import check_threshold, extract, finish, score
 from meta.result import Result
 from meta.scoring import sigmoid
-from meta.search import TRACK, _texts, checked, pick, spend
-
-
-def slots(max_new_tokens: int) -> int:
-    """The rollout block's slots for rollouts of ``max_new_tokens``: a round after the longest rollout,
-    and a re-fed token for a cut and one for a retry."""
-    return 2 * max_new_tokens + 2
+from meta.search import TRACK, _texts, checked, pick, slots, spend
 
 
 def backtrack(model, prompts, *, scorer, threshold: float, max_backtracks: int, max_steps: int,
@@ -45,9 +39,7 @@ def backtrack(model, prompts, *, scorer, threshold: float, max_backtracks: int, 
     be; the rollouts beside it do not change where). The chosen rollout is the best-scored one with
     an answer (``final="best"``) or the answer with the largest total score (``"vote"``).
     ``info[g]`` has each rollout's ``backtracks`` and the rounds' ``events``: ``[round, rollout,
-    rejected score]``. Budget: every drawn token counts, the rejected ones too (not those a call
-    drew past a rollout's limit while rows beside it had room: they are cut, and not counted, as a
-    batch's padding rows are not).
+    rejected score]``. Budget: every drawn token counts, the rejected ones too.
     """
     budget, sampler, t0, tracks, ids = checked(model, prompts, scorer=scorer, n=n, max_steps=max_steps,
                                                max_new_tokens=max_new_tokens, sampler=sampler, references=references,
@@ -70,18 +62,13 @@ def backtrack(model, prompts, *, scorer, threshold: float, max_backtracks: int, 
         if not live.any():
             break
         room = int((cap - before)[live].max())
-        if int(state.cache.index) + room + 2 > state.cache.size:      # the round, a cut and a retry must fit
+        if int(state.cache.index) + room + 1 > state.cache.size:      # the round and a retry must fit
             state = engine.compact(state)                              # the next write after the longest row
         at = int(state.cache.index)
         state = engine.decode(model, state, max_new_tokens=room, sampler=sampler, step_tokens=step_tokens,
-                              stop_tokens=stop_tokens, tracks=tracks, mesh=mesh)
+                              stop_tokens=stop_tokens, tracks=tracks, mesh=mesh, max_length=cap)
         now = np.asarray(state.cache.length).reshape(g, n)
         calls += int(state.cache.index) - at
-        if (now >= cap).any():          # a row at its limit ends there, whatever rows beside it drew
-            if (now > cap).any():       # the call ran on for a row with more room: cut back (not counted)
-                state, calls = engine.rewind(model, state, np.minimum(now, cap), tracks=tracks), calls + 1
-            now = np.minimum(now, cap)
-            state = engine.finish(state, now >= cap)
         generated += int((now - before).sum())
         scores = scores_of(state)
         bad = (now > before) & (scores < threshold) & (left > 0)

@@ -143,6 +143,12 @@ def choose(rule: Rule, scores, live, carry, keys, go):
     return parents, (logw, jnp.take_along_axis(now, parents, axis=1)), again, size
 
 
+def slots(max_new_tokens: int) -> int:
+    """The rollout block's slots for step-level rollouts of ``max_new_tokens`` each: a whole rollout's
+    after the longest one (once compacted: see :func:`_round`), and a token a rewind feeds again."""
+    return 2 * max_new_tokens + 1
+
+
 def _advance(stack, params, state, how, mesh):
     """Decode every unfinished row to the end of its next step: (state, tokens drawn [B], the step's
     log importance ratio sum(log p_model - log q_proposal) [B])."""
@@ -153,12 +159,24 @@ def _advance(stack, params, state, how, mesh):
     return state, state.cache.length - before, ratio
 
 
+def _round(stack, params, state, how, mesh):
+    """:func:`_advance` with every row held to its own limit ``how.max_length``, and the decode steps
+    it ran. When a whole rollout's slots might not fit after those used, the cache is compacted
+    first (freeing the slots rows left idle while others finished a step; :func:`slots`), so a step
+    never runs out of room and a row's steps do not depend on the batch."""
+    crowded = state.cache.index + how.max_length > state.cache.size
+    state = jax.lax.cond(crowded, lambda s: s.packed().writing_at(jnp.max(s.cache.length)), lambda s: s, state)
+    at = state.cache.index
+    state, drawn, ratio = _advance(stack, params, state, how, mesh)
+    return state, drawn, ratio, state.cache.index - at
+
+
 def _select(rule: Rule, state, scores, drawn, ratio, log, t, keys, max_steps: int):
     """Choose and gather the next step's rows (a prompt with no live row keeps its rows, and so does
     every prompt after the last step); record the step in ``log``."""
     g, n = state.shape
     live = ~state.done.reshape(g, n)
-    go = (t + 1 < max_steps) & (state.cache.index < state.cache.size) & jnp.any(live, axis=1)
+    go = (t + 1 < max_steps) & jnp.any(live, axis=1)
     step_keys = jax.vmap(jax.random.fold_in)(keys, jnp.full(keys.shape, t, jnp.uint32))
     parents, (logw, before), again, size = choose(rule, scores, live, (log["logw"], log["before"], ratio.reshape(g, n)),
                                                   step_keys, go)
@@ -169,7 +187,7 @@ def _select(rule: Rule, state, scores, drawn, ratio, log, t, keys, max_steps: in
     return engine.select(state, parents, rekey=True), log
 
 
-_advance_jit = jax.jit(_advance, static_argnums=(0, 4), donate_argnums=(2,))
+_round_jit = jax.jit(_round, static_argnums=(0, 4), donate_argnums=(2,))
 _select_jit = jax.jit(_select, static_argnums=(0, 8), donate_argnums=(1,))
 
 
@@ -178,12 +196,13 @@ def _search(stack, params, state, how, keys, log, *, rule: Rule, max_steps: int,
     """The whole search with a reward-model track, in one compiled program."""
     def body(c):
         t, state, log = c
-        state, drawn, ratio = _advance(stack, params, state, how, mesh)
+        state, drawn, ratio, calls = _round(stack, params, state, how, mesh)
+        log = dict(log, calls=log["calls"] + calls)
         scores = jax.nn.sigmoid(engine.track_scores(state, TRACK))
         state, log = _select(rule, state, scores, drawn, ratio, log, t, keys, max_steps)
         return t + 1, state, log
 
-    cond = lambda c: (c[0] < max_steps) & jnp.any(~c[1].done) & (c[1].cache.index < c[1].cache.size)
+    cond = lambda c: (c[0] < max_steps) & jnp.any(~c[1].done)
     return jax.lax.while_loop(cond, body, (jnp.int32(0), state, log))
 
 
@@ -223,12 +242,15 @@ def search(model, prompts, *, rule: Rule, scorer, n: int, max_steps: int, max_ne
                                                budget=budget, final=final, step_tokens=step_tokens,
                                                stop_tokens=stop_tokens)
     model = place_model(model, mesh)
-    state = engine.start(model, ids, capacity=max_new_tokens, n=n, seed=seed, tracks=tracks, mesh=mesh)
-    how = decoding(model, state, sampler=sampler, stop_tokens=stop_tokens, step_tokens=step_tokens, mesh=mesh)
+    state = engine.start(model, ids, capacity=max_new_tokens, slots=slots(max_new_tokens), n=n, seed=seed,
+                         tracks=tracks, mesh=mesh)
+    how = decoding(model, state, sampler=sampler, stop_tokens=stop_tokens, step_tokens=step_tokens, mesh=mesh,
+                   max_length=max_new_tokens)
     stack, params = model_stack(model, tracks)
     g = len(ids)
     keys = jax.vmap(jax.random.fold_in)(state.keys[::n], jnp.full((g,), SALT, jnp.uint32))
     log = {"logw": jnp.zeros((g, n)), "before": jnp.zeros((g, n)), "generated": jnp.zeros((g * n,), jnp.int32),
+           "calls": jnp.int32(1),                        # policy forwards: the prefill, then one per decode step
            "parents": jnp.zeros((max_steps, g, n), jnp.int32), "scores": jnp.zeros((max_steps, g, n)),
            "resampled": jnp.zeros((max_steps, g), bool), "ess": jnp.zeros((max_steps, g)),
            "steps": jnp.ones((g,), jnp.int32)}          # a prompt's own steps: 1 + the steps after which it went on
@@ -237,8 +259,9 @@ def search(model, prompts, *, rule: Rule, scorer, n: int, max_steps: int, max_ne
         scores = np.asarray(jax.nn.sigmoid(engine.track_scores(state, TRACK)), np.float64)
     else:
         steps = 0
-        while steps < max_steps and bool(jnp.any(~state.done)) and int(state.cache.index) < state.cache.size:
-            state, drawn, ratio = _advance_jit(stack, params, state, how, mesh)
+        while steps < max_steps and bool(jnp.any(~state.done)):
+            state, drawn, ratio, calls = _round_jit(stack, params, state, how, mesh)
+            log = dict(log, calls=log["calls"] + calls)
             scores = np.asarray(score(scorer, prompts, _texts(model, state), references, budget))
             if rule.kind == "smc" and ((scores < 0) | (scores > 1)).any():
                 raise ValueError("particle_filter needs scores in [0, 1] (probabilities) from its scorer")
@@ -289,7 +312,7 @@ def _result(method, rule, model, track, prompts, ids, state, steps, log, scores,
     """The Result of a finished search, its budget counted (see :class:`meta.Budget`)."""
     texts, lengths = _texts(model, state), np.asarray(state.cache.length).reshape(state.shape)
     answers, scores = extract(answer, texts), np.asarray(scores, np.float64)
-    spend(budget, model, track, ids, int(np.sum(log["generated"])), 1 + int(state.cache.index))
+    spend(budget, model, track, ids, int(np.sum(log["generated"])), int(log["calls"]))
     picks = pick(answers, scores.tolist(), final)
     keys = ("parents", "scores") + (("resampled", "ess") if rule.kind == "smc" else ())
     own = np.minimum(np.asarray(log["steps"]), steps)        # the steps a prompt took, whatever else is in the batch

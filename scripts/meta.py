@@ -236,7 +236,7 @@ def check_items(args, model, items, sampler, scorer) -> None:
     from engine.checks import memory_bytes, state_bytes
     from engine.decode import bucket
     from meta import tasks
-    from meta.backtrack import slots as backtrack_slots
+    from meta.search import slots as search_slots
     from meta.common import check_rollouts
     task = tasks.get(args.task)
     takes = inspect.signature(meta.METHODS[args.method]).parameters.get("scorer")
@@ -261,7 +261,7 @@ def check_items(args, model, items, sampler, scorer) -> None:
     rows = min(args.n, args.round_size) if args.method in ROUNDS else args.n   # drawn at once for one prompt
     if args.method == "mcts":                                                  # every node of the tree is a row
         rows = 1 + args.simulations * args.n
-    slots = backtrack_slots(args.max_new_tokens) if args.method == "backtrack" else args.max_new_tokens
+    slots = search_slots(args.max_new_tokens) if args.method in SEARCHES and args.method != "mcts" else args.max_new_tokens
     need = sum(state_bytes(m.config, 1, bucket(longest), rows, slots)
                for m in [model] + ([scorer] if args.method in SEARCHES and args.scorer == "model" else []))
     have = memory_bytes()

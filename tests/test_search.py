@@ -163,6 +163,19 @@ def test_a_prompts_search_is_the_same_whatever_else_is_in_the_batch(method):
         assert alone.info[0]["tree"]["parents"] == together.info[g]["tree"]["parents"]
 
 
+@pytest.mark.parametrize("method", [S.step_beam_search, S.particle_filter])
+def test_a_rollout_at_its_limit_ends_there_whatever_else_is_in_the_batch(method):
+    # steps of random length (token 3 ends one): rows idle while others finish a step, and a prompt
+    # whose steps run long must not take slots from the others (its rollouts end at their own limit)
+    common = dict(scorer=PRM, n=4, max_steps=8, max_new_tokens=9, seed=2, step_tokens=[3],
+                  sampler=Sampler(temperature=1.0))
+    together = method(Fake(), PROMPTS, **common)
+    assert max(max(row) for row in together.lengths) == 9
+    for g, prompt in enumerate(PROMPTS):
+        alone = method(Fake(), [prompt], **common)
+        assert alone.texts[0] == together.texts[g] and alone.info[0] == together.info[g]
+
+
 def test_a_callable_scorer_searches_as_the_reward_track_does():
     logits = np.asarray(PRM.params["table"])
 

@@ -36,6 +36,19 @@ def test_a_step_delimiter_pauses_and_the_next_decode_continues():
     assert tokens_of(state) == [[[1, 2, 1, 2, 1, 2, 1]], [[4]]] and not state.paused.any()
 
 
+def test_max_length_ends_each_row_at_its_own_length_whatever_the_others_drew():
+    # greedy from 0 and from 2 is 1 2 1 2 ...; a rewind puts row 1 one token behind row 0, in the same slots
+    state = engine.start(POLICY, [[0], [2]], capacity=6, slots=12)
+    state = engine.decode(POLICY, state, max_new_tokens=4, step_tokens=[2], max_length=6)
+    assert tokens_of(state) == [[[1, 2]], [[1, 2]]] and state.paused.tolist() == [True, True]
+    state = engine.rewind(POLICY, state, [[2], [1]])
+    state = engine.decode(POLICY, state, max_new_tokens=9, max_length=6)     # row 1 needs 5 steps, row 0 only 4
+    assert tokens_of(state) == [[[1, 2, 1, 2, 1, 2]], [[1, 2, 1, 2, 1, 2]]] and state.done.all()
+    state = engine.decode(POLICY, engine.start(POLICY, [[0]], capacity=8), max_new_tokens=8, step_tokens=[2])
+    state = engine.decode(POLICY, state, max_new_tokens=6, max_length=2)     # paused at its limit: done, no token
+    assert tokens_of(state) == [[[1, 2]]] and state.done.tolist() == [True] and not state.paused.any()
+
+
 def test_a_multi_token_delimiter_and_stop_tokens():
     state = engine.decode(POLICY, engine.start(POLICY, [[0]], capacity=40), max_new_tokens=12, step_tokens=[[2, 1]])
     assert tokens_of(state) == [[[1, 2, 1]]] and state.paused.tolist() == [True]      # "2 1" ends the step
@@ -239,6 +252,10 @@ def test_a_search_loop_in_one_jitted_program_equals_the_same_calls_one_by_one_an
      "step_tokens must be non-empty token ids in [0, 5)"),
     (lambda s: engine.decode(POLICY, s, max_new_tokens=2, step_tokens="\n", tracks={"rm": RM}),
      "string step_tokens need a model with a tokenizer"),
+    (lambda s: engine.decode(POLICY, s, max_new_tokens=2, tracks={"rm": RM}, max_length=0),
+     "max_length must be an integer >= 1"),
+    (lambda s: engine.decode(POLICY, s, max_new_tokens=2, tracks={"rm": RM}, max_length=2, draft="prompt_lookup"),
+     "max_length is for plain decoding"),
     (lambda s: engine.select(s, [[0, 1]], rekey=1), "rekey must be True, False or bool [G, M] like indices (1, 2), got 1"),
     (lambda s: engine.decode(POLICY, s, max_new_tokens=2, tracks={"rm": RM},
                              mixture=engine.Mixture("cfg", ("rm",))), "track 'rm' is a reward model"),
