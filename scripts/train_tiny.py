@@ -19,6 +19,10 @@ default): the demo needs a model that is often wrong on the hard split, so that 
 more samples has room to help; trained to the end, the model gets most hard problems right.
 Deterministic for a given ``--seed``. At most half an hour on a 2-core CPU.
 
+``--init NAME`` fine-tunes a policy instead (a zoo name or a checkpoint directory): its tokenizer,
+shape and weights are the start, and ``--out`` must name a new directory. A feedback variant of a
+task's policy is its policy fine-tuned with feedback turns (``--feedback``).
+
 ``--reward`` trains the outcome reward model instead, and ``--prm`` the process reward model
 (``scripts/train_reward.py``, its own flags): ``python -m scripts.train_tiny --reward --out
 models/zoo/tiny-arith-rm``, ``python -m scripts.train_tiny --prm --out models/zoo/tiny-arith-prm``.
@@ -198,6 +202,8 @@ def main(argv=None) -> dict:
                          "verifier's feedback, the corrected attempt): a model that can use meta.refine")
     ap.add_argument("--pack", action=argparse.BooleanOptionalAction, default=False,
                     help="pack several examples into each training row (no padding; each attends to itself only)")
+    ap.add_argument("--init", help="fine-tune this policy (a zoo name or a checkpoint directory): its tokenizer, "
+                                   "shape and weights; the shape flags are refused")
     ap.add_argument("--seed", type=int, default=0)
     task = tasks.get(ap.parse_known_args(argv)[0].task)
     ap.set_defaults(**task.train)
@@ -209,22 +215,26 @@ def main(argv=None) -> dict:
     if args.val_problems > most or args.stop_at > 1 or not 0 <= args.feedback <= 1:
         raise ValueError(f"--val-problems must be at most {most}, --stop-at at most 1 (an accuracy) and "
                          f"--feedback in [0, 1] (a fraction), got {args.val_problems}, {args.stop_at} and {args.feedback}")
-    if args.seq_len > args.max_len:
+    if not args.init and args.seq_len > args.max_len:
         raise ValueError(f"--seq-len {args.seq_len} is longer than the model's --max-len {args.max_len}")
     if args.feedback and not hasattr(problems.Problem, "flawed_solution"):
         raise ValueError(f"--feedback: task {task.name} has no flawed solutions to train feedback turns on")
+    init = args.init and initial(args, argv)
     with tempfile.TemporaryDirectory() as tmp:
-        tok = train_tokenizer(Path(tmp) / "tokenizer.model", seed=args.seed, vocab_size=args.vocab_size, task=task)
-        config = models.preset("tiny", vocab_size=tok.vocab_size, hidden=args.hidden, layers=args.layers,
-                               heads=args.heads, head_dim=args.head_dim, kv_heads=args.kv_heads,
-                               intermediate=args.intermediate,
-                               max_len=args.max_len, bos_id=BOS, eos_ids=(EOS,), pad_id=PAD)
+        if init:
+            tok, config = init.tokenizer, init.config
+        else:
+            tok = train_tokenizer(Path(tmp) / "tokenizer.model", seed=args.seed, vocab_size=args.vocab_size, task=task)
+            config = models.preset("tiny", vocab_size=tok.vocab_size, hidden=args.hidden, layers=args.layers,
+                                   heads=args.heads, head_dim=args.head_dim, kv_heads=args.kv_heads,
+                                   intermediate=args.intermediate,
+                                   max_len=args.max_len, bos_id=BOS, eos_ids=(EOS,), pad_id=PAD)
         print(f"tokenizer: {tok.vocab_size} pieces; model: {config.num_params / 1e6:.2f}M parameters")
         schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(200, args.steps // 10 + 1), args.steps,
                                                       end_value=args.lr * 0.02)
         optimizer = optax.chain(optax.clip_by_global_norm(1.0),
                                 optax.adamw(schedule, b2=0.98, weight_decay=0.01))
-        params = models.init_params(config, jax.random.key(args.seed))
+        params = init.params if init else models.init_params(config, jax.random.key(args.seed))
         opt_state = optimizer.init(params)
         step, loss_fn = make_step(config, optimizer)
         data = batches(tok, args.batch, args.seq_len, args.seed, task, args.feedback, args.pack)
@@ -260,6 +270,25 @@ def main(argv=None) -> dict:
     print(f"saved {args.out}; trained {train_seconds / 60:.1f} min; greedy accuracy on the "
           f"{METRIC_SAMPLE}-problem hard test sample: {metrics['test_hard_50_greedy_accuracy']:.3f}")
     return metrics
+
+
+SHAPE_FLAGS = ("--hidden", "--layers", "--heads", "--head-dim", "--kv-heads", "--intermediate", "--vocab-size",
+               "--max-len")
+
+
+def initial(args, argv) -> models.Model:
+    """The policy ``--init`` names, checked against the other flags (its shape is the run's)."""
+    given = sorted({a.split("=")[0] for a in argv} & set(SHAPE_FLAGS))
+    if given:
+        raise ValueError(f"--init {args.init}: the shape is its own; leave out {' '.join(given)}")
+    if "--out" not in {a.split("=")[0] for a in argv}:
+        raise ValueError(f"--init {args.init}: name --out, a new directory (the default is the task's shipped policy)")
+    init = models.load(args.init)
+    if init.tokenizer is None or init.config.score_head:
+        raise ValueError(f"--init {args.init}: a policy with its tokenizer is needed, not a reward model")
+    if args.seq_len > init.config.max_len:
+        raise ValueError(f"--seq-len {args.seq_len} is longer than {args.init}'s maximum length {init.config.max_len}")
+    return init
 
 
 if __name__ == "__main__":

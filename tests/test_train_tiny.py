@@ -113,6 +113,16 @@ def test_a_short_run_is_deterministic_and_loads_back(tmp_path):
     assert recorded["steps"] == 4 and [h["step"] for h in recorded["history"]] == [2, 4]
     assert recorded["test_hard_50_greedy_accuracy"] == a["test_hard_50_greedy_accuracy"]
     assert ma.tokenizer is not None and ma.tokenizer.vocab_size == ma.config.vocab_size
+    # --init fine-tunes: the same tokenizer and shape, the weights start from a's (a tiny lr keeps them there)
+    train_tiny.main(["--steps", "4", "--batch", "8", "--eval-every", "2", "--stop-at", "0", "--val-problems", "4",
+                     "--init", str(tmp_path / "a"), "--lr", "1e-9", "--out", str(tmp_path / "c")])
+    mc = models.load(tmp_path / "c")
+    assert mc.config == ma.config and (tmp_path / "c" / "tokenizer.model").read_bytes() == \
+        (tmp_path / "a" / "tokenizer.model").read_bytes()
+    assert jax.tree.all(jax.tree.map(lambda x, y: bool(np.allclose(x, y, atol=1e-6)), ma.params, mc.params))
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["args"]["init"] == str(tmp_path / "a")
+    with pytest.raises(ValueError, match="name --out, a new directory"):
+        train_tiny.main(["--init", str(tmp_path / "a")])
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -127,6 +137,9 @@ def test_a_short_run_is_deterministic_and_loads_back(tmp_path):
     (["--task", "countdown", "--feedback", "0.3"], "task countdown has no flawed solutions"),
     (["--seq-len", "300"], "--seq-len 300 is longer than the model's --max-len 256"),
     (["--max-len", "0"], "--max-len must be positive"),
+    (["--init", "tiny-arith", "--hidden", "64", "--max-len=128"], "the shape is its own; leave out --hidden --max-len"),
+    (["--init", "tiny-arith-rm"], "a policy with its tokenizer is needed, not a reward model"),
+    (["--init", "tiny-arith", "--seq-len", "300"], "--seq-len 300 is longer than tiny-arith's maximum length 256"),
     (["--reward", "--lm-weight", "inf"], "--lm-weight must be a finite number >= 0"),
     (["--reward", "--eval-every", "0"], "--eval-every must be positive"),   # after sampling every rollout
     (["--prm", "--test-problems", "1001"], "--test-problems must be at most 1000, got 200 and 1001"),
