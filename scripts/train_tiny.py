@@ -144,10 +144,16 @@ def batches(tok, batch: int, seq_len: int, seed: int, task: tasks.Task = DEFAULT
     """Endless training batches (see :func:`pack`, or :func:`pack_rows` if ``packed``) from
     ``task``'s level mixture, each solution a random one: several reasoning paths to one answer,
     so that voting over samples pays. A ``feedback`` fraction of the examples are feedback turns
-    (:func:`encode_feedback`)."""
+    (:func:`encode_feedback`; one longer than ``seq_len + 1`` tokens is replaced by the plain example)."""
     stream, rng, coin = task.problems.train_stream(task.mix, seed=seed), random.Random(seed), random.Random(seed + 2)
-    examples = (encode_feedback(tok, task, p, rng) if feedback and coin.random() < feedback else encode(tok, p, rng)
-                for p in stream)
+
+    def example(p):
+        if feedback and coin.random() < feedback:
+            turn = encode_feedback(tok, task, p, rng)
+            if len(turn[0]) <= seq_len + 1:         # a turn longer than a row (rare): the plain example instead
+                return turn
+        return encode(tok, p, rng)
+    examples = map(example, stream)
     if packed:
         yield from pack_rows(examples, batch, seq_len)
     while True:

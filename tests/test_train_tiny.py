@@ -101,6 +101,9 @@ def test_a_feedback_turn_is_laid_out_as_refine_appends_it_and_only_the_correctio
     tokens, _ = next(train_tiny.batches(tok, 64, 160, 0, task, feedback=0.5))
     seen = sum(tok.eos_id in row[:int(np.nonzero(row)[0][-1])].tolist() for row in tokens)   # an EOS mid-row
     assert 16 <= seen <= 48                                                       # about half: 32 +- 4 sd
+    tokens, _ = next(train_tiny.batches(tok, 64, 90, 0, task, feedback=1.0))     # turns longer than a row ...
+    seen = sum(tok.eos_id in row[:int(np.nonzero(row)[0][-1])].tolist() for row in tokens)
+    assert 0 < seen < 64                                                          # ... are plain examples instead
 
 
 def test_a_short_run_is_deterministic_and_loads_back(tmp_path):
