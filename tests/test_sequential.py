@@ -202,3 +202,13 @@ def test_cascade_acceptance_rules_and_bad_input():
     with pytest.raises(ValueError) as e:
         meta.cascade([(Fake(), meta.self_consistency, {})] * 2, [[0]], accept=[meta.agreement(1.0)] * 2)
     assert "or a list of 1 (one per stage but the last)" in str(e.value)
+
+
+def test_the_refinement_table_runs_on_the_program_task_without_a_larger_model(tmp_path):
+    from scripts import refine_table
+    results = refine_table.main(["--task", "tiny-program", "--problems", "2", "--val-problems", "2", "--only",
+                                 "refine,verifier,large", "--plot", str(tmp_path / "p.png")])
+    assert set(results) == {"refine, external feedback (1 revision)", "rejection sampling (verifier)",
+                            "best-of-N (verifier)"}                 # no tiny-program-large: no two-model rows
+    assert all(0 <= row["accuracy"] <= 1 and row["tokens"] > 0 for rows in results.values() for row in rows.values())
+    assert (tmp_path / "p.png").exists()
