@@ -1,5 +1,5 @@
 """The shipped checkpoints: tiny-arith found by name, its tokenizer and recorded accuracy (and those of its
-larger and feedback-trained kin); its reward models' recorded AUCs (tiny-arith-rm, tiny-arith-prm), and
+larger and feedback-trained kin, and of the other tasks' policies); the reward models' recorded AUCs, and
 the PRM riding along as a track."""
 import json
 
@@ -38,7 +38,8 @@ def test_a_directory_wins_over_a_zoo_name(tmp_path, monkeypatch):
     assert "no model directory" in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["tiny-arith", "tiny-arith-large", "tiny-arith-feedback", "countdown", "tiny-program"])
+@pytest.mark.parametrize("name", ["tiny-arith", "tiny-arith-large", "tiny-arith-feedback", "countdown", "tiny-program",
+                                  "tiny-program-feedback"])
 def test_greedy_accuracy_on_the_fixed_sample_equals_the_recorded_figure(name):
     recorded = json.loads((zoo.ROOT / name / "metrics.json").read_text())
     sample = tasks.get(recorded["args"].get("task", "tiny-arith")).problems.held_out("test", "hard", METRIC_SAMPLE)
@@ -71,14 +72,22 @@ def test_the_larger_and_the_feedback_policies_are_tiny_arith_s_kin():
     assert json.loads((zoo.ROOT / "tiny-arith-feedback" / "metrics.json").read_text())["args"]["feedback"] == 0.3
 
 
-def test_the_feedback_policy_fixes_a_flagged_mistake_where_the_base_policy_cannot(tiny_arith):
+def test_the_program_feedback_policy_is_tiny_program_fine_tuned_on_feedback_turns():
+    tokenizer = lambda name: (zoo.ROOT / name / "tokenizer.model").read_bytes()
+    assert tokenizer("tiny-program-feedback") == tokenizer("tiny-program")
+    args = json.loads((zoo.ROOT / "tiny-program-feedback" / "metrics.json").read_text())["args"]
+    assert (args["init"], args["feedback"], args["task"]) == ("tiny-program", 0.5, "tiny-program")
+
+
+@pytest.mark.parametrize("trained, base", [("tiny-arith-feedback", "tiny-arith"),
+                                           ("tiny-program-feedback", "tiny-program")])
+def test_the_feedback_policy_fixes_a_flagged_mistake_where_the_base_policy_cannot(trained, base):
     """After a flawed attempt and the verifier's feedback (laid out as ``meta.refine`` appends them),
     the feedback-trained policy's next attempt is right far more often than the base policy's."""
-    from meta.tasks import arith
     from scripts.eval_arith import fix_rate
-    problems = arith.held_out("val", "hard", 64)
-    trained, base = fix_rate(models.load("tiny-arith-feedback"), problems), fix_rate(tiny_arith, problems)
-    assert trained > base + 0.25, (trained, base)
+    problems = tasks.get(base).problems.held_out("val", "hard", 64)
+    fixed, before = fix_rate(models.load(trained), problems), fix_rate(models.load(base), problems)
+    assert fixed > before + 0.25, (fixed, before)
 
 
 def test_the_shipped_reward_model_reproduces_its_recorded_validation_auc(tiny_arith):
