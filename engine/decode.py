@@ -341,8 +341,7 @@ def compact(state: DecodeState) -> DecodeState:
     Nothing is recomputed and nothing decodes differently (positions count tokens, not slots); a
     search that rewinds rows often keeps its cache this small (:func:`meta.backtrack`)."""
     check_state(state)
-    state = state.packed()
-    return state.writing_at(jnp.max(state.cache.length))
+    return state.compacted()
 
 
 def finish(state: DecodeState, rows) -> DecodeState:

@@ -97,6 +97,12 @@ class DecodeState:
         return dataclasses.replace(self, cache=move(self.cache),
                                    tracks={k: dataclasses.replace(t, cache=move(t.cache)) for k, t in self.tracks.items()})
 
+    def compacted(self) -> "DecodeState":
+        """:meth:`packed`, with the next write after the longest row: the slots cut-back tokens and
+        idle rows left are free again (``engine.compact``; traceable, for loops that compact inside jit)."""
+        state = self.packed()
+        return state.writing_at(jnp.max(state.cache.length))
+
     def history(self, tail: int | None = None) -> tuple[jax.Array, jax.Array]:
         """Each row's prompt (its last ``tail`` positions; all by default) then its rollout slots, as
         (tokens int32 [B, P' + S], valid bool [B, P' + S]): left padding and holes are not valid."""

@@ -36,6 +36,7 @@ import numpy as np
 import engine
 from engine.checks import check_int, check_prompts, step_ids, stop_ids
 from engine.decode import decoding, model_stack, place_model
+from engine.state import DecodeState
 from engine.step import decode_loop
 from meta.budget import param_count
 from meta.common import check_scorer, extract, finish, score, setup
@@ -165,7 +166,7 @@ def _round(stack, params, state, how, mesh):
     first (freeing the slots rows left idle while others finished a step; :func:`slots`), so a step
     never runs out of room and a row's steps do not depend on the batch."""
     crowded = state.cache.index + how.max_length > state.cache.size
-    state = jax.lax.cond(crowded, lambda s: s.packed().writing_at(jnp.max(s.cache.length)), lambda s: s, state)
+    state = jax.lax.cond(crowded, DecodeState.compacted, lambda s: s, state)
     at = state.cache.index
     state, drawn, ratio = _advance(stack, params, state, how, mesh)
     return state, drawn, ratio, state.cache.index - at

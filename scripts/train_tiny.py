@@ -284,10 +284,11 @@ SHAPE_FLAGS = ("--hidden", "--layers", "--heads", "--head-dim", "--kv-heads", "-
 
 def initial(args, argv) -> models.Model:
     """The policy ``--init`` names, checked against the other flags (its shape is the run's)."""
-    given = sorted({a.split("=")[0] for a in argv} & set(SHAPE_FLAGS))
+    flags = {a.split("=")[0] for a in argv}
+    given = sorted(flags & set(SHAPE_FLAGS))
     if given:
         raise ValueError(f"--init {args.init}: the shape is its own; leave out {' '.join(given)}")
-    if "--out" not in {a.split("=")[0] for a in argv}:
+    if "--out" not in flags:
         raise ValueError(f"--init {args.init}: name --out, a new directory (the default is the task's shipped policy)")
     init = models.load(args.init)
     if init.tokenizer is None or init.config.score_head:
