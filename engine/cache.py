@@ -307,18 +307,31 @@ class KVCache:
         return dataclasses.replace(self, valid=jax.lax.dynamic_update_slice(self.valid, ones, (0, self.index)),
                                    length=self.length + t, index=self.index + t)
 
+    def _rollout_slots(self, f, size: int, valid) -> "KVCache":
+        """The cache with each layer's rollout block, its buffers joined into one ``[(L,) B, K, S, Dh]``,
+        replaced by ``f(block)`` of ``size`` slots (split again by :func:`block_sizes`), and ``valid``."""
+        def each(blocks):
+            whole = f(jnp.concatenate(blocks, axis=-2) if len(blocks) > 1 else blocks[0])
+            return jnp.split(whole, np.cumsum(block_sizes(size))[:-1].tolist(), axis=-2)
+        per_layer = each if self.stacked else (lambda layers: [each(b) for b in layers])
+        return dataclasses.replace(self, k=per_layer(self.k), v=per_layer(self.v), valid=valid)
+
     def reorder(self, order) -> "KVCache":
         """The rollout block with each row's slots permuted: slot ``s`` of row ``b`` takes what slot
         ``order[b, s]`` held (keys, values, ``valid``; the buffers of a split block are one sequence).
         The KV moves, nothing is recomputed; the slot counter ``index`` is left as it is."""
-        def move(blocks):                                                    # [(L,) B, K, S_j, Dh]
-            whole = jnp.concatenate(blocks, axis=-2) if len(blocks) > 1 else blocks[0]
-            at = order.reshape((1,) * (whole.ndim - 4) + (order.shape[0], 1, order.shape[1], 1))
-            whole = jnp.take_along_axis(whole, at, axis=-2)
-            return jnp.split(whole, np.cumsum([b.shape[-2] for b in blocks])[:-1].tolist(), axis=-2)
-        each = move if self.stacked else (lambda layers: [move(b) for b in layers])
-        return dataclasses.replace(self, k=each(self.k), v=each(self.v),
-                                   valid=jnp.take_along_axis(self.valid, order, axis=1))
+        at = lambda x: order.reshape((1,) * (x.ndim - 4) + (order.shape[0], 1, order.shape[1], 1))
+        return self._rollout_slots(lambda x: jnp.take_along_axis(x, at(x), axis=-2), self.size,
+                                   jnp.take_along_axis(self.valid, order, axis=1))
+
+    def resized(self, size: int) -> "KVCache":
+        """The cache with ``size`` rollout slots per row: the first ``size`` of its own, then empty ones;
+        the slot counter no further than ``size``. Narrowing keeps a row's tokens only where they sit in
+        its first ``size`` slots (after :meth:`DecodeState.packed`)."""
+        fit = lambda x: (x[..., :size, :] if size <= x.shape[-2] else
+                         jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, size - x.shape[-2]), (0, 0)]))
+        valid = fit(self.valid[..., None])[..., 0]
+        return dataclasses.replace(self._rollout_slots(fit, size, valid), index=jnp.minimum(self.index, size))
 
     def keep(self, mask) -> "KVCache":
         """Mark which of the last ``T`` written slots hold real tokens (mask bool [G*N, T])."""

@@ -83,12 +83,27 @@ class DecodeState:
         on as before). The slot counter ``cache.index`` is left as it is: a caller that packs rows to
         reuse their free slots sets it."""
         order = jnp.argsort(~self.cache.valid, axis=1, stable=True)          # real slots first, in order
+        return self._per_slot(lambda name, x: jnp.take_along_axis(x, order, axis=1), lambda c: c.reorder(order))
+
+    def resized(self, slots: int, pad_id: int) -> "DecodeState":
+        """The state with ``slots`` rollout slots per row, for the policy and every track: the first
+        ``slots`` of its own, then empty ones (``pad_id`` tokens); the slot counter no further than
+        ``slots``. Narrowing keeps a row's tokens only where they sit in its first ``slots`` slots
+        (after :meth:`packed`): a loop can decode in a wider block than the one it stores rows in."""
+        def fit(name, x):
+            more = slots - x.shape[1]
+            return x[:, :slots] if more <= 0 else jnp.pad(x, ((0, 0), (0, more)),
+                                                          constant_values=pad_id if name == "tokens" else 0)
+        return self._per_slot(fit, lambda c: c.resized(slots))
+
+    def _per_slot(self, f, cache) -> "DecodeState":
+        """The state with each per-slot array ``x`` (``tokens``, ``drawn``, ...) replaced by ``f(name, x)``
+        and the policy's and every track's KV cache ``c`` by ``cache(c)``."""
         axes = self.axes()
-        slots = {f.name: jnp.take_along_axis(getattr(self, f.name), order, axis=1)
-                 for f in dataclasses.fields(self) if getattr(axes, f.name) == ("rollouts", "time")}
-        return dataclasses.replace(self, **slots, cache=self.cache.reorder(order),
-                                   tracks={k: dataclasses.replace(t, cache=t.cache.reorder(order))
-                                           for k, t in self.tracks.items()})
+        slots = {field.name: f(field.name, getattr(self, field.name))
+                 for field in dataclasses.fields(self) if getattr(axes, field.name) == ("rollouts", "time")}
+        return dataclasses.replace(self, **slots, cache=cache(self.cache),
+                                   tracks={k: dataclasses.replace(t, cache=cache(t.cache)) for k, t in self.tracks.items()})
 
     def writing_at(self, index) -> "DecodeState":
         """The state with the rollout block's slot counter (the next write) at ``index``, for the policy

@@ -8,7 +8,7 @@ a node's KV lives in the store's rollout block and is selected by its row, never
 prompt the tree holds each node's parent, depth, first child (-1: none yet), visits ``N``, the
 sum ``W`` of the values backed up through it (``Q = W / N``), its own score (the scorer's value of
 its text) and whether it can be expanded (it ended a step: not finished, fewer than
-``max_steps`` steps deep, a cache slot left after it).
+``max_steps`` steps deep, below its limit of ``max_new_tokens`` tokens).
 
 One simulation, for every prompt at once:
 
@@ -23,22 +23,22 @@ One simulation, for every prompt at once:
    rows' decode, not ``M``, and no KV is recomputed. A child starts with ``N = 1`` and ``W`` =
    its score. A reward-model scorer's score is ``sigmoid`` of its track's score at the child's
    last token; with ``rollout=True`` it is that at the end of a *rollout*: a copy of the child
-   decoded without step delimiters until it finishes (or its rollout block is full), then
+   decoded without step delimiters until it finishes (or reaches its limit), then
    thrown away (the store keeps the child at its step's end).
 3. **Backup**: the children's **mean** score (an expansion), or the leaf's own score again (a
-   leaf that cannot be expanded: EOS, a stop token, ``max_steps`` deep, or cut off), is added to
+   leaf that cannot be expanded: EOS, a stop token, ``max_steps`` deep, or at its limit), is added to
    ``W``, and 1 to ``N``, of the leaf and of every node above it up to the root. A leaf that
    cannot be expanded stays a leaf: each time selection reaches it, its score is backed up again.
 
-**Capacity.** ``max_new_tokens`` is each node's rollout block: the most tokens a node holds.
-The working rows are packed first (``DecodeState.packed``: each row's tokens and KV moved to its
-first slots, nothing recomputed), and the slot counter they share starts after the longest
-growing leaf of the simulation (over every prompt), so a simulation uses no slots of the store
-and the search is not bounded by ``simulations x`` a step; a short leaf's children may be cut
-off sooner, where another prompt's leaf is long. A child that ends its step with every slot
-used, or whose step is cut off by the last slot, is a leaf that cannot be expanded. With a
-budget limit (``Budget(max_generated=)``) a simulation runs only while its worst case, ``G x n x
-max_new_tokens`` tokens, fits in what is left (``info[g]["simulations"]``: how many ran).
+**Capacity.** ``max_new_tokens`` is the most tokens a node holds, its own limit: a child that
+reaches it is done there (mid-step if need be) and cannot be expanded. The store's rows have that
+many slots. An expansion decodes its working rows in a wider block, ``meta.search.slots(
+max_new_tokens)``, packed first (``DecodeState.packed``: each row's tokens and KV moved to its first
+slots, nothing recomputed) and again when a whole node might not fit after the slots used, so a
+prompt's tree does not depend on the prompts beside it and the search is not bounded by
+``simulations x`` a step; the children are packed back into ``max_new_tokens`` slots when stored.
+With a budget limit (``Budget(max_generated=)``) a simulation runs only while its worst case, ``G x
+n x max_new_tokens`` tokens, fits in what is left (``info[g]["simulations"]``: how many ran).
 
 **Result.** The candidates are the tree's leaves (nodes without children, in row order), each
 with its own score; ``final="best"`` picks the highest-scoring *finished* candidate (EOS or a stop
@@ -46,8 +46,8 @@ token) with an answer, or, where no candidate with an answer finished, the highe
 candidate with an answer (ties: the lower row); ``"vote"`` the answer with the largest total
 score over the same candidates. ``info[g]``: ``simulations``; ``nodes``, each candidate's row;
 ``node``, the chosen one's; ``tree``, per node (row ``0 ..`` used): ``parent``, ``depth``,
-``visits``, ``value`` (``Q``), ``score``, ``done``, and per simulation the leaf it reached
-(``order``) and whether it expanded it (``expanded``).
+``visits``, ``value`` (``Q``), ``score``, ``done`` (it ended with EOS or a stop token), and per
+simulation the leaf it reached (``order``) and whether it expanded it (``expanded``).
 
 ``scorer`` is a reward model (``config.score_head``), which rides in the decode step as a track:
 the whole search is one compiled program. A callable ``scorer(prompts, texts, references, budget)
@@ -72,7 +72,7 @@ from engine.checks import check_bool, check_int
 from engine.decode import decoding, model_stack, place_model
 from meta.common import extract, finish, score
 from meta.result import Result
-from meta.search import TRACK, _advance, _texts, checked, pick, spend
+from meta.search import TRACK, _round, _texts, checked, pick, slots, spend
 
 
 def _at(x, i):
@@ -122,24 +122,22 @@ def backup(tree: dict, leaf, value, max_steps: int) -> dict:
 
 def _expand(stack, params, store, tree, how, ending, exploration, *, n: int, max_steps: int, mesh=None):
     """Selection and the decode of an expansion: each prompt's leaf [G], whether it grows [G], the ``n``
-    children of each (a working state [G, n], packed, decoded to the end of their next step from the
-    end of the longest growing leaf), the state that scores them (the children, or their rollouts to the end:
-    ``ending``, a Decoding without step delimiters; ``None``: no rollout), and ``tree`` with the
-    tokens drawn and the calls counted."""
-    g = store.shape[0]
+    children of each (a working state [G, n] in the store's slots, packed), the state that scores them
+    (the children, or their rollouts to the end: ``ending``, a Decoding without step delimiters; ``None``:
+    no rollout), and ``tree`` with the tokens drawn and the calls counted. The working rows decode in a
+    block of ``slots(max_new_tokens)`` (see Capacity in the module docstring)."""
+    g, size, pad = store.shape[0], store.cache.size, stack[0][2].pad_id
     leaf = descend(tree, exploration, n, max_steps)
     grow = _at(tree["open"], leaf)
     work = engine.select(store, jnp.repeat(leaf[:, None], n, axis=1), rekey=True)
-    rows = jnp.repeat(grow, n)
-    work = dataclasses.replace(work, done=work.done | ~rows).packed()       # a leaf that cannot grow: no decode
-    at = jnp.max(jnp.where(rows, work.cache.length, 0))          # the children write after every growing leaf
-    work, drawn, _ = _advance(stack, params, work.writing_at(at), how, mesh)
-    scored, more = work, jnp.zeros_like(drawn)
+    work = dataclasses.replace(work, done=work.done | ~jnp.repeat(grow, n))   # a leaf that cannot grow: no decode
+    work, drawn, _, calls = _round(stack, params, work.resized(slots(size), pad).compacted(), how, mesh)
+    scored, more, rolled = work, jnp.zeros_like(drawn), 0
     if ending is not None:
-        scored, more, _ = _advance(stack, params, work, ending, mesh)
+        scored, more, _, rolled = _round(stack, params, work, ending, mesh)
     tree = dict(tree, generated=tree["generated"] + jnp.sum((drawn + more).reshape(g, n), axis=1),
-                calls=tree["calls"] + scored.cache.index - at)
-    return tree, leaf, grow, work, scored
+                calls=tree["calls"] + calls + rolled)
+    return tree, leaf, grow, work.packed().resized(size, pad), scored
 
 
 def _grow(store, tree, leaf, grow, work, scores, *, max_steps: int, mesh=None):
@@ -153,8 +151,7 @@ def _grow(store, tree, leaf, grow, work, scores, *, max_steps: int, mesh=None):
     store = sharding.constrain(store, store.axes(), mesh)
     put = lambda x, v: x.at[rows, kids].set(jnp.broadcast_to(v, kids.shape).astype(x.dtype), mode="drop")
     depth = _at(tree["depth"], leaf) + 1
-    fresh = ((work.paused & ~work.done & (work.cache.length < store.cache.size)).reshape(g, n)   # a slot left
-             & (depth < max_steps)[:, None])
+    fresh = (work.paused & ~work.done).reshape(g, n) & (depth < max_steps)[:, None]
     value = jnp.where(grow, jnp.mean(scores, axis=1), _at(tree["score"], leaf))
     t = tree["t"]
     tree = dict(tree, parent=put(tree["parent"], leaf[:, None]), depth=put(tree["depth"], depth[:, None]),
@@ -209,8 +206,9 @@ def mcts(model, prompts, *, scorer, n: int, simulations: int, exploration: float
     g, m = len(ids), 1 + simulations * n
     store = engine.start(model, ids, capacity=max_new_tokens, n=m, seed=seed, tracks=tracks, mesh=mesh)
     template = engine.select(store, np.zeros((g, n), int))          # the working state's shape, for its sampler
-    how = decoding(model, template, sampler=sampler, stop_tokens=stop_tokens, step_tokens=step_tokens, mesh=mesh)
-    ending = decoding(model, template, sampler=sampler, stop_tokens=stop_tokens, mesh=mesh) if rollout else None
+    common = dict(sampler=sampler, stop_tokens=stop_tokens, mesh=mesh, max_length=max_new_tokens)
+    how = decoding(model, template, step_tokens=step_tokens, **common)
+    ending = decoding(model, template, **common) if rollout else None
     del template
     stack, params = model_stack(model, tracks)
     tree, c = new_tree(g, m, simulations), jnp.float32(exploration)
@@ -228,16 +226,19 @@ def mcts(model, prompts, *, scorer, n: int, simulations: int, exploration: float
                 raise ValueError("mcts needs finite scores from its scorer (they are summed up the tree)")
             store, tree = _grow_jit(store, tree, leaf, grow, work, jnp.asarray(s, jnp.float32), max_steps=max_steps,
                                     mesh=mesh)
-    return _result(model, tracks.get(TRACK), prompts, ids, store, tree, answer, final, budget, t0)
+    return _result(model, tracks.get(TRACK), prompts, ids, store, tree, how.stops, answer, final, budget, t0)
 
 
-def _result(model, track, prompts, ids, store, tree, answer, final, budget, t0) -> Result:
-    """The Result of a finished search: the leaves as candidates, the tree in ``info``, the budget counted."""
+def _result(model, track, prompts, ids, store, tree, stops, answer, final, budget, t0) -> Result:
+    """The Result of a finished search: the leaves as candidates, the tree in ``info``, the budget counted
+    (a node is *done* where it ended with EOS or a stop token, one of ``stops``: not at its limit)."""
     t = {k: np.asarray(v) for k, v in tree.items()}
     g, m = t["parent"].shape
     spend(budget, model, track, ids, int(t["generated"].sum()), 1 + int(t["calls"]))
-    every, lengths = _texts(model, store), np.asarray(store.cache.length).reshape(g, m)
-    done = np.asarray(store.done).reshape(g, m)
+    every, lengths = _texts(model, store), np.asarray(store.cache.length)
+    last = np.asarray(store.tokens)[np.arange(g * m), np.maximum(lengths - 1, 0)]     # the store's rows are packed
+    done = (np.asarray(store.done) & (lengths > 0) & np.isin(last, np.asarray(stops))).reshape(g, m)
+    lengths = lengths.reshape(g, m)
     nodes = [[i for i in range(int(t["used"][p])) if t["first"][p, i] < 0] for p in range(g)]
     texts = [[every[p][i] for i in rows] for p, rows in enumerate(nodes)]
     answers = extract(answer, texts)

@@ -9,7 +9,7 @@ import meta
 import models
 import sharding
 from engine.cache import put_rollouts, take_rollouts
-from fakes import Fake
+from fakes import EOS, Fake
 from meta.mcts import _mcts
 from meta.tasks import arith
 from sampling import Sampler
@@ -135,6 +135,15 @@ def test_a_callable_scorer_searches_as_the_reward_track_does():
     assert b.budget.generated == a.budget.generated and b.budget.scorer_tokens == 0
 
 
+def same(a, b, only_rollouts=False):
+    """Every array of two states (or only those with a rollouts axis) equal, NaN too (mu is NaN without Mirostat)."""
+    key = lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+    check = lambda x, y, axes: (not only_rollouts or "rollouts" in axes) and np.testing.assert_array_equal(
+        key(x), key(y))
+    jax.tree.map(check, a, b, a.axes())
+    return True
+
+
 def test_put_rollouts_is_the_inverse_of_take_rollouts():
     tracks = {"scorer": PRM}
     state = engine.start(Fake(), PROMPTS, capacity=6, n=4, seed=0, tracks=tracks)
@@ -142,13 +151,6 @@ def test_put_rollouts_is_the_inverse_of_take_rollouts():
     other = engine.decode(Fake(), engine.select(state, np.zeros((3, 4), int), rekey=True), max_new_tokens=2,
                           sampler=Sampler(temperature=1.0), tracks=tracks)
     rows = np.array([5, 0, 11, 2])
-    def same(a, b, only_rollouts=False):      # every array equal (NaN too: mu is NaN without Mirostat)
-        key = lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
-        check = lambda x, y, axes: (not only_rollouts or "rollouts" in axes) and np.testing.assert_array_equal(
-            key(x), key(y))
-        jax.tree.map(check, a, b, a.axes())
-        return True
-
     assert same(put_rollouts(state, rows, take_rollouts(state, rows)), state)
     moved = put_rollouts(other, rows, take_rollouts(state, rows))
     assert same(take_rollouts(moved, rows), take_rollouts(state, rows))
@@ -180,6 +182,23 @@ def test_a_packed_state_decodes_on_as_before_from_its_first_free_slot():
     ta, tb = engine.rollouts(a, policy.tokenizer), engine.rollouts(b, policy.tokenizer)
     assert ta.text == tb.text and int(b.cache.index) <= int(a.cache.index)
     np.testing.assert_allclose(engine.track_scores(a, "rm"), engine.track_scores(b, "rm"), rtol=1e-4, atol=1e-5)
+
+
+def test_a_resized_state_decodes_on_as_before_and_narrows_back_without_loss():
+    policy, rm = models.load("tiny-arith"), models.load("tiny-arith-rm")
+    tracks, sampler = {"rm": rm}, Sampler(temperature=0.8)
+    prompts = [p.prompt for p in arith.held_out("test", "hard", 2)]
+    state = engine.start(policy, prompts, capacity=40, n=3, seed=7, tracks=tracks)
+    state = engine.decode(policy, state, max_new_tokens=12, sampler=sampler, step_tokens="\n", tracks=tracks)
+    copy = lambda s: engine.select(s, [[0, 1, 2]] * 2)                 # decode uses up (donates) a state
+    wide = copy(state).resized(100, policy.config.pad_id)             # 2 buffers of 20 slots -> 4 of 25
+    assert wide.cache.size == 100 and len(wide.cache.k[0]) == 4 and int(wide.cache.index) == int(state.cache.index)
+    a = engine.decode(policy, copy(state), max_new_tokens=24, sampler=sampler, tracks=tracks)
+    b = engine.decode(policy, wide, max_new_tokens=24, sampler=sampler, tracks=tracks)
+    assert engine.rollouts(a, policy.tokenizer).text == engine.rollouts(b, policy.tokenizer).text
+    np.testing.assert_allclose(engine.track_scores(a, "rm"), engine.track_scores(b, "rm"), rtol=1e-4, atol=1e-5)
+    packed = copy(state).packed()
+    assert same(packed.resized(100, policy.config.pad_id).resized(40, policy.config.pad_id), copy(state).packed())
 
 
 def test_mcts_is_one_compiled_program_per_shape():
@@ -225,13 +244,29 @@ def test_the_budget_counts_every_drawn_token_and_the_track_reads():
 
 
 def test_the_capacity_bounds_the_depth_not_the_simulations():
-    # one prompt, one-token steps: a node d steps deep ends at slot d, so with 3 slots a node 3 deep has no
-    # slot left and cannot be expanded, however many simulations run (a node's children write after its end)
+    # one prompt, one-token steps: a node d steps deep holds d tokens, so with a limit of 3 a node 3 deep is
+    # done there and cannot be expanded, however many simulations run
     r = meta.mcts(Fake(), [[1, 2]], scorer=PRM, n=2, simulations=12, exploration=0.2, max_steps=8, max_new_tokens=3,
                   step_tokens=STEPS, sampler=Sampler(temperature=1.0))
-    depth, order, expanded = tree(r, 0, "depth", "order", "expanded")
+    depth, order, expanded, done = tree(r, 0, "depth", "order", "expanded", "done")
     assert r.info[0]["simulations"] == 12 and max(depth) == 3
+    ended = [t.split()[-1] == str(EOS) for t in r.texts[0]]               # done: EOS, not the limit
+    assert [done[m] for m in r.info[0]["nodes"]] == ended
+    assert any(depth[m] == 3 and not e for m, e in zip(r.info[0]["nodes"], ended))     # some at their limit
     assert [e for m, e in zip(order, expanded) if depth[m] == 3] == [False] * sum(depth[m] == 3 for m in order) != []
+
+
+@pytest.mark.parametrize("rollout", [False, True])
+def test_a_prompts_tree_is_the_same_whatever_else_is_in_the_batch(rollout):
+    # steps of random length (token 3 ends one) and a limit some nodes reach: a prompt whose nodes run long
+    # must not take slots from another's children (each node ends at its own limit, mid-step if need be)
+    common = dict(scorer=PRM, n=3, simulations=8, max_steps=6, max_new_tokens=7, seed=4, step_tokens=[3],
+                  sampler=Sampler(temperature=1.0), rollout=rollout)
+    together = meta.mcts(Fake(), PROMPTS, **common)
+    assert max(max(row) for row in together.lengths) == 7
+    for g, prompt in enumerate(PROMPTS):
+        alone = meta.mcts(Fake(), [prompt], **common)
+        assert alone.texts[0] == together.texts[g] and alone.info[0] == together.info[g]
 
 
 def test_a_budget_limit_stops_the_simulations_that_might_pass_it():
