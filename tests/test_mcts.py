@@ -191,8 +191,9 @@ def test_a_resized_state_decodes_on_as_before_and_narrows_back_without_loss():
     state = engine.start(policy, prompts, capacity=40, n=3, seed=7, tracks=tracks)
     state = engine.decode(policy, state, max_new_tokens=12, sampler=sampler, step_tokens="\n", tracks=tracks)
     copy = lambda s: engine.select(s, [[0, 1, 2]] * 2)                 # decode uses up (donates) a state
-    wide = copy(state).resized(100, policy.config.pad_id)             # 2 buffers of 20 slots -> 4 of 25
-    assert wide.cache.size == 100 and len(wide.cache.k[0]) == 4 and int(wide.cache.index) == int(state.cache.index)
+    wide = copy(state).resized(100, policy.config.pad_id)             # on CPU 2 buffers of 20 slots -> 4 of 25
+    assert [b.shape[-2] for b in wide.cache.k[0]] == engine.cache.block_sizes(100)
+    assert wide.cache.size == 100 and int(wide.cache.index) == int(state.cache.index)
     a = engine.decode(policy, copy(state), max_new_tokens=24, sampler=sampler, tracks=tracks)
     b = engine.decode(policy, wide, max_new_tokens=24, sampler=sampler, tracks=tracks)
     assert engine.rollouts(a, policy.tokenizer).text == engine.rollouts(b, policy.tokenizer).text
