@@ -34,6 +34,8 @@ import time
 import types
 from pathlib import Path
 
+import jax
+
 import meta
 import models
 from meta import tasks
@@ -124,6 +126,7 @@ def tune(model, prm, problems, batch: int, seed: int, keep) -> tuple[dict, list[
         if not keep(name):
             continue
         accs = [measure(search(name, prm, s), model, problems, TUNE_AT, batch, seed)["accuracy"] for s in grid]
+        jax.clear_caches()                                  # its compiled programs are not needed again
         for s, acc in zip(grid, accs):
             lines.append(f"| {name} | {describe(s)} | {acc:.3f} |")
             print(lines[-1], flush=True)
@@ -175,6 +178,7 @@ def run_task(task, args, keep) -> list[str]:
             lines.append(f"| {name} | {n} | {m['accuracy']:.3f} | {m['tokens']:.0f} | {m['scorer_tokens']:.0f} | "
                          f"{m['flops'] / 1e9:.2f} | {m['seconds']:.0f} |")
             print(lines[-1], flush=True)
+        jax.clear_caches()      # this method's compiled programs (~0.1 GB each on CPU) are not needed again: docs/perf.md
     png = args.doc.parent / f"science-{task.name}.png"
     plot(results, png, f"{task.name}, {len(problems)} hard test problems, N = {args.budgets}")
     return lines + ["", f"T={TEMPERATURE}, seed {args.seed}, {time.time() - start:.0f} s.", "",
