@@ -116,6 +116,14 @@ def attend_blocks(q, ks, vs, mask, used, **opts):
     return parts
 
 
+def fit_slots(x, size: int, axis: int, fill=0):
+    """``x`` with ``size`` entries along ``axis``: its first ``size``, or all of its own then ``fill``."""
+    axis, more = axis % x.ndim, size - x.shape[axis]
+    if more <= 0:
+        return x[(slice(None),) * axis + (slice(size),)]
+    return jnp.pad(x, [(0, more) if a == axis else (0, 0) for a in range(x.ndim)], constant_values=fill)
+
+
 def take_rollouts(tree, rows):
     """``tree`` (a cache or decode state: anything with ``axes()``) with every array that has a
     ``"rollouts"`` axis gathered at ``rows`` [B]; the prefix block and scalars untouched."""
@@ -328,10 +336,8 @@ class KVCache:
         """The cache with ``size`` rollout slots per row: the first ``size`` of its own, then empty ones;
         the slot counter no further than ``size``. Narrowing keeps a row's tokens only where they sit in
         its first ``size`` slots (after :meth:`DecodeState.packed`)."""
-        fit = lambda x: (x[..., :size, :] if size <= x.shape[-2] else
-                         jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, size - x.shape[-2]), (0, 0)]))
-        valid = fit(self.valid[..., None])[..., 0]
-        return dataclasses.replace(self._rollout_slots(fit, size, valid), index=jnp.minimum(self.index, size))
+        cache = self._rollout_slots(lambda x: fit_slots(x, size, -2), size, fit_slots(self.valid, size, 1))
+        return dataclasses.replace(cache, index=jnp.minimum(self.index, size))
 
     def keep(self, mask) -> "KVCache":
         """Mark which of the last ``T`` written slots hold real tokens (mask bool [G*N, T])."""

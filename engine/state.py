@@ -18,7 +18,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from engine.cache import KVCache
+from engine.cache import KVCache, fit_slots
 from sampling.sampler import Context
 
 
@@ -90,10 +90,7 @@ class DecodeState:
         ``slots`` of its own, then empty ones (``pad_id`` tokens); the slot counter no further than
         ``slots``. Narrowing keeps a row's tokens only where they sit in its first ``slots`` slots
         (after :meth:`packed`): a loop can decode in a wider block than the one it stores rows in."""
-        def fit(name, x):
-            more = slots - x.shape[1]
-            return x[:, :slots] if more <= 0 else jnp.pad(x, ((0, 0), (0, more)),
-                                                          constant_values=pad_id if name == "tokens" else 0)
+        fit = lambda name, x: fit_slots(x, slots, 1, pad_id if name == "tokens" else 0)
         return self._per_slot(fit, lambda c: c.resized(slots))
 
     def _per_slot(self, f, cache) -> "DecodeState":
